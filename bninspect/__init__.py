@@ -1,0 +1,3 @@
+"""bninspect: understand and debug the BatchNorm layers of PyTorch checkpoints."""
+
+__version__ = "0.1.0"

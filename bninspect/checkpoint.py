@@ -1,0 +1,123 @@
+"""What a file turns into: named tensors (read lazily) plus the module facts the file carries.
+
+Every reader in ``bninspect.formats`` returns a :class:`Checkpoint`. Nothing downstream
+knows which format a tensor came from: it asks a :class:`TensorRef` for its shape and
+dtype (free) and for its values (a read of just that tensor's bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+# torch dtype name -> (numpy dtype of the stored bytes, itemsize). bfloat16 has no numpy
+# type: its bytes are read as uint16 and widened to float32 (the top half of a float32).
+STORED_DTYPES: dict[str, tuple[str, int]] = {
+    "float64": ("<f8", 8),
+    "float32": ("<f4", 4),
+    "float16": ("<f2", 2),
+    "bfloat16": ("<u2", 2),
+    "int64": ("<i8", 8),
+    "int32": ("<i4", 4),
+    "int16": ("<i2", 2),
+    "int8": ("i1", 1),
+    "uint8": ("u1", 1),
+    "bool": ("?", 1),
+    "complex64": ("<c8", 8),
+    "complex128": ("<c16", 16),
+}
+
+FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Turn stored elements into a numpy array of the closest numpy dtype (bfloat16 → float32)."""
+    if dtype == "bfloat16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw
+
+
+class TensorRef:
+    """A tensor known by shape and dtype; its values are read only when :meth:`numpy` is called."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, loader: Callable[[], np.ndarray]) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self._loader = loader
+        self._value: np.ndarray | None = None
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, dtype: str | None = None) -> "TensorRef":
+        """Wrap values already in memory (tests, converted formats, recomputed statistics)."""
+        arr = np.asarray(array)
+        return cls(arr.shape, dtype or arr.dtype.name, lambda: arr)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * STORED_DTYPES.get(self.dtype, ("", 0))[1]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numpy(self) -> np.ndarray:
+        """The values, shaped, in the stored precision (bfloat16 widened to float32). Cached."""
+        if self._value is None:
+            self._value = self._loader()
+        return self._value
+
+    def float64(self) -> np.ndarray:
+        """The values as float64 (the precision every statistic here is computed in)."""
+        return np.asarray(self.numpy(), dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return f"TensorRef(shape={self.shape}, dtype={self.dtype})"
+
+
+@dataclass
+class ModuleInfo:
+    """Facts a saved module carries and a state dict does not (TorchScript, trusted pickles)."""
+
+    path: str  # module path as in the state-dict keys, without trailing dot; "" for the root
+    type_name: str  # short class name: "BatchNorm2d", "Conv2d", "FrozenBatchNorm2d", ...
+    attributes: dict[str, Any] = field(default_factory=dict)  # eps, momentum, training, groups, ...
+
+
+@dataclass
+class Checkpoint:
+    """One opened file: the selected state dict (original keys) and what else we learned."""
+
+    path: str
+    format: str  # one of FORMAT_NAMES' keys
+    tensors: dict[str, TensorRef]
+    container: str = ""  # where the state dict sat, "/"-joined keys ("" = top level)
+    alternatives: list[str] = field(default_factory=list)  # other candidate state dicts
+    prefix: str = ""  # wrapper prefix stripped for display ("module.", "_orig_mod.", "model.")
+    modules: dict[str, ModuleInfo] = field(default_factory=dict)  # by original module path
+    notes: list[str] = field(default_factory=list)  # facts worth telling the user
+
+    def display(self, key: str) -> str:
+        """A key (or module path) as shown to the user: the wrapper prefix removed."""
+        if self.prefix and key.startswith(self.prefix):
+            return key[len(self.prefix):]
+        return key
+
+
+FORMAT_NAMES: dict[str, str] = {
+    "torch-zip": "torch.save zip archive",
+    "torch-legacy": "legacy torch.save (pre-1.6, non-zip)",
+    "safetensors": "safetensors",
+    "torchscript": "TorchScript archive",
+    "pickled-module": "pickled nn.Module (loaded with --trust)",
+    "onnx": "ONNX model",
+    "openvino-ir": "OpenVINO IR",
+}

@@ -1,0 +1,87 @@
+"""The command line: each command parses options, calls one service, hands its result to one renderer.
+
+No domain logic here. Errors become one stderr line and an exit code in ``main``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError
+
+app = typer.Typer(
+    name="bninspect",
+    help="Understand and debug the BatchNorm layers of PyTorch checkpoints.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+TRUST_HELP = "Allow loaders that run code from the file (torch.load weights_only=False, torch.jit.load). Only for files you trust."
+JSON_HELP = "Print a JSON document instead of tables."
+KEY_HELP = "Which state dict of a nested checkpoint to use, as a /-joined path (e.g. state_dict_ema)."
+EPS_HELP = "Use this eps for every layer (state dicts do not store eps)."
+STRICT_HELP = "Also check zip CRCs and safetensors duplicate keys."
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show a traceback for unexpected errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    _state["debug"] = debug
+    if version:
+        from bninspect import __version__
+
+        typer.echo(f"bninspect {__version__}")
+        raise typer.Exit(0)
+
+
+def _fail(line: str, code: int) -> int:
+    sys.stderr.write(f"bninspect: error: {line}\n")
+    sys.stderr.flush()
+    return code
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: run the app, turn every failure into one line on stderr and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in args
+    try:
+        rv = app(args=args, prog_name="bninspect", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.NoArgsIsHelp:
+        code = 0
+    except click.UsageError as exc:
+        msg = " ".join(exc.format_message().split())
+        code = _fail(f"{msg} (see 'bninspect --help')", EXIT_USAGE)
+    except click.ClickException as exc:
+        code = _fail(" ".join(exc.format_message().split()), EXIT_USAGE)
+    except click.exceptions.Abort:
+        code = _fail("interrupted", 130)
+    except BNInspectError as exc:
+        if _state["debug"]:
+            raise
+        code = _fail(exc.line(), exc.exit_code)
+    except KeyboardInterrupt:
+        code = _fail("interrupted", 130)
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:  # a bug: still one line, the traceback only with --debug
+        if _state["debug"]:
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        code = _fail(
+            f"unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, rerun with --debug and report it",
+            EXIT_INVALID,
+        )
+    sys.exit(code)

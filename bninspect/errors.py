@@ -1,0 +1,54 @@
+"""One exception hierarchy; each class carries the exit code the CLI returns for it.
+
+Raise where the fact is known, with a message in our own words (never torch's text):
+the CLI prints ``bninspect: error: FILE: message`` as one line and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_UNSAFE = 3
+EXIT_INVALID = 4
+EXIT_PATH = 5
+
+
+class BNInspectError(Exception):
+    """Base class: a failure the user caused or must act on, reported in one line."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def line(self) -> str:
+        """The one stderr line for this error, without the ``bninspect: error:`` lead."""
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return " ".join(text.split())
+
+
+class UsageError(BNInspectError):
+    """Bad options or arguments: a layer that does not exist, a missing extra, no CUDA."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsafeFileError(BNInspectError):
+    """Loading would run code from the file; refused unless the user passes --trust."""
+
+    exit_code = EXIT_UNSAFE
+
+
+class InvalidFileError(BNInspectError):
+    """Not a checkpoint we can read: corrupt, truncated, inconsistent or of unknown format."""
+
+    exit_code = EXIT_INVALID
+
+
+class PathProblemError(BNInspectError):
+    """The path is missing, a directory, not a regular file, or unreadable."""
+
+    exit_code = EXIT_PATH

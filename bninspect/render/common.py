@@ -1,0 +1,57 @@
+"""What every renderer needs: safe names, a console, number formatting.
+
+Names come from files we do not trust. ``safe`` makes control characters visible (a name
+with ANSI escapes or newlines must not drive the terminal), and rich only ever receives
+names inside ``Text`` objects or via ``markup_escape`` so ``[bold red]`` in a key is
+printed literally.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+
+from rich.console import Console
+from rich.markup import escape as markup_escape
+from rich.text import Text
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(name: str) -> str:
+    """A name with every control character shown as an escape (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(name))
+
+
+def markup(name: str) -> str:
+    """A name ready to embed in a rich markup string: control chars visible, brackets escaped."""
+    return markup_escape(safe(name))
+
+
+def text(name: str, style: str = "") -> Text:
+    """A rich Text of a name from a file; Text is never parsed for markup."""
+    return Text(safe(name), style=style)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that does not guess highlights in our output (numbers, paths)."""
+    width = None
+    if not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ:
+        width = 120
+    return Console(stderr=stderr, highlight=False, width=width, emoji=False)
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    """A compact number: 4 significant digits, NaN/Inf spelled out, None as an em dash."""
+    if x is None:
+        return "—"
+    x = float(x)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Inf" if x > 0 else "-Inf"
+    if x == 0:
+        return "0"
+    return f"{x:.{digits}g}"

@@ -1,0 +1,52 @@
+"""Opening a file and picking layers: the first step of every service."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+from bninspect.errors import UsageError
+from bninspect.layers import BNLayer, Discovery, discover
+
+
+def open_layers(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False,
+                eps: float | None = None) -> Discovery:
+    """Open a checkpoint safely and discover its BN layers (``eps`` overrides every layer's eps)."""
+    from bninspect.formats import open_checkpoint
+
+    return discover(open_checkpoint(path, trust=trust, key=key, strict=strict), eps=eps)
+
+
+def _suggest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    if close:
+        return "did you mean " + ", ".join(close) + "?"
+    if names:
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        return f"BN layers here: {shown}"
+    return "this file has no BatchNorm layers"
+
+
+def select(layers: list[BNLayer], globs: list[str] | None) -> list[BNLayer]:
+    """Layers whose display name (or original key prefix) matches any glob; all when none given.
+
+    A glob that matches nothing is a usage error that suggests the closest names.
+    """
+    if not globs:
+        return list(layers)
+    names = [l.name for l in layers]
+    chosen: list[BNLayer] = []
+    for pattern in globs:
+        hits = [l for l in layers if fnmatch.fnmatchcase(l.name, pattern) or fnmatch.fnmatchcase(l.key_prefix, pattern)]
+        if not hits:
+            raise UsageError(f"no BatchNorm layer matches '{pattern}'; {_suggest(pattern, names)}")
+        chosen.extend(l for l in hits if l not in chosen)
+    return chosen
+
+
+def find_layer(layers: list[BNLayer], name: str) -> BNLayer:
+    """The layer with this display name or original key prefix; a usage error naming close ones."""
+    for layer in layers:
+        if name in (layer.name, layer.key_prefix):
+            return layer
+    raise UsageError(f"no BatchNorm layer named '{name}'; {_suggest(name, [l.name for l in layers])}")
