@@ -44,6 +44,53 @@ def _root(
         raise typer.Exit(0)
 
 
+@app.command()
+def show(
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file (.pt .pth .bin .ckpt .safetensors TorchScript ...)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
+    channels: bool = typer.Option(False, "--channels", help="Add a per-channel table (γ, β, μ, σ², scale, shift) for each layer."),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
+    eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Show at most N layers (0 = all); a summary line says what was left out."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> int:
+    """List every BatchNorm layer: tensors, shapes, dtypes, statistics and the layer that feeds it."""
+    from bninspect.render import show as render_show
+    from bninspect.services.show import show as show_service
+
+    result = show_service(ckpt, layers=layer, channels=channels, key=key, eps=eps, limit=limit, trust=trust, strict=strict)
+    if as_json:
+        typer.echo(render_show.to_json(result))
+    else:
+        render_show.render(result)
+    return 0
+
+
+@app.command()
+def explain(
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file."),
+    layer: str = typer.Argument(..., metavar="LAYER", help="BN layer name as `show` prints it (or its original key prefix)."),
+    channel: Optional[int] = typer.Option(None, "--channel", "-c", metavar="I", help="Work channel I through with its real numbers."),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
+    eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> int:
+    """Explain one layer with its own numbers: per-channel mapping, inference and training formulas."""
+    from bninspect.render import explain as render_explain
+    from bninspect.services.explain import explain as explain_service
+
+    result = explain_service(ckpt, layer, channel=channel, key=key, eps=eps, trust=trust, strict=strict)
+    if as_json:
+        typer.echo(render_explain.to_json(result))
+    else:
+        render_explain.render(result)
+    return 0
+
+
 def _fail(line: str, code: int) -> int:
     sys.stderr.write(f"bninspect: error: {line}\n")
     sys.stderr.flush()

@@ -1,15 +1,28 @@
 """The domain model: a BatchNorm layer and the discovery that finds them in a Checkpoint.
 
 Everything downstream (services, rules, renderers) speaks :class:`BNLayer`, never raw keys.
+
+Discovery works on state-dict keys grouped by module prefix, and takes the facts only a
+saved module has (class, eps, momentum, training, conv groups) from ``Checkpoint.modules``:
+
+- a BN layer is a prefix with 1-D ``running_mean`` and ``running_var`` of equal length C
+  (plus optional weight, bias, num_batches_tracked), or a module whose class is a BatchNorm;
+- LayerNorm/GroupNorm/InstanceNorm/Linear/conv biases are never BN: without running
+  statistics only a module, or a BN-like name right after a conv of the same width, makes a
+  prefix a *possible* BN (track_running_stats=False), and that is reported separately;
+- the producer is the conv or linear layer before the BN in key order, after the previous BN,
+  whose output width is C. Key order is module-definition order, which is forward order in
+  the usual ``nn.Sequential``/block code; where nothing matches we say so instead of guessing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, TensorRef
+from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
 
 # PyTorch's defaults for nn.BatchNorm*d (torch/nn/modules/batchnorm.py: eps=1e-5, momentum=0.1).
 DEFAULT_EPS = 1e-5
@@ -108,6 +121,202 @@ class Discovery:
     other_norms: dict[str, int]  # e.g. {"GroupNorm": 2, "LayerNorm": 1} or {"LayerNorm/GroupNorm-like": 3}
 
 
+# Module class names that are BatchNorm (torch.nn, torchvision.ops.misc, ONNX readers).
+_BN_TYPES = re.compile(r"^(Lazy)?BatchNorm([123]d)?$|^SyncBatchNorm$|^FrozenBatchNorm2d$|BatchNorm")
+_OTHER_NORMS = re.compile(r"^(GroupNorm|LayerNorm|InstanceNorm[123]d|LazyInstanceNorm[123]d|LocalResponseNorm|RMSNorm|CrossMapLRN2d)$")
+_CONV_TYPES = re.compile(r"^(Lazy)?(Conv|ConvTranspose)([123])d$|^Linear$|^LazyLinear$|Conv|Gemm")
+# Names that say "batch norm" in the usual spellings (bn, bn1, batchnorm, batch_norm, BatchNorm2d).
+_BN_NAME = re.compile(r"(^|[._])(bn\d*|batch_?norm\d*(d)?|syncbn)($|[._])", re.IGNORECASE)
+_GN_NAME = re.compile(r"(^|[._])(gn\d*|group_?norm\d*)($|[._])", re.IGNORECASE)
+_LN_NAME = re.compile(r"(^|[._])(ln\d*|layer_?norm\d*)($|[._])", re.IGNORECASE)
+_TRANSPOSED_NAME = re.compile(r"transpose|deconv|convt|upconv", re.IGNORECASE)
+
+
+def _groups(tensors: dict[str, TensorRef]) -> tuple[list[str], dict[str, dict[str, TensorRef]]]:
+    """Keys grouped by module prefix ("features.2.bn.running_mean" → "features.2.bn"), in key order."""
+    order: list[str] = []
+    groups: dict[str, dict[str, TensorRef]] = {}
+    for key, ref in tensors.items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix not in groups:
+            groups[prefix] = {}
+            order.append(prefix)
+        groups[prefix][leaf] = ref
+    return order, groups
+
+
+def _is_bn_module(info: ModuleInfo | None) -> bool:
+    return info is not None and bool(_BN_TYPES.search(info.type_name))
+
+
+def _has_stats(t: dict[str, TensorRef]) -> bool:
+    mean, var = t.get("running_mean"), t.get("running_var")
+    return mean is not None and var is not None and mean.ndim == 1 and var.ndim == 1 and mean.shape == var.shape
+
+
+def _is_weight_layer(t: dict[str, TensorRef], info: ModuleInfo | None) -> bool:
+    """A conv or linear layer: a weight of rank 2 to 5 (and no running statistics)."""
+    w = t.get("weight")
+    if w is None or not 2 <= w.ndim <= 5 or "running_mean" in t:
+        return False
+    return info is None or bool(_CONV_TYPES.search(info.type_name))
+
+
+def _kernel(shape: tuple[int, ...]) -> str:
+    return "×".join(str(k) for k in shape[2:])
+
+
+def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, prev_width: int | None,
+              display: str) -> Producer:
+    """Describe a conv/linear layer: its op, output width and, where evident, its groups."""
+    w = t["weight"]
+    attrs = info.attributes if info else {}
+    if w.ndim == 2:
+        return Producer(display, prefix, "linear", "linear", w.shape[0], w.shape[1], 1, w, t.get("bias"))
+    dims = w.ndim - 2
+    transposed = bool(info and "Transpose" in info.type_name) or (info is None and bool(_TRANSPOSED_NAME.search(prefix)))
+    groups = attrs.get("groups")
+    if transposed:
+        # ConvTranspose weight is [in, out/groups, k...] (torch.nn.ConvTranspose*d docs).
+        g = int(groups) if groups else 1
+        out_ch, in_ch = w.shape[1] * g, w.shape[0]
+        return Producer(display, prefix, f"transposed conv {_kernel(w.shape)}", f"conv_transpose{dims}d",
+                        out_ch, in_ch, g if groups else None, w, t.get("bias"))
+    out_ch = w.shape[0]
+    if groups is None and prev_width and w.shape[1] and prev_width % w.shape[1] == 0:
+        # Conv weight is [out, in/groups, k...]: with the previous layer's width as `in`,
+        # groups = in / weight.shape[1]. Only trusted when it divides evenly.
+        groups = prev_width // w.shape[1]
+    in_ch = w.shape[1] * int(groups) if groups else w.shape[1]
+    k = _kernel(w.shape)
+    if groups and groups > 1 and groups == out_ch == in_ch:
+        kind = f"depthwise conv {k}"
+    elif groups and groups > 1:
+        kind = f"grouped conv {k} (groups={groups})"
+    elif all(s == 1 for s in w.shape[2:]):
+        kind = "pointwise conv 1×1" if dims == 2 else f"pointwise conv {k}"
+    else:
+        kind = f"conv {k}"
+    return Producer(display, prefix, kind, f"conv{dims}d", out_ch, in_ch, int(groups) if groups else None, w, t.get("bias"))
+
+
+def _kind(info: ModuleInfo | None, producer: Producer | None) -> tuple[str, str]:
+    if _is_bn_module(info):
+        return info.type_name, "module"  # type: ignore[union-attr]
+    if producer is not None:
+        if producer.op == "linear" or producer.op.endswith("1d"):
+            return "BatchNorm1d", "producer"
+        return f"BatchNorm{producer.op[-2:]}", "producer"
+    return "BatchNorm", "unknown"
+
+
 def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
-    """Find every BatchNorm layer of a checkpoint (see the module docstring of ``bninspect.layers``)."""
-    raise NotImplementedError("discovery is being written")
+    """Find every BatchNorm layer of a checkpoint, with its producer and its eps/momentum facts.
+
+    ``eps`` (the user's --eps) overrides every layer's eps, module or default.
+    """
+    order, groups = _groups(checkpoint.tensors)
+    modules = checkpoint.modules
+    # Modules a saved model declares as BN but whose tensors are all None (affine=False,
+    # track_running_stats=False) have no keys: give them a place in key order too.
+    for path, info in modules.items():
+        if _is_bn_module(info) and path not in groups:
+            groups[path] = {}
+            order.append(path)
+
+    layers: list[BNLayer] = []
+    possible: list[BNLayer] = []
+    other: dict[str, int] = {}
+    window: list[Producer] = []  # conv/linear layers since the previous BN layer
+    prev_width: int | None = None
+
+    for prefix in order:
+        t = groups[prefix]
+        info = modules.get(prefix)
+        display = checkpoint.display(prefix) or "(root)"
+        if info is not None and _OTHER_NORMS.match(info.type_name):
+            other[info.type_name] = other.get(info.type_name, 0) + 1
+            continue
+        if _is_weight_layer(t, info):
+            prod = _producer(prefix, t, info, prev_width, display)
+            window.append(prod)
+            prev_width = prod.out_channels
+            continue
+        is_bn = _has_stats(t) or _is_bn_module(info)
+        one_d = {k: v for k, v in t.items() if k in ("weight", "bias") and v.ndim == 1}
+        if not is_bn and not one_d:
+            continue
+        if is_bn:
+            channels = _channels(t, info)
+        else:
+            channels = one_d.get("weight", one_d.get("bias")).shape[0]  # type: ignore[union-attr]
+        producer = next((p for p in reversed(window) if p.out_channels == channels), None)
+        if is_bn or (_BN_NAME.search(prefix) and producer is not None and "weight" in one_d and "bias" in one_d):
+            layer = _layer(prefix, display, t, info, channels, producer, window, eps)
+            if is_bn:
+                layers.append(layer)
+                window = []
+            else:
+                layer.possible = True
+                layer.track_running_stats = False
+                layer.evidence = (
+                    f"named like a BatchNorm, 1-D weight and bias of {channels} right after "
+                    f"{producer.kind} {producer.name} with {channels} outputs, and no running statistics "  # type: ignore[union-attr]
+                    "(consistent with BatchNorm(track_running_stats=False))"
+                )
+                possible.append(layer)
+            prev_width = channels
+            continue
+        # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
+        # GroupNorm or similar. Counted for the "no BatchNorm here" message, never reported as BN.
+        guess = "GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix) else "other normalization or scale"
+        other[guess] = other.get(guess, 0) + 1
+    return Discovery(checkpoint, layers, possible, other)
+
+
+def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        ref = t.get(name)
+        if ref is not None and ref.ndim >= 1:
+            return ref.shape[0]
+    if info is not None and isinstance(info.attributes.get("num_features"), int):
+        return int(info.attributes["num_features"])
+    return 0
+
+
+def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo | None, channels: int,
+           producer: Producer | None, window: list[Producer], eps: float | None) -> BNLayer:
+    attrs = info.attributes if info is not None else {}
+    if eps is not None:
+        eps_value, eps_source = float(eps), "user"
+    elif isinstance(attrs.get("eps"), (int, float)):
+        eps_value, eps_source = float(attrs["eps"]), "module"
+    else:
+        eps_value, eps_source = DEFAULT_EPS, "default"
+    if "momentum" in attrs:
+        momentum, momentum_source = attrs["momentum"], "module"
+    else:
+        momentum, momentum_source = DEFAULT_MOMENTUM, "default"
+    kind, kind_source = _kind(info, producer)
+    if producer is not None:
+        note = f"{producer.kind} with {producer.out_channels} outputs, the layer before it in key order"
+    elif window:
+        widths = ", ".join(f"{p.name} ({p.out_channels})" for p in window[-3:])
+        note = f"no conv/linear with {channels} outputs since the previous BN layer (nearest: {widths}); it may normalize a sum or a concatenation"
+    else:
+        note = "no conv/linear layer before it since the previous BN layer"
+    tensors = {k: v for k, v in t.items() if k in TENSOR_NAMES}
+    affine = attrs.get("affine")
+    if affine is None and kind_source != "module":
+        affine = "weight" in tensors or "bias" in tensors
+    track = attrs.get("track_running_stats")
+    if track is None:
+        track = "running_mean" in tensors
+    training = attrs.get("training")
+    return BNLayer(
+        name=display, key_prefix=prefix, kind=kind, kind_source=kind_source, channels=channels,
+        tensors=tensors, eps=eps_value, eps_source=eps_source,
+        momentum=momentum if momentum is None else float(momentum), momentum_source=momentum_source,
+        affine=affine if affine is None else bool(affine), track_running_stats=bool(track),
+        training=training if training is None else bool(training), producer=producer, producer_note=note,
+    )

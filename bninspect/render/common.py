@@ -8,7 +8,6 @@ printed literally.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -16,6 +15,8 @@ import sys
 from rich.console import Console
 from rich.markup import escape as markup_escape
 from rich.text import Text
+
+from bninspect.numfmt import num  # noqa: F401  (re-exported for renderers)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -41,17 +42,3 @@ def console(stderr: bool = False) -> Console:
     if not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ:
         width = 120
     return Console(stderr=stderr, highlight=False, width=width, emoji=False)
-
-
-def num(x: float | None, digits: int = 4) -> str:
-    """A compact number: 4 significant digits, NaN/Inf spelled out, None as an em dash."""
-    if x is None:
-        return "—"
-    x = float(x)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "Inf" if x > 0 else "-Inf"
-    if x == 0:
-        return "0"
-    return f"{x:.{digits}g}"

@@ -1,0 +1,185 @@
+"""`show`: every BN layer of a checkpoint with its tensors, statistics and producer, as plain data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bninspect.checkpoint import FORMAT_NAMES
+from bninspect.layers import DEFAULT_EPS, TENSOR_NAMES, BNLayer, Discovery
+from bninspect.services.common import open_layers, select
+
+
+@dataclass
+class TensorInfo:
+    key: str  # the original key in the file
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class ProducerInfo:
+    name: str
+    key_prefix: str
+    kind: str
+    out_channels: int
+
+
+@dataclass
+class ChannelRow:
+    """One channel i: the i-th entry of every BN tensor, and its folded inference form."""
+
+    index: int
+    weight: float  # γ (1 where affine=False)
+    bias: float  # β (0 where affine=False)
+    running_mean: float | None  # μ
+    running_var: float | None  # σ²
+    scale: float | None  # γ / √(σ² + ε)
+    shift: float | None  # β − μ·scale
+    producer_channel: str | None  # "features.2.dw_conv_k3 output 5"
+
+
+@dataclass
+class Stats:
+    running_mean_min: float | None = None
+    running_mean_max: float | None = None
+    running_var_min: float | None = None
+    running_var_max: float | None = None
+    weight_abs_min: float | None = None
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    key_prefix: str
+    kind: str
+    kind_source: str
+    channels: int
+    tensors: dict[str, TensorInfo]
+    num_batches_tracked: int | None
+    eps: float
+    eps_source: str
+    momentum: float | None
+    momentum_source: str
+    affine: bool | None
+    track_running_stats: bool | None
+    training: bool | None
+    producer: ProducerInfo | None
+    producer_note: str
+    stats: Stats
+    possible: bool = False
+    evidence: str = ""
+    per_channel: list[ChannelRow] | None = None
+
+
+@dataclass
+class ShowResult:
+    file: str
+    format: str
+    format_name: str
+    container: str
+    alternatives: list[str]
+    prefix: str
+    eps_note: str
+    layers: list[LayerSummary]
+    possible: list[LayerSummary]
+    other_norms: dict[str, int]
+    total_layers: int  # BN layers selected (before --limit)
+    omitted: int  # left out by --limit
+    total_channels: int
+    total_parameters: int  # γ and β values
+    total_buffer_values: int  # running_mean, running_var and num_batches_tracked values
+    notes: list[str] = field(default_factory=list)
+
+
+
+def _stats(layer: BNLayer) -> Stats:
+    s = Stats()
+    mean, var, w = layer.values("running_mean"), layer.values("running_var"), layer.values("weight")
+    # min/max propagate NaN on purpose: a NaN statistic must show, not hide behind nanmin.
+    if mean is not None and mean.size:
+        s.running_mean_min, s.running_mean_max = float(mean.min()), float(mean.max())
+    if var is not None and var.size:
+        s.running_var_min, s.running_var_max = float(var.min()), float(var.max())
+    if w is not None and w.size:
+        s.weight_abs_min = float(np.abs(w).min())
+    return s
+
+
+def per_channel(layer: BNLayer) -> list[ChannelRow]:
+    """The per-channel table: entry i of every tensor belongs to input channel i."""
+    n = layer.channels
+    gamma, beta = layer.gamma(), layer.beta()
+    mean, var = layer.values("running_mean"), layer.values("running_var")
+    scale = shift = None
+    if mean is not None and var is not None and mean.shape == var.shape == gamma.shape == beta.shape:
+        scale, shift = layer.folded()
+    rows = []
+    for i in range(n):
+        def at(a: np.ndarray | None) -> float | None:
+            return float(a[i]) if a is not None and i < a.size else None
+
+        rows.append(ChannelRow(
+            index=i, weight=at(gamma), bias=at(beta), running_mean=at(mean), running_var=at(var),
+            scale=at(scale), shift=at(shift),
+            producer_channel=f"{layer.producer.name} output {i}" if layer.producer else None,
+        ))
+    return rows
+
+
+def summarize(layer: BNLayer, channels: bool = False) -> LayerSummary:
+    """A layer as plain data (no TensorRefs), optionally with its per-channel table."""
+    p = layer.producer
+    return LayerSummary(
+        name=layer.name, key_prefix=layer.key_prefix, kind=layer.kind, kind_source=layer.kind_source,
+        channels=layer.channels,
+        tensors={n: TensorInfo(f"{layer.key_prefix}.{n}" if layer.key_prefix else n, list(r.shape), r.dtype)
+                 for n, r in sorted(layer.tensors.items(), key=lambda kv: TENSOR_NAMES.index(kv[0]))},
+        num_batches_tracked=layer.num_batches_tracked, eps=layer.eps, eps_source=layer.eps_source,
+        momentum=layer.momentum, momentum_source=layer.momentum_source, affine=layer.affine,
+        track_running_stats=layer.track_running_stats, training=layer.training,
+        producer=ProducerInfo(p.name, p.key_prefix, p.kind, p.out_channels) if p else None,
+        producer_note=layer.producer_note, stats=_stats(layer), possible=layer.possible, evidence=layer.evidence,
+        per_channel=per_channel(layer) if channels else None,
+    )
+
+
+def eps_note(layers: list[BNLayer]) -> str:
+    """Where eps comes from, in words: the state-dict assumption must be visible."""
+    if not layers:
+        return ""
+    sources = {l.eps_source for l in layers}
+    values = Counter(l.eps for l in layers)
+    listed = ", ".join(f"{v:g}" + (f" ×{n}" if len(values) > 1 else "") for v, n in values.most_common())
+    if sources == {"user"}:
+        return f"eps: {listed} (from --eps)"
+    if sources == {"default"}:
+        return f"eps: {DEFAULT_EPS:g} (PyTorch default; not stored in this file — pass --eps if the model used another)"
+    if sources == {"module"}:
+        return f"eps: {listed} (stored in the saved modules)"
+    return f"eps: {listed} (from the saved modules where present, else the PyTorch default {DEFAULT_EPS:g})"
+
+
+def show(path: str, *, layers: list[str] | None = None, channels: bool = False, key: str | None = None,
+         eps: float | None = None, limit: int | None = None, trust: bool = False, strict: bool = False) -> ShowResult:
+    """Open ``path`` and summarize its BN layers (filtered by ``layers`` globs, cut at ``limit``)."""
+    found: Discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    chosen = select(found.layers, layers)
+    shown = chosen if limit is None or limit <= 0 else chosen[:limit]
+    ck = found.checkpoint
+    return ShowResult(
+        file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),
+        container=ck.container, alternatives=list(ck.alternatives), prefix=ck.prefix,
+        eps_note=eps_note(chosen),
+        layers=[summarize(l, channels) for l in shown],
+        possible=[summarize(l) for l in found.possible] if not layers else [],
+        other_norms=dict(found.other_norms),
+        total_layers=len(chosen), omitted=len(chosen) - len(shown),
+        total_channels=sum(l.channels for l in chosen),
+        total_parameters=sum(l.tensors[n].numel for l in chosen for n in ("weight", "bias") if n in l.tensors),
+        total_buffer_values=sum(l.tensors[n].numel for l in chosen
+                                for n in ("running_mean", "running_var", "num_batches_tracked") if n in l.tensors),
+        notes=list(ck.notes),
+    )
