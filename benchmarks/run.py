@@ -1,0 +1,411 @@
+"""Run the baselines and bninspect side by side and print medians, ratios and the issue's goals.
+
+Every run is a fresh process. Wall time is measured around it; peak memory is the child's
+own peak RSS as the kernel reports it to ``os.wait4`` (its largest descendant counts too);
+bytes read from disk are the difference of this process's ``read_bytes`` in /proc/self/io,
+to which the kernel adds each reaped child's I/O. A cold run first writes 3 to
+/proc/sys/vm/drop_caches (root only; without it the cold columns say so).
+
+    python benchmarks/make_files.py      # once: the files, into benchmarks/data/
+    python benchmarks/run.py             # everything (~10 minutes on 2 cores)
+    python benchmarks/run.py --quick     # warm only, 3 runs, no 2 GB naive loads
+    python benchmarks/run.py --only show # the benchmarks whose name contains "show"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+PY = sys.executable
+MiB = 1024 * 1024
+
+# The bninspect command as users run it: the installed console script, else the module.
+_exe = shutil.which("bninspect")
+BNI = [_exe] if _exe else [PY, "-m", "bninspect"]
+
+# Pick the BN tensors out of a state dict the way a script would: every key whose module
+# has a running_var. Cloning touches the bytes, so mmap=True pays for exactly those pages.
+_PICK = (
+    "sd = sd.get('state_dict', sd)\n"
+    "mods = {k.rsplit('.', 1)[0] for k in sd if k.endswith('running_var')}\n"
+    "bn = {k: v.clone() for k, v in sd.items() if k.rsplit('.', 1)[0] in mods}\n"
+    "assert bn, 'no BN tensors'\n"
+)
+
+
+def naive_load(path: Path, mmap: bool = False) -> list[str]:
+    """torch.load(weights_only=True) of the whole file, then the BN tensors picked out."""
+    code = f"import torch\nsd = torch.load({str(path)!r}, map_location='cpu', weights_only=True, mmap={mmap})\n" + _PICK
+    return [PY, "-c", code]
+
+
+def safe_open_numpy(path: Path) -> list[str]:
+    """safetensors' own reader (mmap), numpy framework, BN keys only."""
+    code = (
+        "from safetensors import safe_open\n"
+        f"with safe_open({str(path)!r}, framework='numpy') as f:\n"
+        "    keys = list(f.keys())\n"
+        "    mods = {k.rsplit('.', 1)[0] for k in keys if k.endswith('running_var')}\n"
+        "    bn = {k: f.get_tensor(k) for k in keys if k.rsplit('.', 1)[0] in mods}\n"
+        "assert bn\n"
+    )
+    return [PY, "-c", code]
+
+
+@dataclass
+class Bench:
+    """One command to time: its name, argv, how often, and which bninspect command it needs."""
+
+    name: str
+    argv: list[str]
+    needs: str | None = None  # bninspect subcommand that must exist ("" = the bare app)
+    runs: int = 5
+    cold: bool = False
+    ok_codes: tuple[int, ...] = (0,)
+    files: tuple[Path, ...] = ()  # files that must exist
+    slow: bool = False  # skipped by --quick
+
+
+@dataclass
+class Result:
+    """Measurements of one benchmark (empty lists when it did not run)."""
+
+    bench: Bench
+    wall: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)  # MiB
+    read: list[float] = field(default_factory=list)  # MiB read from disk (warm runs)
+    cold_wall: list[float] = field(default_factory=list)
+    cold_rss: list[float] = field(default_factory=list)
+    cold_read: list[float] = field(default_factory=list)
+    status: str = "ok"  # "ok" | "not available" | "missing file" | "failed: ..."
+    torch_imported: bool | None = None
+
+    def med(self, attr: str) -> float | None:
+        vals = getattr(self, attr)
+        return statistics.median(vals) if vals else None
+
+
+def _read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+_CAN_DROP: bool | None = None
+
+
+def drop_caches() -> bool:
+    """Empty the page cache (root only). Returns whether it worked."""
+    global _CAN_DROP
+    if _CAN_DROP is False:
+        return False
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        _CAN_DROP = True
+    except OSError:
+        _CAN_DROP = False
+    return _CAN_DROP
+
+
+def measure(argv: list[str]) -> tuple[float, float, float, int, str]:
+    """Run argv once in a fresh process: (wall s, peak RSS MiB, MiB read from disk, exit code, stderr tail)."""
+    with tempfile.TemporaryFile() as err:
+        before = _read_bytes()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        read = (_read_bytes() - before) / MiB
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
+    # ru_maxrss is in KiB on Linux.
+    return wall, usage.ru_maxrss / 1024, read, proc.returncode, tail[0][:160]
+
+
+_AVAILABLE: dict[str, bool] = {}
+
+
+def available(command: str) -> bool:
+    """Whether `bninspect COMMAND --help` works (a command still being written does not)."""
+    if command not in _AVAILABLE:
+        argv = BNI + ([command] if command else []) + ["--help"]
+        rc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        _AVAILABLE[command] = rc == 0
+    return _AVAILABLE[command]
+
+
+_PROBE = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\n' % ('torch' in sys.modules)))\n"
+    "from bninspect.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def torch_imported(args: list[str]) -> bool | None:
+    """Run bninspect in-process in a fresh interpreter and report whether torch got imported."""
+    out = subprocess.run([PY, "-c", _PROBE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
+    for line in reversed(out.splitlines()):
+        if line.startswith("TORCH_IMPORTED="):
+            return line.endswith("True")
+    return None
+
+
+def run_bench(b: Bench, runs: int | None, cold: bool, log) -> Result:
+    """Warm runs (after one unmeasured warm-up), then cold runs if asked and permitted."""
+    r = Result(b)
+    if b.needs is not None and not available(b.needs):
+        r.status = "not available"
+        return r
+    missing = [p for p in b.files if not p.exists()]
+    if missing:
+        r.status = f"missing file {missing[0].name} (run make_files.py)"
+        return r
+    n = runs or b.runs
+    wall, rss, read, rc, tail = measure(b.argv)  # warm-up: loads the page cache
+    if rc not in b.ok_codes:
+        r.status = f"failed: rc={rc} {tail}"
+        return r
+    for _ in range(n):
+        wall, rss, read, rc, tail = measure(b.argv)
+        r.wall.append(wall)
+        r.rss.append(rss)
+        r.read.append(read)
+    if cold and b.cold:
+        for _ in range(min(n, 3)):
+            if not drop_caches():
+                break
+            wall, rss, read, rc, tail = measure(b.argv)
+            r.cold_wall.append(wall)
+            r.cold_rss.append(rss)
+            r.cold_read.append(read)
+    if b.needs is not None and b.argv[:len(BNI)] == BNI:
+        r.torch_imported = torch_imported(b.argv[len(BNI):])
+    log(f"  {b.name:<44} {fmt_s(r.med('wall')):>8} {fmt_mib(r.med('rss')):>10}  cold {fmt_s(r.med('cold_wall')):>8}")
+    return r
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else (f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def fmt_mib(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f} MiB"
+
+
+def benches() -> list[Bench]:
+    """Every benchmark, in the order the table shows them."""
+    st, pt, lt = DATA / "resnet152.safetensors", DATA / "resnet152.pt", DATA / "resnet152_lightning.ckpt"
+    many = DATA / "many"
+    b: list[Bench] = [
+        Bench("import typer, rich.console, rich.table", [PY, "-c", "import typer, rich.console, rich.table"]),
+        Bench("import torch", [PY, "-c", "import torch"]),
+        Bench("cat 2 GB .pt > /dev/null", ["sh", "-c", f"cat '{pt}' > /dev/null"], cold=True, files=(pt,)),
+        Bench("naive torch.load .pt + pick BN", naive_load(pt), runs=3, cold=True, files=(pt,), slow=True),
+        Bench("torch.load mmap=True .pt + pick BN", naive_load(pt, mmap=True), runs=3, cold=True, files=(pt,)),
+        Bench("naive torch.load Lightning + pick BN", naive_load(lt), runs=3, cold=True, files=(lt,), slow=True),
+        Bench("safe_open(numpy) .safetensors BN keys", safe_open_numpy(st), cold=True, files=(st,)),
+        Bench("bninspect --help", BNI + ["--help"], needs=""),
+        Bench("bninspect rules", BNI + ["rules"], needs="rules"),
+    ]
+    for label, path in (("safetensors", st), ("pt", pt), ("Lightning", lt)):
+        for cmd in ("show", "check"):
+            b.append(Bench(f"bninspect {cmd} 2 GB {label}", BNI + [cmd, str(path)], needs=cmd, cold=True,
+                           ok_codes=(0, 1), files=(path,)))
+    for n in (100, 1000, 10000):
+        for ext in ("safetensors", "pt"):
+            f = DATA / f"layers_{n}.{ext}"
+            b.append(Bench(f"bninspect show --json {n} layers {ext}", BNI + ["show", "--json", str(f)], needs="show", files=(f,)))
+            b.append(Bench(f"bninspect check {n} layers {ext}", BNI + ["check", str(f)], needs="check", ok_codes=(0, 1), files=(f,)))
+    for ext in ("safetensors", "pt"):
+        f = DATA / f"layers_10000.{ext}"
+        b.append(Bench(f"bninspect show --limit 20 10000 layers {ext}", BNI + ["show", "--limit", "20", str(f)], needs="show", files=(f,)))
+    for jobs in (1, 2):
+        b.append(Bench(f"bninspect check DIR(50) --jobs {jobs}", BNI + ["check", str(many), "--jobs", str(jobs)],
+                       needs="check", runs=3, ok_codes=(0, 1), files=(many,)))
+    return b
+
+
+def goals(res: dict[str, Result], facts: dict) -> list[tuple[str, str, str]]:
+    """The issue's goals as (goal, measured, PASS/MISS/n/a) rows."""
+    rows: list[tuple[str, str, str]] = []
+
+    def w(name: str, attr: str = "wall") -> float | None:
+        r = res.get(name)
+        return r.med(attr) if r and r.status == "ok" else None
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+    def torch_note(name: str) -> str:
+        r = res.get(name)
+        if r is None or r.torch_imported is None:
+            return ""
+        return "torch imported" if r.torch_imported else "no torch"
+
+    base = w("import typer, rich.console, rich.table")
+    for name in ("bninspect --help", "bninspect rules"):
+        t = w(name)
+        ok = None if t is None or base is None else (t <= 2 * base and res[name].torch_imported is False)
+        rows.append((f"`{name[10:]}` ≤ 2× typer+rich import, no torch",
+                     f"{t / base:.2f}× ({fmt_s(t)} vs {fmt_s(base)}), {torch_note(name)}" if t and base else res[name].status, verdict(ok)))
+
+    naive_pt, naive_pt_rss = w("naive torch.load .pt + pick BN"), w("naive torch.load .pt + pick BN", "rss")
+    naive_lt, naive_lt_rss = w("naive torch.load Lightning + pick BN"), w("naive torch.load Lightning + pick BN", "rss")
+    bn_mib = facts.get("resnet152_bn_bytes", 0) / MiB
+    for label, ref, ref_rss in (("safetensors", naive_pt, naive_pt_rss), ("pt", naive_pt, naive_pt_rss), ("Lightning", naive_lt, naive_lt_rss)):
+        for cmd in ("show", "check"):
+            name = f"bninspect {cmd} 2 GB {label}"
+            r = res[name]
+            t, m = w(name), w(name, "rss")
+            if t is None or ref is None:
+                rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load, ≤ 10% memory", r.status if t is None else "no baseline", "n/a"))
+                continue
+            ok = t * 15 <= ref and m <= 0.10 * ref_rss
+            if label == "safetensors":
+                ok = ok and r.torch_imported is False
+            rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load, ≤ 10% memory" + (", no torch" if label == "safetensors" else ""),
+                         f"{ref / t:.1f}× faster ({fmt_s(t)}), {100 * m / ref_rss:.1f}% memory ({fmt_mib(m)}), {torch_note(name)}", verdict(ok)))
+            if label == "safetensors":
+                cr = r.med("cold_read")
+                if cr is None:
+                    rows.append((f"`{cmd}` safetensors cold: reads about the BN bytes", "no cold runs (drop_caches not permitted or --no-cold)", "n/a"))
+                else:
+                    # Python, numpy, typer and rich come off disk too on a cold cache: allow
+                    # their ~100 MiB plus the BN bytes, far below the 2 GB file.
+                    rows.append((f"`{cmd}` safetensors cold: reads about the BN bytes, not the file",
+                                 f"{cr:,.0f} MiB read from disk incl. Python's own imports ({fmt_s(r.med('cold_wall'))}); BN tensors {bn_mib:.1f} MiB, file 2,018 MiB",
+                                 verdict(cr < 200)))
+
+    for cmd, what in (("show --json", "show --json"), ("check", "check")):
+        for ext in ("safetensors", "pt"):
+            ts = [w(f"bninspect {what} {n} layers {ext}") for n in (100, 1000, 10000)]
+            if None in ts:
+                rows.append((f"`{cmd}` linear in layers ({ext})", "not measured", "n/a"))
+                continue
+            # Fit t = a + b·n through 100 and 1,000 layers; linear means 10,000 lands near the line.
+            slope = (ts[1] - ts[0]) / 900
+            predicted = ts[0] + slope * 9900
+            ok = ts[2] <= 1.5 * predicted + 0.05
+            per_layer = (ts[2] - ts[0]) / 9900 * 1e6
+            rows.append((f"`{cmd}` linear in layers ({ext}): 100 / 1k / 10k",
+                         f"{' / '.join(fmt_s(t) for t in ts)}; {per_layer:.0f} µs/layer; 10k vs line from 100–1k: {ts[2] / predicted:.2f}×", verdict(ok)))
+    for ext in ("safetensors", "pt"):
+        t = w(f"bninspect show --limit 20 10000 layers {ext}")
+        rows.append((f"`show --limit 20` at 10,000 layers ({ext}) < 1 s", fmt_s(t) if t else "not measured", verdict(None if t is None else t < 1)))
+
+    j1, j2 = w("bninspect check DIR(50) --jobs 1"), w("bninspect check DIR(50) --jobs 2")
+    rows.append(("`check DIR --jobs 2` near-linear speed-up over `--jobs 1` (≥ 1.7×)",
+                 f"{j1 / j2:.2f}× ({fmt_s(j1)} → {fmt_s(j2)})" if j1 and j2 else "not measured", verdict(None if not (j1 and j2) else j1 / j2 >= 1.7)))
+    return rows
+
+
+def run_verify_bench(log) -> str:
+    """Run benchmarks/bench_verify.py (the verify engineer's) if present; its output verbatim."""
+    script = HERE / "bench_verify.py"
+    if not script.exists():
+        return "bench_verify.py: not available"
+    log("  bench_verify.py ...")
+    p = subprocess.run([PY, str(script)], capture_output=True, text=True)
+    text = (p.stdout + p.stderr).strip()
+    return f"bench_verify.py (exit {p.returncode}):\n{text}"
+
+
+def machine() -> str:
+    """One line describing the machine the numbers come from."""
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) // (1024 * 1024)
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import importlib.metadata as md
+
+        torch_v = md.version("torch")
+    except Exception:
+        torch_v = "?"
+    return (f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}, "
+            f"torch {torch_v}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def report(results: list[Result], goal_rows: list[tuple[str, str, str]], verify_text: str, cold_note: str) -> str:
+    """The markdown the README's performance section shows."""
+    lines = [f"Machine: {machine()}.", ""]
+    lines += ["| what | warm wall | peak RSS | cold wall | cold read from disk | torch imported |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if r.status != "ok":
+            lines.append(f"| {r.bench.name} | {r.status} | | | | |")
+            continue
+        ti = "" if r.torch_imported is None else ("yes" if r.torch_imported else "no")
+        cold_read = r.med("cold_read")
+        lines.append(f"| {r.bench.name} | {fmt_s(r.med('wall'))} | {fmt_mib(r.med('rss'))} | {fmt_s(r.med('cold_wall'))} | "
+                     f"{'—' if cold_read is None else f'{cold_read:,.0f} MiB'} | {ti} |")
+    lines += ["", f"Medians of {cold_note}.", "", "| goal | measured | |", "|---|---|---|"]
+    lines += [f"| {g} | {m} | {v} |" for g, m, v in goal_rows]
+    lines += ["", "```", verify_text, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks and print the table (and write it with --output)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="warm only, 3 runs, skip the slow naive loads")
+    ap.add_argument("--only", action="append", default=[], help="run benchmarks whose name contains this (repeatable)")
+    ap.add_argument("--runs", type=int, help="measured runs per benchmark (default 5; 3 for slow ones)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
+    ap.add_argument("--output", type=Path, help="also write the markdown report here")
+    args = ap.parse_args(argv)
+
+    runs = args.runs or (3 if args.quick else None)
+    cold = not (args.quick or args.no_cold)
+    if cold and not drop_caches():
+        print("cannot write /proc/sys/vm/drop_caches (not root?): warm numbers only", file=sys.stderr)
+        cold = False
+    facts_path = DATA / "facts.json"
+    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    selected = [b for b in benches() if (not args.only or any(o in b.name for o in args.only)) and not (args.quick and b.slow)]
+    results = {}
+    for b in selected:
+        results[b.name] = run_bench(b, runs, cold, log)
+    for b in benches():  # goals look every benchmark up; the unselected ones read "not measured"
+        results.setdefault(b.name, Result(b, status="not measured"))
+    verify_text = run_verify_bench(log) if not args.only or any("verify" in o for o in args.only) else "bench_verify.py: not run (--only)"
+    warm_note = f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads and --jobs)"
+    cold_note = f"{warm_note} after one warm-up" + (", and 3 cold runs after drop_caches" if cold else "; no cold runs")
+    text = report([results[b.name] for b in selected], goals(results, facts), verify_text, cold_note)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
