@@ -1,0 +1,88 @@
+"""The loading layer: turn a file into a :class:`~bninspect.checkpoint.Checkpoint`, safely.
+
+The format is sniffed from the file's first bytes, never from its extension. Each reader is
+a module in this package with two functions (the plug-in contract):
+
+- ``sniff(head: bytes) -> bool``: does this look like my format? (``head`` = first 4 KiB)
+- ``read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint``
+
+Readers are listed in ``READERS`` in the order they are asked and imported only when
+asked, so opening a safetensors file imports neither torch nor the ONNX reader.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bninspect.checkpoint import Checkpoint
+from bninspect.errors import InvalidFileError
+from bninspect.formats.paths import check_path, read_head
+
+# Order matters only where two sniffers could both say yes; the content checks are disjoint today.
+READERS: tuple[str, ...] = ("torchzip", "safetensors", "legacy")
+
+HEAD_SIZE = 4096
+
+
+def open_checkpoint(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False) -> Checkpoint:
+    """Open ``path`` with the reader its content calls for; never runs code from it unless ``trust``.
+
+    ``key`` picks one state dict of a nested checkpoint ("/"-joined path); ``strict`` adds
+    integrity checks (zip CRCs, safetensors duplicate keys). Raises PathProblemError,
+    InvalidFileError, UnsafeFileError or UsageError with a one-line message.
+    """
+    path = str(path)
+    st = check_path(path)
+    head = read_head(path, HEAD_SIZE)
+    for name in READERS:
+        reader = importlib.import_module(f"bninspect.formats.{name}")
+        if reader.sniff(head):
+            return reader.read(path, trust=trust, key=key, strict=strict)
+    raise InvalidFileError(f"not a checkpoint bninspect can read: {describe(head, st.st_size)}", path=path)
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "gzip-compressed data (decompress it first)"),
+    (b"BZh", "bzip2-compressed data (decompress it first)"),
+    (b"\xfd7zXZ\x00", "xz-compressed data (decompress it first)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data (decompress it first)"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?), not a PyTorch checkpoint"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"\x7fELF", "an ELF executable"),
+    (b"version https://git-lfs", "a Git LFS pointer file (run 'git lfs pull' to fetch the real file)"),
+)
+
+
+def describe(head: bytes, size: int) -> str:
+    """What a file we cannot read seems to be, in a few words, for the error message."""
+    if size == 0 or not head:
+        return "the file is empty"
+    for magic, text in _MAGIC:
+        if head.startswith(magic):
+            return f"it looks like {text}"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return ("it looks like a tar archive (the pre-0.4 tar-based torch.save format is not supported; "
+                "re-save the checkpoint with a current PyTorch)")
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "it looks like a plain Python pickle, not a file written by torch.save"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character cut at the 4 KiB boundary is still text.
+        try:
+            text = head[:-4].decode("utf-8") if len(head) > 4 else ""
+        except UnicodeDecodeError:
+            text = ""
+    if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        stripped = text.lstrip()
+        if stripped[:1] in ("{", "["):
+            return "it looks like JSON text"
+        if stripped.startswith("<"):
+            return "it looks like XML/HTML text"
+        return "it looks like a text file"
+    shown = " ".join(f"{b:02x}" for b in head[:8])
+    return f"unrecognised binary data (starts with {shown})"

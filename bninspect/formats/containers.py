@@ -1,0 +1,159 @@
+"""Finding the state dict inside a nested checkpoint, and the wrapper prefix on its keys.
+
+Training frameworks wrap the weights: Lightning saves ``{"state_dict": ..., "optimizer_states":
+..., "callbacks": ...}``, timm adds ``state_dict_ema``, many scripts save ``{"model": ...,
+"epoch": ...}``. A candidate is any dict reached through string keys whose values include
+tensors (or a module, for trusted pickles). The main one is the largest non-EMA candidate;
+the others are listed as alternatives the user can pick with ``--key``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
+from bninspect.errors import InvalidFileError, UsageError
+
+# Where frameworks put the weights (Lightning, timm, torchvision references, DeepSpeed-style scripts).
+KNOWN_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "state_dict_ema", "model_ema", "ema")
+EMA_KEYS = frozenset({"state_dict_ema", "model_ema", "ema", "ema_state_dict", "model_ema_state_dict"})
+
+# Wrapper prefixes: DataParallel/DDP ("module."), torch.compile ("_orig_mod."), Lightning ("model.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+# Nesting deeper than this is not a real checkpoint; stop walking rather than exhaust memory.
+MAX_DEPTH = 64
+MAX_NODES = 200_000
+
+
+@dataclass
+class ModuleNode:
+    """A module found in a file (TorchScript, trusted pickle): its state-dict tensors and module facts."""
+
+    tensors: dict[str, TensorRef]
+    modules: dict[str, ModuleInfo] = field(default_factory=dict)
+
+
+@dataclass
+class _Candidate:
+    path: str
+    tensors: dict[str, TensorRef]
+    modules: dict[str, ModuleInfo]
+    depth: int
+
+    @property
+    def is_ema(self) -> bool:
+        last = self.path.rsplit("/", 1)[-1].lower()
+        return last in EMA_KEYS or last.endswith("_ema") or last.startswith("ema_")
+
+
+def _as_candidate(node: Any, path: str, depth: int) -> _Candidate | None:
+    if isinstance(node, ModuleNode):
+        return _Candidate(path, node.tensors, node.modules, depth)
+    if isinstance(node, dict):
+        tensors = {k: v for k, v in node.items() if isinstance(k, str) and isinstance(v, TensorRef)}
+        if tensors:
+            return _Candidate(path, tensors, {}, depth)
+    return None
+
+
+def _walk(root: Any) -> tuple[list[_Candidate], dict[str, Any]]:
+    """Breadth-first over dicts (string keys only), iteratively: candidates and every dict path."""
+    candidates: list[_Candidate] = []
+    dicts: dict[str, Any] = {}
+    queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
+    seen: set[int] = set()
+    visited = 0
+    while queue:
+        path, node, depth = queue.popleft()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        visited += 1
+        if visited > MAX_NODES:
+            break
+        cand = _as_candidate(node, path, depth)
+        if cand is not None:
+            candidates.append(cand)
+        if isinstance(node, (dict, ModuleNode)):
+            dicts[path] = node
+        if isinstance(node, dict) and depth < MAX_DEPTH:
+            for k, v in node.items():
+                if isinstance(k, str) and isinstance(v, (dict, ModuleNode)):
+                    queue.append((f"{path}/{k}" if path else k, v, depth + 1))
+    return candidates, dicts
+
+
+def _main_first(candidates: list[_Candidate]) -> list[_Candidate]:
+    """Candidates with the main one first: non-EMA before EMA, known names before others, then size."""
+
+    def rank(c: _Candidate) -> tuple[int, int, int, int]:
+        known = all(part in KNOWN_KEYS for part in c.path.split("/")) if c.path else True
+        return (1 if c.is_ema else 0, 0 if known else 1, -len(c.tensors), c.depth)
+
+    return sorted(candidates, key=rank)
+
+
+def common_prefix(keys: list[str]) -> str:
+    """The stacked wrapper prefix every key shares (``module._orig_mod.``), or ""."""
+    prefix = ""
+    if not keys:
+        return prefix
+    changed = True
+    while changed:
+        changed = False
+        for p in WRAPPER_PREFIXES:
+            full = prefix + p
+            # A key equal to the prefix alone would leave nothing: only strip when all keep a name.
+            if all(k.startswith(full) and len(k) > len(full) for k in keys):
+                prefix = full
+                changed = True
+                break
+    return prefix
+
+
+def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
+                     notes: list[str] | None = None) -> Checkpoint:
+    """Pick the state dict inside ``root`` (``key`` chooses one) and make the Checkpoint.
+
+    Non-tensor values are ignored. An unknown ``key`` is a usage error listing the candidates;
+    a file with no tensors at all is not a checkpoint (InvalidFileError).
+    """
+    candidates, dicts = _walk(root)
+    ordered = _main_first(candidates)
+    if key is not None:
+        wanted = key.strip("/")
+        chosen = next((c for c in ordered if c.path == wanted), None)
+        if chosen is None:
+            available = ", ".join(repr(c.path or "/") for c in ordered) or "none"
+            raise UsageError(f"no state dict at --key {key!r}; available: {available}", path=path)
+    else:
+        if not ordered:
+            raise InvalidFileError(f"holds no tensors: {_shape_of(root)}", path=path)
+        chosen = ordered[0]
+    tensors = chosen.tensors
+    keys = list(tensors)
+    return Checkpoint(
+        path=path,
+        format=format,
+        tensors=tensors,
+        container=chosen.path,
+        alternatives=[c.path for c in ordered if c is not chosen],
+        prefix=common_prefix(keys),
+        modules=chosen.modules,
+        notes=list(notes or []),
+    )
+
+
+def _shape_of(root: Any) -> str:
+    if isinstance(root, dict):
+        names = [repr(k) for k in list(root)[:6]]
+        more = f", ... ({len(root)} in all)" if len(root) > 6 else ""
+        return f"a dict with keys {', '.join(names)}{more}" if names else "an empty dict"
+    if isinstance(root, TensorRef):
+        return f"a single tensor of shape {list(root.shape)}, not a state dict"
+    if isinstance(root, (list, tuple)):
+        return f"a {type(root).__name__} of {len(root)} items, not a dict of tensors"
+    return f"a {type(root).__name__}, not a dict of tensors"

@@ -1,0 +1,182 @@
+"""The pickle allow-list and a static scan that names every global a pickle would import.
+
+A pickle runs code only through the globals it imports (``GLOBAL``, ``STACK_GLOBAL``, ``INST``,
+``EXT*`` opcodes all end in ``find_class``). We list those names with
+``pickletools.genops`` — which decodes opcodes and executes nothing — before any unpickling,
+so a refusal names every offending global, not just the first one torch would stop at.
+The allow-list is deliberately short: an allow-list, not a deny-list, because deny-lists
+miss globals such as ``builtins.exec``, ``operator.attrgetter`` or ``torch.load`` itself.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import pickletools
+
+from bninspect.errors import InvalidFileError, UnsafeFileError
+
+# torch's storage classes (the typed-storage names torch.save still writes in persistent ids)
+# and the dtype of one element of each.
+STORAGE_DTYPES: dict[str, str] = {
+    "torch.DoubleStorage": "float64",
+    "torch.FloatStorage": "float32",
+    "torch.HalfStorage": "float16",
+    "torch.BFloat16Storage": "bfloat16",
+    "torch.LongStorage": "int64",
+    "torch.IntStorage": "int32",
+    "torch.ShortStorage": "int16",
+    "torch.CharStorage": "int8",
+    "torch.ByteStorage": "uint8",
+    "torch.BoolStorage": "bool",
+    "torch.ComplexFloatStorage": "complex64",
+    "torch.ComplexDoubleStorage": "complex128",
+    # Untyped storages count bytes; the tensor rebuilt on them is read as bytes too.
+    "torch.UntypedStorage": "uint8",
+    "torch.storage.UntypedStorage": "uint8",
+    "torch.storage.TypedStorage": "uint8",
+}
+
+# torch dtypes pickle as globals of the torch module ("torch float32"); aliases included.
+DTYPE_GLOBALS: dict[str, str] = {
+    f"torch.{name}": canonical
+    for canonical, names in {
+        "float64": ("float64", "double"),
+        "float32": ("float32", "float"),
+        "float16": ("float16", "half"),
+        "bfloat16": ("bfloat16",),
+        "int64": ("int64", "long"),
+        "int32": ("int32", "int"),
+        "int16": ("int16", "short"),
+        "int8": ("int8",),
+        "uint8": ("uint8",),
+        "bool": ("bool",),
+        "complex64": ("complex64", "cfloat"),
+        "complex128": ("complex128", "cdouble"),
+    }.items()
+    for name in names
+}
+
+# Everything else a torch.save state dict (plain, Lightning, with optimizer state) needs.
+# Each is mapped to an inert stand-in by the reader; none of the real callables is ever called.
+TENSOR_GLOBALS = frozenset({
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch._tensor._rebuild_from_type_v2",
+    "torch.nn.parameter.Parameter",
+    "torch.Tensor",
+    "torch.Size",
+    "torch.device",
+    "collections.OrderedDict",
+    "_codecs.encode",  # protocol 2 pickles bytes as _codecs.encode(str, "latin1")
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.complex",
+})
+
+# TorchScript's data.pkl wraps lists with these; its module classes live under __torch__.
+TORCHSCRIPT_GLOBALS = frozenset({
+    "torch.jit._pickle.build_intlist",
+    "torch.jit._pickle.build_doublelist",
+    "torch.jit._pickle.build_boollist",
+    "torch.jit._pickle.build_tensorlist",
+    "torch.jit._pickle.restore_type_tag",
+})
+TORCHSCRIPT_CLASS_PREFIX = "__torch__."
+
+TRUST_HINT = "pass --trust to load it with torch.load(weights_only=False), which runs code from the file"
+
+
+def allowed(name: str, *, torchscript: bool = False) -> bool:
+    """Whether the reader maps the global ``module.name`` to an inert stand-in."""
+    if name in TENSOR_GLOBALS or name in STORAGE_DTYPES or name in DTYPE_GLOBALS:
+        return True
+    if torchscript:
+        return name in TORCHSCRIPT_GLOBALS or name.startswith(TORCHSCRIPT_CLASS_PREFIX)
+    return False
+
+
+def normalize(module: str, name: str) -> str:
+    """``module.name`` as Python 3 resolves it: protocol 0-2 pickles say ``__builtin__.set``."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+_STRING_OPS = frozenset({
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
+})
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def scan_globals(stream: io.BufferedIOBase | io.BytesIO) -> tuple[list[str], int]:
+    """Every global one pickle imports, in order of first use, and the offset after its STOP.
+
+    Reads opcodes only. A ``STACK_GLOBAL`` whose module and name are not the two strings
+    pushed just before it (a legitimate pickler always writes them that way) is reported as
+    ``<computed global>`` so it is refused too. Raises ValueError on a malformed pickle.
+    """
+    names: list[str] = []
+    seen: set[str] = set()
+    memo: dict[int, object] = {}
+    recent: list[object] = []  # what the last opcodes pushed: a str, or None for anything else
+    end = 0
+
+    def add(name: str) -> None:
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+
+    for op, arg, pos in pickletools.genops(stream):
+        kind = op.name
+        if kind in _STRING_OPS:
+            recent.append(arg if isinstance(arg, str) else None)
+        elif kind == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+        elif kind in _PUT_OPS:
+            memo[int(arg)] = recent[-1] if recent else None
+        elif kind in _GET_OPS:
+            recent.append(memo.get(int(arg)))
+        elif kind in ("GLOBAL", "INST"):
+            module, _, name = str(arg).partition(" ")
+            add(normalize(module, name))
+            recent.append(None)
+        elif kind == "STACK_GLOBAL":
+            if len(recent) >= 2 and isinstance(recent[-2], str) and isinstance(recent[-1], str):
+                add(normalize(recent[-2], recent[-1]))
+            else:
+                add("<computed global>")
+            recent.append(None)
+        elif kind in ("EXT1", "EXT2", "EXT4"):
+            add(f"<copyreg extension {arg}>")
+            recent.append(None)
+        elif kind == "STOP":
+            end = pos + 1
+        elif kind not in ("FRAME", "PROTO"):
+            recent.append(None)
+        if len(recent) > 64:
+            del recent[:-8]
+    return names, end
+
+
+def refuse_globals(names: list[str], *, torchscript: bool = False, path: str | None = None) -> None:
+    """UnsafeFileError naming every global outside the allow-list; nothing when all are allowed."""
+    refused = [n for n in names if not allowed(n, torchscript=torchscript)]
+    if refused:
+        shown = ", ".join(refused[:12]) + (f", ... ({len(refused)} in all)" if len(refused) > 12 else "")
+        raise UnsafeFileError(
+            f"refused: unpickling it would import globals outside bninspect's allow-list ({shown}); {TRUST_HINT}",
+            path=path,
+        )
+
+
+def scan_or_invalid(data: bytes, what: str, path: str) -> list[str]:
+    """``scan_globals`` over one in-memory pickle; InvalidFileError when it is malformed."""
+    try:
+        return scan_globals(io.BytesIO(data))[0]
+    except Exception as exc:  # genops raises ValueError, struct.error, UnicodeDecodeError...
+        raise InvalidFileError(f"{what} is corrupt (not a valid pickle: {type(exc).__name__})", path=path) from None

@@ -1,0 +1,170 @@
+"""safetensors: the 8-byte header length, the JSON header, then a ``pread`` per tensor asked for.
+
+Layout (https://github.com/huggingface/safetensors, "Format"): u64 little-endian N, N bytes
+of UTF-8 JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``,
+then the data area; offsets are relative to the data area, which must be fully indexed with no
+overlaps. We validate the header completely and read no tensor bytes until asked: no torch,
+no mmap (mmap read-ahead pulls in far more than the BN ranges on a cold cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from typing import Any
+
+import numpy as np
+
+from bninspect.checkpoint import Checkpoint, TensorRef, decode
+from bninspect.errors import InvalidFileError
+from bninspect.formats import containers
+from bninspect.formats.paths import open_regular, pread_exact
+
+# safetensors dtype code -> (torch dtype name, numpy code of the stored bytes, itemsize).
+DTYPES: dict[str, tuple[str, str, int]] = {
+    "F64": ("float64", "<f8", 8),
+    "F32": ("float32", "<f4", 4),
+    "F16": ("float16", "<f2", 2),
+    "BF16": ("bfloat16", "<u2", 2),
+    "I64": ("int64", "<i8", 8),
+    "I32": ("int32", "<i4", 4),
+    "I16": ("int16", "<i2", 2),
+    "I8": ("int8", "i1", 1),
+    "U64": ("uint64", "<u8", 8),
+    "U32": ("uint32", "<u4", 4),
+    "U16": ("uint16", "<u2", 2),
+    "U8": ("uint8", "u1", 1),
+    "BOOL": ("bool", "?", 1),
+    "C64": ("complex64", "<c8", 8),
+    "F8_E4M3": ("float8_e4m3fn", "", 1),
+    "F8_E5M2": ("float8_e5m2", "", 1),
+}
+
+# The reference implementation refuses headers over 100 MB (safetensors' MAX_HEADER_SIZE).
+MAX_HEADER = 100_000_000
+
+
+def sniff(head: bytes) -> bool:
+    """An 8-byte length that leaves room for a JSON object, then ``{``."""
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+
+
+def _duplicates_refused(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _Duplicate(k)
+        seen[k] = v
+    return seen
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _header(fd: int, path: str, size: int, strict: bool) -> tuple[dict[str, Any], int]:
+    (n,) = struct.unpack("<Q", pread_exact(fd, 8, 0, path, "the header length"))
+    if n > MAX_HEADER:
+        raise InvalidFileError(f"safetensors header length {n} is absurd (over {MAX_HEADER} bytes)", path=path)
+    if 8 + n > size:
+        raise InvalidFileError(f"safetensors header length {n} runs past the end of the file ({size} bytes)", path=path)
+    raw = pread_exact(fd, n, 8, path, "the safetensors header")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidFileError("safetensors header is not valid UTF-8", path=path) from None
+    try:
+        header = json.loads(text, object_pairs_hook=_duplicates_refused if strict else None)
+    except _Duplicate as exc:
+        raise InvalidFileError(f"safetensors header names {exc.args[0]!r} twice (--strict)", path=path) from None
+    except (ValueError, RecursionError):
+        raise InvalidFileError("safetensors header is not valid JSON", path=path) from None
+    if not isinstance(header, dict):
+        raise InvalidFileError("safetensors header is not a JSON object", path=path)
+    return header, 8 + n
+
+
+def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[int, ...], int, int]:
+    if not isinstance(entry, dict):
+        raise InvalidFileError(f"safetensors entry {name!r} is not an object", path=path)
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPES:
+        raise InvalidFileError(f"safetensors entry {name!r} has unknown dtype {dtype!r}", path=path)
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        raise InvalidFileError(f"safetensors entry {name!r} has an invalid shape", path=path)
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise InvalidFileError(f"safetensors entry {name!r} has invalid data_offsets", path=path)
+    begin, end = offsets
+    numel = 1
+    for s in shape:
+        numel *= s
+    # Python integers do not overflow: an absurd shape simply fails to match its byte range.
+    if numel * DTYPES[dtype][2] != end - begin:
+        raise InvalidFileError(
+            f"safetensors entry {name!r}: shape {shape} of {dtype} needs {numel * DTYPES[dtype][2]} bytes "
+            f"but data_offsets give {end - begin}",
+            path=path,
+        )
+    if end > data_len:
+        raise InvalidFileError(
+            f"safetensors entry {name!r} ends at byte {end} of the data area, which has {data_len} (truncated file?)",
+            path=path,
+        )
+    return dtype, tuple(shape), begin, end
+
+
+def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+    """Validate the header and return lazy tensors; nothing but the header is read here."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        header, data_start = _header(fd, path, size, strict)
+    finally:
+        os.close(fd)
+    data_len = size - data_start
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidFileError("safetensors __metadata__ is not an object", path=path)
+    entries = {name: _entry(name, e, data_len, path) for name, e in header.items()}
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
+    covered = 0
+    for begin, end, name in spans:
+        if begin < covered:
+            raise InvalidFileError(f"safetensors entry {name!r} overlaps another tensor's bytes", path=path)
+        covered = end
+    notes = []
+    if covered < data_len and spans:
+        notes.append(f"the data area has {data_len - covered} bytes after the last tensor")
+    # safetensors keeps no module order (the writer sorts by dtype alignment, then name), so
+    # keys come in natural order: "features.2" before "features.10", as nn.Sequential numbers them.
+    tensors = {name: _lazy(path, data_start, *entries[name]) for name in sorted(entries, key=natural_key)}
+    if not tensors:
+        raise InvalidFileError("safetensors file holds no tensors", path=path)
+    return containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders the numeric parts of a name as numbers ("layer2" < "layer10")."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def _lazy(path: str, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
+    name, code, _ = DTYPES[dtype]
+
+    def load() -> np.ndarray:
+        if not code:
+            raise InvalidFileError(f"{name} tensors cannot be read by bninspect", path=path)
+        fd = open_regular(path)
+        try:
+            raw = pread_exact(fd, end - begin, data_start + begin, path, "a tensor")
+        finally:
+            os.close(fd)
+        return decode(np.frombuffer(bytearray(raw), dtype=code).reshape(shape), name)
+
+    return TensorRef(shape, name, load)

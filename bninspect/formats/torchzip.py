@@ -1,0 +1,518 @@
+"""The static reader for torch.save zip archives and TorchScript archives. No torch import.
+
+Both formats are a zip archive ``<name>/data.pkl`` + ``<name>/data/<key>`` records (torch
+writes the records uncompressed). We unpickle ``data.pkl`` with an Unpickler whose
+``find_class`` only hands out inert stand-ins for a short allow-list (see ``pickles``), after
+a static scan has named every global the pickle wants. Tensors become lazy
+:class:`TensorRef`s that ``pread`` just their bytes from the record; each record's size is
+checked against the storage size the pickle claims before anything is read.
+
+TorchScript archives (``<name>/code/``) pickle their modules as ``__torch__.*`` objects: we
+keep them as inert objects (class name + attribute dict) and rebuild state-dict-style keys
+and per-module facts. BatchNorm's eps/momentum/affine are ``__constants__``, which TorchScript
+does not pickle but writes into the class source (``eps : Final[float] = 0.001``): we read
+those lines as text and parse the literal with ``ast.literal_eval``; the code is never run.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import pickle
+import re
+import struct
+import zipfile
+import weakref
+import zlib
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+
+from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
+from bninspect.errors import InvalidFileError, UnsafeFileError
+from bninspect.formats import containers
+from bninspect.formats.containers import ModuleNode
+from bninspect.formats.paths import open_regular, pread_exact
+from bninspect.formats.pickles import (
+    DTYPE_GLOBALS,
+    STORAGE_DTYPES,
+    TORCHSCRIPT_CLASS_PREFIX,
+    TRUST_HINT,
+    allowed,
+    normalize,
+    refuse_globals,
+    scan_or_invalid,
+)
+
+# An expanded view (stride 0, overlapping strides) is materialised only up to this size: a
+# 16-byte record may legally claim a (10**9, 10**9) shape, and we must not allocate it.
+MAX_EXPANDED_BYTES = 256 * 1024 * 1024
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def sniff(head: bytes) -> bool:
+    """A zip archive (torch.save since 1.6 and torch.jit.save both write one)."""
+    return head[:4] == b"PK\x03\x04"
+
+
+class _File:
+    """One read-only descriptor shared by a checkpoint's lazy tensors, closed when they are gone."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def fd(self) -> int:
+        if self._fd is None:
+            self._fd = open_regular(self.path)
+            weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+
+class _Record:
+    """A zip member holding one storage's bytes; its data offset is found on first read."""
+
+    def __init__(self, file: _File, info: zipfile.ZipInfo) -> None:
+        self.file = file
+        self.info = info
+        self.name = info.filename
+        self.size = info.file_size
+        self._data_offset: int | None = None
+
+    def data_offset(self) -> int:
+        if self._data_offset is None:
+            path = self.file.path
+            raw = pread_exact(self.file.fd(), _LOCAL_HEADER.size, self.info.header_offset, path, f"zip record {self.name}")
+            fields = _LOCAL_HEADER.unpack(raw)
+            if fields[0] != b"PK\x03\x04":
+                raise InvalidFileError(f"corrupt zip archive: bad local header for {self.name}", path=path)
+            self._data_offset = self.info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        return self._data_offset
+
+    def read(self, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` within the record (pread for stored records)."""
+        if start < 0 or start + length > self.size:
+            raise InvalidFileError(f"a tensor reaches past the end of record {self.name}", path=self.file.path)
+        if self.info.compress_type == zipfile.ZIP_STORED:
+            return pread_exact(self.file.fd(), length, self.data_offset() + start, self.file.path, f"record {self.name}")
+        # torch never compresses records, but a re-zipped archive may: read through zipfile.
+        with zipfile.ZipFile(self.file.path) as zf, zf.open(self.info) as f:
+            f.seek(start)
+            data = f.read(length)
+        if len(data) != length:
+            raise InvalidFileError(f"truncated record {self.name}", path=self.file.path)
+        return data
+
+
+class _Storage:
+    """A typed view of one record: element dtype and the element count the pickle claims."""
+
+    def __init__(self, record: _Record, dtype: str, numel: int, byteorder: str) -> None:
+        self.record = record
+        self.dtype = dtype
+        self.numel = numel
+        self.itemsize = STORED_DTYPES[dtype][1]
+        code = STORED_DTYPES[dtype][0]
+        self.np_dtype = np.dtype(code.replace("<", ">") if byteorder == "big" else code)
+
+
+class _Inert:
+    """A stand-in for an allowed global: calls our function; cannot be modified by the pickle."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise TypeError("stand-ins are read-only")
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self._name}>"
+
+
+class _StorageType:
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: str) -> None:
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise TypeError("stand-ins are read-only")
+
+
+class ScriptObject:
+    """An inert TorchScript object: its qualified class name and the attribute state it pickled."""
+
+    qualname = ""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _Refused(Exception):
+    pass
+
+
+def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(type(v) is int and v >= 0 for v in value):
+        raise InvalidFileError(f"corrupt data.pkl: a tensor's {what} is not a tuple of non-negative integers", path=path)
+    return tuple(value)
+
+
+class _Reader:
+    """State of one archive read: records, storages, and the stand-ins handed to the unpickler."""
+
+    def __init__(self, path: str, zf: zipfile.ZipFile, prefix: str, torchscript: bool) -> None:
+        self.path = path
+        self.file = _File(path)
+        self.prefix = prefix
+        self.torchscript = torchscript
+        self.infos = {i.filename: i for i in zf.infolist()}
+        self.records: dict[str, _Record] = {}
+        self.storages: dict[tuple[str, str], _Storage] = {}
+        self.classes: dict[str, type] = {}
+        self.byteorder = "little"
+        order = self.infos.get(f"{prefix}byteorder")
+        if order is not None and order.file_size <= 16:
+            text = zf.read(order).decode("ascii", "replace").strip()
+            if text not in ("little", "big"):
+                raise InvalidFileError(f"unknown byte order {text!r} in the archive", path=path)
+            self.byteorder = text
+        self.stand_ins: dict[str, Any] = {
+            "torch._utils._rebuild_tensor_v2": self._rebuild_tensor,
+            "torch._utils._rebuild_parameter": lambda data, *rest: data,
+            "torch._utils._rebuild_parameter_with_state": lambda data, *rest: data,
+            "torch._tensor._rebuild_from_type_v2": self._rebuild_from_type,
+            "torch.nn.parameter.Parameter": lambda data=None, *rest: data,
+            "torch.Tensor": self._not_a_constructor,
+            "torch.Size": lambda dims=(): tuple(dims),
+            "torch.device": lambda *args: "device(" + ", ".join(map(str, args)) + ")",
+            "collections.OrderedDict": OrderedDict,
+            "_codecs.encode": self._encode,
+            "builtins.set": set,
+            "builtins.frozenset": frozenset,
+            "builtins.complex": complex,
+            "torch.jit._pickle.build_intlist": list,
+            "torch.jit._pickle.build_doublelist": list,
+            "torch.jit._pickle.build_boollist": list,
+            "torch.jit._pickle.build_tensorlist": list,
+            "torch.jit._pickle.restore_type_tag": lambda value, *rest: value,
+        }
+
+    # -- stand-ins -------------------------------------------------------------------------
+    def find(self, name: str) -> Any:
+        if name in STORAGE_DTYPES:
+            return _StorageType(STORAGE_DTYPES[name])
+        if name in DTYPE_GLOBALS:
+            return DTYPE_GLOBALS[name]
+        if name.startswith(TORCHSCRIPT_CLASS_PREFIX):
+            cls = self.classes.get(name)
+            if cls is None:
+                cls = type("ScriptObject", (ScriptObject,), {"qualname": name})
+                self.classes[name] = cls
+            return cls
+        return _Inert(name, self.stand_ins[name])
+
+    def _encode(self, text: Any, encoding: str = "utf-8") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+            raise InvalidFileError("corrupt data.pkl: unexpected _codecs.encode arguments", path=self.path)
+        return text.encode(encoding)
+
+    def _not_a_constructor(self, *args: Any) -> Any:
+        raise InvalidFileError("corrupt data.pkl: torch.Tensor called directly", path=self.path)
+
+    def _rebuild_from_type(self, func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
+        # Tensor subclasses (e.g. Parameter) pickle as rebuild_from_type_v2(rebuild_fn, cls, args, state):
+        # the values are the plain tensor; the subclass does not matter to us.
+        if not isinstance(func, _Inert) or not isinstance(args, tuple):
+            raise InvalidFileError("corrupt data.pkl: unexpected tensor subclass rebuild", path=self.path)
+        return func(*args)
+
+    def storage(self, pid: Any) -> _Storage:
+        """The storage named by a persistent id ('storage', type, key, location, numel)."""
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise InvalidFileError("corrupt data.pkl: unexpected persistent id", path=self.path)
+        stype, key, _location, numel = pid[1], pid[2], pid[3], pid[4]
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise InvalidFileError("corrupt data.pkl: malformed storage reference", path=self.path)
+        cached = self.storages.get((key, stype.dtype))
+        if cached is not None:
+            return cached
+        name = f"{self.prefix}data/{key}"
+        record = self.records.get(name)
+        if record is None:
+            info = self.infos.get(name)
+            if info is None:
+                raise InvalidFileError(f"record data/{key} that data.pkl refers to is missing from the archive", path=self.path)
+            record = _Record(self.file, info)
+            self.records[name] = record
+        storage = _Storage(record, stype.dtype, numel, self.byteorder)
+        claimed = numel * storage.itemsize
+        if record.size != claimed:
+            raise InvalidFileError(
+                f"record data/{key} holds {record.size} bytes but data.pkl says {numel} {stype.dtype} elements "
+                f"({claimed} bytes): truncated or corrupt",
+                path=self.path,
+            )
+        self.storages[(key, stype.dtype)] = storage
+        return storage
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> TensorRef:
+        if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0:
+            raise InvalidFileError("corrupt data.pkl: malformed tensor", path=self.path)
+        shape = _ints(size, "size", self.path)
+        strides = _ints(stride, "stride", self.path)
+        if len(shape) != len(strides):
+            raise InvalidFileError("corrupt data.pkl: a tensor's size and stride differ in length", path=self.path)
+        return lazy_tensor(storage, offset, shape, strides, self.path)
+
+
+def lazy_tensor(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], path: str) -> TensorRef:
+    """A TensorRef over ``storage`` viewed as torch's as_strided(shape, strides, offset); checked now, read later."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    last = offset + sum((n - 1) * st for n, st in zip(shape, strides)) if numel else offset - 1
+    if numel and last >= storage.numel:
+        raise InvalidFileError(
+            f"a tensor of shape {list(shape)} (offset {offset}, stride {list(strides)}) reaches element {last} "
+            f"of record {storage.record.name}, which holds {storage.numel}",
+            path=path,
+        )
+    span = last - offset + 1 if numel else 0
+    dtype = storage.dtype
+
+    def load() -> np.ndarray:
+        if numel == 0:
+            return decode(np.empty(shape, dtype=storage.np_dtype), dtype)
+        if numel > span and numel * storage.itemsize > MAX_EXPANDED_BYTES:
+            raise InvalidFileError(
+                f"a tensor of shape {list(shape)} expands {span} stored elements to {numel}; "
+                "bninspect does not materialise it",
+                path=path,
+            )
+        raw = storage.record.read(offset * storage.itemsize, span * storage.itemsize)
+        flat = np.frombuffer(raw, dtype=storage.np_dtype)
+        view = np.lib.stride_tricks.as_strided(flat, shape=shape, strides=[s * storage.itemsize for s in strides])
+        values = np.array(view, dtype=storage.np_dtype.newbyteorder("=") if storage.np_dtype.byteorder == ">" else storage.np_dtype)
+        return decode(values, dtype)
+
+    return TensorRef(shape, dtype, load)
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, reader: _Reader) -> None:
+        super().__init__(io.BytesIO(data))
+        self.reader = reader
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = normalize(module, name)
+        if not allowed(full, torchscript=self.reader.torchscript):
+            raise _Refused(full)
+        return self.reader.find(full)
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self.reader.storage(pid)
+
+
+def _archive_prefix(zf: zipfile.ZipFile, path: str) -> str:
+    for name in zf.namelist():
+        head, sep, tail = name.partition("/")
+        if tail == "data.pkl" and sep:
+            return head + "/"
+    if "data.pkl" in zf.namelist():
+        return ""
+    raise InvalidFileError(
+        "a zip archive without data.pkl: not a torch.save or TorchScript archive", path=path
+    )
+
+
+def _check_crcs(zf: zipfile.ZipFile, path: str) -> None:
+    for info in zf.infolist():
+        try:
+            with zf.open(info) as f:
+                while f.read(1 << 20):
+                    pass
+        except zipfile.BadZipFile:
+            raise InvalidFileError(f"record {info.filename} fails its CRC check (the bytes were altered)", path=path) from None
+        except (OSError, EOFError, zlib.error):
+            raise InvalidFileError(f"record {info.filename} cannot be read (truncated or corrupt)", path=path) from None
+
+
+def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+    """Read a torch.save or TorchScript zip archive without running anything from it."""
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            try:
+                zf = zipfile.ZipFile(fh)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
+                raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
+            with zf:
+                return _read_archive(path, zf, trust=trust, key=key, strict=strict)
+    except UnsafeFileError:
+        if not trust:
+            raise
+        from bninspect.formats import trusted
+
+        return trusted.read(path, trust=trust, key=key, strict=strict)
+
+
+def _read_archive(path: str, zf: zipfile.ZipFile, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+    prefix = _archive_prefix(zf, path)
+    names = set(zf.namelist())
+    torchscript = any(n.startswith(f"{prefix}code/") for n in names) or f"{prefix}constants.pkl" in names
+    if strict:
+        _check_crcs(zf, path)
+    try:
+        data = zf.read(f"{prefix}data.pkl")
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error):
+        raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
+    refuse_globals(scan_or_invalid(data, "data.pkl", path), torchscript=torchscript, path=path)
+    reader = _Reader(path, zf, prefix, torchscript)
+    try:
+        root = _Unpickler(data, reader).load()
+    except _Refused as exc:  # the scan missed it (it cannot, but this is the boundary)
+        raise UnsafeFileError(f"refused: data.pkl imports {exc.args[0]}; {TRUST_HINT}", path=path) from None
+    except InvalidFileError:
+        raise
+    except RecursionError:
+        raise InvalidFileError("data.pkl is nested too deeply to read", path=path) from None
+    except Exception as exc:  # UnpicklingError, EOFError, TypeError from malformed opcodes...
+        raise InvalidFileError(f"data.pkl is corrupt ({type(exc).__name__} while unpickling)", path=path) from None
+    if torchscript:
+        return _torchscript_checkpoint(path, zf, prefix, root, key)
+    return containers.build_checkpoint(root, path=path, format="torch-zip", key=key)
+
+
+# -- TorchScript -------------------------------------------------------------------------------
+
+_CLASS_LINE = re.compile(r"^class (\w+)\(")
+_CONST_LINE = re.compile(r"^  (\w+) : Final\[.*\] = (.+)$")
+_LIST_LINE = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])$")
+_MAX_LITERAL = 2000
+
+
+def _literal(text: str) -> Any:
+    text = text.strip()
+    if len(text) > _MAX_LITERAL:
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def parse_class_code(source: str) -> dict[str, dict[str, Any]]:
+    """Per class in one TorchScript code file: its ``Final`` constants and parameter/buffer names.
+
+    Pure text parsing (a regex per line, ``ast.literal_eval`` for the value): nothing runs.
+    """
+    classes: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for line in source.splitlines():
+        m = _CLASS_LINE.match(line)
+        if m:
+            current = classes.setdefault(m.group(1), {"constants": {}, "__parameters__": None, "__buffers__": None})
+            continue
+        if current is None:
+            continue
+        m = _CONST_LINE.match(line)
+        if m:
+            value = _literal(m.group(2))
+            if value is not None or m.group(2).strip() == "None":
+                current["constants"][m.group(1)] = value
+            continue
+        m = _LIST_LINE.match(line)
+        if m:
+            value = _literal(m.group(2))
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                current[m.group(1)] = value
+    return classes
+
+
+class _CodeIndex:
+    """Class facts from the archive's ``code/`` files, parsed on demand, once per file."""
+
+    MAX_CODE_BYTES = 16 * 1024 * 1024
+
+    def __init__(self, zf: zipfile.ZipFile, prefix: str) -> None:
+        self.zf = zf
+        self.prefix = prefix
+        self.files: dict[str, dict[str, dict[str, Any]]] = {}
+        self.unreadable: list[str] = []
+
+    def lookup(self, qualname: str) -> dict[str, Any] | None:
+        module, _, cls = qualname.rpartition(".")
+        name = f"{self.prefix}code/{module.replace('.', '/')}.py"
+        if name not in self.files:
+            parsed: dict[str, dict[str, Any]] = {}
+            try:
+                info = self.zf.getinfo(name)
+                if info.file_size <= self.MAX_CODE_BYTES:
+                    parsed = parse_class_code(self.zf.read(info).decode("utf-8", "replace"))
+            except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error):
+                self.unreadable.append(name[len(self.prefix):])
+            self.files[name] = parsed
+        return self.files[name].get(cls)
+
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, _SIMPLE):
+        return True
+    return isinstance(value, (tuple, list)) and len(value) <= 16 and all(isinstance(v, _SIMPLE) for v in value)
+
+
+def _torchscript_checkpoint(path: str, zf: zipfile.ZipFile, prefix: str, root: Any, key: str | None) -> Checkpoint:
+    if not isinstance(root, ScriptObject):
+        raise InvalidFileError("TorchScript archive whose data.pkl does not hold a module", path=path)
+    code = _CodeIndex(zf, prefix)
+    tensors: dict[str, TensorRef] = {}
+    modules: dict[str, ModuleInfo] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, ScriptObject]] = [("", root)]
+    # Pre-order walk with an explicit stack: own parameters and buffers, then children, the
+    # order of nn.Module.state_dict(); no recursion, so a deep or cyclic pickle cannot blow up.
+    while stack:
+        mpath, obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        state = getattr(obj, "state", None)
+        if not isinstance(state, dict):
+            state = {}
+        facts = code.lookup(obj.qualname) or {"constants": {}, "__parameters__": None, "__buffers__": None}
+        declared = facts["__parameters__"], facts["__buffers__"]
+        slots = set((declared[0] or []) + (declared[1] or []))
+        attributes: dict[str, Any] = {}
+        for name, value in state.items():
+            # Parameter/buffer slots that hold None (affine=False, no running stats) are not facts.
+            if isinstance(name, str) and not name.startswith("_") and name not in slots and _simple(value):
+                attributes[name] = tuple(value) if isinstance(value, list) else value
+        attributes.update(facts["constants"])
+        modules[mpath] = ModuleInfo(path=mpath, type_name=obj.qualname.rsplit(".", 1)[-1], attributes=attributes)
+        if declared[0] is not None and declared[1] is not None:
+            names = [n for n in declared[0] + declared[1] if isinstance(state.get(n), TensorRef)]
+        else:
+            names = [n for n, v in state.items() if isinstance(n, str) and isinstance(v, TensorRef)]
+        for name in names:
+            tensors[f"{mpath}.{name}" if mpath else name] = state[name]
+        children = [(f"{mpath}.{n}" if mpath else n, v) for n, v in state.items()
+                    if isinstance(n, str) and isinstance(v, ScriptObject)]
+        stack.extend(reversed(children))
+    notes = []
+    if code.unreadable:
+        notes.append("module constants (eps, momentum, ...) could not be read from: " + ", ".join(code.unreadable[:5]))
+    node = ModuleNode(tensors=tensors, modules=modules)
+    return containers.build_checkpoint(node, path=path, format="torchscript", key=key, notes=notes)
