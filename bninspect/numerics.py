@@ -1,0 +1,455 @@
+"""The BatchNorm math in one place: a float64 reference, the device kernels, folding and fusion.
+
+Every formula here is PyTorch's (torch/nn/modules/batchnorm.py ``_BatchNorm.forward`` and
+``torch.nn.functional.batch_norm``; ONNX's BatchNormalization operator spec states the same
+inference formula):
+
+* eval mode:  y = γ·(x − μ)/√(σ² + ε) + β, with μ, σ² the running statistics;
+* train mode: y = γ·(x − μ_B)/√(σ²_B + ε) + β, with μ_B and the **biased** batch variance σ²_B
+  (divide by n = elements per channel), while the running statistics are updated with the
+  **unbiased** one (divide by n − 1): running = (1 − m)·running + m·batch, m = momentum, or
+  m = 1/num_batches_tracked (after incrementing it) when momentum is None;
+* folded:     y = scale·x + shift, scale = γ/√(σ² + ε), shift = β − μ·scale;
+* fused conv: torch's own ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
+
+The reference is float64 numpy on values first rounded to the dtype under test, so a comparison
+measures the kernel's arithmetic, not the rounding of its inputs. This is the one module besides
+model runners that imports torch at top level: only commands doing tensor math import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from bninspect.errors import UsageError
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+# Machine epsilon 2^-(p-1) of each format, p = significand bits incl. the implicit one
+# (IEEE 754: binary64 p=53, binary32 p=24, binary16 p=11; bfloat16 p=8).
+MACHINE_EPS: dict[str, float] = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a kernel result may sit from the float64 reference, per element.
+
+    |got − ref| ≤ atol + rtol·M, where M is the sum of the magnitudes of the terms the formula
+    adds (for eval: |scale|·(|x| + |μ|) + |β|). Bounding by M rather than |y| is the standard
+    forward-error bound for sums (Higham, Accuracy and Stability of Numerical Algorithms, §3):
+    when x ≈ μ the subtraction cancels and |y| says nothing about the rounding error.
+    """
+
+    dtype: str
+    rtol: float
+    atol: float
+
+    def allowed(self, magnitude: np.ndarray, growth: float = 1.0) -> np.ndarray:
+        """Per-element allowance for a result whose terms have this magnitude."""
+        return self.atol + self.rtol * growth * magnitude
+
+
+# The per-dtype tolerance table. rtol = 8 machine epsilons: a BN kernel does ~5 roundings per
+# element (subtract, rsqrt, two multiplies, add), each ≤ ½ eps, and CUDA's rsqrtf adds up to
+# 2 ulp; 8 eps covers that with margin. Measured on CPU with the conformance matrix (torch 2.13):
+# the worst element used ≤ 0.2 of this allowance (float32 0.12, float16 0.13, bfloat16 0.13,
+# float64 0.19). atol = the smallest normal number: results that flush to zero or land in the
+# subnormal range may lose everything below it.
+TOLERANCES: dict[str, Tolerance] = {
+    name: Tolerance(name, 8 * MACHINE_EPS[name], float(torch.finfo(TORCH_DTYPES[name]).tiny))
+    for name in TORCH_DTYPES
+}
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype a checkpoint's layer is recomputed in: its own float type, else float32."""
+    return dtype if dtype in TORCH_DTYPES else "float32"
+
+
+def resolve_devices(device: str) -> list[str]:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``all`` as torch device names; no CUDA here is a usage error."""
+    spec = device.strip().lower()
+    if spec == "cpu":
+        return ["cpu"]
+    if spec not in ("all", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise UsageError(f"unknown device '{device}'; use cpu, cuda, cuda:N or all")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device} needs CUDA, and CUDA is not available here (torch {torch.__version__})")
+    if spec == "all":
+        return ["cpu", "cuda:0"]
+    if spec == "cuda":
+        return ["cuda:0"]
+    index, count = int(spec[5:]), torch.cuda.device_count()
+    if index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    return [spec]
+
+
+def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Values rounded to ``dtype`` and widened back to float64 (what a kernel in that dtype sees)."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(TORCH_DTYPES[dtype]).double().numpy()
+
+
+def per_channel(values: np.ndarray, ndim: int) -> np.ndarray:
+    """A (C,) vector shaped to broadcast over channel axis 1 of an ndim-dimensional input."""
+    return np.asarray(values, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+# ---------------------------------------------------------------- float64 reference (numpy)
+
+def fold(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inference as one multiply-add per channel: (scale, shift), float64."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # scale = γ / √(σ² + ε)
+        scale = gamma / np.sqrt(var + eps)
+    # shift = β − μ·scale
+    return scale, beta - mean * scale
+
+
+def eval_reference(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                   eps: float) -> np.ndarray:
+    """Eval-mode BatchNorm in float64, channel axis 1: y = γ·(x − μ)/√(σ² + ε) + β."""
+    n = x.ndim
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_std = 1.0 / np.sqrt(per_channel(var, n) + eps)
+        return per_channel(gamma, n) * (x - per_channel(mean, n)) * inv_std + per_channel(beta, n)
+
+
+def eval_magnitude(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                   eps: float) -> np.ndarray:
+    """M for the tolerance: |γ/√(σ² + ε)|·(|x| + |μ|) + |β|, the magnitudes of the terms y sums."""
+    n = x.ndim
+    scale, _ = fold(mean, var, gamma, beta, eps)
+    return np.abs(per_channel(scale, n)) * (np.abs(x) + np.abs(per_channel(mean, n))) + np.abs(per_channel(beta, n))
+
+
+@dataclass
+class BatchStats:
+    """One batch's per-channel statistics, float64."""
+
+    mean: np.ndarray
+    var_biased: np.ndarray  # divide by n: what train mode normalizes with
+    var_unbiased: np.ndarray  # divide by n − 1: what updates running_var
+    n: int  # elements per channel: N × spatial
+
+
+def batch_stats(x: np.ndarray) -> BatchStats:
+    """Per-channel mean and variances over every axis but 1, in float64."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    n = x.size // x.shape[1]
+    mean = x.mean(axis=axes)
+    # σ²_B = Σ(x − μ_B)²/n (biased); unbiased = σ²_B · n/(n − 1)
+    sq = ((x - per_channel(mean, x.ndim)) ** 2).sum(axis=axes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unbiased = sq / (n - 1) if n > 1 else np.full_like(mean, np.nan)
+    return BatchStats(mean, sq / n, unbiased, n)
+
+
+def train_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, BatchStats]:
+    """Train-mode BatchNorm in float64: y = γ·(x − μ_B)/√(σ²_B + ε) + β with the biased σ²_B."""
+    stats = batch_stats(x)
+    return eval_reference(x, stats.mean, stats.var_biased, gamma, beta, eps), stats
+
+
+def running_update(mean: np.ndarray, var: np.ndarray, stats: BatchStats, momentum: float | None,
+                   num_batches_tracked: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The running statistics after one train-mode step: (running_mean, running_var, num_batches_tracked)."""
+    # num_batches_tracked += 1 happens first; momentum=None then averages over all batches seen
+    count = num_batches_tracked + 1
+    factor = 1.0 / count if momentum is None else momentum
+    # running = (1 − m)·running + m·batch, with the UNBIASED batch variance for running_var
+    new_mean = (1.0 - factor) * mean + factor * stats.mean
+    new_var = (1.0 - factor) * var + factor * stats.var_unbiased
+    return new_mean, new_var, count
+
+
+# ---------------------------------------------------------------- comparison
+
+@dataclass
+class Comparison:
+    """A result against its reference: the worst errors and whether every element is within tolerance."""
+
+    max_abs_err: float
+    max_rel_err: float  # max |got − ref| / max |ref| (normwise: elementwise blows up where y ≈ 0)
+    worst_fraction: float  # max over elements of |got − ref| / allowance: ≤ 1 passes
+    passed: bool
+    worst_channel: int | None  # channel (axis 1) of the worst element, None for 1-D results
+
+
+def compare(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, tol: Tolerance, growth: float = 1.0) -> Comparison:
+    """Compare elementwise; NaN where the reference has NaN (and equal infinities) count as agreement."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - ref)
+        same = (np.isnan(got) & np.isnan(ref)) | (np.isinf(ref) & (got == ref))
+        err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
+        allowed = np.broadcast_to(tol.allowed(np.nan_to_num(magnitude, nan=0.0, posinf=np.inf), growth), err.shape)
+        fraction = np.where(err == 0, 0.0, err / allowed)
+    if err.size == 0:
+        return Comparison(0.0, 0.0, 0.0, True, None)
+    worst = int(np.argmax(fraction))
+    finite_ref = np.abs(ref[np.isfinite(ref)])
+    scale = float(finite_ref.max()) if finite_ref.size else 0.0
+    max_abs = float(err.max())
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    channel = int(np.unravel_index(worst, err.shape)[1]) if err.ndim >= 2 else None
+    return Comparison(max_abs, rel, float(fraction.reshape(-1)[worst]), bool(fraction.max() <= 1.0), channel)
+
+
+# ---------------------------------------------------------------- device kernels (torch)
+
+def _tensor(values: np.ndarray | None, dtype: str, device: str) -> torch.Tensor | None:
+    if values is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(device=device, dtype=TORCH_DTYPES[dtype])
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _memory_format(ndim: int) -> torch.memory_format:
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def device_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
+                eps: float, dtype: str, device: str, channels_last: bool = False) -> np.ndarray:
+    """``F.batch_norm`` in eval mode, in ``dtype`` on ``device``; returned as float64 numpy."""
+    xt = _tensor(x, dtype, device)
+    if channels_last and x.ndim in (4, 5):
+        xt = xt.contiguous(memory_format=_memory_format(x.ndim))
+    with torch.no_grad():
+        y = F.batch_norm(xt, _tensor(mean, dtype, device), _tensor(var, dtype, device), _tensor(gamma, dtype, device),
+                         _tensor(beta, dtype, device), False, 0.0, eps)
+    return _to_numpy(y)
+
+
+def device_folded(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                  eps: float, dtype: str, device: str) -> np.ndarray:
+    """The folded form computed the way a runtime that folds BN would: all in ``dtype`` on ``device``."""
+    n = x.ndim
+    shape = (1, -1) + (1,) * (n - 2)
+    with torch.no_grad():
+        m, v, g, b = (_tensor(a, dtype, device) for a in (mean, var, gamma, beta))
+        # scale = γ·rsqrt(σ² + ε); shift = β − μ·scale; y = scale·x + shift
+        scale = g * torch.rsqrt(v + eps)
+        shift = b - m * scale
+        y = _tensor(x, dtype, device) * scale.reshape(shape) + shift.reshape(shape)
+    return _to_numpy(y)
+
+
+def device_module_step(kind: str, x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray | None,
+                       beta: np.ndarray | None, eps: float, momentum: float | None, num_batches_tracked: int,
+                       training: bool, dtype: str, device: str, channels_last: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One forward of a real ``nn.BatchNorm1d/2d/3d`` module: (y, running_mean, running_var, num_batches_tracked) after it."""
+    channels = len(mean)
+    module_cls = {"BatchNorm1d": torch.nn.BatchNorm1d, "BatchNorm2d": torch.nn.BatchNorm2d,
+                  "BatchNorm3d": torch.nn.BatchNorm3d}[kind]
+    affine = gamma is not None
+    # move to the dtype first: copying float64 values into the default float32 buffers would round them
+    bn = module_cls(channels, eps=eps, momentum=momentum, affine=affine).to(device=device, dtype=TORCH_DTYPES[dtype])
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.from_numpy(np.asarray(mean, dtype=np.float64)))
+        bn.running_var.copy_(torch.from_numpy(np.asarray(var, dtype=np.float64)))
+        bn.num_batches_tracked.fill_(num_batches_tracked)
+        if affine:
+            bn.weight.copy_(torch.from_numpy(np.asarray(gamma, dtype=np.float64)))
+            bn.bias.copy_(torch.from_numpy(np.asarray(beta, dtype=np.float64)))
+    bn.train(training)
+    xt = _tensor(x, dtype, device)
+    if channels_last and x.ndim in (4, 5):
+        xt = xt.contiguous(memory_format=_memory_format(x.ndim))
+    with torch.no_grad():
+        y = bn(xt)
+    return _to_numpy(y), _to_numpy(bn.running_mean), _to_numpy(bn.running_var), int(bn.num_batches_tracked.item())
+
+
+# ---------------------------------------------------------------- conv → BN fusion
+
+CONV_OPS = {"conv1d": (F.conv1d, 1), "conv2d": (F.conv2d, 2), "conv3d": (F.conv3d, 3)}
+
+
+def infer_groups(weight_shape: tuple[int, ...], channels: int, groups: int | None) -> int:
+    """The producer's groups: as the file says, else depthwise when weight is (C, 1, k…) with out = C, else 1."""
+    if groups:
+        return groups
+    if len(weight_shape) >= 3 and weight_shape[1] == 1 and weight_shape[0] == channels and channels > 1:
+        return channels
+    return 1
+
+
+@dataclass
+class FusedCheck:
+    """conv → BN in float64 against the fused conv on the device: arrays ready for :func:`compare`."""
+
+    got: np.ndarray
+    ref: np.ndarray
+    magnitude: np.ndarray
+    reduction: int  # terms summed per output (in_channels/groups × kernel volume)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    # cuDNN convolutions default to TF32 on Ampere and later (torch.backends.cudnn.allow_tf32);
+    # the fusion check measures folding, not TF32's 10-bit mantissa.
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def fused_conv_check(op: str, conv_weight: np.ndarray, conv_bias: np.ndarray | None, groups: int,
+                     mean: np.ndarray, var: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
+                     eps: float, dtype: str, device: str, seed: int = 0, batch: int = 1) -> FusedCheck:
+    """Run conv then BN (float64 reference) and the conv fused by ``fuse_conv_bn_weights`` (``dtype`` on ``device``).
+
+    The conv input is seeded N(0, 1), sized kernel + 3 per spatial dim with no padding, so each
+    output map is 4 wide whatever the kernel: enough positions to exercise every weight, cheap
+    for 2048-channel layers.
+    """
+    conv, _ = CONV_OPS[op]
+    w = round_to(conv_weight, dtype)
+    in_channels = w.shape[1] * groups
+    spatial = tuple(k + 3 for k in w.shape[2:])
+    z = round_to(np.random.default_rng(seed).standard_normal((batch, in_channels) + spatial), dtype)
+    b = None if conv_bias is None else round_to(conv_bias, dtype)
+    channels = len(mean)
+    g = np.ones(channels) if gamma is None else gamma
+    bt = np.zeros(channels) if beta is None else beta
+
+    zt64, wt64 = torch.from_numpy(z), torch.from_numpy(w)
+    with torch.no_grad():
+        pre = conv(zt64, wt64, None if b is None else torch.from_numpy(b), groups=groups).numpy()
+        pre_mag = conv(zt64.abs(), wt64.abs(), None if b is None else torch.from_numpy(np.abs(b)), groups=groups).numpy()
+    ref = eval_reference(pre, mean, var, g, bt, eps)
+    scale, _ = fold(mean, var, g, bt, eps)
+    n = pre.ndim
+    # terms of y = scale·(Σ w·z + b − μ) + β
+    magnitude = np.abs(per_channel(scale, n)) * (pre_mag + np.abs(per_channel(mean, n))) + np.abs(per_channel(bt, n))
+
+    with torch.no_grad(), _no_tf32():
+        fw, fb = fuse_conv_bn_weights(_tensor(w, dtype, device), _tensor(b, dtype, device), _tensor(mean, dtype, device),
+                                      _tensor(var, dtype, device), eps, _tensor(gamma, dtype, device),
+                                      _tensor(beta, dtype, device))
+        got = conv(_tensor(z, dtype, device), fw, fb, groups=groups)
+    reduction = int(np.prod(w.shape[1:]))
+    return FusedCheck(_to_numpy(got), ref, magnitude, reduction)
+
+
+def dot_growth(reduction: int) -> float:
+    """Tolerance growth for a sum of ``reduction`` products: √K, the usual statistical rounding-error growth
+    (Higham §2.8: errors of a K-term sum grow like √K·u in practice, K·u at worst), plus the fold's own rounding."""
+    return float(np.sqrt(reduction)) + 2.0
+
+
+# ---------------------------------------------------------------- what-ifs
+
+def eps_change(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+               eps_from: float, eps_to: float) -> tuple[float, int | None]:
+    """The largest output change on ``x`` if a runtime used ``eps_to`` instead of ``eps_from``, and its channel.
+
+    y(ε₂) − y(ε₁) = γ·(x − μ)·(1/√(σ² + ε₂) − 1/√(σ² + ε₁)): it matters where σ² is comparable to ε.
+    """
+    diff = np.abs(eval_reference(x, mean, var, gamma, beta, eps_to) - eval_reference(x, mean, var, gamma, beta, eps_from))
+    diff = np.where(np.isnan(diff), 0.0, diff)
+    if diff.size == 0:
+        return 0.0, None
+    worst = int(np.argmax(diff))
+    return float(diff.reshape(-1)[worst]), int(np.unravel_index(worst, diff.shape)[1])
+
+
+def train_eval_gap(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                   eps: float) -> float:
+    """max |train-mode output − eval-mode output| on one batch: what a forgotten ``model.eval()`` costs here."""
+    train, _ = train_reference(x, gamma, beta, eps)
+    diff = np.abs(train - eval_reference(x, mean, var, gamma, beta, eps))
+    return float(np.nanmax(diff)) if diff.size and not np.all(np.isnan(diff)) else float("nan")
+
+
+def synthetic_input(mean: np.ndarray, var: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """x_c ~ N(μ_c, σ²_c) with channel axis 1: a correct eval-mode output is then ~N(β_c, γ_c²).
+
+    Negative or non-finite variances (broken checkpoints) draw with σ = 0 and NaN means with μ = 0,
+    so a layer's own defects show in its outputs, not as NaN inputs.
+    """
+    n = len(shape)
+    mu = np.nan_to_num(np.asarray(mean, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    sd = np.sqrt(np.clip(np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0, posinf=0.0), 0.0, None))
+    return per_channel(mu, n) + per_channel(sd, n) * rng.standard_normal(shape)
+
+
+# ---------------------------------------------------------------- deployment mistakes, for --expected
+
+# Keras applications' ResNet uses epsilon=1.001e-5 (keras/applications/resnet.py); 1e-3 is the
+# Keras/TensorFlow BatchNormalization default; 0 is a runtime that drops ε.
+ALTERNATIVE_EPS = (1e-3, 1e-5, 1.001e-5, 0.0)
+
+
+def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                 affine: bool, channels_last: bool) -> list[tuple[str, np.ndarray]]:
+    """What a runtime that made each usual mistake would output for ``x`` (logical N, C, … layout), float64.
+
+    ``channels_last``: the file holding ``x`` is N, …, C; the axis mistake reads its bytes the other way.
+    """
+    out: list[tuple[str, np.ndarray]] = []
+    for alt in ALTERNATIVE_EPS:
+        if alt != eps:
+            out.append((f"eps {alt:g} instead of {eps:g}", eval_reference(x, mean, var, gamma, beta, alt)))
+    with np.errstate(invalid="ignore"):
+        # the runtime took running_var for σ and squared it, or for σ² stored as σ and took its root
+        out.append(("running_var squared (read as a standard deviation)", eval_reference(x, mean, var**2, gamma, beta, eps)))
+        out.append(("square root of running_var used (variance stored as standard deviation)",
+                    eval_reference(x, mean, np.sqrt(var), gamma, beta, eps)))
+    stats = batch_stats(x)
+    out.append(("batch statistics used instead of running statistics (train mode)",
+                eval_reference(x, stats.mean, stats.var_biased, gamma, beta, eps)))
+    if stats.n > 1:
+        out.append(("batch statistics with the unbiased variance",
+                    eval_reference(x, stats.mean, stats.var_unbiased, gamma, beta, eps)))
+        n = stats.n
+        # a runtime re-applying Bessel's correction to a running_var that already has it, or undoing it
+        out.append((f"running_var × n/(n−1) (unbiased correction applied again, n={n})",
+                    eval_reference(x, mean, var * n / (n - 1), gamma, beta, eps)))
+        out.append((f"running_var × (n−1)/n (biased variance, n={n})", eval_reference(x, mean, var * (n - 1) / n, gamma, beta, eps)))
+    out.append(("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
+                _other_axis(x, mean, var, gamma, beta, eps, channels_last)))
+    if affine:
+        out.append(("γ and β swapped", eval_reference(x, mean, var, beta, gamma, eps)))
+        out.append(("affine dropped (γ = 1, β = 0)", eval_reference(x, mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)))
+    with np.errstate(invalid="ignore"):
+        out.append(("μ and σ² swapped", eval_reference(x, var, mean, gamma, beta, eps)))
+    for half in ("float16", "bfloat16"):
+        out.append((f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu")))
+    return out
+
+
+def _other_axis(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                channels_last: bool) -> np.ndarray:
+    """BN applied to the file's bytes with the other channel convention, returned in the logical layout."""
+    if x.ndim < 3:
+        return eval_reference(x, mean, var, gamma, beta, eps)
+    file = np.moveaxis(x, 1, -1) if channels_last else x
+    flat = np.ascontiguousarray(file).reshape(-1)
+    c = x.shape[1]
+    if channels_last:
+        # bytes N,…,C read as N,C,…: channel = index within a sample // (spatial size)
+        wrong = eval_reference(flat.reshape(x.shape[0], c, -1), mean, var, gamma, beta, eps).reshape(file.shape)
+        return np.moveaxis(wrong, -1, 1)
+    # bytes N,C,… read as N,…,C: channel = flat index mod C
+    wrong = eval_reference(np.moveaxis(flat.reshape(x.shape[0], -1, c), -1, 1), mean, var, gamma, beta, eps)
+    return np.moveaxis(wrong, 1, -1).reshape(x.shape)

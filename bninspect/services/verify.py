@@ -1,0 +1,555 @@
+"""``verify``: recompute BatchNorm inference and prove it right, per layer or for the device's kernels.
+
+Without a checkpoint: a built-in matrix of cases run through real ``nn.BatchNorm*d`` modules on the
+device, each against the float64 reference of ``bninspect.numerics``. With one: every layer
+recomputed four ways (reference, ``F.batch_norm``, folded, fused conv), plus its eps sensitivity and
+train/eval gap, and optionally a diagnosis of outputs captured from another runtime.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bninspect.errors import InvalidFileError, UsageError
+from bninspect.layers import BNLayer
+
+SCHEMA = "bninspect.verify/1"
+DEFAULT_TRAIN_BATCHES = (1, 2, 8, 32)
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class PathCheck:
+    """One recomputation path of one layer on one device, against the float64 reference."""
+
+    path: str  # "batch_norm" | "folded" | "fused_conv" | "fused_linear" | "cpu_vs_cuda"
+    device: str
+    dtype: str
+    max_abs_err: float
+    max_rel_err: float
+    tolerance: float  # rtol of the dtype, times the growth for sums of products
+    used: float  # largest fraction of the per-element allowance used; ≤ 1 passes
+    passed: bool
+    worst_channel: int | None = None
+
+
+@dataclass
+class EpsSensitivity:
+    """The largest output change on the layer's input if a runtime used ``eps_to`` instead of ``eps_from``."""
+
+    eps_from: float
+    eps_to: float
+    max_abs_change: float
+    worst_channel: int | None
+    min_running_var: float
+
+
+@dataclass
+class TrainGap:
+    """max |train-mode − eval-mode output| on a seeded batch of this size (None where train mode is impossible)."""
+
+    batch: int
+    max_abs_diff: float | None
+    note: str = ""
+
+
+@dataclass
+class LayerVerify:
+    """Everything verify found for one layer."""
+
+    name: str
+    kind: str
+    channels: int
+    dtype: str
+    eps: float
+    eps_source: str
+    input_shape: list[int]
+    max_abs_err: float
+    max_rel_err: float
+    tolerance: float
+    used: float
+    passed: bool
+    checks: list[PathCheck] = field(default_factory=list)
+    eps_sensitivity: EpsSensitivity | None = None
+    train_eval_gap: list[TrainGap] = field(default_factory=list)
+    skipped: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CaseResult:
+    """One conformance case on one device."""
+
+    name: str
+    device: str
+    kind: str
+    shape: list[int]
+    dtype: str
+    eps: float
+    affine: bool
+    mode: str  # "eval" | "train"
+    momentum: float | None
+    channels_last: bool
+    max_abs_err: float
+    max_rel_err: float
+    tolerance: float
+    used: float
+    passed: bool
+    skipped: str = ""
+
+
+@dataclass
+class Candidate:
+    """One explanation tried against the expected output."""
+
+    cause: str
+    residual: float  # max |candidate − expected|
+    relative_residual: float  # rms(candidate − expected) / rms(expected)
+    fits: bool
+
+
+@dataclass
+class Diagnosis:
+    """Why an output captured elsewhere differs from ours (``cause`` = "match" when it does not)."""
+
+    layer: str
+    expected: str
+    cause: str  # "match", the explanation that fits best, or "unexplained"
+    residual: float
+    relative_residual: float
+    fits: bool
+    closest: str  # the best candidate even when none fits
+    candidates: list[Candidate] = field(default_factory=list)
+    channels_off: list[int] = field(default_factory=list)  # channels out of tolerance under the correct formula
+    channels_off_count: int = 0
+
+
+@dataclass
+class VerifyResult:
+    """What ``verify`` returns to the renderer."""
+
+    mode: str  # "conformance" | "checkpoint"
+    path: str | None
+    device: str  # as asked: cpu, cuda, cuda:N, all
+    devices: list[str]
+    torch_version: str
+    passed: bool
+    layers: list[LayerVerify] = field(default_factory=list)
+    cases: list[CaseResult] = field(default_factory=list)
+    diagnosis: Diagnosis | None = None
+    input: str | None = None
+    output: str | None = None
+    synthetic: dict = field(default_factory=dict)  # batch, spatial, seed of the generated inputs
+    train_batches: list[int] = field(default_factory=list)
+    tolerances: dict = field(default_factory=dict)  # dtype -> {rtol, atol}
+    summary: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything passed (and an expected output matched), else 1."""
+        ok = self.passed and (self.diagnosis is None or self.diagnosis.cause == "match")
+        return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- conformance matrix
+
+@dataclass(frozen=True)
+class Case:
+    """One kernel conformance case: a real nn.BatchNorm*d module on one input."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    eps: float = 1e-5
+    affine: bool = True
+    training: bool = False
+    momentum: float | None = 0.1
+    channels_last: bool = False
+    num_batches_tracked: int = 0
+
+    @property
+    def name(self) -> str:
+        parts = [self.kind, "×".join(map(str, self.shape)), self.dtype, "train" if self.training else "eval",
+                 f"eps={self.eps:g}"]
+        if self.training:
+            parts.append(f"momentum={self.momentum}")
+        if not self.affine:
+            parts.append("affine=False")
+        if self.channels_last:
+            parts.append("channels_last")
+        return " ".join(parts)
+
+
+def _matrix() -> list[Case]:
+    """A representative matrix, not the cartesian product: every dtype sees every module kind, both modes,
+    each eps and affine setting; float32 alone carries the size extremes (C = 1 and 2048, N = 1)."""
+    cases: list[Case] = []
+    for dt in ("float64", "float32", "float16", "bfloat16"):
+        cases += [
+            Case("BatchNorm2d", (8, 16, 6, 6), dt),
+            Case("BatchNorm2d", (4, 32, 5, 5), dt, training=True, momentum=0.1),
+            Case("BatchNorm2d", (4, 24, 5, 5), dt, eps=1e-3, channels_last=True),
+            Case("BatchNorm1d", (16, 64), dt, affine=False, training=True, momentum=None, num_batches_tracked=4),
+            Case("BatchNorm1d", (4, 8, 10), dt, eps=0.1, affine=False),
+            Case("BatchNorm3d", (2, 6, 3, 4, 5), dt, eps=1e-3, training=True),
+        ]
+    cases += [
+        Case("BatchNorm2d", (4, 1, 4, 4), "float32"),
+        Case("BatchNorm2d", (4, 1, 4, 4), "float32", training=True),
+        Case("BatchNorm2d", (2, 2048, 3, 3), "float32"),
+        Case("BatchNorm2d", (2, 2048, 3, 3), "float32", training=True, channels_last=True),
+        Case("BatchNorm3d", (2, 8, 3, 3, 3), "float32", training=True, momentum=None, channels_last=True),
+        Case("BatchNorm1d", (1, 32), "float32"),
+        Case("BatchNorm1d", (1, 32, 6), "float32", training=True),
+        Case("BatchNorm1d", (1, 32), "float32", training=True),  # torch refuses: one value per channel
+    ]
+    return cases
+
+
+def _case_params(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    c = case.shape[1]
+    mean = rng.normal(0.0, 2.0, c)
+    var = np.exp(rng.normal(0.0, 1.0, c))
+    # a few channels with σ² near ε, where ε decides the output (and where eps bugs show)
+    var[:: max(1, c // 4)] = rng.uniform(0.0, 3.0, len(var[:: max(1, c // 4)])) * case.eps
+    gamma = rng.normal(1.0, 0.5, c) if case.affine else None
+    beta = rng.normal(0.0, 0.5, c) if case.affine else None
+    return mean, var, gamma, beta
+
+
+def run_case(case: Case, device: str, seed: int) -> CaseResult:
+    """Run one case through a real module on ``device`` and compare with the float64 reference."""
+    from bninspect import numerics as nx
+
+    rng = np.random.default_rng(seed)
+    dt = case.dtype
+    mean, var, gamma, beta = (None if a is None else nx.round_to(a, dt) for a in _case_params(case, rng))
+    x = nx.round_to(nx.synthetic_input(mean, var, case.shape, rng), dt)
+    tol = nx.TOLERANCES[dt]
+    base = dict(name=case.name, device=device, kind=case.kind, shape=list(case.shape), dtype=dt, eps=case.eps,
+                affine=case.affine, mode="train" if case.training else "eval",
+                momentum=case.momentum if case.training else None, channels_last=case.channels_last,
+                tolerance=tol.rtol)
+    per_channel_values = x.size // x.shape[1]
+    if case.training and per_channel_values == 1:
+        return CaseResult(max_abs_err=0.0, max_rel_err=0.0, used=0.0, passed=True,
+                          skipped="train mode with one value per channel: torch raises ValueError "
+                                  "(batch variance undefined)", **base)
+    g = np.ones(x.shape[1]) if gamma is None else gamma
+    b = np.zeros(x.shape[1]) if beta is None else beta
+    y, new_mean, new_var, count = nx.device_module_step(case.kind, x, mean, var, gamma, beta, case.eps, case.momentum,
+                                                        case.num_batches_tracked, case.training, dt, device,
+                                                        case.channels_last)
+    if not case.training:
+        cmp = nx.compare(y, nx.eval_reference(x, mean, var, g, b, case.eps),
+                         nx.eval_magnitude(x, mean, var, g, b, case.eps), tol)
+        return CaseResult(max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err, used=cmp.worst_fraction,
+                          passed=cmp.passed, **base)
+    ref, stats = nx.train_reference(x, g, b, case.eps)
+    mag = nx.eval_magnitude(x, stats.mean, stats.var_biased, g, b, case.eps)
+    ref_mean, ref_var, ref_count = nx.running_update(mean, var, stats, case.momentum, case.num_batches_tracked)
+    factor = 1.0 / ref_count if case.momentum is None else case.momentum
+    # running = (1 − m)·old + m·batch: its terms' magnitudes bound the rounding
+    comps = [
+        nx.compare(y, ref, mag, tol),
+        nx.compare(new_mean, ref_mean, (1 - factor) * np.abs(mean) + factor * (np.abs(stats.mean) + _spread(x, stats)), tol),
+        nx.compare(new_var, ref_var, (1 - factor) * np.abs(var) + factor * 2 * stats.var_unbiased + factor * stats.mean**2, tol),
+    ]
+    counted = count == ref_count
+    return CaseResult(max_abs_err=max(c.max_abs_err for c in comps), max_rel_err=max(c.max_rel_err for c in comps),
+                      used=max(c.worst_fraction for c in comps) if counted else math.inf,
+                      passed=all(c.passed for c in comps) and counted, **base)
+
+
+def _spread(x: np.ndarray, stats) -> np.ndarray:
+    # a sum's rounding scales with Σ|x|/n, not |Σx|/n (cancellation)
+    axes = (0,) + tuple(range(2, x.ndim))
+    return np.abs(x).mean(axis=axes)
+
+
+def conformance(devices: list[str], seed: int = 0) -> list[CaseResult]:
+    """Every case of the built-in matrix on every device."""
+    return [run_case(case, dev, seed + i) for dev in devices for i, case in enumerate(_matrix())]
+
+
+# ---------------------------------------------------------------- per layer
+
+def _input_shape(layer: BNLayer, batch: int, spatial: int) -> tuple[int, ...]:
+    op = layer.producer.op if layer.producer else ""
+    dims = {"BatchNorm1d": 1, "BatchNorm3d": 3}.get(layer.kind)
+    if dims is None:
+        dims = {"linear": 0, "conv1d": 1, "conv3d": 3, "conv_transpose1d": 1, "conv_transpose3d": 3}.get(op, 2)
+    if layer.kind == "BatchNorm1d" and op == "linear":
+        dims = 0
+    return (batch, layer.channels) + (spatial,) * dims
+
+
+def _dtype(layer: BNLayer) -> str:
+    from bninspect.numerics import compute_dtype
+
+    ref = layer.tensors.get("running_var") or layer.tensors.get("weight")
+    return compute_dtype(ref.dtype if ref is not None else "float32")
+
+
+def _alt_eps(eps: float) -> float:
+    # the other of the two common defaults: PyTorch 1e-5, Keras/TensorFlow 1e-3
+    if eps <= 0:
+        return 1e-3
+    return 1e-5 if abs(math.log10(eps) + 3) < abs(math.log10(eps) + 5) else 1e-3
+
+
+def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = None, channels_last: bool = False,
+                 batch: int = 2, spatial: int = 4, train_batches: tuple[int, ...] = DEFAULT_TRAIN_BATCHES,
+                 seed: int = 0, index: int = 0) -> tuple[LayerVerify, np.ndarray | None]:
+    """Recompute one layer on every device; also return its float64 reference output (None when skipped)."""
+    from bninspect import numerics as nx
+
+    dt = _dtype(layer)
+    tol = nx.TOLERANCES[dt]
+    mean_raw, var_raw = layer.values("running_mean"), layer.values("running_var")
+    shape = tuple(x.shape) if x is not None else _input_shape(layer, batch, spatial)
+    result = LayerVerify(layer.name, layer.kind, layer.channels, dt, layer.eps, layer.eps_source, list(shape),
+                         0.0, 0.0, tol.rtol, 0.0, True)
+    if mean_raw is None or var_raw is None:
+        result.skipped = "no running statistics: eval mode normalizes with batch statistics"
+        return result, None
+    affine = layer.has("weight") and layer.has("bias")
+    mean, var = nx.round_to(mean_raw, dt), nx.round_to(var_raw, dt)
+    gamma, beta = nx.round_to(layer.gamma(), dt), nx.round_to(layer.beta(), dt)
+    eps = layer.eps
+    rng = np.random.default_rng([seed, index])
+    x = nx.round_to(x if x is not None else nx.synthetic_input(mean, var, shape, rng), dt)
+
+    ref = nx.eval_reference(x, mean, var, gamma, beta, eps)
+    mag = nx.eval_magnitude(x, mean, var, gamma, beta, eps)
+    per_device: dict[str, np.ndarray] = {}
+    for dev in devices:
+        got = nx.device_eval(x, mean, var, gamma if affine else None, beta if affine else None, eps, dt, dev, channels_last)
+        per_device[dev] = got
+        result.checks.append(_check("batch_norm", dev, dt, nx.compare(got, ref, mag, tol), tol.rtol))
+        folded = nx.device_folded(x, mean, var, gamma, beta, eps, dt, dev)
+        result.checks.append(_check("folded", dev, dt, nx.compare(folded, ref, mag, tol), tol.rtol))
+        fused = _fused(layer, mean, var, gamma if affine else None, beta if affine else None, eps, dt, dev, seed + index)
+        if isinstance(fused, str):
+            if fused and dev == devices[0]:
+                result.notes.append(fused)
+        else:
+            path, check = fused
+            growth = nx.dot_growth(check.reduction)
+            result.checks.append(_check(path, dev, dt, nx.compare(check.got, check.ref, check.magnitude, tol, growth),
+                                        tol.rtol * growth))
+    if len(devices) > 1:
+        # two kernels, each within tolerance of the reference, may differ by twice the allowance
+        cmp = nx.compare(per_device[devices[1]], per_device[devices[0]], mag, tol, 2.0)
+        result.checks.append(_check("cpu_vs_cuda", devices[1], dt, cmp, 2 * tol.rtol))
+
+    worst = max(result.checks, key=lambda c: c.used)
+    result.max_abs_err = max(c.max_abs_err for c in result.checks)
+    result.max_rel_err = max(c.max_rel_err for c in result.checks)
+    result.used = worst.used
+    result.passed = all(c.passed for c in result.checks)
+    if not np.all(np.isfinite(ref)):
+        result.passed = False
+        result.notes.append("output is not finite: running_var below −eps, or NaN/Inf in the tensors")
+
+    alt = _alt_eps(eps)
+    change, channel = nx.eps_change(x, mean, var, gamma, beta, eps, alt)
+    finite_var = var[np.isfinite(var)]
+    result.eps_sensitivity = EpsSensitivity(eps, alt, change, channel,
+                                            float(finite_var.min()) if finite_var.size else float("nan"))
+    # train/eval gaps on seeded batches of the default per-sample shape (--spatial), whatever the input:
+    # a 224×224 input at batch 32 would cost more than the whole verify
+    tail = _input_shape(layer, 1, spatial)[2:]
+    for b in train_batches:
+        if b * int(np.prod(tail, dtype=np.int64)) <= 1:
+            result.train_eval_gap.append(TrainGap(b, None, "train mode needs more than one value per channel"))
+            continue
+        xb = nx.round_to(nx.synthetic_input(mean, var, (b, layer.channels) + tail, np.random.default_rng([seed, index, b])), dt)
+        result.train_eval_gap.append(TrainGap(b, nx.train_eval_gap(xb, mean, var, gamma, beta, eps)))
+    return result, ref
+
+
+def _check(path: str, device: str, dtype: str, cmp, tolerance: float) -> PathCheck:
+    return PathCheck(path, device, dtype, cmp.max_abs_err, cmp.max_rel_err, tolerance, cmp.worst_fraction, cmp.passed,
+                     cmp.worst_channel)
+
+
+def _fused(layer: BNLayer, mean, var, gamma, beta, eps: float, dt: str, device: str, seed: int):
+    """("fused_conv", FusedCheck), or a note saying why there is no fused check ("" when there is no producer)."""
+    from bninspect import numerics as nx
+
+    producer = layer.producer
+    if producer is None:
+        return ""
+    if producer.weight.shape[0] != layer.channels:
+        return f"producer {producer.name} has {producer.weight.shape[0]} outputs for {layer.channels} channels: no fused check"
+    if producer.op == "linear":
+        w = producer.weight.float64()
+        b = producer.bias.float64() if producer.bias is not None else None
+        # a linear layer is a 1-D conv with kernel 1 over a length-1 input
+        check = nx.fused_conv_check("conv1d", w.reshape(w.shape + (1,)), b, 1, mean, var, gamma, beta, eps, dt, device, seed)
+        return "fused_linear", check
+    if producer.op not in nx.CONV_OPS:
+        return f"no fused check for a {producer.op} producer"
+    w = producer.weight.float64()
+    if w.ndim != {"conv1d": 3, "conv2d": 4, "conv3d": 5}[producer.op]:
+        return f"producer {producer.name} weight has shape {tuple(w.shape)}: no fused check"
+    b = producer.bias.float64() if producer.bias is not None else None
+    groups = nx.infer_groups(tuple(w.shape), layer.channels, producer.groups)
+    return "fused_conv", nx.fused_conv_check(producer.op, w, b, groups, mean, var, gamma, beta, eps, dt, device, seed)
+
+
+# ---------------------------------------------------------------- --expected
+
+def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype: str, channels_last: bool,
+             expected_path: str = "") -> Diagnosis:
+    """Compare an output captured elsewhere with ours; on a mismatch, try each usual mistake and keep the best fit.
+
+    ``x`` and ``expected`` are float64 in the logical (N, C, …) layout, as read from the files.
+    """
+    from bninspect import numerics as nx
+
+    tol = nx.TOLERANCES[nx.compute_dtype(expected_dtype)]
+    mean, var = layer.values("running_mean"), layer.values("running_var")
+    gamma, beta, eps = layer.gamma(), layer.beta(), layer.eps
+    affine = layer.has("weight") and layer.has("bias")
+    mag = nx.eval_magnitude(x, mean, var, gamma, beta, eps)
+    ref = nx.eval_reference(x, mean, var, gamma, beta, eps)
+
+    def score(cause: str, y: np.ndarray, t) -> Candidate:
+        cmp = nx.compare(expected, y, mag + np.abs(np.nan_to_num(y)), t)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.nan_to_num(y - expected, nan=np.inf)
+            rms_e = float(np.sqrt(np.mean(expected**2))) or 1.0
+            rel = float(np.sqrt(np.mean(diff**2))) / rms_e
+        return Candidate(cause, cmp.max_abs_err, rel if math.isfinite(rel) else math.inf, cmp.passed)
+
+    correct = score("match", ref, tol)
+    cands = []
+    for cause, y in nx.explanations(x, mean, var, gamma, beta, eps, affine, channels_last):
+        half = cause.split()[0]
+        cands.append(score(cause, y, nx.TOLERANCES[half] if cause.endswith("arithmetic") else tol))
+    cands.sort(key=lambda c: (not c.fits, c.relative_residual))
+    best = cands[0]
+    diag = Diagnosis(layer.name, expected_path, "match", correct.residual, correct.relative_residual, True, best.cause,
+                     [correct] + cands)
+    if correct.fits:
+        return diag
+    if best.fits:
+        diag.cause, diag.residual, diag.relative_residual = best.cause, best.residual, best.relative_residual
+        return diag
+    diag.cause, diag.fits = "unexplained", False
+    with np.errstate(invalid="ignore"):
+        err = np.nan_to_num(np.abs(expected - ref), nan=np.inf)
+        off = err > tol.allowed(np.nan_to_num(mag))
+    axes = (0,) + tuple(range(2, x.ndim))
+    bad = np.flatnonzero(off.any(axis=axes))
+    diag.channels_off, diag.channels_off_count = [int(c) for c in bad[:32]], int(len(bad))
+    return diag
+
+
+# ---------------------------------------------------------------- the command
+
+def _logical(values: np.ndarray, channels_last: bool) -> np.ndarray:
+    # N, …, C (channels-last file) → N, C, … (what every formula here uses)
+    return np.moveaxis(values, -1, 1) if channels_last and values.ndim >= 3 else values
+
+
+def _file_layout(values: np.ndarray, channels_last: bool) -> np.ndarray:
+    return np.moveaxis(values, 1, -1) if channels_last and values.ndim >= 3 else values
+
+
+def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] | None = None,
+               eps: float | None = None, trust: bool = False, key: str | None = None, strict: bool = False,
+               input_path: str | None = None, channels_last: bool = False, output_path: str | None = None,
+               expected_path: str | None = None, batch: int = 2, spatial: int = 4,
+               train_batches: tuple[int, ...] = DEFAULT_TRAIN_BATCHES, seed: int = 0) -> VerifyResult:
+    """``bninspect verify``: the conformance matrix without ``path``, every selected layer with it."""
+    if batch < 1 or spatial < 1 or any(b < 1 for b in train_batches):
+        raise UsageError("--batch, --spatial and --train-batch need positive integers")
+    if eps is not None and not (eps >= 0 and math.isfinite(eps)):
+        raise UsageError(f"--eps must be a finite number ≥ 0, not {eps}")
+    if path is None and (input_path or output_path or expected_path or layer_globs or eps is not None):
+        raise UsageError("--layer, --input, --output, --expected and --eps need a checkpoint")
+    if (output_path or expected_path) and not input_path:
+        raise UsageError("--output and --expected need --input (the activations the other runtime saw)")
+    from bninspect import numerics as nx
+    import torch
+
+    devices = nx.resolve_devices(device)
+    tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in nx.TOLERANCES.items()}
+    if path is None:
+        cases = conformance(devices, seed)
+        failed = [c for c in cases if not c.passed]
+        skipped = sum(1 for c in cases if c.skipped)
+        summary = (f"{len(cases) - len(failed) - skipped} of {len(cases)} cases passed on {', '.join(devices)}"
+                   + (f", {len(failed)} failed" if failed else "") + (f", {skipped} skipped" if skipped else ""))
+        return VerifyResult("conformance", None, device, devices, torch.__version__, not failed, cases=cases,
+                            tolerances=tolerances, summary=summary)
+
+    from bninspect.activations import read_activations, write_activations
+    from bninspect.services.common import open_layers, select
+
+    discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    layers = select(discovery.layers, layer_globs)
+    if not layers:
+        raise UsageError("this file has no BatchNorm layers to verify", path=path)
+    if (output_path or expected_path) and len(layers) != 1:
+        raise UsageError(f"--output and --expected need exactly one layer; {len(layers)} selected (pick one with --layer)")
+    acts = read_activations(input_path) if input_path else None
+    x = None
+    if acts is not None:
+        x = _logical(acts.values, channels_last)
+        bad = [l.name for l in layers if x.ndim < 2 or x.shape[1] != l.channels]
+        if bad:
+            axis = "last axis" if channels_last else "axis 1"
+            got = x.shape[1] if x.ndim >= 2 else "no"
+            raise UsageError(f"input has {got} channels on {axis}; layer {bad[0]} has "
+                             f"{next(l.channels for l in layers if l.name == bad[0])}"
+                             + ("" if channels_last else " (NHWC data? add --channels-last)"), path=input_path)
+
+    results: list[LayerVerify] = []
+    refs: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(layers):
+        res, ref = verify_layer(layer, devices, x=x, channels_last=channels_last, batch=batch, spatial=spatial,
+                                train_batches=train_batches, seed=seed, index=i)
+        results.append(res)
+        if ref is not None:
+            refs[layer.name] = ref
+
+    diagnosis = None
+    if expected_path:
+        exp = read_activations(expected_path)
+        y_exp = _logical(exp.values, channels_last)
+        if y_exp.shape != x.shape:
+            raise UsageError(f"expected output has shape {tuple(exp.values.shape)}, input {tuple(acts.values.shape)}",
+                             path=expected_path)
+        if layers[0].name not in refs:
+            raise UsageError(f"layer {layers[0].name} has no running statistics to compare against")
+        diagnosis = diagnose(layers[0], nx.round_to(x, nx.compute_dtype(acts.dtype)), y_exp, exp.dtype, channels_last,
+                             expected_path)
+    if output_path:
+        if layers[0].name not in refs:
+            raise UsageError(f"layer {layers[0].name} has no running statistics: nothing to write")
+        # the reference on the input as given (not rounded to the checkpoint's dtype): what the layer should output
+        layer = layers[0]
+        y = nx.eval_reference(x, layer.values("running_mean"), layer.values("running_var"), layer.gamma(),
+                              layer.beta(), layer.eps)
+        write_activations(output_path, _file_layout(y, channels_last), acts,
+                          protected=[p for p in (path, input_path, expected_path) if p])
+
+    checked = [r for r in results if not r.skipped]
+    failed = [r for r in checked if not r.passed]
+    skipped = len(results) - len(checked)
+    summary = (f"{len(checked) - len(failed)} of {len(checked)} layers passed on {', '.join(devices)}"
+               + (f", {len(failed)} failed" if failed else "") + (f", {skipped} skipped" if skipped else ""))
+    if diagnosis is not None:
+        summary += "; expected output: " + ("matches" if diagnosis.cause == "match" else diagnosis.cause)
+    return VerifyResult("checkpoint", path, device, devices, torch.__version__, not failed, results,
+                        diagnosis=diagnosis, input=input_path, output=output_path,
+                        synthetic={} if x is not None else {"batch": batch, "spatial": spatial, "seed": seed},
+                        train_batches=list(train_batches), tolerances=tolerances, summary=summary)
