@@ -91,6 +91,44 @@ def explain(
     return 0
 
 
+@app.command()
+def verify(
+    ckpt: Optional[str] = typer.Argument(None, metavar="[CKPT]", help="Checkpoint file; without it, check this machine's BN kernels."),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda, cuda:N, or all (CPU and CUDA side by side)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
+    input_path: Optional[str] = typer.Option(None, "--input", "-i", metavar="FILE", help="Real activations for the layer (.npy, .pt, .safetensors; N,C,... unless --channels-last)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="--input/--expected hold N,...,C (NHWC) data."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write one layer's recomputed output here, in the input's format."),
+    expected: Optional[str] = typer.Option(None, "--expected", metavar="FILE", help="Outputs captured from another runtime: match, or the likely cause of the mismatch."),
+    eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
+    batch: int = typer.Option(2, "--batch", help="Batch size of the synthetic inputs."),
+    spatial: int = typer.Option(4, "--spatial", help="Size of each spatial dimension of the synthetic inputs."),
+    train_batch: str = typer.Option("1,2,8,32", "--train-batch", metavar="B,B,...", help="Batch sizes for the train/eval gap."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs."),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> int:
+    """Recompute BN inference (reference, F.batch_norm, folded, fused conv) and check it; without CKPT, check the kernels."""
+    from bninspect.errors import UsageError
+    from bninspect.render import verify as render_verify
+    from bninspect.services.verify import run_verify
+
+    try:
+        batches = tuple(int(b) for b in train_batch.split(",") if b.strip())
+    except ValueError:
+        raise UsageError(f"--train-batch wants comma-separated integers, not '{train_batch}'") from None
+    result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
+                        input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
+                        batch=batch, spatial=spatial, train_batches=batches, seed=seed)
+    if as_json:
+        typer.echo(render_verify.to_json(result))
+    else:
+        render_verify.render(result)
+    return result.exit_code
+
+
 def _fail(line: str, code: int) -> int:
     sys.stderr.write(f"bninspect: error: {line}\n")
     sys.stderr.flush()
