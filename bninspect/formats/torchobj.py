@@ -1,0 +1,102 @@
+"""Objects torch has already loaded (legacy safe load, trusted loads) turned into our terms.
+
+Only the legacy and trusted readers import this module, and they have imported torch by then.
+Tensors become TensorRefs (values converted on first use), ``nn.Module``s become a
+:class:`~bninspect.formats.containers.ModuleNode` with the module facts a state dict lacks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from bninspect.checkpoint import ModuleInfo, TensorRef
+from bninspect.errors import InvalidFileError
+from bninspect.formats.containers import MAX_DEPTH, ModuleNode
+
+# Module attributes worth keeping: BN's (constructor arguments and mode), and what producer
+# matching needs from convs and linears. All are plain Python values on the module.
+MODULE_ATTRIBUTES = (
+    "training", "eps", "momentum", "affine", "track_running_stats", "num_features",
+    "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+    "transposed", "in_features", "out_features",
+)
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def tensor_ref(tensor: Any, path: str) -> TensorRef:
+    """A TensorRef over a loaded torch tensor; numpy values are made only when asked for."""
+    import torch
+
+    dtype = str(tensor.dtype).replace("torch.", "")
+
+    def load() -> np.ndarray:
+        t = tensor.detach()
+        if t.is_quantized or t.layout != torch.strided or t.device.type == "meta":
+            raise InvalidFileError(f"a {dtype} tensor here is quantized, sparse or has no data; bninspect cannot read it", path=path)
+        t = t.cpu()
+        if t.dtype == torch.bfloat16:
+            return t.float().numpy()
+        try:
+            return t.numpy().copy()
+        except TypeError:
+            raise InvalidFileError(f"{dtype} tensors cannot be read by bninspect", path=path) from None
+
+    return TensorRef(tuple(tensor.shape), dtype, load)
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, _SIMPLE):
+        return True
+    return isinstance(value, tuple) and len(value) <= 16 and all(isinstance(v, _SIMPLE) for v in value)
+
+
+def module_node(module: Any, path: str) -> ModuleNode:
+    """A ModuleNode from an ``nn.Module`` (or TorchScript module): state dict and per-module facts."""
+    tensors = {k: tensor_ref(v, path) for k, v in module.state_dict().items()}
+    modules: dict[str, ModuleInfo] = {}
+    for name, sub in module.named_modules():
+        attributes = {}
+        for attr in MODULE_ATTRIBUTES:
+            if hasattr(sub, attr):
+                value = getattr(sub, attr)
+                if _simple(value):
+                    attributes[attr] = value
+        type_name = getattr(sub, "original_name", None) or type(sub).__name__
+        modules[name] = ModuleInfo(path=name, type_name=str(type_name), attributes=attributes)
+    return ModuleNode(tensors=tensors, modules=modules)
+
+
+def to_tree(obj: Any, path: str) -> Any:
+    """Copy the dict structure of a loaded object, with tensors and modules converted. Iterative."""
+    import torch
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return tensor_ref(value, path)
+        if isinstance(value, torch.nn.Module):
+            return module_node(value, path)
+        return value
+
+    root = convert(obj)
+    if not isinstance(obj, dict):
+        return root
+    root = {}
+    queue: deque[tuple[dict, dict, int]] = deque([(obj, root, 0)])
+    seen: set[int] = set()
+    while queue:
+        src, dst, depth = queue.popleft()
+        if id(src) in seen:
+            continue
+        seen.add(id(src))
+        for k, v in src.items():
+            if isinstance(v, dict):
+                if depth < MAX_DEPTH:
+                    dst[k] = {}
+                    queue.append((v, dst[k], depth + 1))
+            else:
+                dst[k] = convert(v)
+    return root

@@ -1,0 +1,122 @@
+"""Loaders that run code from the file: only reached when the user passed ``--trust``.
+
+``torch.load(weights_only=False)`` unpickles arbitrary globals (a full pickled ``nn.Module``
+needs its class importable); ``torch.jit.load`` runs a TorchScript archive's code. Both are
+the user's explicit choice; the safe readers never fall back to them on their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections import deque
+from typing import Any, Iterator
+
+from bninspect.checkpoint import Checkpoint
+from bninspect.errors import InvalidFileError, UnsafeFileError
+from bninspect.formats import containers
+from bninspect.formats.paths import open_regular, read_head
+
+REFUSED = "refused: {what} runs code from the file; pass --trust if you trust where it came from"
+
+
+@contextlib.contextmanager
+def _importable_beside(path: str) -> Iterator[None]:
+    """Let a pickled model find its classes in the checkpoint's directory or the working directory.
+
+    Appended, not prepended, so they never shadow installed packages; removed afterwards.
+    """
+    extra = [d for d in (os.getcwd(), os.path.dirname(os.path.abspath(path))) if d not in sys.path]
+    sys.path.extend(extra)
+    try:
+        yield
+    finally:
+        for d in extra:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(d)
+
+
+def _missing_class(exc: BaseException) -> str | None:
+    if isinstance(exc, ModuleNotFoundError):
+        return f"module '{exc.name}'"
+    if isinstance(exc, AttributeError):
+        text = " ".join(str(exc).split())
+        return text[:160]
+    return None
+
+
+def _torch_load(path: str) -> Any:
+    import torch
+
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as f, _importable_beside(path):
+        try:
+            return torch.load(f, map_location="cpu", weights_only=False)
+        except (ModuleNotFoundError, AttributeError) as exc:
+            raise InvalidFileError(
+                f"the pickled model needs {_missing_class(exc)}, which cannot be imported here; "
+                "run bninspect where the model's code is importable (PYTHONPATH)",
+                path=path,
+            ) from None
+        except Exception as exc:
+            raise InvalidFileError(f"torch.load failed on it ({type(exc).__name__})", path=path) from None
+
+
+def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+    """Load a torch.save file (zip or legacy) with torch.load(weights_only=False)."""
+    if not trust:
+        raise UnsafeFileError(REFUSED.format(what="loading it with torch.load(weights_only=False)"), path=path)
+    from bninspect.formats.torchobj import to_tree
+
+    obj = _torch_load(path)
+    tree = to_tree(obj, path)
+    fmt = "torch-zip" if read_head(path, 4) == b"PK\x03\x04" else "torch-legacy"
+    checkpoint = containers.build_checkpoint(tree, path=path, format=fmt, key=key,
+                                             notes=["loaded with --trust (torch.load weights_only=False)"])
+    if checkpoint.modules:
+        checkpoint.format = "pickled-module"
+    return checkpoint
+
+
+def _find_module(obj: Any) -> Any:
+    import torch
+
+    queue: deque[tuple[Any, int]] = deque([(obj, 0)])
+    while queue:
+        node, depth = queue.popleft()
+        if isinstance(node, torch.nn.Module):
+            return node
+        if isinstance(node, dict) and depth < containers.MAX_DEPTH:
+            queue.extend((v, depth + 1) for v in node.values())
+    return None
+
+
+def load_module(path: str, *, trust: bool) -> Any:
+    """The real ``torch.nn.Module`` in a file (TorchScript or pickled module); needs ``trust``."""
+    if not trust:
+        raise UnsafeFileError(REFUSED.format(what="building the model"), path=path)
+    import torch
+
+    head = read_head(path, 4096)
+    if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
+        fd = open_regular(path)
+        with os.fdopen(fd, "rb") as f:
+            try:
+                return torch.jit.load(f, map_location="cpu")
+            except Exception as exc:
+                raise InvalidFileError(f"torch.jit.load failed on it ({type(exc).__name__})", path=path) from None
+    module = _find_module(_torch_load(path))
+    if module is None:
+        raise InvalidFileError("holds weights but no model (nn.Module); a state dict needs the model's code", path=path)
+    return module
+
+
+def _is_torchscript(path: str) -> bool:
+    import zipfile
+
+    try:
+        with os.fdopen(open_regular(path), "rb") as fh, zipfile.ZipFile(fh) as zf:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise InvalidFileError("a truncated or corrupt zip archive", path=path) from None
