@@ -1,0 +1,140 @@
+"""Render a DriftResult: a progress bar while measuring, then tables and a verdict, or a JSON document."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bninspect.render.common import console, markup, num, text
+from bninspect.render.jsondoc import dumps
+from bninspect.services.drift import DriftResult, ProgressHook
+
+SCHEMA = "bninspect.drift/1"
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[ProgressHook | None]:
+    """A rich progress bar over batches on stderr, one task per phase; None when off (not a TTY, --json)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console(stderr=True), transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(markup(phase), total=total)
+        bar.update(tasks[phase], completed=done)
+
+    with bar:
+        yield update
+
+
+def to_json(result: DriftResult) -> str:
+    """The documented JSON document (schema bninspect.drift/1)."""
+    body = {
+        "file": result.path,
+        "model": {"source": result.model_source, "description": result.model,
+                  "loaded_in_train_mode": result.loaded_in_train_mode, "train_mode_layers": result.train_mode_layers},
+        "data": {"description": result.data, "samples": result.samples, "sample_shape": result.sample_shape,
+                 "synthetic": result.synthetic},
+        "device": result.device,
+        "batch_sizes": result.batch_sizes,
+        "pass_batch_size": result.pass_batch_size,
+        "thresholds": {"max_drift": result.max_drift, "batch_tolerance": result.batch_tolerance,
+                       "min_agreement": result.min_agreement},
+        "layers_measured": result.layers_measured,
+        "layers": result.layers,
+        "output": {"kind": result.output_kind, "eval_vs_train": result.mismatch},
+        "recalibration": result.recalibration,
+        "verdict": {"ok": not result.problems, "problems": result.problems},
+        "notes": result.notes,
+    }
+    return dumps(SCHEMA, body)
+
+
+def _layer_table(result: DriftResult) -> Table:
+    table = Table(header_style="bold", pad_edge=False,
+                  title="Running statistics vs the data (drift = RMS error of the normalized output, in σ)",
+                  title_justify="left")
+    table.add_column("layer")
+    table.add_column("C", justify="right")
+    table.add_column("drift", justify="right")
+    table.add_column("worst ch", justify="right")
+    table.add_column("mean shift σ", justify="right")
+    table.add_column("var ratio", justify="right")
+    for b in result.batch_sizes:
+        table.add_column(f"B={b}", justify="right")
+    table.add_column("min B", justify="right")
+    recal = result.recalibration is not None
+    if recal:
+        table.add_column("after", justify="right")
+    for layer in result.layers:
+        if not layer.reached:
+            row = [text(layer.name, "cyan"), str(layer.channels), "not called", "", "", ""]
+            row += [""] * len(result.batch_sizes) + [""] + ([""] if recal else [])
+            table.add_row(*row)
+            continue
+        style = "bold red" if layer.exceeds and not result.synthetic else ""
+        row = [text(layer.name, "cyan"), str(layer.channels), text(num(layer.drift_score), style),
+               str(layer.worst_channel), num(layer.worst_mean_shift), num(layer.worst_var_ratio)]
+        for b in layer.by_batch_size:
+            row.append(num(b.output_error) if not b.skipped else "—")
+        row.append(str(layer.min_batch_size) if layer.min_batch_size is not None else f">{max(result.batch_sizes)}")
+        if recal:
+            row.append(num(layer.drift_after))
+        table.add_row(*row)
+    return table
+
+
+def _mismatch_table(result: DriftResult) -> Table:
+    table = Table(header_style="bold", pad_edge=False, title_justify="left",
+                  title=f"Output with BN in eval vs train mode ({markup(result.output_kind)})")
+    for col in ("batch size", "batches", "max |Δ|", "max |eval|", "top-1 agreement"):
+        table.add_column(col, justify="right")
+    for row in result.mismatch:
+        if row.skipped:
+            table.add_row(str(row.batch_size), str(row.batches), text(row.skipped, "dim"), "", "")
+            continue
+        agree = f"{row.top1_agreement:.1%}" if row.top1_agreement is not None else "—"
+        table.add_row(str(row.batch_size), str(row.batches), num(row.max_abs_diff), num(row.output_scale), agree)
+    return table
+
+
+def render(result: DriftResult) -> None:
+    """Print the header, the per-layer and eval/train tables, recalibration and the verdict."""
+    out = console()
+    out.print(f"[bold]{markup(result.path)}[/]  model: {markup(result.model)} ({result.model_source}), "
+              f"device {result.device}")
+    out.print(f"data: {markup(result.data)}, {result.samples} samples; batch sizes {', '.join(map(str, result.batch_sizes))}")
+    if result.synthetic:
+        out.print("[yellow]synthetic input: this measures the mechanics of BN, not whether the statistics fit "
+                  "your data[/]")
+    if result.loaded_in_train_mode is not None:
+        mode = (f"[bold red]train mode[/] ({len(result.train_mode_layers)} BN layers)"
+                if result.loaded_in_train_mode else "eval mode")
+        out.print(f"as loaded, the model is in {mode}")
+    if result.layers:
+        out.print(_layer_table(result))
+        out.print(f"[dim]B=…: RMS error of train-mode normalization at that batch size vs eval mode with the data's "
+                  f"statistics; min B: smallest batch size from which it stays ≤ {result.batch_tolerance:g}[/]")
+    out.print(_mismatch_table(result))
+    if result.recalibration:
+        r = result.recalibration
+        out.print(f"wrote {markup(r.path)} ({r.format}): running statistics of {r.layers} layers replaced by the "
+                  f"data's, {r.tensors_written} tensors; worst drift {num(r.drift_before)} → {num(r.drift_after)}")
+    for note in result.notes:
+        out.print(f"[dim]note: {markup(note)}[/]")
+    if result.problems:
+        out.print(f"[bold red]DRIFT[/] ({len(result.problems)}):")
+        for problem in result.problems:
+            out.print(f"  {markup(problem)}")
+    else:
+        worst = max((l.drift_score for l in result.layers if l.drift_score is not None), default=None)
+        detail = f"worst layer drift {num(worst)} ≤ {result.max_drift:g}" if worst is not None else "no layer statistics"
+        out.print(f"[bold green]OK[/]: {detail}")

@@ -1,0 +1,749 @@
+"""``bninspect drift``: do the running statistics still describe the data, and what do batch statistics cost?
+
+Three measurements, all through forward pre-hooks on the BN layers of a real model fed real data:
+
+1. **Population statistics** of every BN layer's input in eval mode (what the layer really sees at
+   inference), exact, accumulated in float64 with Chan et al.'s pairwise merge of batch means and
+   sums of squares — the quantity precise-BN (fvcore ``nn/precise_bn.py``) and
+   ``torch.optim.swa_utils.update_bn`` estimate — against the checkpoint's running statistics.
+2. **Small-batch drift**: for each batch size B, the spread of batch statistics around the
+   population statistics and the error of train-mode normalization against eval mode with the
+   population statistics. Eval mode treats samples independently, so one eval pass split into
+   chunks of B gives every layer's input exactly as a batch of B would.
+3. **Eval/train mismatch at the output**: the same batches through the model with BN in eval
+   mode and in train mode (everything else in eval mode, so dropout does not add noise).
+
+The unit of 1 and 2 is the RMS error of the normalized activation (x − μ)/√(σ² + ε), in standard
+deviations: with ideal statistics μ_p, σ²_p and used statistics μ_u, σ²_u (s = √(σ² + ε)),
+
+    E[((x − μ_u)/s_u − (x − μ_p)/s_p)²] = σ²·(1/s_u − 1/s_p)² + ((μ_p − μ_u)/s_u)²
+
+over the elements the statistics are applied to (σ² their biased variance). A drift score of 0.1
+means the layer's normalized output is off by a tenth of its own spread.
+
+Optionally (``--write-recalibrated``) the population statistics replace the running statistics,
+layer by layer in call order so each layer is calibrated on inputs its recalibrated predecessors
+produce, and measurement 1 is re-run on the written file.
+
+The model is never left modified: training flags and buffers are snapshot and restored, hooks
+removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
+from bninspect import runner
+from bninspect.runner import DataSource, LoadedModel, ModelState
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+DEFAULT_MAX_DRIFT = 0.1
+DEFAULT_BATCH_TOLERANCE = 0.1
+DEFAULT_MIN_AGREEMENT = 0.99
+SYNTHETIC_SEED = 0
+WORST_CHANNELS = 3
+
+# Extensions written as torch.save archives by --write-recalibrated (anything else: .safetensors).
+TORCH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+ProgressHook = Callable[[str, int, int], None]  # (phase description, done, total)
+
+
+@dataclass
+class BatchSizeDrift:
+    """One layer at one batch size: how far batch statistics fall from the population's."""
+
+    batch_size: int
+    batches: int  # full batches of this size in the data
+    mean_spread: float | None  # RMS over batches and channels of (μ_B − μ_p)/√(σ²_p + ε)
+    var_spread: float | None  # RMS of (σ²_B − σ²_p)/(σ²_p + ε)
+    output_error: float | None  # RMS error of train-mode normalization vs eval with population stats
+    skipped: str = ""  # why not measured (one value per channel: train mode cannot run)
+
+
+@dataclass
+class LayerDrift:
+    """Measurement 1 and 2 for one BN layer."""
+
+    name: str  # module path in the model (wrapper prefixes already gone)
+    kind: str
+    channels: int
+    eps: float
+    reached: bool  # the forward pass called this layer
+    elements_per_channel: int = 0  # n over all the data
+    drift_score: float | None = None  # RMS over channels of the normalized-output error
+    worst_channel: int | None = None
+    worst_error: float | None = None
+    worst_mean_shift: float | None = None  # (μ_running − μ_p)/√(σ²_p + ε) at the worst channel
+    worst_var_ratio: float | None = None  # (σ²_running + ε)/(σ²_p + ε) at the worst channel
+    max_abs_mean_shift: float | None = None
+    var_ratio_range: tuple[float, float] | None = None
+    worst_channels: list[int] = field(default_factory=list)
+    mean_shift: list[float] = field(default_factory=list)  # per channel, σ units
+    var_ratio: list[float] = field(default_factory=list)  # per channel
+    channel_error: list[float] = field(default_factory=list)  # per channel
+    by_batch_size: list[BatchSizeDrift] = field(default_factory=list)
+    min_batch_size: int | None = None  # smallest B from which train-mode error stays ≤ tolerance
+    exceeds: bool = False
+    drift_after: float | None = None  # drift score of the recalibrated file on the same data
+
+
+@dataclass
+class ModeMismatch:
+    """Measurement 3 at one batch size: BN in eval mode vs BN in train mode, at the model's output."""
+
+    batch_size: int
+    batches: int
+    max_abs_diff: float | None = None
+    output_scale: float | None = None  # max |eval output|, for reading max_abs_diff
+    top1_agreement: float | None = None  # None when the output does not look like class scores
+    skipped: str = ""
+
+
+@dataclass
+class Recalibration:
+    """What --write-recalibrated wrote."""
+
+    path: str
+    format: str  # "safetensors" | "torch-zip"
+    layers: int  # layers whose running statistics were replaced
+    tensors_written: int
+    drift_before: float | None  # worst layer drift score before
+    drift_after: float | None  # worst layer drift score of the written file
+
+
+@dataclass
+class DriftResult:
+    """Everything ``drift`` measured, plain data for the renderers and the JSON document."""
+
+    path: str
+    model: str  # --arch spec or the file's kind
+    model_source: str  # "arch" | "torchscript" | "pickled-module"
+    data: str
+    samples: int
+    sample_shape: list[int]
+    synthetic: bool
+    device: str
+    batch_sizes: list[int]
+    pass_batch_size: int
+    max_drift: float
+    batch_tolerance: float
+    min_agreement: float
+    loaded_in_train_mode: bool | None  # None: a state dict has no mode
+    train_mode_layers: list[str]
+    output_kind: str  # "class scores [N, K]" | "tensor [...]" | "none"
+    layers: list[LayerDrift]
+    mismatch: list[ModeMismatch]
+    layers_measured: bool  # False where hooks cannot run (TorchScript)
+    recalibration: Recalibration | None = None
+    problems: list[str] = field(default_factory=list)  # why the exit code is 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.problems else 0
+
+
+# ── statistics accumulators (float64) ───────────────────────────────────────────────────────
+
+
+def _channel_view(x: torch.Tensor) -> torch.Tensor:
+    """A BN input [N, C, *] as [C, elements] in float64 (the batch and spatial dims merged)."""
+    x = x.detach().to(torch.float64)
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+class _Population:
+    """Exact per-channel mean and sum of squared deviations, merged batch by batch (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, flat: torch.Tensor) -> None:
+        nb = flat.shape[1]
+        if nb == 0:
+            return
+        mb = flat.mean(dim=1)
+        m2b = ((flat - mb[:, None]) ** 2).sum(dim=1)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        # Chan et al.: M2 = M2_a + M2_b + δ²·n_a·n_b/n, mean = mean_a + δ·n_b/n
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
+        self.n = n
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, biased variance, unbiased variance) as float64 numpy arrays."""
+        mean = self.mean.cpu().numpy()
+        m2 = self.m2.cpu().numpy()
+        unbiased = m2 / (self.n - 1) if self.n > 1 else np.zeros_like(m2)
+        return mean, m2 / self.n, unbiased
+
+
+class _BatchSpread:
+    """Sums over batches of size B of the per-batch terms the drift formulas need (per channel).
+
+    The population statistics are known only at the end, so the squares are expanded:
+    Σ(μ_B − μ_p)² = Σμ_B² − 2μ_pΣμ_B + Kμ_p², and likewise for the variance and output terms.
+    """
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self.k = 0
+        self.terms: dict[str, torch.Tensor] = {}
+        self.one_value = False
+
+    def add(self, flat: torch.Tensor) -> None:
+        if flat.shape[1] < 2:
+            self.one_value = True  # PyTorch refuses train mode with one value per channel
+            return
+        mu = flat.mean(dim=1)
+        var = flat.var(dim=1, unbiased=False)  # train mode normalizes with the biased variance
+        s = torch.sqrt(var + self.eps)
+        for name, value in (("mu", mu), ("mu2", mu**2), ("var", var), ("var2", var**2),
+                            ("var_s2", var / s**2), ("var_s", var / s)):
+            self.terms[name] = self.terms[name] + value if name in self.terms else value
+        self.k += 1
+
+    def result(self, batch_size: int, mu_p: np.ndarray, var_p: np.ndarray) -> BatchSizeDrift:
+        if self.one_value:
+            return BatchSizeDrift(batch_size, 0, None, None, None,
+                                  skipped="one value per channel: train-mode BN cannot run at this batch size")
+        if self.k == 0:
+            return BatchSizeDrift(batch_size, 0, None, None, None, skipped="fewer samples than the batch size")
+        t = {k: v.cpu().numpy() for k, v in self.terms.items()}
+        k = self.k
+        s_p = np.sqrt(var_p + self.eps)
+        mean_sq = np.maximum(t["mu2"] - 2 * mu_p * t["mu"] + k * mu_p**2, 0.0) / k
+        var_sq = np.maximum(t["var2"] - 2 * var_p * t["var"] + k * var_p**2, 0.0) / k
+        # per batch: σ²_B(1/s_B − 1/s_p)² + ((μ_p − μ_B)/s_p)², averaged over the K batches
+        out_sq = (t["var_s2"] - 2 * t["var_s"] / s_p + t["var"] / s_p**2) / k + mean_sq / s_p**2
+        return BatchSizeDrift(
+            batch_size,
+            k,
+            mean_spread=_rms(np.sqrt(mean_sq) / s_p),
+            var_spread=_rms(np.sqrt(var_sq) / (var_p + self.eps)),
+            output_error=_rms(np.sqrt(np.maximum(out_sq, 0.0))),
+        )
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.asarray(values, dtype=np.float64) ** 2)))
+
+
+def normalized_error(mu_p: np.ndarray, var_b: np.ndarray, var_p: np.ndarray,
+                     mu_u: np.ndarray, var_u: np.ndarray, eps: float) -> np.ndarray:
+    """Per channel: RMS of (x − μ_u)/s_u − (x − μ_p)/s_p over data of mean μ_p and biased variance var_b.
+
+    = √(var_b·(1/s_u − 1/s_p)² + ((μ_p − μ_u)/s_u)²), s = √(σ² + ε); 0 when the used statistics
+    (μ_u, var_u) equal the ideal ones (μ_p, var_p).
+    """
+    s_u, s_p = np.sqrt(var_u + eps), np.sqrt(var_p + eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(var_b * (1 / s_u - 1 / s_p) ** 2 + ((mu_p - mu_u) / s_u) ** 2)
+
+
+# ── one eval pass with hooks ────────────────────────────────────────────────────────────────
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (recalibration needs only one layer's input)."""
+
+
+def _forward(model: nn.Module, x: torch.Tensor):
+    try:
+        with torch.no_grad():
+            return model(x)
+    except (_Stop, KeyboardInterrupt, BNInspectError):
+        raise
+    except Exception as exc:
+        # F.batch_norm in train mode: "Expected more than 1 value per channel when training"
+        if "more than 1 value per channel" in str(exc):
+            raise _OneValue() from exc
+        raise UsageError(
+            f"the model failed on an input batch of shape {list(x.shape)} ({str(x.dtype).replace('torch.', '')}); "
+            "check that the data fits the model (rerun with --debug for the model's own error)"
+        ) from exc
+
+
+class _OneValue(Exception):
+    """Train-mode BN refused a batch with one value per channel."""
+
+
+def _to_model(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if x.is_floating_point():  # integer inputs (token ids, raw pixels) are the model's business
+        x = x.to(dtype)
+    return x.to(device)
+
+
+@dataclass
+class _PassResult:
+    population: dict[str, _Population]
+    spreads: dict[str, dict[int, _BatchSpread]]
+    order: list[str]  # BN names in the order the forward pass first called them
+
+
+def _eval_pass(model: nn.Module, bns: list[tuple[str, nn.Module]], source: DataSource, pass_batch: int,
+               batch_sizes: list[int], device: torch.device, dtype: torch.dtype,
+               progress: ProgressHook | None, phase: str) -> _PassResult:
+    """One eval-mode pass over the data: population statistics and per-B batch terms of each BN input."""
+    population = {name: _Population() for name, _ in bns}
+    spreads = {name: {b: _BatchSpread(float(m.eps)) for b in batch_sizes} for name, m in bns}
+    order: list[str] = []
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            if name not in order:
+                order.append(name)
+            x = inputs[0]
+            population[name].add(_channel_view(x))
+            for b in batch_sizes:
+                for start in range(0, x.shape[0] - b + 1, b):  # full chunks only: a batch of exactly B
+                    spreads[name][b].add(_channel_view(x[start:start + b]))
+        return hook
+
+    runner.set_bn_mode(model, bn_train=False)
+    total = math.ceil(len(source) / pass_batch)
+    try:
+        for name, module in bns:
+            handles.append(module.register_forward_pre_hook(hook_for(name)))
+        for i, batch in enumerate(runner.batches(source, pass_batch)):
+            _forward(model, _to_model(batch, dtype, device))
+            if progress:
+                progress(phase, i + 1, total)
+    finally:
+        for h in handles:
+            h.remove()
+    return _PassResult(population, spreads, order)
+
+
+def _layer_drift(name: str, module: nn.Module, pass_result: _PassResult, batch_sizes: list[int],
+                 max_drift: float, tolerance: float) -> LayerDrift:
+    eps = float(module.eps)
+    channels = int(module.running_mean.numel())
+    layer = LayerDrift(name=name, kind=getattr(module, "original_name", type(module).__name__),
+                       channels=channels, eps=eps, reached=name in pass_result.order)
+    pop = pass_result.population[name]
+    if not layer.reached or pop.mean is None:
+        return layer
+    mu_p, var_b, var_p = pop.stats()
+    mu_r = module.running_mean.detach().cpu().to(torch.float64).numpy()
+    var_r = module.running_var.detach().cpu().to(torch.float64).numpy()
+    s_p = np.sqrt(var_p + eps)
+    error = normalized_error(mu_p, var_b, var_p, mu_r, var_r, eps)
+    error = np.where(np.isfinite(error), error, np.inf)
+    shift = (mu_r - mu_p) / s_p
+    ratio = (var_r + eps) / (var_p + eps)
+    worst = int(np.argmax(error))
+    layer.elements_per_channel = pop.n
+    layer.drift_score = _rms(error)
+    layer.worst_channel = worst
+    layer.worst_error = float(error[worst])
+    layer.worst_mean_shift = float(shift[worst])
+    layer.worst_var_ratio = float(ratio[worst])
+    layer.max_abs_mean_shift = float(np.max(np.abs(shift)))
+    layer.var_ratio_range = (float(np.min(ratio)), float(np.max(ratio)))
+    layer.worst_channels = [int(i) for i in np.argsort(-error, kind="stable")[:WORST_CHANNELS]]
+    layer.mean_shift = shift.tolist()
+    layer.var_ratio = ratio.tolist()
+    layer.channel_error = error.tolist()
+    layer.by_batch_size = [pass_result.spreads[name][b].result(b, mu_p, var_p) for b in batch_sizes]
+    layer.min_batch_size = _min_batch_size(layer.by_batch_size, tolerance)
+    layer.exceeds = not (layer.drift_score <= max_drift)
+    return layer
+
+
+def _min_batch_size(rows: list[BatchSizeDrift], tolerance: float) -> int | None:
+    """The smallest measured B from which every larger measured B stays within the tolerance."""
+    best = None
+    for row in sorted(rows, key=lambda r: r.batch_size, reverse=True):
+        if row.output_error is None:
+            if row.skipped.startswith("fewer"):
+                continue
+            break
+        if row.output_error > tolerance:
+            break
+        best = row.batch_size
+    return best
+
+
+# ── eval vs train at the output ─────────────────────────────────────────────────────────────
+
+
+def _mode_mismatch(model: nn.Module, source: DataSource, batch_sizes: list[int], device: torch.device,
+                   dtype: torch.dtype, progress: ProgressHook | None) -> tuple[list[ModeMismatch], str]:
+    rows = []
+    kind = "none"
+    state = ModelState(model)
+    for b in batch_sizes:
+        full = len(source) // b
+        row = ModeMismatch(batch_size=b, batches=full)
+        if full == 0:
+            row.skipped = "fewer samples than the batch size"
+            rows.append(row)
+            continue
+        max_diff, scale, agree, count = 0.0, 0.0, 0, 0
+        classes = True
+        try:
+            for i in range(full):
+                x = _to_model(source.batch(i * b, (i + 1) * b), dtype, device)
+                runner.set_bn_mode(model, bn_train=False)
+                y_eval = runner.output_tensor(_forward(model, x))
+                runner.set_bn_mode(model, bn_train=True)
+                y_train = runner.output_tensor(_forward(model, x))
+                state.restore_buffers()  # train mode moved the running statistics
+                if y_eval is None or y_train is None:
+                    row.skipped = "the model's output holds no tensor"
+                    break
+                y_eval, y_train = y_eval.detach().double(), y_train.detach().double()
+                kind = f"tensor {list(y_eval.shape[1:])} per sample"
+                max_diff = max(max_diff, float((y_eval - y_train).abs().max()))
+                scale = max(scale, float(y_eval.abs().max()))
+                classes = classes and y_eval.ndim == 2 and y_eval.shape[1] >= 2
+                if classes:
+                    kind = f"class scores [N, {y_eval.shape[1]}]"
+                    agree += int((y_eval.argmax(dim=1) == y_train.argmax(dim=1)).sum())
+                    count += y_eval.shape[0]
+                if progress:
+                    progress(f"eval vs train mode, batch size {b}", i + 1, full)
+        except _OneValue:
+            row.skipped = "one value per channel: train-mode BN cannot run at this batch size"
+        finally:
+            runner.set_bn_mode(model, bn_train=False)
+        if not row.skipped:
+            row.max_abs_diff, row.output_scale = max_diff, scale
+            row.top1_agreement = agree / count if classes and count else None
+        rows.append(row)
+    return rows, kind
+
+
+# ── recalibration ───────────────────────────────────────────────────────────────────────────
+
+
+def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list[str], source: DataSource,
+                 pass_batch: int, device: torch.device, dtype: torch.dtype,
+                 progress: ProgressHook | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Population (mean, unbiased variance) per BN layer, each measured after its predecessors got theirs.
+
+    Layers are taken in the order the forward pass calls them; once a layer's input statistics
+    are known they are set on the module (the caller restores the model), so the next layer
+    sees what the recalibrated model will feed it. A hook ends each pass at the layer measured.
+    """
+    modules = dict(bns)
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    runner.set_bn_mode(model, bn_train=False)
+    total = math.ceil(len(source) / pass_batch)
+    for i, name in enumerate(order):
+        module = modules[name]
+        pop = _Population()
+
+        def hook(mod: nn.Module, inputs: tuple, pop: _Population = pop) -> None:
+            pop.add(_channel_view(inputs[0]))
+            raise _Stop()
+
+        handle = module.register_forward_pre_hook(hook)
+        try:
+            for j, batch in enumerate(runner.batches(source, pass_batch)):
+                try:
+                    _forward(model, _to_model(batch, dtype, device))
+                except _Stop:
+                    pass
+                if progress:
+                    progress(f"recalibrating {i + 1}/{len(order)}: {name}", j + 1, total)
+        finally:
+            handle.remove()
+        mean, _, unbiased = pop.stats()
+        with torch.no_grad():
+            # PyTorch stores the unbiased variance in running_var (torch/nn/modules/batchnorm.py)
+            module.running_mean.copy_(torch.from_numpy(mean))
+            module.running_var.copy_(torch.from_numpy(unbiased))
+        found[name] = (mean, unbiased)
+    return found
+
+
+def _check_output_path(out: str, input_path: str) -> str:
+    out_abs = os.path.abspath(out)
+    if os.path.isdir(out_abs):
+        raise PathProblemError("is a directory; --write-recalibrated needs a file name", path=out)
+    parent = os.path.dirname(out_abs)
+    if not os.path.isdir(parent):
+        raise PathProblemError("its directory does not exist", path=out)
+    same = os.path.realpath(out_abs) == os.path.realpath(input_path)
+    if not same and os.path.exists(out_abs):
+        try:
+            same = os.path.samefile(out_abs, input_path)
+        except OSError:
+            pass
+    if same:
+        raise UsageError("--write-recalibrated must not overwrite the input checkpoint; choose another file",
+                         path=out)
+    lower = out_abs.lower()
+    if not (lower.endswith(".safetensors") or lower.endswith(TORCH_EXTENSIONS)):
+        raise UsageError("--write-recalibrated: name the file .safetensors, or .pt/.pth/.ckpt/.bin for torch.save",
+                         path=out)
+    return out_abs
+
+
+def _original_state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint by its original key, with its stored dtype and exact values."""
+    if loaded.checkpoint is None:
+        return {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
+    state = {}
+    for key, ref in loaded.checkpoint.tensors.items():
+        tensor = runner.tensor_of(ref.numpy())
+        if ref.dtype == "bfloat16":
+            tensor = tensor.to(torch.bfloat16)  # numpy widened it to float32 exactly; narrowing is exact
+        state[key] = tensor
+    return state
+
+
+def _atomic_write(out: str, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_recalibrated(loaded: LoadedModel, input_path: str, out: str,
+                       stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[str, int, dict[str, str]]:
+    """Write the checkpoint with ``stats`` as running statistics; returns (format, tensors, model key → file key)."""
+    out_abs = _check_output_path(out, input_path)
+    key_map = dict(loaded.key_map) if loaded.checkpoint is not None else {
+        k: k for k in loaded.model.state_dict()}
+    replaced: dict[str, np.ndarray] = {}
+    for name, (mean, var) in stats.items():
+        prefix = f"{name}." if name else ""
+        replaced[key_map[prefix + "running_mean"]] = mean
+        replaced[key_map[prefix + "running_var"]] = var
+    state = _original_state(loaded)
+    for key, values in replaced.items():
+        state[key] = torch.from_numpy(values.copy()).to(state[key].dtype).reshape(state[key].shape)
+
+    if out_abs.lower().endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        _atomic_write(out_abs, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+                                                     metadata={"format": "pt"}))
+        return "safetensors", len(state), key_map
+    checkpoint = loaded.checkpoint
+    if checkpoint is not None and checkpoint.format in ("torch-zip", "torch-legacy"):
+        container = _reload_container(input_path, checkpoint.container)
+        obj, target = container
+        for key, values in replaced.items():
+            target[key] = state[key]
+        _atomic_write(out_abs, lambda tmp: torch.save(obj, tmp))
+    else:
+        _atomic_write(out_abs, lambda tmp: torch.save(state, tmp))
+    return "torch-zip", len(state), key_map
+
+
+def _reload_container(path: str, container: str):
+    """The whole input checkpoint (weights_only: no code runs) and the dict holding its state dict."""
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InvalidFileError(
+            "the checkpoint holds objects that need code to load, so it cannot be re-saved as a whole; "
+            "write the recalibrated state dict as .safetensors instead", path=path) from None
+    target = obj
+    for part in [p for p in container.split("/") if p]:
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, (list, tuple)) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            raise InvalidFileError(f"cannot find the state dict at '{container}' again to re-save it; "
+                                   "write .safetensors instead", path=path)
+    if not isinstance(target, dict):
+        raise InvalidFileError("the state dict is not a dict; write .safetensors instead", path=path)
+    return obj, target
+
+
+def _stats_from_file(out: str, key_map: dict[str, str], names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read back the running statistics just written, through the safe loader."""
+    from bninspect.formats import open_checkpoint
+
+    written = open_checkpoint(out)
+    found = {}
+    for name in names:
+        prefix = f"{name}." if name else ""
+        mean = written.tensors[key_map[prefix + "running_mean"]].float64().reshape(-1)
+        var = written.tensors[key_map[prefix + "running_var"]].float64().reshape(-1)
+        found[name] = (mean, var)
+    return found
+
+
+# ── the service ─────────────────────────────────────────────────────────────────────────────
+
+
+def parse_batch_sizes(text: str | None) -> list[int]:
+    """``1,2,8,32`` → [1, 2, 8, 32] (sorted, unique); usage error for anything else."""
+    if not text:
+        return list(DEFAULT_BATCH_SIZES)
+    try:
+        sizes = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise UsageError(f"--batch-sizes must be positive integers separated by commas (e.g. 1,2,8,32), not '{text}'")
+    return sizes
+
+
+def _pass_batch_size(batch_sizes: list[int]) -> int:
+    # A pass batch that every B divides wastes no samples; bounded so memory stays near max(B).
+    lcm = math.lcm(*batch_sizes)
+    return lcm if lcm <= 4 * max(batch_sizes) else max(batch_sizes)
+
+
+def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: list[int],
+            device: torch.device, max_drift: float = DEFAULT_MAX_DRIFT,
+            batch_tolerance: float = DEFAULT_BATCH_TOLERANCE, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+            write_recalibrated: str | None = None, progress: ProgressHook | None = None) -> DriftResult:
+    """Run the three measurements (and the optional recalibration) on a loaded model; see the module docstring.
+
+    The model is restored to its exact state (flags, buffers, device) before this returns.
+    """
+    model = loaded.model
+    usable = [b for b in batch_sizes if b <= len(source)]
+    notes = list(loaded.notes)
+    if len(usable) < len(batch_sizes):
+        notes.append(f"batch sizes {', '.join(str(b) for b in batch_sizes if b > len(source))} exceed the "
+                     f"{len(source)} samples and were skipped")
+    if not usable:
+        raise UsageError(f"every --batch-sizes value exceeds the {len(source)} samples of the data")
+    pass_batch = _pass_batch_size(usable)
+    bns = runner.bn_modules(model)
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    if source.synthetic:
+        notes.append("synthetic input measures the mechanics of BN (batch-size noise, eval/train gap), not whether "
+                     "the statistics fit your data; drift thresholds are not applied")
+
+    params = list(model.parameters()) + list(model.buffers())
+    original_device = params[0].device if params else torch.device("cpu")
+    state = ModelState(model)
+    try:
+        if device != original_device:
+            model.to(device)
+        dtype = runner.input_dtype(model)
+        layers: list[LayerDrift] = []
+        order: list[str] = []
+        if bns and not scripted:
+            result = _eval_pass(model, bns, source, pass_batch, usable, device, dtype, progress,
+                                "population statistics")
+            order = result.order
+            layers = [_layer_drift(name, module, result, usable, max_drift, batch_tolerance) for name, module in bns]
+        elif scripted:
+            notes.append("per-layer statistics need forward hooks, which TorchScript modules do not support; "
+                         "measured at the output only (give --arch to measure every layer)")
+        mismatch, output_kind = _mode_mismatch(model, source, usable, device, dtype, progress)
+        state.restore()
+        recal = None
+        if write_recalibrated:
+            if scripted or not layers:
+                raise UsageError("--write-recalibrated needs per-layer statistics: give the architecture with --arch"
+                                 if scripted else "--write-recalibrated: the model has no BatchNorm layer")
+            stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress)
+            state.restore()
+            fmt, count, key_map = write_recalibrated(loaded, path, write_recalibrated, stats)
+            written = _stats_from_file(os.path.abspath(write_recalibrated), key_map, list(stats))
+            with torch.no_grad():
+                modules = dict(bns)
+                for name, (mean, var) in written.items():
+                    modules[name].running_mean.copy_(torch.from_numpy(mean))
+                    modules[name].running_var.copy_(torch.from_numpy(var))
+            after = _eval_pass(model, bns, source, pass_batch, [], device, dtype, progress,
+                               "drift after recalibration")
+            by_name = {l.name: l for l in layers}
+            for name, module in bns:
+                if name in written:
+                    by_name[name].drift_after = _layer_drift(name, module, after, [], max_drift,
+                                                             batch_tolerance).drift_score
+            scores = [l.drift_score for l in layers if l.drift_score is not None]
+            after_scores = [l.drift_after for l in layers if l.drift_after is not None]
+            recal = Recalibration(path=write_recalibrated, format=fmt, layers=len(stats), tensors_written=count,
+                                  drift_before=max(scores) if scores else None,
+                                  drift_after=max(after_scores) if after_scores else None)
+    finally:
+        state.restore()
+        if device != original_device:
+            model.to(original_device)
+
+    train_layers = [n for n, flag in loaded.training_as_loaded.items() if flag]
+    loaded_train = None if loaded.source == "arch" else bool(train_layers)
+    result = DriftResult(
+        path=path, model=loaded.description, model_source=loaded.source, data=source.description,
+        samples=len(source), sample_shape=list(source.sample_shape), synthetic=source.synthetic,
+        device=str(device), batch_sizes=usable, pass_batch_size=pass_batch, max_drift=max_drift,
+        batch_tolerance=batch_tolerance, min_agreement=min_agreement, loaded_in_train_mode=loaded_train,
+        train_mode_layers=train_layers, output_kind=output_kind, layers=layers, mismatch=mismatch,
+        layers_measured=bool(layers), recalibration=recal, notes=notes,
+    )
+    result.problems = _problems(result)
+    return result
+
+
+def _problems(result: DriftResult) -> list[str]:
+    """The threshold breaches that make the exit code 1, each as one sentence with its numbers."""
+    problems = []
+    if not result.synthetic:
+        over = [l for l in result.layers if l.exceeds and l.drift_score is not None]
+        for layer in over:
+            problems.append(f"{layer.name}: drift score {layer.drift_score:.4g} > --max-drift {result.max_drift:g}")
+    if result.loaded_in_train_mode:
+        problems.append(f"the model was saved in train mode ({len(result.train_mode_layers)} BN layers): at inference "
+                        "it normalizes with batch statistics")
+    measured = [m for m in result.mismatch if m.top1_agreement is not None]
+    if measured:
+        largest = max(measured, key=lambda m: m.batch_size)
+        if largest.top1_agreement < result.min_agreement:
+            problems.append(f"eval vs train mode at batch size {largest.batch_size}: top-1 agreement "
+                            f"{largest.top1_agreement:.4g} < --min-agreement {result.min_agreement:g}")
+    return problems
+
+
+def run_drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bool, key: str | None,
+              data: str | None, synthetic: str | None, batch_sizes: str | None, device: str,
+              max_drift: float, batch_tolerance: float, min_agreement: float,
+              write_recalibrated: str | None, progress: ProgressHook | None = None) -> DriftResult:
+    """The ``drift`` command: validate options, build the model, open the data, measure."""
+    if (data is None) == (synthetic is None):
+        raise UsageError("give exactly one of --data FILE or --synthetic SHAPE")
+    if arch_kwargs and not arch:
+        raise UsageError("--arch-kwargs needs --arch")
+    for name, value in (("--max-drift", max_drift), ("--batch-tolerance", batch_tolerance)):
+        if not value > 0:
+            raise UsageError(f"{name} must be positive")
+    if not 0 <= min_agreement <= 1:
+        raise UsageError("--min-agreement must be between 0 and 1")
+    sizes = parse_batch_sizes(batch_sizes)
+    dev = runner.resolve_device(device)
+    shape = runner.parse_shape(synthetic) if synthetic else None
+    if write_recalibrated:
+        _check_output_path(write_recalibrated, path)
+    loaded = runner.load_model(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key)
+    source = runner.SyntheticSource(shape, SYNTHETIC_SEED) if shape else runner.open_data(data)
+    return measure(loaded, source, path=path, batch_sizes=sizes, device=dev, max_drift=max_drift,
+                   batch_tolerance=batch_tolerance, min_agreement=min_agreement,
+                   write_recalibrated=write_recalibrated, progress=progress)
