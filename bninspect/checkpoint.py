@@ -104,6 +104,9 @@ class Checkpoint:
     prefix: str = ""  # wrapper prefix stripped for display ("module.", "_orig_mod.", "model.")
     modules: dict[str, ModuleInfo] = field(default_factory=dict)  # by original module path
     notes: list[str] = field(default_factory=list)  # facts worth telling the user
+    # True where key order is module-definition order (torch.save, TorchScript keep it);
+    # safetensors sorts its keys, so discovery must match producers by structure instead.
+    ordered: bool = True
 
     def display(self, key: str) -> str:
         """A key (or module path) as shown to the user: the wrapper prefix removed."""

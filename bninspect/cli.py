@@ -5,6 +5,7 @@ No domain logic here. Errors become one stderr line and an exit code in ``main``
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -12,6 +13,9 @@ import click
 import typer
 
 from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError
+
+# 128 + SIGPIPE, what a shell reports for a program whose output pipe closed early.
+EXIT_BROKEN_PIPE = 141
 
 app = typer.Typer(
     name="bninspect",
@@ -129,38 +133,118 @@ def verify(
     return result.exit_code
 
 
+@app.command()
+def drift(
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint (with --arch) or a TorchScript/pickled model (with --trust)."),
+    arch: Optional[str] = typer.Option(None, "--arch", metavar="MODULE:CALLABLE", help="Builds the model, e.g. torchvision.models:resnet18; imported from your environment, the current directory first (like python -m)."),
+    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", metavar="JSON", help="Keyword arguments for --arch as a JSON object."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="FILE", help="Inputs (.pt, .npy, .safetensors); first dimension = samples."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", metavar="SHAPE", help="Seeded N(0,1) inputs, e.g. 16x3x64x64: measures mechanics, not fitness."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", metavar="B,B,...", help="Batch sizes for small-batch drift and the eval/train gap [default: 1,2,4,8,16,32]."),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu or cuda."),
+    max_drift: float = typer.Option(0.1, "--max-drift", help="Exit 1 when a layer's drift score (RMS error of its normalized output, in σ) exceeds this; not applied to --synthetic."),
+    batch_tolerance: float = typer.Option(0.1, "--batch-tolerance", help="Train-mode error (in σ) a batch size may cause and still count as large enough (min B)."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Exit 1 when eval- and train-mode top-1 agree on fewer outputs than this at the largest batch size."),
+    write_recalibrated: Optional[str] = typer.Option(None, "--write-recalibrated", metavar="OUT", help="Write a copy whose running statistics are the data's (.safetensors, or .pt/.pth/.ckpt like the input), then re-measure."),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+) -> int:
+    """Run the model on data: running statistics vs the data, small-batch drift, eval/train mismatch."""
+    from bninspect.render import drift as render_drift
+    from bninspect.services.drift import run_drift
+
+    with render_drift.progress_bar(enabled=not as_json) as progress:
+        result = run_drift(ckpt, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
+                           synthetic=synthetic, batch_sizes=batch_sizes, device=device, max_drift=max_drift,
+                           batch_tolerance=batch_tolerance, min_agreement=min_agreement,
+                           write_recalibrated=write_recalibrated, progress=progress)
+    if as_json:
+        typer.echo(render_drift.to_json(result))
+    else:
+        render_drift.render(result)
+    return result.exit_code
+
+
+@app.command()
+def diff(
+    a: str = typer.Argument(..., metavar="A", help="First artifact: checkpoint, safetensors, TorchScript, ONNX (.onnx) or OpenVINO IR (.xml)."),
+    b: str = typer.Argument(..., metavar="B", help="Second artifact, any of the same formats."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
+    run: bool = typer.Option(False, "--run", help="Also run B's BN nodes in ONNX Runtime (where installed) on inputs drawn from A's running statistics."),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help="Which state dict of a nested checkpoint A to use."),
+    key_b: Optional[str] = typer.Option(None, "--key-b", metavar="PATH", help="Which state dict of a nested checkpoint B to use."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="eps of A's layers where A is a plain state dict (it stores none)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+) -> int:
+    """Where the BatchNorm behaviour of two artifacts differs: per layer, per channel, folded or not."""
+    from bninspect.render import diff as render_diff
+    from bninspect.services.diff import diff as diff_service
+
+    result = diff_service(a, b, layers=layer, trust=trust, key=key, key_b=key_b, eps=eps, run=run)
+    if as_json:
+        typer.echo(render_diff.to_json(result))
+    else:
+        render_diff.render(result)
+    return result.exit_code
+
+
 def _fail(line: str, code: int) -> int:
     sys.stderr.write(f"bninspect: error: {line}\n")
     sys.stderr.flush()
     return code
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(Exit, NoArgsIsHelp, UsageError, ClickException) classes of the click typer uses.
+
+    Typer 0.29 vendors click as ``typer._click``; older typer raises click's own classes.
+    """
+    mods = [click.exceptions]
+    try:
+        import typer._click.exceptions as vendored  # type: ignore[import-not-found]
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+
+    def grab(*names: str) -> tuple[type, ...]:
+        return tuple({getattr(m, n) for m in mods for n in names if hasattr(m, n)})
+
+    exits = tuple({*grab("Exit"), typer.Exit})
+    return exits, grab("NoArgsIsHelpError", "NoArgsIsHelp"), grab("UsageError"), grab("ClickException")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turn every failure into one line on stderr and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args
+    exits, no_args, usage_errors, click_errors = _click_exceptions()
     try:
         rv = app(args=args, prog_name="bninspect", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.NoArgsIsHelp:
+    except exits as exc:
+        code = getattr(exc, "exit_code", 0)
+    except no_args:
+        typer.echo(click.Context(typer.main.get_command(app), info_name="bninspect").get_help())
         code = 0
-    except click.UsageError as exc:
+    except usage_errors as exc:
         msg = " ".join(exc.format_message().split())
         code = _fail(f"{msg} (see 'bninspect --help')", EXIT_USAGE)
-    except click.ClickException as exc:
+    except click_errors as exc:
         code = _fail(" ".join(exc.format_message().split()), EXIT_USAGE)
-    except click.exceptions.Abort:
-        code = _fail("interrupted", 130)
     except BNInspectError as exc:
         if _state["debug"]:
             raise
         code = _fail(exc.line(), exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         code = _fail("interrupted", 130)
     except BrokenPipeError:
-        code = 0
+        # The reader of our output went away (`bninspect show x | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: still one line, the traceback only with --debug
         if _state["debug"]:
             raise
@@ -170,3 +254,4 @@ def main(argv: Optional[List[str]] = None) -> None:
             EXIT_INVALID,
         )
     sys.exit(code)
+

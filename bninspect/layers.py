@@ -183,10 +183,12 @@ def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, pre
         return Producer(display, prefix, f"transposed conv {_kernel(w.shape)}", f"conv_transpose{dims}d",
                         out_ch, in_ch, g if groups else None, w, t.get("bias"))
     out_ch = w.shape[0]
-    if groups is None and prev_width and w.shape[1] and prev_width % w.shape[1] == 0:
-        # Conv weight is [out, in/groups, k...]: with the previous layer's width as `in`,
-        # groups = in / weight.shape[1]. Only trusted when it divides evenly.
-        groups = prev_width // w.shape[1]
+    if groups is None and w.shape[1] == 1 and prev_width == out_ch and prev_width > 1:
+        # Conv weight is [out, in/groups, k...]. One input channel per filter, with as many
+        # filters as the layer before has outputs, is a depthwise conv (groups = C). Other
+        # group counts are not inferred: the layer before in key order is not always the
+        # input (a shortcut conv reads the block's input), and a wrong guess is worse than none.
+        groups = out_ch
     in_ch = w.shape[1] * int(groups) if groups else w.shape[1]
     k = _kernel(w.shape)
     if groups and groups > 1 and groups == out_ch == in_ch:
@@ -210,6 +212,37 @@ def _kind(info: ModuleInfo | None, producer: Producer | None) -> tuple[str, str]
     return "BatchNorm", "unknown"
 
 
+def _natural(prefix: str) -> list[tuple[int, int, str]]:
+    """Sort key that puts features.10 after features.9."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in prefix.split(".")]
+
+
+def _digits(name: str) -> str:
+    m = re.search(r"(\d+)$", name.rpartition(".")[2])
+    return m.group(1) if m else ""
+
+
+def _structural_match(prefix: str, channels: int, producers: list[tuple[int, Producer]], at: int) -> Producer | None:
+    """For files whose key order is not module order: the conv/linear of width C closest in the
+    module tree (longest shared parent path, then bn1↔conv1 suffix, then nearest, earlier first)."""
+    parts = prefix.split(".")[:-1]
+    best, best_score = None, None
+    for pos, prod in producers:
+        if prod.out_channels != channels:
+            continue
+        other = prod.key_prefix.split(".")[:-1]
+        shared = 0
+        for a, b in zip(parts, other):
+            if a != b:
+                break
+            shared += 1
+        suffix = _digits(prefix) != "" and _digits(prefix) == _digits(prod.key_prefix)
+        score = (shared, suffix, -abs(pos - at), pos < at)
+        if best_score is None or score > best_score:
+            best, best_score = prod, score
+    return best
+
+
 def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     """Find every BatchNorm layer of a checkpoint, with its producer and its eps/momentum facts.
 
@@ -223,54 +256,72 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         if _is_bn_module(info) and path not in groups:
             groups[path] = {}
             order.append(path)
+    if not checkpoint.ordered:
+        order.sort(key=_natural)
 
-    layers: list[BNLayer] = []
-    possible: list[BNLayer] = []
+    # Pass 1: classify every module prefix in order.
+    entries: list[tuple[str, str, int]] = []  # (role, prefix, channels) with role bn | maybe
+    producers: list[tuple[int, Producer]] = []  # (position in order, producer)
     other: dict[str, int] = {}
-    window: list[Producer] = []  # conv/linear layers since the previous BN layer
     prev_width: int | None = None
-
-    for prefix in order:
-        t = groups[prefix]
-        info = modules.get(prefix)
-        display = checkpoint.display(prefix) or "(root)"
+    for pos, prefix in enumerate(order):
+        t, info = groups[prefix], modules.get(prefix)
         if info is not None and _OTHER_NORMS.match(info.type_name):
             other[info.type_name] = other.get(info.type_name, 0) + 1
             continue
         if _is_weight_layer(t, info):
-            prod = _producer(prefix, t, info, prev_width, display)
-            window.append(prod)
+            prod = _producer(prefix, t, info, prev_width, checkpoint.display(prefix) or "(root)")
+            producers.append((pos, prod))
             prev_width = prod.out_channels
             continue
-        is_bn = _has_stats(t) or _is_bn_module(info)
-        one_d = {k: v for k, v in t.items() if k in ("weight", "bias") and v.ndim == 1}
-        if not is_bn and not one_d:
-            continue
-        if is_bn:
+        if _has_stats(t) or _is_bn_module(info):
             channels = _channels(t, info)
-        else:
-            channels = one_d.get("weight", one_d.get("bias")).shape[0]  # type: ignore[union-attr]
-        producer = next((p for p in reversed(window) if p.out_channels == channels), None)
-        if is_bn or (_BN_NAME.search(prefix) and producer is not None and "weight" in one_d and "bias" in one_d):
-            layer = _layer(prefix, display, t, info, channels, producer, window, eps)
-            if is_bn:
-                layers.append(layer)
-                window = []
-            else:
-                layer.possible = True
-                layer.track_running_stats = False
-                layer.evidence = (
-                    f"named like a BatchNorm, 1-D weight and bias of {channels} right after "
-                    f"{producer.kind} {producer.name} with {channels} outputs, and no running statistics "  # type: ignore[union-attr]
-                    "(consistent with BatchNorm(track_running_stats=False))"
-                )
-                possible.append(layer)
+            entries.append(("bn", prefix, channels))
             prev_width = channels
+            continue
+        w, b = t.get("weight"), t.get("bias")
+        if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):
+            continue
+        if w is not None and b is not None and w.shape == b.shape and _BN_NAME.search(prefix):
+            entries.append(("maybe", prefix, w.shape[0]))
+            prev_width = w.shape[0]
             continue
         # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
         # GroupNorm or similar. Counted for the "no BatchNorm here" message, never reported as BN.
-        guess = "GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix) else "other normalization or scale"
+        guess = ("GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix)
+                 else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else "other per-channel scale/shift")
         other[guess] = other.get(guess, 0) + 1
+
+    # Pass 2: match each BN with its producer.
+    position = {prefix: pos for pos, prefix in enumerate(order)}
+    layers: list[BNLayer] = []
+    possible: list[BNLayer] = []
+    last_bn = -1
+    for role, prefix, channels in entries:
+        at = position[prefix]
+        # Ordered files: conv/linear layers after the previous BN and before this one.
+        window = [p for pos, p in producers if last_bn < pos < at]
+        if checkpoint.ordered:
+            producer = next((p for p in reversed(window) if p.out_channels == channels), None)
+        else:
+            producer = _structural_match(prefix, channels, producers, at)
+        if role == "maybe" and producer is None:
+            other["other per-channel scale/shift"] = other.get("other per-channel scale/shift", 0) + 1
+            continue
+        layer = _layer(prefix, checkpoint.display(prefix) or "(root)", groups[prefix], modules.get(prefix),
+                       channels, producer, window, eps, checkpoint.ordered)
+        if role == "bn":
+            layers.append(layer)
+            last_bn = at
+        else:
+            layer.possible = True
+            layer.track_running_stats = False
+            layer.evidence = (
+                f"named like a BatchNorm, 1-D weight and bias of {channels} right after "
+                f"{producer.kind} {producer.name} with {channels} outputs, and no running statistics "  # type: ignore[union-attr]
+                "(consistent with BatchNorm(track_running_stats=False))"
+            )
+            possible.append(layer)
     return Discovery(checkpoint, layers, possible, other)
 
 
@@ -285,7 +336,7 @@ def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:
 
 
 def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo | None, channels: int,
-           producer: Producer | None, window: list[Producer], eps: float | None) -> BNLayer:
+           producer: Producer | None, window: list[Producer], eps: float | None, ordered: bool) -> BNLayer:
     attrs = info.attributes if info is not None else {}
     if eps is not None:
         eps_value, eps_source = float(eps), "user"
@@ -298,8 +349,13 @@ def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo 
     else:
         momentum, momentum_source = DEFAULT_MOMENTUM, "default"
     kind, kind_source = _kind(info, producer)
-    if producer is not None:
+    if producer is not None and ordered:
         note = f"{producer.kind} with {producer.out_channels} outputs, the layer before it in key order"
+    elif producer is not None:
+        note = (f"{producer.kind} with {producer.out_channels} outputs, the nearest in the module tree "
+                "(this format does not keep module order)")
+    elif not ordered:
+        note = f"no conv/linear layer with {channels} outputs in this file"
     elif window:
         widths = ", ".join(f"{p.name} ({p.out_channels})" for p in window[-3:])
         note = f"no conv/linear with {channels} outputs since the previous BN layer (nearest: {widths}); it may normalize a sum or a concatenation"

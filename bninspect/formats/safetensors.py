@@ -146,7 +146,9 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
     tensors = {name: _lazy(path, data_start, *entries[name]) for name in sorted(entries, key=natural_key)}
     if not tensors:
         raise InvalidFileError("safetensors file holds no tensors", path=path)
-    return containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
+    checkpoint = containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
+    checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
+    return checkpoint
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:

@@ -36,9 +36,15 @@ def text(name: str, style: str = "") -> Text:
     return Text(safe(name), style=style)
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits with status 1 here; the CLI maps a closed pipe to its own exit status.
+        raise BrokenPipeError
+
+
 def console(stderr: bool = False) -> Console:
     """A console that does not guess highlights in our output (numbers, paths)."""
     width = None
     if not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ:
-        width = 120
-    return Console(stderr=stderr, highlight=False, width=width, emoji=False)
+        width = 160
+    return _Console(stderr=stderr, highlight=False, width=width, emoji=False)

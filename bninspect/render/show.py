@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from bninspect.render.common import console, markup, num, text
+from bninspect.render.common import console, markup, num, safe, text
 from bninspect.render.jsondoc import dumps
 from bninspect.services.show import LayerSummary, ShowResult
 
@@ -26,13 +26,16 @@ def to_json(result: ShowResult) -> str:
     return dumps(SCHEMA, body)
 
 
-def _tensors_cell(layer: LayerSummary) -> str:
-    """Present tensors in a short form: names sharing one shape and dtype are grouped."""
-    groups: dict[tuple, list[str]] = {}
+def _tensors_cell(layer: LayerSummary) -> tuple[str, str]:
+    """Present tensors as short names, and their dtypes; a shape is shown only where it is not [C]."""
+    names, dtypes = [], []
     for name, info in layer.tensors.items():
-        groups.setdefault((tuple(info.shape), info.dtype), []).append(_SHORT[name])
-    parts = [f"{' '.join(names)} [{','.join(map(str, shape))}] {dtype}" for (shape, dtype), names in groups.items()]
-    return "; ".join(parts) if parts else "none"
+        expected = [] if name == "num_batches_tracked" else [layer.channels]
+        shape = "" if info.shape == expected else f"[{','.join(map(str, info.shape))}]"
+        names.append(_SHORT[name] + shape)
+        if name != "num_batches_tracked" and info.dtype not in dtypes:
+            dtypes.append(info.dtype)
+    return (" ".join(names) if names else "none"), "/".join(dtypes) or "—"
 
 
 def _header(result: ShowResult) -> list[str]:
@@ -51,28 +54,32 @@ def _header(result: ShowResult) -> list[str]:
 
 
 def _table(result: ShowResult) -> Table:
-    table = Table(show_lines=False, header_style="bold", pad_edge=False)
-    for col, kw in (("layer", {}), ("kind", {}), ("C", {"justify": "right"}), ("tensors", {}),
-                    ("batches", {"justify": "right"}), ("running_mean", {}), ("running_var", {}),
-                    ("|γ| min", {"justify": "right"}), ("producer", {})):
-        table.add_column(col, **kw)
+    table = Table(header_style="bold", pad_edge=False)
+    table.add_column("layer", overflow="fold")
+    for col, justify in (("kind", "left"), ("C", "right"), ("tensors", "left"), ("dtype", "left"),
+                         ("batches", "right"), ("running_mean", "right"), ("running_var", "right"), ("|γ| min", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    table.add_column("producer", overflow="fold")
     for layer in result.layers:
         s = layer.stats
-        mean = f"{num(s.running_mean_min)} … {num(s.running_mean_max)}" if s.running_mean_min is not None else "—"
-        var = f"{num(s.running_var_min)} … {num(s.running_var_max)}" if s.running_var_min is not None else "—"
-        prod = Text(f"{layer.producer.name} ({layer.producer.kind})") if layer.producer else Text("none matched", style="dim")
-        kind = layer.kind + ("*" if layer.kind_source == "producer" else "") + (" [train]" if layer.training else "")
-        table.add_row(text(layer.name, "cyan"), text(kind), str(layer.channels), _tensors_cell(layer),
+        mean = f"{num(s.running_mean_min, 3)}…{num(s.running_mean_max, 3)}" if s.running_mean_min is not None else "—"
+        var = f"{num(s.running_var_min, 3)}…{num(s.running_var_max, 3)}" if s.running_var_min is not None else "—"
+        prod = (Text(safe(layer.producer.name)) + Text(f" ({layer.producer.kind})", style="dim")
+                if layer.producer else Text("none matched", style="dim"))
+        kind = layer.kind + ("*" if layer.kind_source == "producer" else "") + (" train" if layer.training else "")
+        names, dtypes = _tensors_cell(layer)
+        table.add_row(text(layer.name, "cyan"), text(kind), str(layer.channels), names, dtypes,
                       "—" if layer.num_batches_tracked is None else str(layer.num_batches_tracked),
-                      mean, var, num(s.weight_abs_min), prod)
+                      mean, var, num(s.weight_abs_min, 3), prod)
     return table
 
 
 def _channel_table(layer: LayerSummary) -> Table:
     table = Table(title=Text(f"{layer.name}: entry i of each tensor belongs to channel i"), header_style="bold",
                   title_justify="left")
-    for col in ("i", "γ weight", "β bias", "μ running_mean", "σ² running_var", "scale γ/√(σ²+ε)", "shift β−μ·scale", "fed by"):
-        table.add_column(col, justify="right" if col != "fed by" else "left")
+    for col in ("i", "γ weight", "β bias", "μ running_mean", "σ² running_var", "scale γ/√(σ²+ε)", "shift β−μ·scale"):
+        table.add_column(col, justify="right")
+    table.add_column("fed by", overflow="fold")
     for r in layer.per_channel or []:
         table.add_row(str(r.index), num(r.weight), num(r.bias), num(r.running_mean), num(r.running_var),
                       num(r.scale), num(r.shift), text(r.producer_channel or "—"))
@@ -92,6 +99,8 @@ def render(result: ShowResult) -> None:
         out.print(_table(result))
     if any(l.kind_source == "producer" for l in result.layers):
         out.print("[dim]* kind inferred from the producer's weight rank (a state dict does not name module classes)[/]")
+    if result.layers:
+        out.print("[dim]tensors: γ weight, β bias, μ running_mean, σ² running_var, n num_batches_tracked (shape [C] unless shown)[/]")
     for layer in result.layers:
         if layer.per_channel is not None:
             out.print(_channel_table(layer))
