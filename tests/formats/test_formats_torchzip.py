@@ -1,0 +1,211 @@
+"""The static zip/TorchScript reader: values equal torch's own, module facts equal the real module."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from bninspect.errors import InvalidFileError
+from bninspect.formats import open_checkpoint
+from bninspect.formats.torchzip import parse_class_code
+from tests.formats.craft import Storage, Tensor, dumps, record_offset, rewrite_zip, trained_net, write_zip
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def assert_same(checkpoint, reference: dict) -> None:
+    """Same keys in the same order, same shapes, dtypes and exact values."""
+    assert list(checkpoint.tensors) == list(reference)
+    for key, ref in reference.items():
+        got = checkpoint.tensors[key]
+        assert got.shape == tuple(ref.shape), key
+        assert got.dtype == str(ref.dtype).replace("torch.", ""), key
+        expected = as_numpy(ref)
+        values = got.numpy()
+        assert values.dtype == expected.dtype, key
+        np.testing.assert_array_equal(values, expected, err_msg=key)
+
+
+def test_plain_state_dict_values_equal_torch_load(tmp_path):
+    path = tmp_path / "net.pt"
+    torch.save(trained_net().state_dict(), path)
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "torch-zip" and ckpt.container == "" and ckpt.prefix == "" and not ckpt.modules
+    assert_same(ckpt, torch.load(path, weights_only=True))
+
+
+def test_dtypes_views_offsets_and_shared_storages(tmp_path):
+    torch.manual_seed(1)
+    base = torch.randn(6, 8)
+    tensors = {
+        "f64": base.double(),
+        "f16": base.half(),
+        "bf16": base.bfloat16(),
+        "i64": torch.arange(-5, 7),
+        "i32": torch.arange(10, dtype=torch.int32),
+        "u8": torch.arange(200, 210, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(7),
+        "transposed": base.t(),  # non-contiguous, shares base's storage
+        "rows": base[2:5],  # storage offset
+        "strided": base[:, 1::3],  # offset and step
+        "base": base,
+        "empty": torch.zeros(0, 4),
+        "param": torch.nn.Parameter(torch.ones(3)),
+    }
+    path = tmp_path / "mixed.pt"
+    torch.save(tensors, path)
+    ckpt = open_checkpoint(path)
+    assert_same(ckpt, torch.load(path, weights_only=True))
+    with zipfile.ZipFile(path) as zf:  # the views really share one record
+        assert sum(1 for n in zf.namelist() if "/data/" in n and not n.endswith("serialization_id")) == 11
+
+
+def test_stride_zero_expansion_is_not_materialised(tmp_path):
+    one = Storage("0", 1)
+    pkl = dumps({"running_mean": Tensor(one, 0, (4,), (0,)), "huge": Tensor(one, 0, (10**6, 10**6), (0, 0))})
+    path = write_zip(tmp_path / "expand.pt", pkl, {"0": struct.pack("<f", 2.5)})
+    ckpt = open_checkpoint(path)
+    np.testing.assert_array_equal(ckpt.tensors["running_mean"].numpy(), [2.5] * 4)
+    assert ckpt.tensors["huge"].shape == (10**6, 10**6)  # known without reading anything
+    with pytest.raises(InvalidFileError, match="does not materialise"):
+        ckpt.tensors["huge"].numpy()
+
+
+def test_view_reaching_past_its_storage_is_invalid(tmp_path):
+    pkl = dumps({"w": Tensor(Storage("0", 4), 2, (4,), (1,))})
+    path = write_zip(tmp_path / "past.pt", pkl, {"0": bytes(16)})
+    with pytest.raises(InvalidFileError, match="reaches element 5"):
+        open_checkpoint(path)
+
+
+def test_record_smaller_than_the_pickle_claims(tmp_path):
+    src = tmp_path / "net.pt"
+    torch.save(trained_net().state_dict(), src)
+    bad = rewrite_zip(src, tmp_path / "short.pt", lambda n, d: d[:-4] if n.endswith("/data/1") else d)
+    with pytest.raises(InvalidFileError, match=r"record data/1 holds 28 bytes but data.pkl says 8 float32"):
+        open_checkpoint(bad)
+
+
+def test_missing_record(tmp_path):
+    src = tmp_path / "net.pt"
+    torch.save(trained_net().state_dict(), src)
+    bad = rewrite_zip(src, tmp_path / "norecord.pt", lambda n, d: None if n.endswith("/data/2") else d)
+    with pytest.raises(InvalidFileError, match="record data/2 .* missing"):
+        open_checkpoint(bad)
+
+
+def test_missing_data_pkl(tmp_path):
+    src = tmp_path / "net.pt"
+    torch.save(trained_net().state_dict(), src)
+    bad = rewrite_zip(src, tmp_path / "nopkl.pt", lambda n, d: None if n.endswith("data.pkl") else d)
+    with pytest.raises(InvalidFileError, match="without data.pkl"):
+        open_checkpoint(bad)
+
+
+@pytest.mark.parametrize("garbage", [b"\x80\x02}q\x00(X", b"\x00\x01\x02 not a pickle", b"\x80\x02]q\x00(K\x01e"])
+def test_corrupt_data_pkl(tmp_path, garbage):
+    path = write_zip(tmp_path / "corrupt.pt", garbage, {})
+    with pytest.raises(InvalidFileError, match="data.pkl"):
+        open_checkpoint(path)
+
+
+def test_pickle_of_wrong_shapes_is_invalid(tmp_path):
+    pkl = dumps({"w": Tensor(Storage("0", 4), 0, ("4",), (1,))})
+    path = write_zip(tmp_path / "badshape.pt", pkl, {"0": bytes(16)})
+    with pytest.raises(InvalidFileError, match="size is not a tuple"):
+        open_checkpoint(path)
+
+
+def test_truncated_zip(tmp_path):
+    src = tmp_path / "net.pt"
+    torch.save(trained_net().state_dict(), src)
+    data = src.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        bad = tmp_path / f"cut{cut}.pt"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(InvalidFileError, match="truncated or corrupt zip"):
+            open_checkpoint(bad)
+
+
+def test_strict_checks_record_crcs(tmp_path):
+    path = tmp_path / "net.pt"
+    torch.save(trained_net().state_dict(), path)
+    offset, size = record_offset(path, "/data/1")
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    # torch.load accepts the altered record silently; so does the default (fast) read.
+    torch.load(path, weights_only=True)
+    open_checkpoint(path)
+    with pytest.raises(InvalidFileError, match="fails its CRC check"):
+        open_checkpoint(path, strict=True)
+
+
+# -- TorchScript ------------------------------------------------------------------------------
+
+BN_FACTS = ("eps", "momentum", "affine", "track_running_stats", "num_features", "training")
+CONV_FACTS = ("in_channels", "out_channels", "kernel_size", "groups", "stride", "training")
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    """The same net scripted in eval mode and in train mode (one BN left in eval)."""
+    out = tmp_path_factory.mktemp("ts")
+    net = trained_net()
+    torch.jit.save(torch.jit.script(net), out / "eval.ts")
+    net.train()
+    net.bn.eval()
+    torch.jit.save(torch.jit.script(net), out / "train.ts")
+    return net, out
+
+
+@pytest.mark.parametrize("name", ["eval.ts", "train.ts"])
+def test_torchscript_tensors_and_module_facts_match_the_module(scripted, name):
+    net, out = scripted
+    path = out / name
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "torchscript"
+    assert_same(ckpt, torch.jit.load(path).state_dict())
+    net_copy = torch.jit.load(path)
+    for mpath, module in net_copy.named_modules():
+        info = ckpt.modules[mpath]
+        assert info.type_name == module.original_name
+        facts = BN_FACTS if "BatchNorm" in info.type_name else CONV_FACTS if "Conv" in info.type_name else ("training",)
+        for fact in facts:
+            expected = getattr(module, fact)
+            assert info.attributes[fact] == expected, (mpath, fact)
+    # The facts the test model was built with, spelled out.
+    assert ckpt.modules["bn"].attributes["eps"] == 1e-3 and ckpt.modules["bn"].attributes["momentum"] == 0.01
+    assert ckpt.modules["bn2"].attributes["momentum"] is None
+    assert ckpt.modules["bn3"].attributes["affine"] is False
+    assert ckpt.modules["head.1"].attributes["track_running_stats"] is False
+    assert ckpt.modules["dw"].attributes["groups"] == 8
+    assert ckpt.modules["bn"].attributes["training"] is False
+    assert ckpt.modules["bn2"].attributes["training"] is (name == "train.ts")
+
+
+def test_parse_class_code_reads_final_constants_without_running_them():
+    source = (
+        "class BatchNorm2d(Module):\n"
+        '  __parameters__ = ["weight", "bias", ]\n'
+        '  __buffers__ = ["running_mean", "running_var", ]\n'
+        "  eps : Final[float] = 1.0000000000000001e-05\n"
+        "  momentum : Final[NoneType] = None\n"
+        "  kernel_size : Final[Tuple[int, int]] = (3, 3)\n"
+        "  evil : Final[int] = __import__('os').system('false')\n"
+        "class Other(Module):\n"
+        "  eps : Final[float] = 0.001\n"
+    )
+    classes = parse_class_code(source)
+    bn = classes["BatchNorm2d"]
+    assert bn["constants"] == {"eps": 1e-05, "momentum": None, "kernel_size": (3, 3)}
+    assert bn["__parameters__"] == ["weight", "bias"]
+    assert classes["Other"]["constants"] == {"eps": 0.001}
