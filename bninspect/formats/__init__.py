@@ -19,7 +19,7 @@ from bninspect.errors import InvalidFileError
 from bninspect.formats.paths import check_path, read_head
 
 # Order matters only where two sniffers could both say yes; the content checks are disjoint today.
-READERS: tuple[str, ...] = ("torchzip", "safetensors", "legacy")
+READERS: tuple[str, ...] = ("torchzip", "safetensors", "legacy", "onnx", "openvino")
 
 HEAD_SIZE = 4096
 

@@ -1,0 +1,273 @@
+"""ONNX models: every BatchNormalization node and every Conv/ConvTranspose/Gemm node as a state dict.
+
+The graph becomes state-dict-like keys so the core discovery works unchanged:
+``<module>.weight`` (scale), ``<module>.bias`` (B), ``<module>.running_mean``,
+``<module>.running_var`` per BatchNormalization node and ``<module>.weight``/``.bias`` per
+producer, in graph order. Module names keep PyTorch's where the exporter kept them: first
+from initializer names (``features.2.bn.running_mean`` → ``features.2.bn``), then from the
+TorchScript exporter's scope names (``/layer1/layer1.0/conv1/Conv`` → ``layer1.0.conv1``),
+else the node name.
+
+Facts from the ONNX operator spec (onnx/docs/Operators.md, BatchNormalization-15):
+``epsilon`` defaults to 1e-5, ``momentum`` to 0.9 and weighs the *running* value
+(running = running·momentum + batch·(1 − momentum)), the complement of PyTorch's momentum
+which weighs the batch; ``training_mode`` (opset 14+) defaults to 0.
+
+The ``onnx`` package is an optional extra (``pip install 'bninspect[onnx]'``); it is imported
+only when an ONNX file is read. Tensor values are read lazily, external data included,
+from the model's own directory only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, decode
+from bninspect.errors import InvalidFileError, UsageError
+
+INSTALL_HINT = "reading ONNX models needs the onnx package: pip install 'bninspect[onnx]'"
+
+# ONNX BatchNormalization defaults (Operators.md, BatchNormalization-15).
+ONNX_DEFAULT_EPS = 1e-5
+ONNX_DEFAULT_MOMENTUM = 0.9
+
+# TensorProto.DataType -> torch dtype name (onnx/onnx.proto: FLOAT=1, UINT8=2, INT8=3,
+# INT16=5, INT32=6, INT64=7, BOOL=9, FLOAT16=10, DOUBLE=11, BFLOAT16=16).
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
+               9: "bool", 10: "float16", 11: "float64", 16: "bfloat16"}
+
+PRODUCER_OPS = {"Conv": "Conv", "ConvTranspose": "ConvTranspose", "Gemm": "Linear", "MatMul": "Linear"}
+
+
+def sniff(head: bytes) -> bool:
+    """An ONNX ModelProto: protobuf field 1 (ir_version, varint, tag 0x08) comes first.
+
+    Serializers write fields in number order, so a small ir_version is followed by another
+    length-delimited field (producer_name=2 … opset_import=8).
+    """
+    return (len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30
+            and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42))
+
+
+def _import_onnx(path: str) -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise UsageError(INSTALL_HINT, path=path) from None
+    return onnx
+
+
+def load_model(path: str) -> Any:
+    """The ModelProto without external data (tensors are read lazily); one-line errors."""
+    onnx = _import_onnx(path)
+    try:
+        return onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InvalidFileError(f"not a valid ONNX model ({type(exc).__name__} while parsing the protobuf)", path=path) from None
+
+
+def _external_loader(tensor: Any, model_path: str, shape: tuple[int, ...], dtype: str):
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    base = os.path.dirname(os.path.abspath(model_path))
+    target = os.path.realpath(os.path.join(base, location))
+    # A location may not leave the model's directory: reading /etc/passwd as weights is a leak.
+    if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != os.path.realpath(base):
+        raise InvalidFileError(f"tensor '{tensor.name}': external data location '{location}' is outside the model's directory", path=model_path)
+    offset = int(info.get("offset", 0) or 0)
+    np_dtype, itemsize = _np_dtype(dtype)
+    count = int(np.prod(shape)) if shape else 1
+    length = int(info.get("length", count * itemsize) or count * itemsize)
+    if length != count * itemsize:
+        raise InvalidFileError(f"tensor '{tensor.name}': external data length {length} does not match its shape", path=model_path)
+
+    def load() -> np.ndarray:
+        try:
+            with open(target, "rb") as fh:
+                fh.seek(offset)
+                raw = fh.read(length)
+        except OSError as exc:
+            raise InvalidFileError(f"tensor '{tensor.name}': cannot read external data '{location}' ({exc.strerror})", path=model_path) from None
+        if len(raw) != length:
+            raise InvalidFileError(f"tensor '{tensor.name}': external data '{location}' is truncated", path=model_path)
+        return decode(np.frombuffer(raw, dtype=np_dtype), dtype).reshape(shape)
+
+    return load
+
+
+def _np_dtype(dtype: str) -> tuple[str, int]:
+    from bninspect.checkpoint import STORED_DTYPES
+
+    return STORED_DTYPES[dtype]
+
+
+def tensor_ref(tensor: Any, model_path: str) -> TensorRef:
+    """A lazy reference to an initializer (inline or external data), shape and dtype free."""
+    shape = tuple(int(d) for d in tensor.dims)
+    dtype = ONNX_DTYPES.get(int(tensor.data_type))
+    if dtype is None:
+        raise InvalidFileError(f"tensor '{tensor.name}' has an element type bninspect does not read (ONNX type {tensor.data_type})", path=model_path)
+    if tensor.data_location == 1:  # TensorProto.EXTERNAL
+        return TensorRef(shape, dtype, _external_loader(tensor, model_path, shape, dtype))
+
+    def load() -> np.ndarray:
+        from onnx import numpy_helper
+
+        arr = numpy_helper.to_array(tensor)
+        if dtype == "bfloat16":  # ml_dtypes' bfloat16 → float32, as TensorRef promises
+            arr = arr.astype(np.float32)
+        return arr.reshape(shape)
+
+    return TensorRef(shape, dtype, load)
+
+
+def _transposed(ref: TensorRef) -> TensorRef:
+    """A 2-D weight stored [in, out] shown as PyTorch's Linear stores it, [out, in]."""
+    return TensorRef(ref.shape[::-1], ref.dtype, lambda: np.ascontiguousarray(ref.numpy().T))
+
+
+def scope_path(node_name: str) -> str:
+    """The module path in a TorchScript-exporter node name: ``/layer1/layer1.0/conv1/Conv`` → ``layer1.0.conv1``.
+
+    Each scope component is a child's attribute name, except that a Sequential's children
+    repeat the parent's name (``layer1`` then ``layer1.0``): such a component replaces the last.
+    """
+    parts = [p for p in node_name.split("/") if p][:-1]
+    path: list[str] = []
+    for part in parts:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)
+
+
+def _module_name(node: Any, index: int, initializer_name: str, suffix: str, used: set[str]) -> str:
+    if initializer_name.endswith(suffix) and len(initializer_name) > len(suffix):
+        name = initializer_name[: -len(suffix)]
+    elif node.name.startswith("/") and scope_path(node.name):
+        name = scope_path(node.name)
+    else:
+        name = node.name or f"{node.op_type}_{index}"
+    # Two nodes may claim one name (a module called twice); keys must stay unique.
+    unique, n = name, 1
+    while unique in used:
+        n += 1
+        unique = f"{name}#{n}"
+    used.add(unique)
+    return unique
+
+
+def _ranks(model: Any) -> dict[str, int]:
+    """Rank of each value the graph declares or shape inference can derive (best effort)."""
+    graph = model.graph
+    ranks: dict[str, int] = {}
+    try:
+        from onnx import shape_inference
+
+        graph = shape_inference.infer_shapes(model).graph
+    except Exception:  # inference is a nicety: a model it cannot handle still has BN nodes to read
+        pass
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            ranks[vi.name] = len(t.shape.dim)
+    return ranks
+
+
+def _decimal(value: float) -> float:
+    """A float32 attribute as the decimal its writer meant (1e-5, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False) -> Checkpoint:
+    """Read an ONNX model's BN and producer nodes into a Checkpoint (no code runs; ``trust`` is moot)."""
+    if key is not None:
+        raise UsageError("--key applies to nested checkpoints, not to ONNX models", path=path)
+    model = load_model(path)
+    graph = model.graph
+    consts: dict[str, Any] = {t.name: t for t in graph.initializer}
+    for node in graph.node:  # the TorchScript exporter sometimes keeps weights in Constant nodes
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.t is not None:
+                    t = a.t
+                    t.name = t.name or node.output[0]
+                    consts[node.output[0]] = t
+    alias: dict[str, str] = {}
+    for node in graph.node:  # weights shared through Identity (the dynamo exporter does this)
+        if node.op_type == "Identity" and node.input and node.input[0] in consts:
+            alias[node.output[0]] = node.input[0]
+
+    def const(name: str) -> Any | None:
+        return consts.get(alias.get(name, name))
+
+    ranks = _ranks(model)
+    tensors: dict[str, TensorRef] = {}
+    modules: dict[str, ModuleInfo] = {}
+    notes: list[str] = []
+    used: set[str] = set()
+    training_nodes: list[str] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type == "BatchNormalization":
+            if len(node.input) < 5 or any(const(n) is None for n in node.input[1:5]):
+                notes.append(f"BatchNormalization node '{node.name}' takes its parameters from computed values; skipped")
+                continue
+            scale, bias, mean, var = (const(n) for n in node.input[1:5])
+            name = _module_name(node, index, mean.name, ".running_mean", used)
+            attrs = _attrs(node)
+            onnx_momentum = _decimal(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM))
+            training = bool(attrs.get("training_mode", 0))
+            if training:
+                training_nodes.append(name)
+            rank = ranks.get(node.input[0])
+            kind = f"BatchNorm{rank - 2}d" if rank in (3, 4, 5) else ("BatchNorm1d" if rank == 2 else "BatchNorm")
+            for suffix, t in (("weight", scale), ("bias", bias), ("running_mean", mean), ("running_var", var)):
+                tensors[f"{name}.{suffix}"] = tensor_ref(t, path)
+            modules[name] = ModuleInfo(name, kind, {
+                "eps": _decimal(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
+                # PyTorch's m weighs the batch, ONNX's weighs the running value: m = 1 − momentum.
+                "momentum": _decimal(1.0 - onnx_momentum),
+                "onnx_momentum": onnx_momentum,
+                "training": training,
+                "track_running_stats": True,
+                "onnx_node": node.name,
+            })
+        elif node.op_type in PRODUCER_OPS and len(node.input) >= 2 and const(node.input[1]) is not None:
+            weight = const(node.input[1])
+            attrs = _attrs(node)
+            wref = tensor_ref(weight, path)
+            if node.op_type == "MatMul":
+                if wref.ndim != 2:
+                    continue
+                wref = _transposed(wref)  # MatMul's B is [in, out]
+            elif node.op_type == "Gemm" and not attrs.get("transB", 0):
+                wref = _transposed(wref)
+            name = _module_name(node, index, weight.name, ".weight", used)
+            tensors[f"{name}.weight"] = wref
+            bias_name = node.input[2] if len(node.input) > 2 and node.op_type != "MatMul" else ""
+            if bias_name and const(bias_name) is not None:
+                tensors[f"{name}.bias"] = tensor_ref(const(bias_name), path)
+            type_name = PRODUCER_OPS[node.op_type]
+            info: dict[str, Any] = {"onnx_node": node.name}
+            if type_name != "Linear":
+                spatial = max(wref.ndim - 2, 1)
+                type_name = f"{type_name}{spatial}d"
+                info["groups"] = int(attrs.get("group", 1))
+                info["kernel_size"] = tuple(wref.shape[2:])
+            modules[name] = ModuleInfo(name, type_name, info)
+    if training_nodes:
+        notes.append(f"{len(training_nodes)} BatchNormalization node(s) have training_mode=1: a runtime "
+                     "normalizes with batch statistics, not the stored ones")
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    notes.append(f"ONNX opset {opsets.get('ai.onnx', '?')}, producer {model.producer_name or '?'} {model.producer_version}".strip())
+    return Checkpoint(path=path, format="onnx", tensors=tensors, modules=modules, notes=notes)

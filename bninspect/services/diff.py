@@ -1,0 +1,550 @@
+"""`diff`: where the BatchNorm behaviour of two artifacts of one model differs, per layer and channel.
+
+Layers are matched by name, then by order and channel count; a BN that one side folded into
+its conv (an ONNX export with constant folding, OpenVINO's conversion, ``fuse_conv_bn``) is
+compared by folding the other side's conv + BN with ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
+
+Tolerances come from the less precise dtype of each pair (``numerics.MACHINE_EPS``):
+
+* a stored tensor agrees when |a − b| ≤ eps·|a| (one rounding to that dtype, no absolute
+  floor, so a variance that float16 flushes to a subnormal or zero is reported);
+* a folded weight/bias and the BN output agree within ``numerics.TOLERANCES`` against the
+  magnitude of the terms summed (γ/√(σ²+ε)·(|x|+|μ|) + |β|), as ``verify`` judges kernels.
+
+The output effect feeds both sides the same inputs drawn from side A's running statistics,
+x_c ~ N(μ_c, σ²_c), and compares their eval-mode outputs in float64.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bninspect.checkpoint import FORMAT_NAMES, Checkpoint, TensorRef
+from bninspect.layers import BNLayer, Discovery
+from bninspect.services.common import open_layers, select
+
+SCHEMA = "bninspect.diff/1"
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+SAMPLES_PER_CHANNEL = 256
+SEED = 0
+# Float types from least to most precise, to pick the tolerance of a pair.
+_PRECISION = ("bfloat16", "float16", "float32", "float64")
+
+
+@dataclass
+class TensorDiff:
+    """One tensor (or folded weight/bias) of a matched pair."""
+
+    tensor: str  # "running_var", "folded weight", ...
+    dtype_a: str
+    dtype_b: str
+    shape_a: list[int]
+    shape_b: list[int]
+    identical: bool  # same dtype, shape and bits
+    within: bool  # within the tolerance of the less precise dtype
+    max_abs: float
+    max_rel: float  # max |a − b| / |a| over elements where a ≠ 0
+    channel: int | None  # output channel of the largest relative difference
+    channels_beyond: int  # channels with an element beyond tolerance
+    value_a: float | None = None  # the worst element on each side
+    value_b: float | None = None
+
+
+@dataclass
+class SettingDiff:
+    """A module fact that differs (or is worth saying): eps, momentum, training, affine, kind."""
+
+    setting: str
+    a: Any
+    b: Any
+    severity: str  # "error" (breaks deployment), "difference", "note" (same meaning, said once)
+    message: str
+
+
+@dataclass
+class OutputEffect:
+    """The largest eval-mode output difference on inputs drawn from A's running statistics."""
+
+    max_abs: float
+    max_rel: float  # relative to the largest |output|
+    channel: int | None
+    within: bool
+    samples_per_channel: int
+
+
+@dataclass
+class Witness:
+    """A runtime's own output for B's BN layer against A's float64 recomputation."""
+
+    runtime: str  # "onnxruntime 1.32.0"
+    max_abs: float
+    max_rel: float
+    channel: int | None
+    within: bool
+    note: str = ""
+
+
+@dataclass
+class LayerDiff:
+    """One matched pair of layers (or a BN against the conv it was folded into)."""
+
+    name: str  # name on side A
+    name_b: str
+    matched_by: str  # "name" | "order" | "folded, by name" | "folded, by order"
+    mode: str  # "bn" (both sides have the BN) | "folded" (one side has it fused into its producer)
+    folded_side: str  # "" | "a" | "b"
+    channels: int
+    status: str  # "identical" | "equivalent" | "different"
+    tensors: list[TensorDiff] = field(default_factory=list)
+    settings: list[SettingDiff] = field(default_factory=list)
+    output: OutputEffect | None = None
+    witness: Witness | None = None
+    causes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Side:
+    path: str
+    format: str
+    format_name: str
+    layers: int
+    notes: list[str]
+
+
+@dataclass
+class DiffResult:
+    """Everything ``diff`` found; the renderer prints it, ``--json`` dumps it."""
+
+    a: Side
+    b: Side
+    verdict: str  # "identical" | "equivalent" | "different"
+    causes: list[str]  # the top causes, worst first
+    layers: list[LayerDiff]
+    only_a: list[str]
+    only_b: list[str]
+    notes: list[str]
+    exit_code: int
+
+
+# ---------------------------------------------------------------- tolerances
+
+def _lower(*dtypes: str) -> str:
+    floats = [d for d in dtypes if d in _PRECISION]
+    return min(floats, key=_PRECISION.index) if floats else "float32"
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np.ndarray, vb: np.ndarray,
+                    magnitude: np.ndarray | None, dtype_a: str, dtype_b: str) -> TensorDiff:
+    """Elementwise comparison per output channel (axis 0); tolerance of the less precise dtype.
+
+    ``magnitude`` None: a stored value, |Δ| ≤ eps·|a|; otherwise a computed one (folded),
+    |Δ| ≤ tiny + 8·eps·magnitude.
+    """
+    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+
+    shape_a = list(a.shape) if a is not None else list(va.shape)
+    shape_b = list(b.shape) if b is not None else list(vb.shape)
+    if va.shape != vb.shape:
+        return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, False, False, math.inf, math.inf, None,
+                          int(va.shape[0]) if va.ndim else 1)
+    lower = _lower(dtype_a, dtype_b)
+    identical = (a is not None and b is not None and dtype_a == dtype_b
+                 and np.array_equal(a.numpy(), b.numpy(), equal_nan=True))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.abs(va - vb)
+        same = (np.isnan(va) & np.isnan(vb)) | (va == vb)
+        err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
+        if magnitude is None:
+            allowed = MACHINE_EPS[lower] * np.abs(va)
+        else:
+            tol = TOLERANCES[lower]
+            allowed = tol.allowed(np.broadcast_to(magnitude, va.shape))
+        beyond = err > allowed
+        rel = np.where(va != 0, err / np.abs(va), np.where(err > 0, np.inf, 0.0))
+    flat = rel.reshape(va.shape[0], -1) if va.ndim else rel.reshape(1, -1)
+    per_channel = flat.max(axis=1) if flat.size else np.zeros(0)
+    worst = int(np.argmax(per_channel)) if per_channel.size else None
+    beyond_channels = int(beyond.reshape(flat.shape).any(axis=1).sum()) if flat.size else 0
+    value_a = value_b = None
+    if worst is not None and err.size:
+        row = int(np.argmax(flat[worst]))
+        value_a = float(va.reshape(flat.shape)[worst, row])
+        value_b = float(vb.reshape(flat.shape)[worst, row])
+    return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, bool(identical), not bool(beyond.any()),
+                      float(err.max()) if err.size else 0.0, float(per_channel.max()) if per_channel.size else 0.0,
+                      worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b)
+
+
+def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift_a: np.ndarray,
+                   scale_b: np.ndarray, shift_b: np.ndarray, dtype: str, channel_offset: np.ndarray | None = None) -> OutputEffect:
+    """Both sides' eval outputs y = scale·x + shift on x_c ~ N(μ_c, σ²_c) from A's statistics.
+
+    ``channel_offset`` shifts B's input (a folded conv adds its own bias b: y_B = s_B·(z − b) + b'_B).
+    """
+    from bninspect.numerics import TOLERANCES, compare, per_channel, synthetic_input
+
+    rng = np.random.default_rng(SEED)
+    channels = mean.shape[0]
+    x = synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, channels), rng)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ya = per_channel(scale_a, 2) * x + per_channel(shift_a, 2)
+        xb = x if channel_offset is None else x - per_channel(channel_offset, 2)
+        yb = per_channel(scale_b, 2) * xb + per_channel(shift_b, 2)
+        # The terms summed on A's side: |scale|·(|x| + |μ|) + |shift| bounds its rounding (numerics.Tolerance).
+        magnitude = np.abs(per_channel(scale_a, 2)) * (np.abs(x) + np.abs(per_channel(mean, 2))) + np.abs(per_channel(shift_a, 2))
+    cmp = compare(yb, ya, magnitude, TOLERANCES[dtype])
+    return OutputEffect(cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed, SAMPLES_PER_CHANNEL)
+
+
+# ---------------------------------------------------------------- settings
+
+def _settings(la: BNLayer, lb: BNLayer, fa: str, fb: str) -> list[SettingDiff]:
+    out: list[SettingDiff] = []
+    if not math.isclose(la.eps, lb.eps, rel_tol=1e-6, abs_tol=0.0):
+        assumed = [side for side, l in (("A", la), ("B", lb)) if l.eps_source == "default"]
+        why = f" ({' and '.join(assumed)}: PyTorch's default, assumed: a state dict stores no eps; pass --eps)" if assumed else ""
+        out.append(SettingDiff("eps", la.eps, lb.eps, "difference", f"eps {_num(la.eps)} vs {_num(lb.eps)}{why}"))
+    ma, mb = la.momentum, lb.momentum
+    onnx_side = "B" if fb == "onnx" else "A" if fa == "onnx" else ""
+    if la.momentum_source == "module" and lb.momentum_source == "module":
+        if (ma is None) != (mb is None) or (ma is not None and mb is not None and not math.isclose(ma, mb, rel_tol=1e-6)):
+            out.append(SettingDiff("momentum", ma, mb, "difference",
+                                   f"momentum {ma} vs {mb} (PyTorch convention; changes training updates, not inference)"))
+    if onnx_side:
+        onnx_layer = lb if onnx_side == "B" else la
+        other = la if onnx_side == "B" else lb
+        m = onnx_layer.momentum
+        if m is not None and (other.momentum is None or math.isclose(m, other.momentum, rel_tol=1e-6)):
+            out.append(SettingDiff("momentum", ma, mb, "note",
+                                   f"ONNX momentum {_num(1 - m)} on {onnx_side} is PyTorch momentum {_num(m)}: ONNX weighs "
+                                   "the running value, PyTorch the batch (same update, complementary conventions)"))
+    for side, layer, fmt in (("A", la, fa), ("B", lb, fb)):
+        if layer.training:
+            what = "training_mode=1" if fmt == "onnx" else "saved in training mode"
+            out.append(SettingDiff("training", la.training, lb.training, "error",
+                                   f"{side} is {what}: it normalizes with batch statistics at inference, not the running ones"))
+    if la.affine is not None and lb.affine is not None and la.affine != lb.affine:
+        out.append(SettingDiff("affine", la.affine, lb.affine, "difference",
+                               f"affine {la.affine} vs {lb.affine} (γ=1, β=0 assumed where absent)"))
+    if la.channels != lb.channels:
+        out.append(SettingDiff("channels", la.channels, lb.channels, "error", f"{la.channels} vs {lb.channels} channels"))
+    return out
+
+
+# ---------------------------------------------------------------- comparing a pair
+
+def _stat(layer: BNLayer, name: str) -> np.ndarray:
+    if name == "weight":
+        return layer.gamma()
+    if name == "bias":
+        return layer.beta()
+    v = layer.values(name)
+    return v if v is not None else np.full(layer.channels, np.nan)
+
+
+def _dtype(layer: BNLayer, name: str) -> str:
+    ref = layer.tensors.get(name)
+    if ref is not None:
+        return ref.dtype
+    ref = layer.tensors.get("running_mean") or layer.tensors.get("weight")
+    return ref.dtype if ref is not None else "float32"
+
+
+def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> LayerDiff:
+    """Two BN layers: each tensor, the settings, and the output effect."""
+    d = LayerDiff(la.name, lb.name, matched_by, "bn", "", la.channels, "identical")
+    d.settings = _settings(la, lb, fa, fb)
+    if la.channels != lb.channels:
+        d.status = "different"
+        d.causes.append(f"{la.channels} vs {lb.channels} channels")
+        return d
+    for name in BN_TENSORS:
+        ra, rb = la.tensors.get(name), lb.tensors.get(name)
+        if ra is None and rb is None:
+            continue
+        d.tensors.append(_compare_tensor(name, ra, rb, _stat(la, name), _stat(lb, name), None, _dtype(la, name), _dtype(lb, name)))
+    if la.has("running_mean") and la.has("running_var"):
+        lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
+        sa, ta = la.folded()
+        sb, tb = lb.folded()
+        d.output = _output_effect(_stat(la, "running_mean"), _stat(la, "running_var"), sa, ta, sb, tb, lower)
+    _judge(d)
+    return d
+
+
+def _fuse(weight: np.ndarray, bias: np.ndarray | None, layer: BNLayer, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
+    """torch's own conv-BN fusion, in float64: W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    t = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
+    w, b = fuse_conv_bn_weights(t(weight), t(bias) if bias is not None else None, t(_stat(layer, "running_mean")),
+                                t(_stat(layer, "running_var")), layer.eps, t(layer.gamma()), t(layer.beta()), transpose=transpose)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+@dataclass
+class Target:
+    """A conv/linear on the folded side that no BN there normalizes: where a BN may have gone."""
+
+    name: str
+    key_prefix: str
+    weight: TensorRef
+    bias: TensorRef | None
+    out_channels: int
+    transposed: bool
+    folded_bn: str | None  # the BN the file says was fused in, where it says
+
+
+def fold_targets(disc: Discovery) -> list[Target]:
+    """Every conv/linear of a checkpoint that is not the producer of one of its BN layers, in key order."""
+    used = {l.producer.key_prefix for l in disc.layers if l.producer is not None}
+    ckpt: Checkpoint = disc.checkpoint
+    groups: dict[str, dict[str, TensorRef]] = {}
+    for key, ref in ckpt.tensors.items():
+        prefix, _, leaf = key.rpartition(".")
+        groups.setdefault(prefix, {})[leaf] = ref
+    out: list[Target] = []
+    for prefix, t in groups.items():
+        w = t.get("weight")
+        if w is None or not 2 <= w.ndim <= 5 or "running_mean" in t or prefix in used:
+            continue
+        info = ckpt.modules.get(prefix)
+        attrs = info.attributes if info is not None else {}
+        transposed = bool(info is not None and "Transpose" in info.type_name)
+        out_ch = w.shape[1] * int(attrs.get("groups", 1) or 1) if transposed else w.shape[0]
+        out.append(Target(ckpt.display(prefix), prefix, w, t.get("bias"), out_ch, transposed, attrs.get("folded_bn")))
+    return out
+
+
+def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str) -> LayerDiff:
+    """A BN with its producer on one side against the conv it was folded into on the other."""
+    a_is_bn = bn_side == "a"
+    name_a, name_b = (layer.name, target.name) if a_is_bn else (target.name, layer.name)
+    d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent")
+    prod = layer.producer
+    if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
+        d.status = "different"
+        shape = list(prod.weight.shape) if prod is not None else None
+        d.causes.append(f"{layer.name} has no producer of the folded conv's shape {list(target.weight.shape)} (it has {shape})")
+        return d
+    w0 = prod.weight.float64()
+    b0 = prod.bias.float64() if prod.bias is not None else None
+    wf, bf = _fuse(w0, b0, layer, target.transposed)
+    wt = target.weight.float64()
+    bt = target.bias.float64().reshape(-1) if target.bias is not None else np.zeros(layer.channels)
+    dt_w = _lower(prod.weight.dtype, _dtype(layer, "running_var"))
+    dt_bias = _lower(prod.bias.dtype if prod.bias is not None else dt_w, _dtype(layer, "running_var"))
+    scale, _ = layer.folded()
+    # Folded bias b' = (b − μ)·s + β: its rounding scales with the terms summed.
+    bias_mag = np.abs(layer.beta()) + np.abs(_stat(layer, "running_mean") * scale) + (np.abs((b0 if b0 is not None else 0) * scale))
+    tw = _compare_tensor("folded weight", prod.weight, target.weight, wf, wt, np.abs(wf), dt_w, target.weight.dtype)
+    tb = _compare_tensor("folded bias", None, target.bias, bf, bt, bias_mag, dt_bias,
+                         target.bias.dtype if target.bias is not None else "float32")
+    if not a_is_bn:  # keep "a" and "b" meaning the two files as given
+        tw.dtype_a, tw.dtype_b = tw.dtype_b, tw.dtype_a
+        tb.dtype_a, tb.dtype_b = tb.dtype_b, tb.dtype_a
+    d.tensors = [tw, tb]
+    # The folded conv's effective per-channel scale relative to the unfused conv (least squares),
+    # so the output effect can be measured where the BN sat: y = s·(z − b) + b'.
+    flat_w0, flat_wt = w0.reshape(w0.shape[0], -1), wt.reshape(wt.shape[0], -1)
+    if target.transposed:
+        flat_w0 = np.moveaxis(w0, 1, 0).reshape(layer.channels, -1)
+        flat_wt = np.moveaxis(wt, 1, 0).reshape(layer.channels, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s_eff = (flat_w0 * flat_wt).sum(axis=1) / (flat_w0 * flat_w0).sum(axis=1)
+    s_eff = np.nan_to_num(s_eff)
+    sa, ta = layer.folded()
+    offset = b0 if b0 is not None else np.zeros(layer.channels)
+    lower = _lower(dt_w, target.weight.dtype)
+    # A's BN input z is the producer output with A's conv bias; B's folded conv sees the same z − b.
+    d.output = _output_effect(_stat(layer, "running_mean"), _stat(layer, "running_var"), sa, ta, s_eff, bt, lower, offset)
+    d.settings = []
+    if layer.training:
+        d.settings.append(SettingDiff("training", layer.training, None, "error",
+                                      f"{layer.name} is in training mode on the BN side: the folded side uses running statistics"))
+    _judge(d)
+    return d
+
+
+def _judge(d: LayerDiff) -> None:
+    """Status and causes of one pair, worst first."""
+    causes: list[str] = []
+    for s in d.settings:
+        if s.severity in ("error", "difference"):
+            causes.append(s.message)
+    for t in d.tensors:
+        if not t.within:
+            where = f" channel {t.channel}" if t.channel is not None else ""
+            vals = f" ({_num(t.value_a)} vs {_num(t.value_b)})" if t.value_a is not None else ""
+            causes.append(f"{t.tensor}{where}{vals}: rel. difference {_num(t.max_rel)}, beyond {t.dtype_a}/{t.dtype_b} rounding"
+                          + (f" in {t.channels_beyond} channels" if t.channels_beyond > 1 else ""))
+    if d.output is not None and not d.output.within:
+        causes.append(f"output differs by up to {_num(d.output.max_abs)} (rel. {_num(d.output.max_rel)}) at channel {d.output.channel}")
+    d.causes = causes + d.causes
+    if d.causes:
+        d.status = "different"
+    elif d.mode == "bn" and all(t.identical for t in d.tensors) and not any(s.severity != "note" for s in d.settings):
+        d.status = "identical"
+    else:
+        d.status = "equivalent"
+
+
+# ---------------------------------------------------------------- matching
+
+def _pairs_by_order(keys_a: list[Any], keys_b: list[Any]) -> list[tuple[int, int]]:
+    """Index pairs aligned on equal keys (channel counts or weight shapes), order kept."""
+    sm = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
+    return [(blk.a + k, blk.b + k) for blk in sm.get_matching_blocks() for k in range(blk.size)]
+
+
+def _match_names(xs: list[BNLayer], ys: list[BNLayer]) -> list[tuple[BNLayer, BNLayer]]:
+    by_name = {}
+    for y in ys:
+        by_name.setdefault(y.name, y)
+        by_name.setdefault(y.key_prefix, y)
+    out, taken = [], set()
+    for x in xs:
+        y = by_name.get(x.name) or by_name.get(x.key_prefix)
+        if y is not None and id(y) not in taken:
+            out.append((x, y))
+            taken.add(id(y))
+    return out
+
+
+def _match_folded(bns: list[BNLayer], targets: list[Target]) -> list[tuple[BNLayer, Target, str]]:
+    out: list[tuple[BNLayer, Target, str]] = []
+    free = list(targets)
+    rest: list[BNLayer] = []
+    for layer in bns:
+        hit = next((t for t in free if t.folded_bn in (layer.name, layer.key_prefix)), None)
+        if hit is None and layer.producer is not None:
+            hit = next((t for t in free if t.folded_bn is None and t.key_prefix == layer.producer.key_prefix), None)
+        if hit is not None:
+            free.remove(hit)
+            out.append((layer, hit, "folded, by name"))
+        else:
+            rest.append(layer)
+    # By order: a BN's producer weight shape must equal the folded conv's.
+    with_prod = [l for l in rest if l.producer is not None]
+    for i, j in _pairs_by_order([tuple(l.producer.weight.shape) for l in with_prod], [tuple(t.weight.shape) for t in free]):  # type: ignore[union-attr]
+        out.append((with_prod[i], free[j], "folded, by order"))
+    return out
+
+
+def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bool = False, key: str | None = None,
+         key_b: str | None = None, eps: float | None = None, run: bool = False) -> DiffResult:
+    """Compare the BN layers of two artifacts (see the module docstring); ``run`` adds runtime witnesses.
+
+    ``eps`` stands in for A's eps where A does not store one (a plain state dict).
+    """
+    da = open_layers(path_a, trust=trust, key=key)
+    db = open_layers(path_b, trust=trust, key=key_b)
+    if eps is not None:
+        for layer in da.layers:
+            if layer.eps_source == "default":
+                layer.eps, layer.eps_source = float(eps), "user"
+    fa, fb = da.checkpoint.format, db.checkpoint.format
+    notes: list[str] = []
+    matched = [("name", x, y) for x, y in _match_names(da.layers, db.layers)]
+    used_a = {id(x) for _, x, _ in matched}
+    used_b = {id(y) for _, _, y in matched}
+    rest_a = [l for l in da.layers if id(l) not in used_a]
+    rest_b = [l for l in db.layers if id(l) not in used_b]
+    by_order = [(rest_a[i], rest_b[j]) for i, j in _pairs_by_order([l.channels for l in rest_a], [l.channels for l in rest_b])]
+    if by_order:
+        notes.append(f"{len(by_order)} layer(s) matched by order and channel count (their names differ)")
+        matched += [("order", x, y) for x, y in by_order]
+        used_a |= {id(x) for x, _ in by_order}
+        used_b |= {id(y) for _, y in by_order}
+        rest_a = [l for l in rest_a if id(l) not in used_a]
+        rest_b = [l for l in rest_b if id(l) not in used_b]
+    folded: list[tuple[BNLayer, Target, str, str]] = []
+    if rest_a:
+        folded += [(l, t, how, "a") for l, t, how in _match_folded(rest_a, fold_targets(db))]
+    if rest_b:
+        folded += [(l, t, how, "b") for l, t, how in _match_folded(rest_b, fold_targets(da))]
+    folded_a = {id(l) for l, _, _, side in folded if side == "a"}
+    folded_b = {id(l) for l, _, _, side in folded if side == "b"}
+    if folded:
+        sides = sorted({"B" if side == "a" else "A" for *_, side in folded})
+        notes.append(f"{len(folded)} BN layer(s) are folded into their conv on {' and '.join(sides)}: compared as "
+                     "torch.nn.utils.fusion.fuse_conv_bn_weights of the other side's conv + BN")
+
+    order_a = {id(l): i for i, l in enumerate(da.layers)}
+    order_b = {id(l): i for i, l in enumerate(db.layers)}
+    results: list[tuple[int, LayerDiff]] = []
+    for how, x, y in matched:
+        results.append((order_a[id(x)], compare_bn(x, y, fa, fb, how)))
+    for layer, target, how, side in folded:
+        pos = order_a[id(layer)] if side == "a" else order_b[id(layer)]
+        results.append((pos, compare_folded(layer, target, side, how)))
+    results.sort(key=lambda r: r[0])
+    diffs = [d for _, d in results]
+    if layers:
+        keep = {l.name for l in select(da.layers + db.layers, layers)}
+        diffs = [d for d in diffs if d.name in keep or d.name_b in keep]
+    only_a = [l.name for l in da.layers if id(l) not in used_a and id(l) not in folded_a]
+    only_b = [l.name for l in db.layers if id(l) not in used_b and id(l) not in folded_b]
+    if layers:
+        import fnmatch
+
+        only_a = [n for n in only_a if any(fnmatch.fnmatchcase(n, g) for g in layers)]
+        only_b = [n for n in only_b if any(fnmatch.fnmatchcase(n, g) for g in layers)]
+
+    if run:
+        from bninspect.services.diff_witness import attach_witnesses
+
+        notes += attach_witnesses(diffs, da, db)
+
+    for ckpt, side in ((da.checkpoint, "A"), (db.checkpoint, "B")):
+        if not (da.layers if side == "A" else db.layers) and not any(
+                d.folded_side == side.lower() for d in diffs):
+            notes.append(f"{side} has no BatchNorm layers")
+    dtype_changes = sorted({(t.dtype_a, t.dtype_b) for d in diffs for t in d.tensors if t.dtype_a != t.dtype_b
+                            and t.tensor in BN_TENSORS + ("folded weight",)})
+    for da_t, db_t in dtype_changes:
+        notes.append(f"dtype changes {da_t} → {db_t}; values are compared within {_lower(da_t, db_t)} rounding")
+
+    verdict, causes = _verdict(diffs, only_a, only_b)
+    return DiffResult(
+        a=Side(path_a, fa, FORMAT_NAMES.get(fa, fa), len(da.layers), list(da.checkpoint.notes)),
+        b=Side(path_b, fb, FORMAT_NAMES.get(fb, fb), len(db.layers), list(db.checkpoint.notes)),
+        verdict=verdict, causes=causes, layers=diffs, only_a=only_a, only_b=only_b, notes=notes,
+        exit_code=0 if verdict in ("identical", "equivalent") else 1,
+    )
+
+
+def _verdict(diffs: list[LayerDiff], only_a: list[str], only_b: list[str]) -> tuple[str, list[str]]:
+    """The summary: identical, equivalent within tolerance, or different with the top causes."""
+    bad = [d for d in diffs if d.status == "different"]
+    causes: list[str] = []
+
+    def weight(d: LayerDiff) -> tuple[int, float]:
+        errors = any(s.severity == "error" for s in d.settings)
+        effect = d.output.max_rel if d.output is not None and math.isfinite(d.output.max_rel) else math.inf
+        return (0 if errors else 1, -effect)
+
+    for d in sorted(bad, key=weight)[:5]:
+        name = d.name if d.name == d.name_b else f"{d.name} ↔ {d.name_b}"
+        causes.append(f"{name}: {d.causes[0]}")
+    if only_a:
+        causes.append(f"{len(only_a)} BN layer(s) only in A: {', '.join(only_a[:5])}")
+    if only_b:
+        causes.append(f"{len(only_b)} BN layer(s) only in B: {', '.join(only_b[:5])}")
+    if bad or only_a or only_b:
+        return "different", causes
+    if not diffs:
+        return "identical", []  # neither side has BN layers: nothing differs
+    if all(d.status == "identical" for d in diffs):
+        return "identical", []
+    return "equivalent", []
