@@ -134,6 +134,64 @@ def verify(
 
 
 @app.command()
+def check(
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="Checkpoint files or folders (folders: every checkpoint inside, recursively, chosen by content)."),
+    select: Optional[List[str]] = typer.Option(None, "--select", metavar="CODE", help="Only these rules: codes or prefixes such as BN1 (repeatable or comma-separated) [default: all]."),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", metavar="CODE", help="Skip these rules: codes or prefixes (repeatable or comma-separated)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", metavar="LEVEL", help="Exit 1 on findings at or above: error, warning, info or never [default: error]."),
+    fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT", help="table or concise (one line per finding) [default: table]."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", metavar="N", help="Check files in N processes (0 = one per CPU) [default: 1]."),
+    min_updates: Optional[int] = typer.Option(None, "--min-updates", metavar="N", help="BN102: num_batches_tracked below N counts as few updates [default: 200]."),
+    count_ratio: Optional[float] = typer.Option(None, "--count-ratio", metavar="X", help="BN103: flag layers whose num_batches_tracked differs from the most common count by X times [default: 10]."),
+    max_scale: Optional[float] = typer.Option(None, "--max-scale", metavar="X", help="BN106: flag channels whose |γ|/√(σ²+ε) exceeds X [default: 1000]."),
+    dead_gamma: Optional[float] = typer.Option(None, "--dead-gamma", metavar="X", help="BN107: flag channels whose |γ| is at most X [default: 1e-6]."),
+    outlier_z: Optional[float] = typer.Option(None, "--outlier-z", metavar="Z", help="BN108: flag channels whose robust z-score (running_mean, log running_var) exceeds Z [default: 20]."),
+    eps_tolerance: Optional[float] = typer.Option(None, "--eps-tolerance", metavar="X", help="BN302: flag layers whose output changes by more than X of its scale between eps 1e-5 and 1e-3 [default: 0.01]."),
+    expect_eps: Optional[float] = typer.Option(None, "--expect-eps", metavar="EPS", help="BN301: every layer's eps must be EPS (module eps, or --eps); a difference is an error."),
+    eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> int:
+    """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from [tool.bninspect] in pyproject.toml."""
+    from bninspect.render import check as render_check
+    from bninspect.services.check import resolve_options, run_check
+
+    def codes(values: Optional[List[str]]) -> Optional[List[str]]:
+        return [c for v in values for c in v.split(",") if c.strip()] if values else None
+
+    opts = resolve_options({
+        "select": codes(select), "ignore": codes(ignore), "fail_on": fail_on, "format": fmt, "jobs": jobs,
+        "min_updates": min_updates, "count_ratio": count_ratio, "max_scale": max_scale, "dead_gamma": dead_gamma,
+        "outlier_z": outlier_z, "eps_tolerance": eps_tolerance, "expect_eps": expect_eps,
+        "eps": eps, "key": key, "trust": trust or None, "strict": strict or None,
+    })
+    report = run_check(paths, opts)
+    render_check.render(report, opts.format, as_json)
+    return report.exit_code
+
+
+@app.command()
+def rules(
+    code: Optional[str] = typer.Argument(None, metavar="[CODE]", help="A rule code (BN101) for its full text, or a prefix (BN1) for a shorter table."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> int:
+    """The check rules: a table of codes, or one rule's documentation."""
+    from bninspect.render import rules as render_rules
+    from bninspect.rules import find_rule, select_rules
+
+    if code is None:
+        chosen, one = select_rules(), False
+    elif len(code.strip()) == 5:
+        chosen, one = [find_rule(code)], True
+    else:
+        chosen, one = select_rules([code]), False
+    render_rules.render(chosen, one, as_json)
+    return 0
+
+
+@app.command()
 def drift(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint (with --arch) or a TorchScript/pickled model (with --trust)."),
     arch: Optional[str] = typer.Option(None, "--arch", metavar="MODULE:CALLABLE", help="Builds the model, e.g. torchvision.models:resnet18; imported from your environment, the current directory first (like python -m)."),

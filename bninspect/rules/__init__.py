@@ -1,0 +1,74 @@
+"""The rule registry: every check rule by code, selection by code or prefix, and the runner.
+
+Rules live one family per module (integrity BN0xx, statistics BN1xx, mode BN2xx, deployment
+BN3xx); importing this package registers them all in :data:`RULES`, ordered by code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+from bninspect.errors import UsageError
+from bninspect.rules import deployment, integrity, mode, statistics  # noqa: F401  (registration)
+from bninspect.rules.base import REGISTRY, SEVERITIES, Context, Finding, Rule, Thresholds
+
+RULES: dict[str, Rule] = dict(sorted(REGISTRY.items()))
+
+__all__ = ["RULES", "SEVERITIES", "Context", "Finding", "Rule", "Thresholds", "find_rule", "run_rules", "select_rules"]
+
+
+def _matching(pattern: str) -> list[str]:
+    p = pattern.strip().upper()
+    if p == "ALL":
+        return list(RULES)
+    return [code for code in RULES if code.startswith(p)]
+
+
+def _unknown(pattern: str) -> UsageError:
+    close = difflib.get_close_matches(pattern.upper(), list(RULES), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else f"codes are {next(iter(RULES))}…{list(RULES)[-1]} (see 'bninspect rules')"
+    return UsageError(f"no rule matches '{pattern}'; {hint}")
+
+
+def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | None = None) -> list[Rule]:
+    """The rules enabled by ``select`` (codes or prefixes like "BN1"; all when empty) minus ``ignore``.
+
+    A code or prefix that matches no rule is a usage error (a typo must not silently disable a gate).
+    """
+    chosen: list[str] = []
+    for pattern in select or ["ALL"]:
+        hits = _matching(pattern)
+        if not hits:
+            raise _unknown(pattern)
+        chosen.extend(c for c in hits if c not in chosen)
+    dropped: set[str] = set()
+    for pattern in ignore or []:
+        hits = _matching(pattern)
+        if not hits:
+            raise _unknown(pattern)
+        dropped.update(hits)
+    return [RULES[c] for c in sorted(chosen) if c not in dropped]
+
+
+def find_rule(code: str) -> Rule:
+    """One rule by exact code (case-insensitive); a usage error suggesting close codes otherwise."""
+    r = RULES.get(code.strip().upper())
+    if r is None:
+        raise _unknown(code)
+    return r
+
+
+def run_rules(ctx: Context, rules: Iterable[Rule]) -> list[Finding]:
+    """Every finding of ``rules`` over the layers of ``ctx``, in layer order, then by code."""
+    rules = list(rules)
+    order = {layer.name: i for i, layer in enumerate(ctx.layers)}
+    findings: list[Finding] = []
+    for r in rules:
+        if r.scope == "model":
+            findings.extend(r.check(ctx))
+        else:
+            for layer in ctx.layers:
+                findings.extend(r.check(layer, ctx))
+    findings.sort(key=lambda f: (order.get(f.layer, len(order)), f.code))
+    return findings

@@ -1,0 +1,291 @@
+"""`bninspect check`: run the rules over every BN layer of one or more checkpoints.
+
+Folders are scanned recursively. Which files are checkpoints is decided by content, as
+``open_checkpoint`` decides formats: a file is checked when one of the format readers' ``sniff``
+claims its first 4 KiB (a zip additionally needs a ``data.pkl`` record, as torch.save and
+torch.jit.save archives have, so ordinary zip files are skipped). Everything else in a
+folder (code, logs, images, OpenVINO ``.bin`` weights) is skipped quietly; a file named on the
+command line is always attempted. A file that fails to load is reported with its error and
+exit class, and the others are still checked. ``--jobs N`` checks files in N processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bninspect.errors import EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, UsageError
+from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules, select_rules
+
+FAIL_ON = ("error", "warning", "info", "never")
+FORMATS = ("table", "concise")
+SCHEMA = "bninspect.check/1"
+
+# [tool.bninspect] keys (dashes or underscores) → CheckOptions/Thresholds fields and their types.
+_CONFIG_KEYS: dict[str, type] = {
+    "select": list, "ignore": list, "fail_on": str, "format": str,
+    **{f.name: (float if f.name != "min_updates" else int) for f in fields(Thresholds)},
+}
+
+
+@dataclass
+class CheckOptions:
+    """Everything that decides what `check` reports (after merging pyproject and flags)."""
+
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    fail_on: str = "error"
+    format: str = "table"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    eps: float | None = None
+    trust: bool = False
+    key: str | None = None
+    strict: bool = False
+    jobs: int = 1
+    config: str | None = None  # the pyproject.toml whose [tool.bninspect] was applied
+
+
+@dataclass
+class FileResult:
+    """One checked file: its findings, or the error that kept it from loading."""
+
+    path: str
+    format: str | None = None
+    layers: int = 0
+    possible: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None  # one line, our words
+    exit_code: int = EXIT_OK  # the error's exit class (3 unsafe, 4 invalid, 5 path, 2 usage)
+
+
+@dataclass
+class CheckReport:
+    """What `check` found in every file, the rules it ran and the exit code a CI job gates on."""
+
+    files: list[FileResult]
+    rules: list[str]
+    fail_on: str
+    exit_code: int
+    counts: dict[str, int]  # findings by severity
+    config: str | None = None
+
+
+# ── configuration ───────────────────────────────────────────────────────────────────────────
+
+def find_config(start: str | os.PathLike | None = None) -> tuple[str, dict[str, Any]] | None:
+    """The nearest pyproject.toml with a [tool.bninspect] table, walking up from ``start`` (the
+    current directory); files without the table are passed over, as ruff does with [tool.ruff]."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if not candidate.is_file():
+            continue
+        try:
+            with open(candidate, "rb") as fh:
+                doc = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read its [tool.bninspect] settings: {' '.join(str(exc).split())}", path=str(candidate)) from None
+        table = doc.get("tool", {}).get("bninspect")
+        if table is not None:
+            if not isinstance(table, dict):
+                raise UsageError("[tool.bninspect] must be a table", path=str(candidate))
+            return str(candidate), table
+    return None
+
+
+def _config_value(path: str, key: str, value: Any) -> Any:
+    name = key.replace("-", "_")
+    kind = _CONFIG_KEYS.get(name)
+    if kind is None:
+        known = ", ".join(sorted(k.replace("_", "-") for k in _CONFIG_KEYS))
+        raise UsageError(f"unknown key '{key}' in [tool.bninspect]; known keys: {known}", path=path)
+    if kind is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"[tool.bninspect] {key} must be a list of rule codes or prefixes", path=path)
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise UsageError(f"[tool.bninspect] {key} must be a string", path=path)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise UsageError(f"[tool.bninspect] {key} must be a{'n integer' if kind is int else ' number'}", path=path)
+    return kind(value)
+
+
+def resolve_options(flags: dict[str, Any], cwd: str | None = None) -> CheckOptions:
+    """Defaults, then the nearest [tool.bninspect], then the flags given (None = not given)."""
+    merged: dict[str, Any] = {}
+    found = find_config(cwd)
+    if found:
+        path, table = found
+        for key, value in table.items():
+            merged[key.replace("-", "_")] = _config_value(path, key, value)
+    merged.update({k: v for k, v in flags.items() if v is not None and v != []})
+    thresholds = Thresholds(**{f.name: merged.pop(f.name) for f in fields(Thresholds) if f.name in merged})
+    opts = CheckOptions(thresholds=thresholds, config=found[0] if found else None,
+                        **{k: v for k, v in merged.items() if k in {f.name for f in fields(CheckOptions)}})
+    _validate(opts)
+    return opts
+
+
+def _validate(opts: CheckOptions) -> None:
+    if opts.fail_on not in FAIL_ON:
+        raise UsageError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not '{opts.fail_on}'")
+    if opts.format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{opts.format}'")
+    if opts.jobs < 0:
+        raise UsageError("--jobs must be 0 (one per CPU) or more")
+    t = opts.thresholds
+    for name in ("min_updates", "count_ratio", "max_scale", "outlier_z"):
+        value = getattr(t, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
+    for name in ("dead_gamma", "eps_tolerance"):
+        value = getattr(t, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be zero or a positive number, not {value}")
+    for name, value in (("expect-eps", t.expect_eps), ("eps", opts.eps)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name} must be a positive number, not {value}")
+    select_rules(opts.select, opts.ignore)  # unknown codes are usage errors before any file is read
+
+
+# ── files ───────────────────────────────────────────────────────────────────────────────────
+
+def _is_checkpoint(path: str) -> bool:
+    """Does a file found in a folder look like something a reader can open? (content, not name)"""
+    import importlib
+
+    from bninspect.formats import HEAD_SIZE, READERS
+    from bninspect.formats.paths import read_head
+
+    try:
+        head = read_head(path, HEAD_SIZE)
+    except BNInspectError:
+        return True  # unreadable: report it rather than skip it silently
+    for name in READERS:
+        if importlib.import_module(f"bninspect.formats.{name}").sniff(head):
+            if head[:4] == b"PK\x03\x04":
+                return _torch_zip(path)
+            return True
+    return False
+
+
+def _torch_zip(path: str) -> bool:
+    """torch.save and torch.jit.save archives hold ``<name>/data.pkl``; other zips are not ours.
+    A zip whose directory cannot be read is kept: it may be a truncated checkpoint to report."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True
+
+
+def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
+    """The files to check, in order: named files as given, folders walked recursively (sorted,
+    hidden folders skipped, symlinked folders not followed). Also a FileResult error for each
+    folder without any checkpoint file."""
+    files: list[str] = []
+    problems: list[FileResult] = []
+    for p in paths:
+        if not os.path.isdir(p):
+            files.append(p)
+            continue
+        found = []
+        for root, dirs, names in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for n in sorted(names):
+                full = os.path.join(root, n)
+                if _is_checkpoint(full):
+                    found.append(full)
+        if not found:
+            problems.append(FileResult(path=p, error=f"{p}: no checkpoint file in this folder", exit_code=EXIT_PATH))
+        files.extend(found)
+    return files, problems
+
+
+def check_file(path: str, opts: CheckOptions) -> FileResult:
+    """Open one file, discover its layers and run the selected rules; load errors become the result."""
+    from bninspect.services.common import open_layers
+
+    result = FileResult(path=path)
+    try:
+        found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps)
+    except BNInspectError as exc:
+        result.error, result.exit_code = exc.line() if exc.path else f"{path}: {exc.line()}", exc.exit_code
+        return result
+    except Exception as exc:  # a bug in a reader must not stop the other files
+        detail = " ".join(str(exc).split())[:200]
+        result.error = f"{path}: unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, rerun it alone with --debug and report it"
+        result.exit_code = InvalidFileError.exit_code
+        return result
+    result.format = found.checkpoint.format
+    result.layers, result.possible = len(found.layers), len(found.possible)
+    ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
+    result.findings = run_rules(ctx, select_rules(opts.select, opts.ignore))
+    return result
+
+
+def _pool(jobs: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: workers start in milliseconds and inherit the imported modules (the parent has
+    # opened no file and imported no torch yet). Elsewhere the platform default.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+
+
+def run_check(paths: list[str], opts: CheckOptions) -> CheckReport:
+    """Check every file under ``paths`` (in ``opts.jobs`` processes) and decide the exit code."""
+    if not paths:
+        raise UsageError("give one or more checkpoint files or folders")
+    rules = select_rules(opts.select, opts.ignore)
+    files, problems = collect_files(paths)
+    jobs = opts.jobs or os.cpu_count() or 1
+    jobs = min(jobs, len(files))
+    if jobs > 1:
+        with _pool(jobs) as pool:
+            results = list(pool.map(check_file, files, [opts] * len(files)))
+    else:
+        results = [check_file(f, opts) for f in files]
+    results.extend(problems)
+    return CheckReport(files=results, rules=[r.code for r in rules], fail_on=opts.fail_on,
+                       exit_code=exit_code(results, opts.fail_on), counts=count(results), config=opts.config)
+
+
+def count(results: list[FileResult]) -> dict[str, int]:
+    """Findings by severity over all files (every severity present, zeros included)."""
+    out = {s: 0 for s in SEVERITIES}
+    for r in results:
+        for f in r.findings:
+            out[f.severity] += 1
+    return out
+
+
+def exit_code(results: list[FileResult], fail_on: str) -> int:
+    """0: nothing at or above ``fail_on``; 1: findings (or a file that failed among others);
+    the first failure's class (3–5) when no file could be loaded at all."""
+    loaded = [r for r in results if r.error is None]
+    failed = [r for r in results if r.error is not None]
+    if not loaded and failed:
+        return failed[0].exit_code
+    if fail_on == "never":
+        return EXIT_OK
+    gate = SEVERITIES[: SEVERITIES.index(fail_on) + 1]
+    if failed or any(f.severity in gate for r in loaded for f in r.findings):
+        return EXIT_FINDINGS
+    return EXIT_OK
+
