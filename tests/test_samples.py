@@ -74,7 +74,7 @@ def test_every_listed_sample_exists_and_all_are_small() -> None:
 
 
 def test_regenerating_reproduces_identical_tensors(tmp_path: Path) -> None:
-    """Rerunning one generator gives bit-identical tensors, so the samples are what the script makes."""
+    """Rerunning one generator gives the committed tensors, so the samples are what the script makes."""
     # A fresh process, as a user runs it: the script's determinism settings are process-wide.
     subprocess.run(
         [sys.executable, str(SAMPLES_DIR / "make_samples.py"), "--out", str(tmp_path), "mobilenet_v1_tiny.pt"],
@@ -85,11 +85,14 @@ def test_regenerating_reproduces_identical_tensors(tmp_path: Path) -> None:
     fresh = torch.load(tmp_path / "mobilenet_v1_tiny.pt", weights_only=True)
     committed = load("mobilenet_v1_tiny.pt")
     assert list(fresh) == list(committed)
-    # Bit-exact holds on one CPU and torch build; another CPU's kernels may round differently.
+    # Bit-exact holds on one CPU and torch build, but CI may run on a CPU whose SIMD kernels
+    # round the last bits differently, and 40 SGD steps carry that along. A tolerance far
+    # below any change of the script (a different seed or step count moves values by >1e-1)
+    # keeps the test meaningful without making CI depend on the CPU model.
     hint = "differs from the committed sample: regenerate with make_samples.py and commit, or check the script"
     for key in committed:
         assert fresh[key].dtype == committed[key].dtype, f"{key} {hint}"
-        assert torch.equal(fresh[key], committed[key]), f"{key} {hint}"
+        torch.testing.assert_close(fresh[key], committed[key], rtol=1e-3, atol=1e-4, msg=f"{key} {hint}")
 
 
 def test_unknown_sample_name_is_refused(tmp_path: Path) -> None:
