@@ -86,14 +86,19 @@ def _walk(root: Any) -> tuple[list[_Candidate], dict[str, Any]]:
     return candidates, dicts
 
 
+def _known(c: _Candidate) -> bool:
+    return all(part in KNOWN_KEYS for part in c.path.split("/")) if c.path else True
+
+
 def _main_first(candidates: list[_Candidate]) -> list[_Candidate]:
-    """Candidates with the main one first: non-EMA before EMA, known names before others, then size."""
+    """Candidates with the main one first: non-EMA before EMA, then the larger.
 
-    def rank(c: _Candidate) -> tuple[int, int, int, int]:
-        known = all(part in KNOWN_KEYS for part in c.path.split("/")) if c.path else True
-        return (1 if c.is_ema else 0, 0 if known else 1, -len(c.tensors), c.depth)
-
-    return sorted(candidates, key=rank)
+    Where some sit under known keys (``state_dict``, ``model``, ...) only those count: a
+    Lightning callback's ``best_model_score`` tensor is not a state dict. Otherwise (unknown
+    wrappers such as ``generator``/``discriminator``) every tensor dict is a candidate.
+    """
+    known = [c for c in candidates if _known(c)]
+    return sorted(known or candidates, key=lambda c: (1 if c.is_ema else 0, -len(c.tensors), c.depth))
 
 
 def common_prefix(keys: list[str]) -> str:

@@ -1,0 +1,73 @@
+"""Hostile pickles are refused by name, never run; --trust alone runs them (proving they are live)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from bninspect.errors import UnsafeFileError
+from bninspect.formats import open_checkpoint
+from bninspect.formats.pickles import scan_globals
+from tests.formats.craft import Getter, Payload, TorchLoad, dumps, trained_net, write_zip
+
+
+def _lightning(marker, extra):
+    """A Lightning-style dict with a real state dict, and a payload in hyper_parameters."""
+    return {
+        "epoch": 3,
+        "state_dict": {f"model.{k}": v for k, v in trained_net().state_dict().items()},
+        "hyper_parameters": {"lr": 0.1, "payload": Payload(marker), **extra},
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_payload_next_to_a_real_state_dict_is_refused_and_never_runs(tmp_path, protocol, legacy):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.ckpt"
+    other = tmp_path / "other.pt"
+    torch.save(torch.zeros(2), other)
+    torch.save(_lightning(marker, {"getter": Getter(), "loader": TorchLoad(other)}), path,
+               pickle_protocol=protocol, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeFileError) as info:
+        open_checkpoint(path)
+    message = info.value.message
+    for name in ("builtins.exec", "operator.attrgetter", "torch.serialization.load"):
+        assert name in message, message
+    assert "--trust" in message and "weights_only=False" in message
+    assert not marker.exists()
+    # The same file with --trust really runs the payload: the refusal above is what stopped it.
+    ckpt = open_checkpoint(path, trust=True)
+    assert marker.exists()
+    assert ckpt.container == "state_dict" and ckpt.prefix == "model."
+
+
+def test_hand_made_zip_with_exec_is_refused(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = write_zip(tmp_path / "evil.pt", dumps({"x": Payload(marker)}, protocol=4), {})
+    with pytest.raises(UnsafeFileError, match="builtins.exec"):
+        open_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_torchscript_classes_are_only_allowed_in_torchscript_archives(tmp_path):
+    # A plain torch.save archive has no business importing __torch__ classes.
+    pkl = b"\x80\x02c__torch__\nM\nq\x00)\x81q\x01}q\x02b."
+    path = write_zip(tmp_path / "ts_like.pt", pkl, {})
+    with pytest.raises(UnsafeFileError, match="__torch__.M"):
+        open_checkpoint(path)
+
+
+def test_scan_names_stack_global_and_computed_names():
+    class Evil:
+        def __reduce__(self):
+            return (pickle.loads, (b"",))
+
+    names, _ = scan_globals(__import__("io").BytesIO(pickle.dumps(Evil(), protocol=4)))
+    assert names == ["_pickle.loads"]
+    # STACK_GLOBAL fed by something other than two pushed strings: refused as computed.
+    crafted = b"\x80\x04K\x01K\x02\x93."
+    names, _ = scan_globals(__import__("io").BytesIO(crafted))
+    assert names == ["<computed global>"]
