@@ -146,7 +146,7 @@ def check(
     max_scale: Optional[float] = typer.Option(None, "--max-scale", metavar="X", help="BN106: flag channels whose |γ|/√(σ²+ε) exceeds X [default: 1000]."),
     dead_gamma: Optional[float] = typer.Option(None, "--dead-gamma", metavar="X", help="BN107: flag channels whose |γ| is at most X [default: 1e-6]."),
     outlier_z: Optional[float] = typer.Option(None, "--outlier-z", metavar="Z", help="BN108: flag channels whose robust z-score (running_mean, log running_var) exceeds Z [default: 20]."),
-    eps_tolerance: Optional[float] = typer.Option(None, "--eps-tolerance", metavar="X", help="BN302: flag layers whose output changes by more than X of its scale between eps 1e-5 and 1e-3 [default: 0.01]."),
+    eps_tolerance: Optional[float] = typer.Option(None, "--eps-tolerance", metavar="X", help="BN302: flag layers whose output changes by more than X of its scale between eps 1e-5 and 1e-3 [default: 0.05]."),
     expect_eps: Optional[float] = typer.Option(None, "--expect-eps", metavar="EPS", help="BN301: every layer's eps must be EPS (module eps, or --eps); a difference is an error."),
     eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
     key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),

@@ -225,6 +225,208 @@ def norms_pt(path: Path) -> None:
     torch.save(state_dict("norms_tiny"), path)
 
 
+# ── Faulty samples for `bninspect check` (one per rule that a file can trigger) ──────────────
+# Each starts from the trained MobileNetV1Tiny and tampers with one thing, so its rule fires
+# on it and on no other sample (tests/rules/test_samples_fire.py). They live in faulty/.
+FAULTY = "faulty/"
+MOBILENET_BNS = ("features.2.bn", "features.3.bn", "features.4.bn", "features.5.bn")
+
+
+def _save_faulty(sd: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+
+
+def _script_faulty(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(model), str(path))
+
+
+def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@sample(FAULTY + "nan.pt")
+def faulty_nan(path: Path) -> None:
+    """BN001: a diverged run: NaN in features.4.bn.running_var[3], Inf in running_mean[10]."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.4.bn.running_var"][3] = float("nan")
+    sd["features.4.bn.running_mean"][10] = float("inf")
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "negvar.pt")
+def faulty_negvar(path: Path) -> None:
+    """BN002: a negative variance, features.4.bn.running_var[7] = -0.25 (a broken conversion)."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.4.bn.running_var"][7] = -0.25
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "length_mismatch.pt")
+def faulty_length_mismatch(path: Path) -> None:
+    """BN003: a pruning bug: features.5.bn.weight keeps 127 of 128 channels, the rest keeps 128."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.5.bn.weight"] = sd["features.5.bn.weight"][:127].clone()
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "default_stats.pt")
+def faulty_default_stats(path: Path) -> None:
+    """BN101: saved before training: every BN still has running_mean 0, running_var 1, count 0."""
+    torch.manual_seed(SEED)
+    _save_faulty(sample_models.BUILDERS["mobilenet_v1_tiny"]().state_dict(), path)
+
+
+@sample(FAULTY + "few_updates.pt")
+def faulty_few_updates(path: Path) -> None:
+    """BN102: statistics from only 5 train-mode batches (num_batches_tracked = 5)."""
+    torch.manual_seed(SEED)
+    model = sample_models.BUILDERS["mobilenet_v1_tiny"]()
+    x, _ = sample_models.synthetic_images(5 * BATCH_SIZE, seed=DATA_SEED)
+    model.train()
+    with torch.no_grad():
+        for step in range(5):
+            model(x[step * BATCH_SIZE:(step + 1) * BATCH_SIZE])
+    _save_faulty(model.state_dict(), path)
+
+
+@sample(FAULTY + "mixed_counts.pt")
+def faulty_mixed_counts(path: Path) -> None:
+    """BN103: a backbone from a 100× longer pre-training (count 4000) and a head with 40."""
+    sd = state_dict("mobilenet_v1_tiny")
+    for prefix in MOBILENET_BNS[:-1]:
+        sd[prefix + ".num_batches_tracked"].fill_(100 * STEPS)
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "converted_stats.safetensors")
+def faulty_converted(path: Path) -> None:
+    """BN104: trained statistics with num_batches_tracked = 0, as converters write them."""
+    from safetensors.torch import save_file
+
+    sd = state_dict("mobilenet_v1_tiny")
+    for prefix in MOBILENET_BNS:
+        sd[prefix + ".num_batches_tracked"].zero_()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+
+
+@sample(FAULTY + "zero_var.pt")
+def faulty_zero_var(path: Path) -> None:
+    """BN105: constant channels: features.3.bn.running_var[3] and [9] are 0."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.3.bn.running_var"][[3, 9]] = 0.0
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "extreme_scale.pt")
+def faulty_extreme_scale(path: Path) -> None:
+    """BN106: features.5.bn.weight[7] = 5000: a scale |γ|/√(σ²+ε) in the thousands."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.5.bn.weight"][7] = 5000.0
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "dead_gamma.pt")
+def faulty_dead_gamma(path: Path) -> None:
+    """BN107: pruned-looking channels: features.3.bn.weight[2] and [11] are 0."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.3.bn.weight"][[2, 11]] = 0.0
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "outlier.pt")
+def faulty_outlier(path: Path) -> None:
+    """BN108: a corrupted value: features.3.bn.running_mean[6] = 1000 (the others within ±3)."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.3.bn.running_mean"][6] = 1000.0
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "no_running_stats.pt")
+def faulty_no_running_stats(path: Path) -> None:
+    """BN201: BatchNorm(track_running_stats=False): only weight and bias in the state dict."""
+    torch.manual_seed(SEED)
+    model = sample_models.BUILDERS["mobilenet_v1_tiny"]()
+    for bn in _bn_modules(model):
+        bn.track_running_stats = False
+        bn.running_mean = bn.running_var = bn.num_batches_tracked = None
+    model.load_state_dict(state_dict("mobilenet_v1_tiny"), strict=False)
+    _save_faulty(model.state_dict(), path)
+
+
+@sample(FAULTY + "mixed_mode.ts")
+def faulty_mixed_mode(path: Path) -> None:
+    """BN203 (and BN202 on that layer): scripted in eval mode, except features.5.bn left in train mode."""
+    model = copy.deepcopy(trained("mobilenet_v1_tiny").model).eval()
+    model.features[5].bn.train()
+    _script_faulty(model, path)
+
+
+@sample(FAULTY + "momentum_none.ts")
+def faulty_momentum_none(path: Path) -> None:
+    """BN204: every BN with momentum=None (cumulative average), scripted in eval mode."""
+    model = copy.deepcopy(trained("mobilenet_v1_tiny").model).eval()
+    for bn in _bn_modules(model):
+        bn.momentum = None
+    _script_faulty(model, path)
+
+
+@sample(FAULTY + "syncbn.ts")
+def faulty_syncbn(path: Path) -> None:
+    """BN205: SyncBatchNorm (convert_sync_batchnorm for DDP) traced and saved; it cannot be scripted."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(trained("mobilenet_v1_tiny").model)).eval()
+    x, _ = sample_models.synthetic_images(2, seed=DATA_SEED)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.trace(model, x), str(path))
+
+
+@sample(FAULTY + "no_count.pt")
+def faulty_no_count(path: Path) -> None:
+    """BN206: running statistics without num_batches_tracked (pre-0.4.1 or converter style)."""
+    sd = {k: v for k, v in state_dict("mobilenet_v1_tiny").items() if not k.endswith("num_batches_tracked")}
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "eps_keras.ts")
+def faulty_eps_keras(path: Path) -> None:
+    """BN301: ported with Keras' eps = 1e-3 on every BN, scripted in eval mode."""
+    model = copy.deepcopy(trained("mobilenet_v1_tiny").model).eval()
+    for bn in _bn_modules(model):
+        bn.eps = 1e-3
+    _script_faulty(model, path)
+
+
+@sample(FAULTY + "eps_sensitive.pt")
+def faulty_eps_sensitive(path: Path) -> None:
+    """BN302: features.3.bn.running_var scaled by 1e-4 (about 1e-5, like eps itself)."""
+    sd = state_dict("mobilenet_v1_tiny")
+    sd["features.3.bn.running_var"].mul_(1e-4)
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "half_stats.pt")
+def faulty_half_stats(path: Path) -> None:
+    """BN303: running statistics stored in float16 (model.half() before saving)."""
+    sd = state_dict("mobilenet_v1_tiny")
+    for prefix in MOBILENET_BNS:
+        for name in ("running_mean", "running_var"):
+            sd[f"{prefix}.{name}"] = sd[f"{prefix}.{name}"].half()
+    _save_faulty(sd, path)
+
+
+@sample(FAULTY + "conv_bias.pt")
+def faulty_conv_bias(path: Path) -> None:
+    """BN304: the pointwise conv features.3.p_conv_k1 carries a bias (Conv2d's default bias=True)."""
+    sd = state_dict("mobilenet_v1_tiny")
+    g = torch.Generator().manual_seed(SEED)
+    keys = list(sd)
+    at = keys.index("features.3.p_conv_k1.weight") + 1
+    bias = ("features.3.p_conv_k1.bias", 0.05 * torch.randn(64, generator=g))
+    _save_faulty(dict([*((k, sd[k]) for k in keys[:at]), bias, *((k, sd[k]) for k in keys[at:])]), path)
+
+
 def make_deterministic() -> None:
     """Seeded, single-threaded, deterministic kernels: identical tensors on every run."""
     torch.manual_seed(SEED)

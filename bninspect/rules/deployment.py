@@ -65,22 +65,24 @@ def eps_sensitivity(var: np.ndarray, gamma: np.ndarray, eps: float,
     For channel c with σ_c = √var_c and input x = μ_c + σ_c:
         y_c(ε) = γ_c·σ_c/√(σ_c² + ε) + β_c
         Δ_c    = |γ_c|·σ_c·|1/√(σ_c² + ε_lo) − 1/√(σ_c² + ε_hi)|
-    and the output scale is the RMS over channels of each channel's output spread under the
-    stored statistics and the layer's own eps:
-        S      = √(mean_c γ_c²·σ_c²/(σ_c² + ε))
-    Result: Δ_c / S (NaN where var_c ≤ 0 or is not finite: a constant or broken channel has
-    no input spread to change, and BN002/BN105/BN001 report those).
+    and the output scale is the larger of the channel's own output spread and the RMS of all
+    channels' spreads, under the stored statistics and the layer's own eps:
+        s_c    = |γ_c|·σ_c/√(σ_c² + ε),   S = √(mean_c s_c²)
+    Result: Δ_c / max(s_c, S). A channel small next to the layer is judged against the layer
+    (its change hardly matters), a channel that dominates the layer against itself. NaN where
+    var_c ≤ 0 or is not finite: a constant or broken channel has no input spread to change,
+    and BN105/BN002/BN001 report those.
     """
     ok = np.isfinite(var) & (var > 0) & np.isfinite(gamma)
     sigma = np.sqrt(np.where(ok, var, 1.0))
     delta = np.abs(gamma) * sigma * np.abs(1.0 / np.sqrt(sigma**2 + eps_lo) - 1.0 / np.sqrt(sigma**2 + eps_hi))
-    spread2 = np.where(ok, gamma**2 * sigma**2 / (sigma**2 + eps), np.nan)
+    spread = np.where(ok, np.abs(gamma) * sigma / np.sqrt(sigma**2 + eps), np.nan)
     if not ok.any():
         return np.full(var.shape, np.nan)
-    scale = math.sqrt(float(np.nanmean(spread2)))
-    if scale == 0.0:
+    layer_scale = math.sqrt(float(np.nanmean(spread**2)))
+    if layer_scale == 0.0:
         return np.full(var.shape, np.nan)
-    return np.where(ok, delta / scale, np.nan)
+    return np.where(ok, delta / np.maximum(spread, layer_scale), np.nan)
 
 
 @rule("BN302", "eps-sensitive", "warning", "output depends strongly on eps (1e-5 vs 1e-3)")
@@ -89,9 +91,9 @@ def eps_sensitive(layer: BNLayer, ctx: Context):
     ## What it does
     Computes, from the layer's own statistics, how much its output changes when eps goes from
     1e-5 (PyTorch's default) to 1e-3 (Keras/TensorFlow's), for an input one standard
-    deviation from the mean, relative to the layer's output scale (the RMS of its channels'
-    output spread), and reports layers where that exceeds `--eps-tolerance` (default 0.01,
-    i.e. 1%).
+    deviation from the mean, relative to the output scale (the RMS of the layer's channels'
+    output spreads, or the channel's own where larger), and reports layers where that exceeds
+    `--eps-tolerance` (default 0.05, i.e. 5%).
 
     ## Why is this bad?
     eps is not stored in a state dict and the two ecosystems' defaults differ by 100×. For
