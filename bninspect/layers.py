@@ -222,25 +222,28 @@ def _digits(name: str) -> str:
     return m.group(1) if m else ""
 
 
-def _structural_match(prefix: str, channels: int, producers: list[tuple[int, Producer]], at: int) -> Producer | None:
-    """For files whose key order is not module order: the conv/linear of width C closest in the
-    module tree (longest shared parent path, then bn1↔conv1 suffix, then nearest, earlier first)."""
-    parts = prefix.split(".")[:-1]
-    best, best_score = None, None
-    for pos, prod in producers:
-        if prod.out_channels != channels:
-            continue
-        other = prod.key_prefix.split(".")[:-1]
-        shared = 0
-        for a, b in zip(parts, other):
-            if a != b:
-                break
-            shared += 1
-        suffix = _digits(prefix) != "" and _digits(prefix) == _digits(prod.key_prefix)
-        score = (shared, suffix, -abs(pos - at), pos < at)
-        if best_score is None or score > best_score:
-            best, best_score = prod, score
-    return best
+class _TreeIndex:
+    """Producers bucketed by (ancestor path, width), so the structural match of one BN looks
+    only at convs that share its parent path (linear time for the usual model shapes)."""
+
+    def __init__(self, producers: list[tuple[int, Producer]]) -> None:
+        self.buckets: dict[tuple[tuple[str, ...], int], list[tuple[int, Producer]]] = {}
+        for pos, prod in producers:
+            parts = tuple(prod.key_prefix.split(".")[:-1])
+            for k in range(len(parts) + 1):
+                self.buckets.setdefault((parts[:k], prod.out_channels), []).append((pos, prod))
+
+    def match(self, prefix: str, channels: int, at: int) -> Producer | None:
+        """The conv/linear of width C closest in the module tree: longest shared parent path,
+        then the same trailing number (bn1↔conv1), then the nearest, earlier first."""
+        parts = tuple(prefix.split(".")[:-1])
+        for k in range(len(parts), -1, -1):
+            candidates = self.buckets.get((parts[:k], channels))
+            if candidates:
+                digits = _digits(prefix)
+                return max(candidates, key=lambda c: (digits != "" and _digits(c[1].key_prefix) == digits,
+                                                      -abs(c[0] - at), c[0] < at))[1]
+        return None
 
 
 def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
@@ -294,17 +297,24 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
 
     # Pass 2: match each BN with its producer.
     position = {prefix: pos for pos, prefix in enumerate(order)}
+    tree = None if checkpoint.ordered else _TreeIndex(producers)
     layers: list[BNLayer] = []
     possible: list[BNLayer] = []
     last_bn = -1
+    cursor = 0  # producers before `cursor` are behind the previous BN: each is looked at once
     for role, prefix, channels in entries:
         at = position[prefix]
         # Ordered files: conv/linear layers after the previous BN and before this one.
-        window = [p for pos, p in producers if last_bn < pos < at]
-        if checkpoint.ordered:
+        while cursor < len(producers) and producers[cursor][0] <= last_bn:
+            cursor += 1
+        end = cursor
+        while end < len(producers) and producers[end][0] < at:
+            end += 1
+        window = [p for _, p in producers[cursor:end]]
+        if tree is None:
             producer = next((p for p in reversed(window) if p.out_channels == channels), None)
         else:
-            producer = _structural_match(prefix, channels, producers, at)
+            producer = tree.match(prefix, channels, at)
         if role == "maybe" and producer is None:
             other["other per-channel scale/shift"] = other.get("other per-channel scale/shift", 0) + 1
             continue
