@@ -47,11 +47,14 @@ MAX_HEADER = 100_000_000
 
 
 def sniff(head: bytes) -> bool:
-    """An 8-byte length that leaves room for a JSON object, then ``{``."""
+    """An 8-byte little-endian length below 2**40, then ``{``.
+
+    The length and the JSON are checked by ``read``, so a broken header gets its own message.
+    """
     if len(head) < 10:
         return False
     (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+    return n >= 2 and head[5:8] == b"\x00\x00\x00" and head[8:9] == b"{"
 
 
 def _duplicates_refused(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -151,9 +154,12 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
     return checkpoint
 
 
-def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that orders the numeric parts of a name as numbers ("layer2" < "layer10")."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+def natural_key(name: str) -> tuple[tuple[tuple[int, int | str], ...], ...]:
+    """Sort key per dotted component, numbers as numbers: "bn" < "bn2" < "bn10", "features.2" < "features.10"."""
+    return tuple(
+        tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", component) if part)
+        for component in name.split(".")
+    )
 
 
 def _lazy(path: str, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
