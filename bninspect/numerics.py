@@ -401,55 +401,58 @@ ALTERNATIVE_EPS = (1e-3, 1e-5, 1.001e-5, 0.0)
 
 
 def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                 affine: bool, channels_last: bool) -> list[tuple[str, np.ndarray]]:
-    """What a runtime that made each usual mistake would output for ``x`` (logical N, C, … layout), float64.
+                 affine: bool, channels_last: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """What a runtime that made each usual mistake would output for ``x`` (logical N, C, … layout), float64,
+    with the magnitude M of that computation's terms (for :func:`compare`).
 
     ``channels_last``: the file holding ``x`` is N, …, C; the axis mistake reads its bytes the other way.
     """
-    out: list[tuple[str, np.ndarray]] = []
+    out: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def add(cause: str, m: np.ndarray, v: np.ndarray, g: np.ndarray, b: np.ndarray, e: float) -> None:
+        with np.errstate(invalid="ignore"):
+            out.append((cause, eval_reference(x, m, v, g, b, e), eval_magnitude(x, m, v, g, b, e)))
+
     for alt in ALTERNATIVE_EPS:
         if alt != eps:
-            out.append((f"eps {alt:g} instead of {eps:g}", eval_reference(x, mean, var, gamma, beta, alt)))
+            add(f"eps {alt:g} instead of {eps:g}", mean, var, gamma, beta, alt)
     with np.errstate(invalid="ignore"):
         # the runtime took running_var for σ and squared it, or for σ² stored as σ and took its root
-        out.append(("running_var squared (read as a standard deviation)", eval_reference(x, mean, var**2, gamma, beta, eps)))
-        out.append(("square root of running_var used (variance stored as standard deviation)",
-                    eval_reference(x, mean, np.sqrt(var), gamma, beta, eps)))
+        add("running_var squared (read as a standard deviation)", mean, var**2, gamma, beta, eps)
+        add("square root of running_var used (variance stored as standard deviation)", mean, np.sqrt(var), gamma, beta, eps)
     stats = batch_stats(x)
-    out.append(("batch statistics used instead of running statistics (train mode)",
-                eval_reference(x, stats.mean, stats.var_biased, gamma, beta, eps)))
+    add("batch statistics used instead of running statistics (train mode)", stats.mean, stats.var_biased, gamma, beta, eps)
     if stats.n > 1:
-        out.append(("batch statistics with the unbiased variance",
-                    eval_reference(x, stats.mean, stats.var_unbiased, gamma, beta, eps)))
         n = stats.n
+        add("batch statistics with the unbiased variance", stats.mean, stats.var_unbiased, gamma, beta, eps)
         # a runtime re-applying Bessel's correction to a running_var that already has it, or undoing it
-        out.append((f"running_var × n/(n−1) (unbiased correction applied again, n={n})",
-                    eval_reference(x, mean, var * n / (n - 1), gamma, beta, eps)))
-        out.append((f"running_var × (n−1)/n (biased variance, n={n})", eval_reference(x, mean, var * (n - 1) / n, gamma, beta, eps)))
-    out.append(("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
-                _other_axis(x, mean, var, gamma, beta, eps, channels_last)))
+        add(f"running_var × n/(n−1) (unbiased correction applied again, n={n})", mean, var * n / (n - 1), gamma, beta, eps)
+        add(f"running_var × (n−1)/n (biased variance, n={n})", mean, var * (n - 1) / n, gamma, beta, eps)
+    if x.ndim >= 3:
+        out.append(("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
+                    _other_axis(eval_reference, x, mean, var, gamma, beta, eps, channels_last),
+                    _other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last)))
     if affine:
-        out.append(("γ and β swapped", eval_reference(x, mean, var, beta, gamma, eps)))
-        out.append(("affine dropped (γ = 1, β = 0)", eval_reference(x, mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)))
-    with np.errstate(invalid="ignore"):
-        out.append(("μ and σ² swapped", eval_reference(x, var, mean, gamma, beta, eps)))
+        add("γ and β swapped", mean, var, beta, gamma, eps)
+        add("affine dropped (γ = 1, β = 0)", mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)
+    add("μ and σ² swapped", var, mean, gamma, beta, eps)
+    magnitude = eval_magnitude(x, mean, var, gamma, beta, eps)
     for half in ("float16", "bfloat16"):
-        out.append((f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu")))
+        out.append((f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude))
     return out
 
 
-def _other_axis(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                channels_last: bool) -> np.ndarray:
-    """BN applied to the file's bytes with the other channel convention, returned in the logical layout."""
-    if x.ndim < 3:
-        return eval_reference(x, mean, var, gamma, beta, eps)
+def _other_axis(formula, x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                eps: float, channels_last: bool) -> np.ndarray:
+    """``formula`` (reference or magnitude) on the file's bytes read with the other channel convention, in the logical layout."""
     file = np.moveaxis(x, 1, -1) if channels_last else x
     flat = np.ascontiguousarray(file).reshape(-1)
     c = x.shape[1]
-    if channels_last:
-        # bytes N,…,C read as N,C,…: channel = index within a sample // (spatial size)
-        wrong = eval_reference(flat.reshape(x.shape[0], c, -1), mean, var, gamma, beta, eps).reshape(file.shape)
-        return np.moveaxis(wrong, -1, 1)
-    # bytes N,C,… read as N,…,C: channel = flat index mod C
-    wrong = eval_reference(np.moveaxis(flat.reshape(x.shape[0], -1, c), -1, 1), mean, var, gamma, beta, eps)
-    return np.moveaxis(wrong, 1, -1).reshape(x.shape)
+    with np.errstate(invalid="ignore"):
+        if channels_last:
+            # bytes N,…,C read as N,C,…: channel = index within a sample // (spatial size)
+            wrong = formula(flat.reshape(x.shape[0], c, -1), mean, var, gamma, beta, eps).reshape(file.shape)
+            return np.moveaxis(wrong, -1, 1)
+        # bytes N,C,… read as N,…,C: channel = flat index mod C
+        wrong = formula(np.moveaxis(flat.reshape(x.shape[0], -1, c), -1, 1), mean, var, gamma, beta, eps)
+        return np.moveaxis(wrong, 1, -1).reshape(x.shape)

@@ -52,27 +52,31 @@ def _paths_cell(layer: LayerVerify) -> str:
     for check in layer.checks:
         name = _PATH_SHORT.get(check.path, check.path)
         seen[name] = seen.get(name, True) and check.passed
-    return " ".join(f"{name} {'✓' if ok else '[bold red]✗[/]'}" for name, ok in seen.items())
+    return " ".join(f"{name}{'✓' if ok else '[bold red]✗[/]'}" for name, ok in seen.items())
 
 
 def _layers_table(result: VerifyResult) -> Table:
     table = Table(header_style="bold", pad_edge=False)
-    gaps = "train−eval gap (B=" + ",".join(map(str, result.train_batches)) + ")"
-    for col, kw in (("layer", {}), ("dtype", {}), ("eps", {}), ("max abs err", {"justify": "right"}),
-                    ("max rel err", {"justify": "right"}), ("used", {"justify": "right"}), ("paths", {}),
-                    ("Δ if eps were", {"justify": "right"}), (gaps, {"justify": "right"}), ("result", {})):
-        table.add_column(col, **kw)
+    table.add_column("layer", no_wrap=True)
+    for col in ("dtype", "eps"):
+        table.add_column(col)
+    for col in ("max abs err", "max rel err", "used"):
+        table.add_column(col, justify="right")
+    table.add_column("paths")
+    table.add_column("Δ if eps were", justify="right")
+    table.add_column("train−eval gap B=" + "/".join(map(str, result.train_batches)), justify="right")
+    table.add_column("result")
     for layer in result.layers:
+        eps = f"{layer.eps:g}" + ("" if layer.eps_source == "module" else f" ({layer.eps_source})")
         if layer.skipped:
-            table.add_row(text(layer.name), layer.dtype, f"{layer.eps:g} ({layer.eps_source})", "", "", "", "", "", "",
+            table.add_row(text(layer.name), layer.dtype, eps, "", "", "", "", "", "",
                           f"{_verdict(True, layer.skipped)} ({markup(layer.skipped)})")
             continue
         s = layer.eps_sensitivity
-        sens = f"{s.eps_to:g}: {num(s.max_abs_change, 3)}" if s else "—"
-        gap = " / ".join(num(g.max_abs_diff, 2) for g in layer.train_eval_gap)
-        table.add_row(text(layer.name), layer.dtype, f"{layer.eps:g} ({layer.eps_source})", num(layer.max_abs_err, 3),
-                      num(layer.max_rel_err, 3), f"{layer.used:.0%}", _paths_cell(layer), sens, gap,
-                      _verdict(layer.passed))
+        sens = f"{s.eps_to:g}: {num(s.max_abs_change, 2)}" if s else "—"
+        gap = " ".join(num(g.max_abs_diff, 2) for g in layer.train_eval_gap)
+        table.add_row(text(layer.name), layer.dtype, eps, num(layer.max_abs_err, 2), num(layer.max_rel_err, 2),
+                      f"{layer.used:.0%}", _paths_cell(layer), sens, gap, _verdict(layer.passed))
     return table
 
 
