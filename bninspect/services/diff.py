@@ -373,15 +373,43 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
         d.settings.append(SettingDiff("training", layer.training, None, "error",
                                       f"{layer.name} is in training mode on the BN side: the folded side uses running statistics"))
     _judge(d)
+    implied = _implied_eps(layer, s_eff, lower) if d.status == "different" else None
+    if implied is not None:  # an explanation of a difference already found, never a finding by itself
+        message = (f"the folded weights fit eps ≈ {_num(implied)}, not {layer.name}'s eps {_num(layer.eps)} "
+                   f"({'B' if a_is_bn else 'A'} was folded with another eps)")
+        d.settings.append(SettingDiff("eps", layer.eps if a_is_bn else implied, implied if a_is_bn else layer.eps,
+                                      "difference", message))
+        d.causes.insert(0, message)
     return d
+
+
+def _implied_eps(layer: BNLayer, s_eff: np.ndarray, dtype: str) -> float | None:
+    """The eps the folded side was built with, where one eps explains every channel's scale and it is not ours.
+
+    s = γ/√(σ² + ε)  ⇒  ε = (γ/s)² − σ², per channel; the median, checked against all channels.
+    """
+    from bninspect.numerics import MACHINE_EPS
+
+    gamma, var = layer.gamma(), _stat(layer, "running_var")
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        per_channel = (gamma / s_eff) ** 2 - var
+        ok = np.isfinite(per_channel) & (gamma != 0) & (s_eff != 0)
+        if not ok.any():
+            return None
+        eps = float(np.median(per_channel[ok]))
+        if eps < 0 or math.isclose(eps, layer.eps, rel_tol=1e-2):
+            return None
+        fitted = gamma / np.sqrt(var + eps)
+        rtol = max(1e-5, 16 * MACHINE_EPS[dtype])
+        if not np.allclose(fitted[ok], s_eff[ok], rtol=rtol, atol=0.0):
+            return None
+    return float(f"{eps:.3g}")
 
 
 def _judge(d: LayerDiff) -> None:
     """Status and causes of one pair, worst first."""
-    causes: list[str] = []
-    for s in d.settings:
-        if s.severity in ("error", "difference"):
-            causes.append(s.message)
+    causes = [s.message for s in d.settings if s.severity == "error"]
+    causes += [s.message for s in d.settings if s.severity == "difference"]
     for t in d.tensors:
         if not t.within:
             where = f" channel {t.channel}" if t.channel is not None else ""
