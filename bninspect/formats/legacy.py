@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 
 from bninspect.checkpoint import Checkpoint
 from bninspect.errors import InvalidFileError, UnsafeFileError
@@ -77,21 +78,27 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
 
         f.seek(0)
         try:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+            # torch warns on stderr (e.g. about pickle protocols); our output is one line at most.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             # torch names the global it stopped at ("GLOBAL builtins.exec was not an allowed
             # global"); we keep only the names, never its multi-line advice.
-            refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
-            if not refused:
+            text = str(exc)
+            refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+            if refused:
+                reason = f"torch's weights-only loader rejects globals ({', '.join(refused)})"
+            elif "Unsupported operand" in text:
+                # e.g. FRAME (protocol 4) in a legacy file: valid, but torch's safe unpickler lacks it.
+                reason = "torch's weights-only loader does not support this file's pickle opcodes"
+            else:
                 raise InvalidFileError("a legacy torch.save file that is corrupt or truncated", path=path) from None
             if trust:
                 from bninspect.formats import trusted
 
                 return trusted.read(path, trust=trust, key=key, strict=strict)
-            raise UnsafeFileError(
-                f"refused: torch's weights-only loader rejects globals ({', '.join(refused)}); {TRUST_HINT}",
-                path=path,
-            ) from None
+            raise UnsafeFileError(f"refused: {reason}; {TRUST_HINT}", path=path) from None
         except Exception:
             raise InvalidFileError("a legacy torch.save file that is corrupt or truncated", path=path) from None
     from bninspect.formats.torchobj import to_tree

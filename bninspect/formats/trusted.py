@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections import deque
 from typing import Any, Iterator
 
@@ -52,7 +53,9 @@ def _torch_load(path: str) -> Any:
     fd = open_regular(path)
     with os.fdopen(fd, "rb") as f, _importable_beside(path):
         try:
-            return torch.load(f, map_location="cpu", weights_only=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(f, map_location="cpu", weights_only=False)
         except (ModuleNotFoundError, AttributeError) as exc:
             raise InvalidFileError(
                 f"the pickled model needs {_missing_class(exc)}, which cannot be imported here; "
@@ -103,7 +106,9 @@ def load_module(path: str, *, trust: bool) -> Any:
         fd = open_regular(path)
         with os.fdopen(fd, "rb") as f:
             try:
-                return torch.jit.load(f, map_location="cpu")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return torch.jit.load(f, map_location="cpu")
             except Exception as exc:
                 raise InvalidFileError(f"torch.jit.load failed on it ({type(exc).__name__})", path=path) from None
     module = _find_module(_torch_load(path))
