@@ -32,6 +32,11 @@ DATA = HERE / "data"
 PY = sys.executable
 MiB = 1024 * 1024
 
+# Children write bytecode caches: an installed package has its .pyc files (pip compiles them
+# at install time), so a PYTHONDONTWRITEBYTECODE=1 environment would otherwise charge every run
+# for compiling bninspect's modules from source (~30-60 ms measured here).
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
 # The bninspect command as users run it: the installed console script, else the module.
 _exe = shutil.which("bninspect")
 BNI = [_exe] if _exe else [PY, "-m", "bninspect"]
@@ -85,6 +90,7 @@ class Result:
 
     bench: Bench
     wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)  # MiB
     read: list[float] = field(default_factory=list)  # MiB read from disk (warm runs)
     cold_wall: list[float] = field(default_factory=list)
@@ -124,12 +130,15 @@ def drop_caches() -> bool:
     return _CAN_DROP
 
 
-def measure(argv: list[str]) -> tuple[float, float, float, int, str]:
-    """Run argv once in a fresh process: (wall s, peak RSS MiB, MiB read from disk, exit code, stderr tail)."""
+def measure(argv: list[str]) -> tuple[float, float, float, float, int, str]:
+    """Run argv once in a fresh process: (wall s, CPU s, peak RSS MiB, MiB read from disk, exit code, stderr tail).
+
+    CPU time (user + system, the child and its reaped children) is reported beside wall time
+    because it barely moves when other jobs share the cores, where wall time does."""
     with tempfile.TemporaryFile() as err:
         before = _read_bytes()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=CHILD_ENV)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         read = (_read_bytes() - before) / MiB
@@ -137,7 +146,7 @@ def measure(argv: list[str]) -> tuple[float, float, float, int, str]:
         err.seek(0)
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
     # ru_maxrss is in KiB on Linux.
-    return wall, usage.ru_maxrss / 1024, read, proc.returncode, tail[0][:160]
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, read, proc.returncode, tail[0][:160]
 
 
 _AVAILABLE: dict[str, bool] = {}
@@ -147,7 +156,7 @@ def available(command: str) -> bool:
     """Whether `bninspect COMMAND --help` works (a command still being written does not)."""
     if command not in _AVAILABLE:
         argv = BNI + ([command] if command else []) + ["--help"]
-        rc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        rc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV).returncode
         _AVAILABLE[command] = rc == 0
     return _AVAILABLE[command]
 
@@ -162,7 +171,7 @@ _PROBE = (
 
 def torch_imported(args: list[str]) -> bool | None:
     """Run bninspect in-process in a fresh interpreter and report whether torch got imported."""
-    out = subprocess.run([PY, "-c", _PROBE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
+    out = subprocess.run([PY, "-c", _PROBE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=CHILD_ENV).stderr
     for line in reversed(out.splitlines()):
         if line.startswith("TORCH_IMPORTED="):
             return line.endswith("True")
@@ -180,26 +189,27 @@ def run_bench(b: Bench, runs: int | None, cold: bool, log) -> Result:
         r.status = f"missing file {missing[0].name} (run make_files.py)"
         return r
     n = runs or b.runs
-    wall, rss, read, rc, tail = measure(b.argv)  # warm-up: loads the page cache
+    wall, cpu, rss, read, rc, tail = measure(b.argv)  # warm-up: loads the page cache, writes .pyc files
     if rc not in b.ok_codes:
         r.status = f"failed: rc={rc} {tail}"
         return r
     for _ in range(n):
-        wall, rss, read, rc, tail = measure(b.argv)
+        wall, cpu, rss, read, rc, tail = measure(b.argv)
         r.wall.append(wall)
+        r.cpu.append(cpu)
         r.rss.append(rss)
         r.read.append(read)
     if cold and b.cold:
         for _ in range(min(n, 3)):
             if not drop_caches():
                 break
-            wall, rss, read, rc, tail = measure(b.argv)
+            wall, cpu, rss, read, rc, tail = measure(b.argv)
             r.cold_wall.append(wall)
             r.cold_rss.append(rss)
             r.cold_read.append(read)
     if b.needs is not None and b.argv[:len(BNI)] == BNI:
         r.torch_imported = torch_imported(b.argv[len(BNI):])
-    log(f"  {b.name:<44} {fmt_s(r.med('wall')):>8} {fmt_mib(r.med('rss')):>10}  cold {fmt_s(r.med('cold_wall')):>8}")
+    log(f"  {b.name:<44} {fmt_s(r.med('wall')):>8} cpu {fmt_s(r.med('cpu')):>8} {fmt_mib(r.med('rss')):>10}  cold {fmt_s(r.med('cold_wall')):>8}")
     return r
 
 
@@ -227,8 +237,8 @@ def benches() -> list[Bench]:
         Bench("bninspect rules", BNI + ["rules"], needs="rules"),
     ]
     for label, path in (("safetensors", st), ("pt", pt), ("Lightning", lt)):
-        for cmd in ("show", "check"):
-            b.append(Bench(f"bninspect {cmd} 2 GB {label}", BNI + [cmd, str(path)], needs=cmd, cold=True,
+        for cmd in ("show", "show --json", "check"):
+            b.append(Bench(f"bninspect {cmd} 2 GB {label}", BNI + cmd.split() + [str(path)], needs=cmd.split()[0], cold=True,
                            ok_codes=(0, 1), files=(path,)))
     for n in (100, 1000, 10000):
         for ext in ("safetensors", "pt"):
@@ -272,7 +282,7 @@ def goals(res: dict[str, Result], facts: dict) -> list[tuple[str, str, str]]:
     naive_lt, naive_lt_rss = w("naive torch.load Lightning + pick BN"), w("naive torch.load Lightning + pick BN", "rss")
     bn_mib = facts.get("resnet152_bn_bytes", 0) / MiB
     for label, ref, ref_rss in (("safetensors", naive_pt, naive_pt_rss), ("pt", naive_pt, naive_pt_rss), ("Lightning", naive_lt, naive_lt_rss)):
-        for cmd in ("show", "check"):
+        for cmd in ("show", "show --json", "check"):
             name = f"bninspect {cmd} 2 GB {label}"
             r = res[name]
             t, m = w(name), w(name, "rss")
@@ -284,7 +294,7 @@ def goals(res: dict[str, Result], facts: dict) -> list[tuple[str, str, str]]:
                 ok = ok and r.torch_imported is False
             rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load, ≤ 10% memory" + (", no torch" if label == "safetensors" else ""),
                          f"{ref / t:.1f}× faster ({fmt_s(t)}), {100 * m / ref_rss:.1f}% memory ({fmt_mib(m)}), {torch_note(name)}", verdict(ok)))
-            if label == "safetensors":
+            if label == "safetensors" and cmd != "show --json":
                 cr = r.med("cold_read")
                 if cr is None:
                     rows.append((f"`{cmd}` safetensors cold: reads about the BN bytes", "no cold runs (drop_caches not permitted or --no-cold)", "n/a"))
@@ -355,14 +365,14 @@ def machine() -> str:
 def report(results: list[Result], goal_rows: list[tuple[str, str, str]], verify_text: str, cold_note: str) -> str:
     """The markdown the README's performance section shows."""
     lines = [f"Machine: {machine()}.", ""]
-    lines += ["| what | warm wall | peak RSS | cold wall | cold read from disk | torch imported |", "|---|---|---|---|---|---|"]
+    lines += ["| what | warm wall | warm CPU | peak RSS | cold wall | cold read from disk | torch imported |", "|---|---|---|---|---|---|---|"]
     for r in results:
         if r.status != "ok":
-            lines.append(f"| {r.bench.name} | {r.status} | | | | |")
+            lines.append(f"| {r.bench.name} | {r.status} | | | | | |")
             continue
         ti = "" if r.torch_imported is None else ("yes" if r.torch_imported else "no")
         cold_read = r.med("cold_read")
-        lines.append(f"| {r.bench.name} | {fmt_s(r.med('wall'))} | {fmt_mib(r.med('rss'))} | {fmt_s(r.med('cold_wall'))} | "
+        lines.append(f"| {r.bench.name} | {fmt_s(r.med('wall'))} | {fmt_s(r.med('cpu'))} | {fmt_mib(r.med('rss'))} | {fmt_s(r.med('cold_wall'))} | "
                      f"{'—' if cold_read is None else f'{cold_read:,.0f} MiB'} | {ti} |")
     lines += ["", f"Medians of {cold_note}.", "", "| goal | measured | |", "|---|---|---|"]
     lines += [f"| {g} | {m} | {v} |" for g, m, v in goal_rows]
