@@ -1,0 +1,206 @@
+"""`bninspect check` and `bninspect rules` through the installed command: selection, fail-on,
+pyproject settings, folder scanning with a broken file, --jobs, JSON, exit codes, escaping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from bninspect.errors import UsageError
+from bninspect.services.check import CheckOptions, collect_files, find_config, resolve_options, run_check
+from tests.conftest import SAMPLES, assert_one_line_error, run_cli
+
+FAULTY = SAMPLES / "faulty"
+
+
+def findings(out: str) -> list[tuple[str, str, str]]:
+    doc = json.loads(out)
+    assert doc["schema"] == "bninspect.check/1"
+    return [(Path(f["path"]).name, x["code"], x["severity"]) for f in doc["files"] for x in f["findings"]]
+
+
+def test_json_document_shape():
+    r = run_cli("check", str(FAULTY / "zero_var.pt"), "--json", "--min-updates", "40")
+    assert r.code == 0 and r.err == ""
+    doc = json.loads(r.out)
+    (f,) = doc["files"]
+    assert f["path"] == str(FAULTY / "zero_var.pt") and f["format"] == "torch-zip" and f["error"] is None
+    (x,) = f["findings"]
+    assert {"code", "severity", "layer", "channels", "message", "evidence", "fix"} <= set(x)
+    assert (x["code"], x["severity"], x["layer"], x["channels"]) == ("BN105", "warning", "features.3.bn", [3, 9])
+    assert doc["summary"] == {"error": 0, "warning": 1, "info": 0, "files": 1, "failed_files": 0}
+    assert doc["fail_on"] == "error" and doc["exit_code"] == 0 and len(doc["rules"]) == 21
+
+
+def codes_of(paths: list[Path], **flags) -> tuple[int, list[tuple[str, str, str]]]:
+    """In-process: resolve flags as the CLI does (no pyproject here), check, list (file, code, severity)."""
+    report = run_check([str(p) for p in paths], resolve_options(flags, cwd="/"))
+    return report.exit_code, [(Path(f.path).name, x.code, x.severity) for f in report.files for x in f.findings]
+
+
+def test_fail_on_select_ignore():
+    zero = FAULTY / "zero_var.pt"  # one BN105 warning (+ BN102 at the default 200)
+    assert codes_of([zero], min_updates=40) == (0, [("zero_var.pt", "BN105", "warning")])
+    assert codes_of([zero], min_updates=40, fail_on="warning")[0] == 1
+    assert codes_of([zero], min_updates=40, fail_on="warning", ignore=["BN105"]) == (0, [])
+    assert codes_of([zero], select=["BN1"], ignore=["BN102", "BN104"], fail_on="info") == (1, [("zero_var.pt", "BN105", "warning")])
+    assert {c for _, c, _ in codes_of([zero])[1]} == {"BN102", "BN105"}
+    train = SAMPLES / "mobilenet_v1_tiny_train.ts"
+    assert codes_of([train], min_updates=40)[0] == 1  # BN202 errors
+    assert codes_of([train], fail_on="never")[0] == 0
+    assert codes_of([train], min_updates=40, ignore=["BN2"]) == (0, [])
+    # the same through the installed command, comma-separated codes included
+    r = run_cli("check", str(zero), "--select", "BN1", "--ignore", "BN102,BN104", "--json", "--fail-on", "info")
+    assert r.code == 1 and findings(r.out) == [("zero_var.pt", "BN105", "warning")]
+
+
+def test_expect_eps_turns_bn301_into_an_error():
+    keras = FAULTY / "eps_keras.ts"
+    code, found = codes_of([keras], min_updates=40)
+    assert code == 0 and {s for _, c, s in found if c == "BN301"} == {"info"}
+    code, found = codes_of([keras], min_updates=40, expect_eps=1e-5)
+    assert code == 1 and {s for _, c, s in found if c == "BN301"} == {"error"}
+
+
+def test_pyproject_settings_apply_and_flags_override(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.bninspect]\nfail-on = "warning"\nignore = ["BN3"]\nmin-updates = 40\n')
+    sub = tmp_path / "models" / "deep"
+    sub.mkdir(parents=True)
+    (sub / "pyproject.toml").write_text('[project]\nname = "inner, without the table"\n')
+    zero, half = str(FAULTY / "zero_var.pt"), str(FAULTY / "half_stats.pt")
+    assert run_check([half], resolve_options({}, cwd=str(sub))).exit_code == 0  # BN303 ignored by the table
+    r = run_cli("check", zero, "--json", cwd=sub)  # fail-on warning from the table
+    assert r.code == 1 and json.loads(r.out)["config"] == str(tmp_path / "pyproject.toml")
+    assert run_cli("check", zero, "--fail-on", "error", cwd=sub).code == 0  # the flag wins
+    assert find_config(sub)[1]["min-updates"] == 40
+
+
+def test_pyproject_mistakes_are_usage_errors(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.bninspect]\nfail_on = "warning"\nmax-scle = 5\n')
+    r = run_cli("check", str(FAULTY / "zero_var.pt"), cwd=tmp_path)
+    assert_one_line_error(r, 2, "unknown key 'max-scle'", "pyproject.toml")
+    (tmp_path / "pyproject.toml").write_text('[tool.bninspect]\nselect = ["BN9"]\n')
+    assert_one_line_error(run_cli("check", str(FAULTY / "zero_var.pt"), cwd=tmp_path), 2, "no rule matches 'BN9'")
+    (tmp_path / "pyproject.toml").write_text('[tool.bninspect]\nmin-updates = "many"\n')
+    assert_one_line_error(run_cli("check", str(FAULTY / "zero_var.pt"), cwd=tmp_path), 2, "must be an integer")
+
+
+def test_usage_errors():
+    zero = str(FAULTY / "zero_var.pt")
+    assert_one_line_error(run_cli("check", zero, "--fail-on", "sometimes"), 2, "--fail-on must be one of")
+    assert_one_line_error(run_cli("check", zero, "--select", "BN1O1"), 2, "did you mean BN101")
+    for flags, needle in (({"format": "xml"}, "--format"), ({"max_scale": -1.0}, "--max-scale must be a positive"),
+                          ({"jobs": -2}, "--jobs"), ({"expect_eps": 0.0}, "--expect-eps")):
+        with pytest.raises(UsageError, match=needle):
+            resolve_options(flags, cwd="/")
+
+
+def _folder(tmp_path: Path) -> Path:
+    """Two good checkpoints (one nested), one truncated one, and things that are not checkpoints."""
+    root = tmp_path / "models"
+    (root / "nested").mkdir(parents=True)
+    (root / ".git").mkdir()
+    shutil.copy(SAMPLES / "mobilenet_v1_tiny.pt", root / "a.pt")
+    shutil.copy(FAULTY / "zero_var.pt", root / "nested" / "b.bin")  # extension does not matter
+    data = (SAMPLES / "resnet_tiny.pt").read_bytes()
+    (root / "broken.pt").write_bytes(data[: len(data) // 2])
+    shutil.copy(SAMPLES / "resnet_tiny.pt", root / ".git" / "hidden.pt")  # hidden folders are skipped
+    (root / "README.md").write_text("# models\n")
+    (root / "train.py").write_text("print('hi')\n")
+    import zipfile
+
+    with zipfile.ZipFile(root / "images.zip", "w") as zf:  # a zip, but not a torch archive
+        zf.writestr("cat.txt", "meow")
+    return root
+
+
+def test_folder_scan_reports_the_broken_file_and_checks_the_rest(tmp_path):
+    root = _folder(tmp_path)
+    files, problems = collect_files([str(root)])
+    assert [Path(f).relative_to(root).as_posix() for f in files] == ["a.pt", "broken.pt", "nested/b.bin"]
+    assert problems == []
+    r = run_cli("check", str(root), "--json", "--min-updates", "40")
+    assert r.code == 1, r.err  # a file could not be checked
+    doc = json.loads(r.out)
+    by_name = {Path(f["path"]).name: f for f in doc["files"]}
+    assert by_name["broken.pt"]["error"] and by_name["broken.pt"]["exit_code"] == 4
+    assert by_name["a.pt"]["findings"] == [] and [x["code"] for x in by_name["b.bin"]["findings"]] == ["BN105"]
+    assert len(r.err_lines) == 1 and r.err_lines[0].startswith("bninspect: error: ") and "broken.pt" in r.err_lines[0]
+    assert "Traceback" not in r.err + r.out
+
+
+def test_jobs_give_the_same_report(tmp_path):
+    root = _folder(tmp_path)
+    one = run_cli("check", str(root), "--json", "--jobs", "1")
+    two = run_cli("check", str(root), "--json", "--jobs", "2")
+    assert one.code == two.code == 1 and json.loads(one.out) == json.loads(two.out)
+
+
+def test_nothing_loadable_exits_with_the_files_class(tmp_path):
+    assert_one_line_error(run_cli("check", str(tmp_path / "missing.pt")), 5, "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    assert_one_line_error(run_cli("check", str(bad)), 4, "bad.pt")
+    assert_one_line_error(run_cli("check", str(SAMPLES / "resnet_tiny_module.pt")), 3, "--trust")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_cli("check", str(empty)), 5, "no checkpoint file")
+
+
+def test_concise_and_table_output():
+    r = run_cli("check", str(FAULTY / "zero_var.pt"), str(FAULTY / "nan.pt"), "--format", "concise", "--min-updates", "40")
+    assert r.code == 1
+    lines = r.out.splitlines()
+    assert lines[0].startswith(f"{FAULTY / 'zero_var.pt'}:features.3.bn: BN105 [warning] features.3.bn: running_var is 0 in channels 3, 9 (2 of 64)")
+    assert lines[1].startswith(f"{FAULTY / 'nan.pt'}:features.4.bn: BN001 [error]")
+    assert lines[-1].startswith("2 findings (1 error, 1 warning, 0 info) in 2 files")
+    t = run_cli("check", str(FAULTY / "zero_var.pt"), "--min-updates", "40")
+    assert "BN105" in t.out and "fix: prune these channels" in t.out and "torch-zip, 4 BN layers, 1 finding" in t.out
+
+
+def test_names_from_the_file_cannot_drive_the_terminal(tmp_path):
+    name = "evil[bold red]x\x1b[31m.bn"
+    rng = np.random.default_rng(0)
+    var = np.full(8, 0.5, np.float32)
+    var[2] = 0.0
+    path = tmp_path / "evil.safetensors"
+    save_file({"conv.weight": rng.normal(size=(8, 3, 3, 3)).astype(np.float32), f"{name}.weight": np.ones(8, np.float32),
+               f"{name}.bias": np.zeros(8, np.float32), f"{name}.running_mean": np.zeros(8, np.float32) + 0.1,
+               f"{name}.running_var": var, f"{name}.num_batches_tracked": np.array(500)}, str(path))
+    for fmt in ("table", "concise"):
+        r = run_cli("check", str(path), "--format", fmt)
+        assert r.code == 0 and "\x1b" not in r.out, r.out
+        assert "[bold red]x\\x1b[31m" in r.out.replace("\n", "")
+    doc = json.loads(run_cli("check", str(path), "--json").out)
+    assert doc["files"][0]["findings"][0]["layer"] == name
+
+
+def test_rules_command():
+    r = run_cli("rules")
+    assert r.code == 0 and all(code in r.out for code in ("BN001", "BN108", "BN206", "BN304"))
+    one = run_cli("rules", "bn104")
+    assert one.code == 0 and one.out.startswith("BN104 (imported-statistics) info")
+    for head in ("What it does", "Why is this bad?", "Example", "Use instead"):
+        assert head in one.out
+    doc = json.loads(run_cli("rules", "BN2", "--json").out)
+    assert doc["schema"] == "bninspect.rules/1" and [x["code"] for x in doc["rules"]] == [f"BN20{i}" for i in range(1, 7)]
+    assert_one_line_error(run_cli("rules", "BN109"), 2, "did you mean")
+
+
+def test_resolve_options_merges_defaults_table_and_flags(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.bninspect]\nselect = "BN1"\neps-tolerance = 0.1\n')
+    opts = resolve_options({"select": None, "fail_on": "info", "eps_tolerance": None, "max_scale": 50.0}, cwd=str(tmp_path))
+    assert opts.select == ["BN1"] and opts.fail_on == "info"
+    assert (opts.thresholds.eps_tolerance, opts.thresholds.max_scale, opts.thresholds.min_updates) == (0.1, 50.0, 200)
+
+
+@pytest.mark.parametrize("fail_on,code", [("error", 0), ("warning", 1), ("info", 1), ("never", 0)])
+def test_exit_code_follows_fail_on(fail_on, code):
+    report = run_check([str(FAULTY / "dead_gamma.pt"), str(FAULTY / "zero_var.pt")], CheckOptions(fail_on=fail_on))
+    assert report.exit_code == code
