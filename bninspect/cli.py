@@ -154,7 +154,7 @@ def check(
     trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> int:
-    """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from [tool.bninspect] in pyproject.toml."""
+    """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from \\[tool.bninspect] in pyproject.toml."""
     from bninspect.render import check as render_check
     from bninspect.services.check import resolve_options, run_check
 
