@@ -427,6 +427,55 @@ def faulty_conv_bias(path: Path) -> None:
     _save_faulty(dict([*((k, sd[k]) for k in keys[:at]), bias, *((k, sd[k]) for k in keys[at:])]), path)
 
 
+# ── Drift samples for `bninspect drift` (drift/) ─────────────────────────────────────────────
+# Two MobileNetV1Tiny trained for 120 steps with a decaying learning rate (so the weights settle
+# and the running statistics, momentum 0.1, catch up), at batch size 64 and at batch size 2.
+# Measured on drift/calib.pt (held-out images): batch 64 gives drift scores 0.009-0.015 (the
+# statistics fit the data); batch 2 gives 0.11-0.22, worst in the deepest BN, because every
+# update averages 2-image estimates. The same images + CALIB_SHIFT (a shift after training, made
+# in the tests) move the batch-64 model's first BN (features.2.bn) to 0.73, later ones 0.20-0.37.
+DRIFT = "drift/"
+DRIFT_STEPS = 120
+CALIB_SAMPLES = 64
+CALIB_SEED = 5  # not DATA_SEED: calibration images the models never trained on
+CALIB_SHIFT = 1.0  # tests/services/test_drift.py shifts calib.pt by this
+
+
+def _train_mobilenet_at(batch_size: int) -> nn.Module:
+    torch.manual_seed(SEED)
+    model = sample_models.mobilenet_v1_tiny()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=SGD_MOMENTUM, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=DRIFT_STEPS // 3, gamma=0.3)
+    x, y = sample_models.synthetic_images(DRIFT_STEPS * batch_size, seed=DATA_SEED)
+    for step in range(DRIFT_STEPS):
+        batch = slice(step * batch_size, (step + 1) * batch_size)
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+@sample(DRIFT + "mobilenet_v1_tiny_bs64.pt")
+def drift_bs64(path: Path) -> None:
+    """Trained at batch size 64: running statistics that describe the data (small drift)."""
+    _save_faulty(_train_mobilenet_at(64).state_dict(), path)
+
+
+@sample(DRIFT + "mobilenet_v1_tiny_bs2.pt")
+def drift_bs2(path: Path) -> None:
+    """Trained at batch size 2: running statistics averaged from 2-image batches (large drift)."""
+    _save_faulty(_train_mobilenet_at(2).state_dict(), path)
+
+
+@sample(DRIFT + "calib.pt")
+def drift_calib(path: Path) -> None:
+    """64 held-out images of the training distribution, a plain tensor [64, 3, 16, 16] for --data."""
+    _save_faulty(sample_models.synthetic_images(CALIB_SAMPLES, seed=CALIB_SEED)[0], path)
+
+
 def make_deterministic() -> None:
     """Seeded, single-threaded, deterministic kernels: identical tensors on every run."""
     torch.manual_seed(SEED)
