@@ -515,6 +515,10 @@ def _original_state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
 def _atomic_write(out: str, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp creates the file 0600; the result gets the permissions any new file would get
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
         os.replace(tmp, out)
@@ -524,7 +528,7 @@ def _atomic_write(out: str, write: Callable[[str], None]) -> None:
         raise
 
 
-def write_recalibrated(loaded: LoadedModel, input_path: str, out: str,
+def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
                        stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[str, int, dict[str, str]]:
     """Write the checkpoint with ``stats`` as running statistics; returns (format, tensors, model key → file key)."""
     out_abs = _check_output_path(out, input_path)
@@ -666,7 +670,7 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                                  if scripted else "--write-recalibrated: the model has no BatchNorm layer")
             stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress)
             state.restore()
-            fmt, count, key_map = write_recalibrated(loaded, path, write_recalibrated, stats)
+            fmt, count, key_map = write_checkpoint(loaded, path, write_recalibrated, stats)
             written = _stats_from_file(os.path.abspath(write_recalibrated), key_map, list(stats))
             with torch.no_grad():
                 modules = dict(bns)
