@@ -6,8 +6,9 @@ compared by folding the other side's conv + BN with ``torch.nn.utils.fusion.fuse
 
 Tolerances come from the less precise dtype of each pair (``numerics.MACHINE_EPS``):
 
-* a stored tensor agrees when |a − b| ≤ eps·|a| (one rounding to that dtype, no absolute
-  floor, so a variance that float16 flushes to a subnormal or zero is reported);
+* a stored tensor agrees when |a − b| ≤ eps·|a| + tiny·eps/2 (one correct rounding to that
+  dtype, subnormals included), so a value float16 cannot hold (a variance above 65504 becomes
+  inf) is reported at its channel;
 * a folded weight/bias and the BN output agree within ``numerics.TOLERANCES`` against the
   magnitude of the terms summed (γ/√(σ²+ε)·(|x|+|μ|) + |β|), as ``verify`` judges kernels.
 
@@ -146,7 +147,7 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
                     magnitude: np.ndarray | None, dtype_a: str, dtype_b: str) -> TensorDiff:
     """Elementwise comparison per output channel (axis 0); tolerance of the less precise dtype.
 
-    ``magnitude`` None: a stored value, |Δ| ≤ eps·|a|; otherwise a computed one (folded),
+    ``magnitude`` None: a stored value, |Δ| ≤ eps·|a| + tiny·eps/2; otherwise a computed one (folded),
     |Δ| ≤ tiny + 8·eps·magnitude.
     """
     from bninspect.numerics import MACHINE_EPS, TOLERANCES
@@ -164,7 +165,9 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
         same = (np.isnan(va) & np.isnan(vb)) | (va == vb)
         err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
         if magnitude is None:
-            allowed = MACHINE_EPS[lower] * np.abs(va)
+            # One correct rounding: ≤ eps/2·|a| for normal numbers (we allow eps), ≤ half the smallest
+            # subnormal (tiny·eps/2) below the normal range.
+            allowed = MACHINE_EPS[lower] * np.abs(va) + TOLERANCES[lower].atol * MACHINE_EPS[lower] / 2
         else:
             tol = TOLERANCES[lower]
             allowed = tol.allowed(np.broadcast_to(magnitude, va.shape))

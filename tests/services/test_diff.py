@@ -1,0 +1,241 @@
+"""`diff` on real exports of the sample MobileNet: equivalent when untouched, each tampering found at
+the right layer and channel, matching by name, by order and through BN folding."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+import torch  # noqa: E402
+
+from bninspect.errors import UsageError  # noqa: E402
+from bninspect.services.diff import diff  # noqa: E402
+from tests.conftest import SAMPLES, assert_one_line_error  # noqa: E402
+from tests.exports import BN_LAYERS, CKPT, edit_bn_attribute, edit_initializer, export_ir, export_onnx, sample_model  # noqa: E402
+
+PT = str(CKPT)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sample_model()
+
+
+@pytest.fixture(scope="module")
+def exports(model, tmp_path_factory):
+    """The sample MobileNet exported once: ONNX unfolded and folded, OpenVINO IR float32 and float16."""
+    d = tmp_path_factory.mktemp("diff")
+    plain = export_onnx(model, d / "plain.onnx", fold=False)
+    folded = export_onnx(model, d / "folded.onnx", fold=True)
+    out = {"dir": d, "plain": plain, "folded": folded}
+    if _has("openvino"):
+        out["ir32"] = export_ir(plain, d / "ir32.xml", fp16=False)
+        out["ir16"] = export_ir(plain, d / "ir16.xml", fp16=True)
+    return out
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def _layer(result, name):
+    return next(d for d in result.layers if d.name == name)
+
+
+def test_state_dict_vs_its_safetensors_copy_is_identical():
+    r = diff(PT, str(SAMPLES / "mobilenet_v1_tiny.safetensors"))
+    assert r.verdict == "identical" and r.exit_code == 0
+    assert [(d.name, d.matched_by, d.status) for d in r.layers] == [(n, "name", "identical") for n in BN_LAYERS]
+
+
+def test_unfolded_onnx_is_identical_and_momentum_is_not_flagged(exports):
+    r = diff(PT, str(exports["plain"]))
+    assert r.verdict == "identical", r.causes
+    notes = [s for d in r.layers for s in d.settings]
+    assert notes and all(s.setting == "momentum" and s.severity == "note" for s in notes)
+    assert "ONNX momentum 0.9" in notes[0].message and "PyTorch momentum 0.1" in notes[0].message
+
+
+def test_folded_onnx_is_equivalent_through_fuse_conv_bn(exports):
+    r = diff(PT, str(exports["folded"]))
+    assert r.verdict == "equivalent" and r.exit_code == 0, r.causes
+    assert [(d.name, d.name_b, d.mode, d.matched_by) for d in r.layers] == [
+        (n, n.replace("bn", "dw_conv_k3" if n in ("features.2.bn", "features.4.bn") else "p_conv_k1"), "folded", "folded, by name")
+        for n in BN_LAYERS]
+    for d in r.layers:
+        assert d.folded_side == "b" and d.output.within
+        assert [t.tensor for t in d.tensors] == ["folded weight", "folded bias"]
+        assert max(t.max_rel for t in d.tensors) < 1e-5
+
+
+def test_folded_side_may_be_a(exports):
+    r = diff(str(exports["folded"]), str(exports["plain"]))
+    assert r.verdict == "equivalent", r.causes
+    assert {d.folded_side for d in r.layers} == {"a"}
+
+
+@pytest.mark.skipif(not _has("openvino"), reason="openvino not installed")
+def test_openvino_ir_float32_and_float16_are_equivalent(exports):
+    r32 = diff(PT, str(exports["ir32"]))
+    assert r32.verdict == "equivalent", r32.causes
+    assert [d.name for d in r32.layers] == BN_LAYERS and all(d.mode == "folded" for d in r32.layers)
+    r16 = diff(PT, str(exports["ir16"]))
+    assert r16.verdict == "equivalent", r16.causes
+    assert any("float32 → float16" in n for n in r16.notes)
+    assert {t.dtype_b for d in r16.layers for t in d.tensors} == {"float16"}
+
+
+def test_tampered_variance_is_found_at_its_layer_and_channel(exports, tmp_path):
+    def bump(v):
+        v[7] *= 4
+        return v
+
+    path = edit_initializer(exports["plain"], tmp_path / "var.onnx", "features.4.bn.running_var", bump)
+    r = diff(PT, str(path))
+    assert r.verdict == "different" and r.exit_code == 1
+    assert [d.name for d in r.layers if d.status == "different"] == ["features.4.bn"]
+    d = _layer(r, "features.4.bn")
+    var = next(t for t in d.tensors if t.tensor == "running_var")
+    assert (var.channel, var.channels_beyond, var.within) == (7, 1, False)
+    assert var.max_rel == pytest.approx(3.0)
+    assert d.output.channel == 7 and not d.output.within
+    assert r.causes[0].startswith("features.4.bn: running_var channel 7")
+
+
+def test_tampered_folded_bias_is_found_at_its_channel(exports, tmp_path):
+    import onnx
+
+    model = onnx.load(str(exports["folded"]))
+    node = next(n for n in model.graph.node if n.name == "/features/features.3/p_conv_k1/Conv")
+
+    def shift(b):
+        b[5] += 0.5
+        return b
+
+    path = edit_initializer(exports["folded"], tmp_path / "bias.onnx", node.input[2], shift)
+    r = diff(PT, str(path))
+    assert [d.name for d in r.layers if d.status == "different"] == ["features.3.bn"]
+    bias = next(t for t in _layer(r, "features.3.bn").tensors if t.tensor == "folded bias")
+    assert (bias.channel, bias.channels_beyond) == (5, 1)
+
+
+def test_eps_change_is_reported(exports, tmp_path):
+    path = edit_bn_attribute(exports["plain"], tmp_path / "eps.onnx", "features.3.bn", "epsilon", 1e-3)
+    r = diff(PT, str(path))
+    assert r.verdict == "different"
+    assert [d.name for d in r.layers if d.status == "different"] == ["features.3.bn"]
+    (eps,) = [s for s in _layer(r, "features.3.bn").settings if s.setting == "eps"]
+    assert (eps.a, eps.b, eps.severity) == (1e-5, 1e-3, "difference")
+    assert "assumed" in eps.message  # a state dict stores no eps: the user is told to pass --eps
+    # The same file with the true eps given for A is equivalent at that layer.
+    assert _layer(diff(PT, str(path), eps=1e-3, layers=["features.3.bn"]), "features.3.bn").status == "identical"
+
+
+def test_folded_with_another_eps_is_explained(model, tmp_path):
+    other = copy.deepcopy(model)
+    other.features[3].bn.eps = 1e-3
+    path = export_onnx(other, tmp_path / "eps_folded.onnx", fold=True)
+    r = diff(PT, str(path))
+    assert [d.name for d in r.layers if d.status == "different"] == ["features.3.bn"]
+    assert "fit eps ≈ 0.001" in _layer(r, "features.3.bn").causes[0]
+
+
+def test_training_mode_is_an_error_and_onnxruntime_confirms(exports, tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = edit_bn_attribute(exports["plain"], tmp_path / "train.onnx", "features.5.bn", "training_mode", 1)
+    r = diff(PT, str(path), run=True)
+    assert r.verdict == "different"
+    d = _layer(r, "features.5.bn")
+    assert [s.severity for s in d.settings if s.setting == "training"] == ["error"]
+    assert "training_mode=1" in r.causes[0]
+    # ONNX Runtime normalizes with batch statistics there, and agrees everywhere else.
+    assert d.witness is not None and not d.witness.within
+    assert all(x.witness.within for x in r.layers if x.name != "features.5.bn")
+
+
+def test_float16_export_equivalent_until_a_variance_is_lost(model, tmp_path):
+    half = copy.deepcopy(model).half()
+    path = export_onnx(half, tmp_path / "half.onnx", fold=False, dtype=torch.float16)
+    r = diff(PT, str(path))
+    assert r.verdict == "equivalent", r.causes
+    assert {(t.dtype_a, t.dtype_b) for d in r.layers for t in d.tensors} == {("float32", "float16")}
+
+    # A variance of 1e5 (a first layer fed 0–255 pixels gets there) is beyond float16's 65504: inf.
+    state = model.state_dict()
+    state["features.2.bn.running_var"][3] = 1e5
+    ckpt = tmp_path / "big_var.pt"
+    torch.save(state, ckpt)
+    big = sample_model()
+    big.load_state_dict(state)
+    path = export_onnx(big.half(), tmp_path / "big_half.onnx", fold=False, dtype=torch.float16)
+    r = diff(str(ckpt), str(path))
+    assert r.verdict == "different"
+    assert [d.name for d in r.layers if d.status == "different"] == ["features.2.bn"]
+    d = _layer(r, "features.2.bn")
+    var = next(t for t in d.tensors if t.tensor == "running_var")
+    assert (var.channel, var.channels_beyond, var.dtype_b, var.value_b) == (3, 1, "float16", float("inf"))
+    assert d.output.channel == 3 and not d.output.within
+
+
+def test_renamed_keys_are_matched_by_order(tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(CKPT, weights_only=True)
+    renamed = {k.replace("features.", "backbone.stage"): v.contiguous() for k, v in state.items()}
+    path = tmp_path / "renamed.safetensors"
+    save_file(renamed, str(path))
+    r = diff(PT, str(path))
+    assert r.verdict == "identical"
+    assert [(d.name, d.name_b, d.matched_by) for d in r.layers] == [
+        (n, n.replace("features.", "backbone.stage"), "order") for n in BN_LAYERS]
+    assert any("matched by order" in n for n in r.notes)
+
+
+def test_layer_glob(exports):
+    r = diff(PT, str(exports["folded"]), layers=["features.4.*"])
+    assert [d.name for d in r.layers] == ["features.4.bn"]
+    with pytest.raises(UsageError, match="no BatchNorm layer matches"):
+        diff(PT, str(exports["plain"]), layers=["nothing.*"])
+
+
+def test_layer_only_on_one_side_is_different(tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(CKPT, weights_only=True)
+    fewer = {k: v.contiguous() for k, v in state.items() if not k.startswith("features.5.")}
+    path = tmp_path / "fewer.safetensors"
+    save_file(fewer, str(path))
+    r = diff(PT, str(path))
+    assert r.verdict == "different" and r.only_a == ["features.5.bn"] and r.only_b == []
+
+
+def test_cli_json_and_exit_codes(cli, exports, tmp_path):
+    run = cli("diff", PT, str(exports["folded"]), "--json")
+    assert run.code == 0, run.err
+    doc = json.loads(run.out)
+    assert doc["schema"] == "bninspect.diff/1" and doc["verdict"] == "equivalent"
+    assert [l["name"] for l in doc["layers"]] == BN_LAYERS
+    path = edit_bn_attribute(exports["plain"], tmp_path / "eps.onnx", "features.2.bn", "epsilon", 1e-3)
+    run = cli("diff", PT, str(path))
+    assert run.code == 1 and "Traceback" not in run.err
+    assert "features.2.bn" in run.out and "eps 1e-05 vs 0.001" in run.out
+    assert_one_line_error(cli("diff", PT, str(tmp_path / "missing.onnx")), 5)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_folded_is_equivalent(model, tmp_path):
+    """torch.onnx's dynamo exporter (needs onnxscript) folds BN too and keeps the conv's own key for the folded weight."""
+    pytest.importorskip("onnxscript")
+    path = export_onnx(model, tmp_path / "dynamo.onnx", fold=True, dynamo=True)
+    r = diff(PT, str(path))
+    assert r.verdict == "equivalent", r.causes
+    assert all(d.mode == "folded" for d in r.layers)
