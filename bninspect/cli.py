@@ -35,17 +35,21 @@ EPS_HELP = "Use this eps for every layer (state dicts do not store eps)."
 STRICT_HELP = "Also check zip CRCs and safetensors duplicate keys."
 
 
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show a traceback for unexpected errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from bninspect import __version__
 
         typer.echo(f"bninspect {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show a traceback for unexpected errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    _state["debug"] = debug
 
 
 @app.command()

@@ -1,0 +1,42 @@
+"""The command line itself: help, version, usage errors, closed pipes."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.conftest import SAMPLES, assert_one_line_error, bninspect_command
+
+
+def test_help_lists_every_command_and_keeps_bracketed_text(cli):
+    run = cli("--help")
+    assert run.code == 0
+    for command in ("show", "explain", "verify", "check", "rules", "drift", "diff"):
+        assert f" {command} " in run.out
+    check_help = cli("check", "--help").out
+    # rich would read these as markup and drop them silently.
+    assert "[tool.bninspect]" in check_help and "[default: 200]" in check_help
+
+
+def test_no_arguments_prints_help(cli):
+    run = cli()
+    assert run.code == 0 and "Usage" in run.out
+
+
+def test_version(cli):
+    run = cli("--version")
+    assert run.code == 0 and run.out.startswith("bninspect ")
+
+
+def test_unknown_command_and_option_are_one_line_usage_errors(cli):
+    assert_one_line_error(cli("frobnicate"), 2, "frobnicate")
+    assert_one_line_error(cli("show", str(SAMPLES / "resnet_tiny.pt"), "--bogus"), 2, "--bogus")
+
+
+def test_closed_output_pipe_is_not_a_traceback():
+    proc = subprocess.Popen([*bninspect_command(), "show", str(SAMPLES / "mobilenet_v1_tiny.pt"), "--channels"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and err == ""
