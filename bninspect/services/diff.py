@@ -537,9 +537,8 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
 
         notes += attach_witnesses(diffs, da, db)
 
-    for ckpt, side in ((da.checkpoint, "A"), (db.checkpoint, "B")):
-        if not (da.layers if side == "A" else db.layers) and not any(
-                d.folded_side == side.lower() for d in diffs):
+    for disc, side in ((da, "A"), (db, "B")):
+        if not disc.layers and not any(d.folded_side == side.lower() for d in diffs):
             notes.append(f"{side} has no BatchNorm layers")
     dtype_changes = sorted({(t.dtype_a, t.dtype_b) for d in diffs for t in d.tensors if t.dtype_a != t.dtype_b
                             and t.tensor in BN_TENSORS + ("folded weight",)})

@@ -91,10 +91,12 @@ def test_missing_bin_is_exit_5(cli, tmp_path):
     assert_one_line_error(cli("diff", str(path), str(path)), 5, "m.bin is missing")
 
 
-def test_truncated_bin_is_exit_4(cli, tmp_path):
+def test_truncated_bin_is_invalid(tmp_path):
     path = _bn_ir(tmp_path / "m.xml", "5")
     (tmp_path / "m.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:20])
-    assert_one_line_error(cli("diff", str(path), str(path)), 4, "do not fit")
+    with pytest.raises(InvalidFileError, match="do not fit") as info:
+        ir_reader.read(str(path))
+    assert info.value.exit_code == 4
 
 
 def test_doctype_refused(tmp_path):
