@@ -4,6 +4,7 @@ precision, folding into the producer)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,32 +58,51 @@ def eps_not_default(layer: BNLayer, ctx: Context):
             fix=f"construct this layer with eps={layer.eps:g} wherever the model is rebuilt; pin it with --expect-eps")
 
 
+def channel_change_bound(var: float, eps_lo: float = TORCH_EPS, eps_hi: float = KERAS_EPS) -> float:
+    """The relative change 1 − √((σ² + ε_lo)/(σ² + ε_hi)) of a channel with variance σ² (shrinks as σ² grows)."""
+    return 1.0 - math.sqrt((var + eps_lo) / (var + eps_hi))
+
+
+@dataclass
+class EpsSensitivity:
+    """How much a layer's output moves between two eps values, given its statistics."""
+
+    layer: float  # RMS over channels of the change, relative to the layer's output scale
+    channels: np.ndarray  # per channel: the change relative to max(own spread, layer scale); NaN if unusable
+
+
 def eps_sensitivity(var: np.ndarray, gamma: np.ndarray, eps: float,
-                    eps_lo: float = TORCH_EPS, eps_hi: float = KERAS_EPS) -> np.ndarray:
-    """Per channel: how much the output moves when eps goes from ``eps_lo`` to ``eps_hi``,
-    relative to the layer's output scale, for an input one standard deviation from the mean.
+                    eps_lo: float = TORCH_EPS, eps_hi: float = KERAS_EPS) -> EpsSensitivity:
+    """How much the output moves when eps goes from ``eps_lo`` to ``eps_hi``, for inputs one
+    standard deviation from the mean, relative to the layer's output scale.
 
     For channel c with σ_c = √var_c and input x = μ_c + σ_c:
         y_c(ε) = γ_c·σ_c/√(σ_c² + ε) + β_c
         Δ_c    = |γ_c|·σ_c·|1/√(σ_c² + ε_lo) − 1/√(σ_c² + ε_hi)|
-    and the output scale is the larger of the channel's own output spread and the RMS of all
-    channels' spreads, under the stored statistics and the layer's own eps:
+    Each channel's output spread under the stored statistics and the layer's own eps, and the
+    layer's output scale (their RMS):
         s_c    = |γ_c|·σ_c/√(σ_c² + ε),   S = √(mean_c s_c²)
-    Result: Δ_c / max(s_c, S). A channel small next to the layer is judged against the layer
-    (its change hardly matters), a channel that dominates the layer against itself. NaN where
-    var_c ≤ 0 or is not finite: a constant or broken channel has no input spread to change,
-    and BN105/BN002/BN001 report those.
+    Layer: √(mean_c Δ_c²) / S, the change of the whole output relative to its scale; it is at
+    most the largest per-channel ratio Δ_c/s_c = 1 − √((σ_c² + ε_lo)/(σ_c² + ε_hi)) (for
+    σ² ≫ ε about (ε_hi − ε_lo)/(2σ²)). Per channel: Δ_c / max(s_c, S), so a channel small next
+    to the layer is judged against the layer and one that dominates against itself. Channels
+    with var_c ≤ 0 or non-finite values are left out (NaN): a constant or broken channel has no
+    input spread to change, and BN105/BN002/BN001 report those.
     """
     ok = np.isfinite(var) & (var > 0) & np.isfinite(gamma)
-    sigma = np.sqrt(np.where(ok, var, 1.0))
-    delta = np.abs(gamma) * sigma * np.abs(1.0 / np.sqrt(sigma**2 + eps_lo) - 1.0 / np.sqrt(sigma**2 + eps_hi))
-    spread = np.where(ok, np.abs(gamma) * sigma / np.sqrt(sigma**2 + eps), np.nan)
+    nan = np.full(var.shape, np.nan)
     if not ok.any():
-        return np.full(var.shape, np.nan)
-    layer_scale = math.sqrt(float(np.nanmean(spread**2)))
-    if layer_scale == 0.0:
-        return np.full(var.shape, np.nan)
-    return np.where(ok, delta / np.maximum(spread, layer_scale), np.nan)
+        return EpsSensitivity(math.nan, nan)
+    v, g = var[ok], np.abs(gamma[ok])
+    sigma = np.sqrt(v)
+    delta = g * sigma * np.abs(1.0 / np.sqrt(v + eps_lo) - 1.0 / np.sqrt(v + eps_hi))
+    spread = g * sigma / np.sqrt(v + eps)
+    scale = math.sqrt(float(np.mean(spread**2)))
+    if scale == 0.0:
+        return EpsSensitivity(math.nan, nan)
+    per_channel = nan.copy()
+    per_channel[ok] = delta / np.maximum(spread, scale)
+    return EpsSensitivity(math.sqrt(float(np.mean(delta**2))) / scale, per_channel)
 
 
 @rule("BN302", "eps-sensitive", "warning", "output depends strongly on eps (1e-5 vs 1e-3)")
@@ -90,17 +110,18 @@ def eps_sensitive(layer: BNLayer, ctx: Context):
     """
     ## What it does
     Computes, from the layer's own statistics, how much its output changes when eps goes from
-    1e-5 (PyTorch's default) to 1e-3 (Keras/TensorFlow's), for an input one standard
-    deviation from the mean, relative to the output scale (the RMS of the layer's channels'
-    output spreads, or the channel's own where larger), and reports layers where that exceeds
-    `--eps-tolerance` (default 0.05, i.e. 5%).
+    1e-5 (PyTorch's default) to 1e-3 (Keras/TensorFlow's), for inputs one standard deviation
+    from the mean: the RMS over channels of the change, relative to the layer's output scale
+    (the RMS of its channels' output spreads). Reports layers where that exceeds
+    `--eps-tolerance` (default 0.05, i.e. 5%), with the channels that change most.
 
     ## Why is this bad?
     eps is not stored in a state dict and the two ecosystems' defaults differ by 100×. For
     a channel with σ² ≫ ε the choice hardly matters (σ² = 1: 0.05%), but the change grows
     like (ε_hi − ε_lo)/(2σ²): with σ² = 0.01 it is 4.6%, with σ² = 1e-4 the output shrinks to
     a third. Such a layer silently computes something else whenever the model is rebuilt or
-    converted with the other eps, and the error compounds through the network.
+    converted with the other eps, and the error compounds through the network. A single
+    channel with a small variance among thousands does not make a layer eps-sensitive.
 
     ## Example
     `features.3.bn`: running_var around 2e-4 in most channels; with eps 1e-3 instead of 1e-5
@@ -115,18 +136,27 @@ def eps_sensitive(layer: BNLayer, ctx: Context):
     gamma = layer.gamma()
     if stats is None or gamma.shape[0] != layer.channels:
         return
-    rel = eps_sensitivity(stats[0], gamma, layer.eps)
-    with np.errstate(invalid="ignore"):
-        idx = np.flatnonzero(rel > ctx.thresholds.eps_tolerance)
-    if idx.size == 0:
+    var = stats[0]
+    tol = ctx.thresholds.eps_tolerance
+    positive = var[var > 0]
+    # Quick exit: the layer's change is at most the largest per-channel ratio, that of the
+    # smallest positive variance.
+    if positive.size == 0 or not channel_change_bound(float(np.min(positive))) > tol:
         return
-    worst = float(np.nanmax(rel))
+    sens = eps_sensitivity(var, gamma, layer.eps)
+    if not sens.layer > tol:
+        return
+    with np.errstate(invalid="ignore"):
+        idx = np.flatnonzero(sens.channels > tol)
+    if idx.size == 0:  # many channels just under the tolerance: name the one that moves most
+        idx = np.array([int(np.nanargmax(sens.channels))])
+    worst = float(np.nanmax(sens.channels))
     yield eps_sensitive.finding(
-        layer, f"{layer.name}: switching eps between {TORCH_EPS:g} and {KERAS_EPS:g} changes the output by up to "
-               f"{worst:.1%} of its scale (tolerance {ctx.thresholds.eps_tolerance:.1%}) in {channel_list(idx, layer.channels)}; "
-               f"their running_var is as low as {sig(np.min(stats[0][idx]))}",
-        channels=idx, evidence={"max_relative_change": sig(worst), "tolerance": ctx.thresholds.eps_tolerance,
-                                "min_running_var": sig(np.min(stats[0][idx])), "eps": layer.eps},
+        layer, f"{layer.name}: switching eps between {TORCH_EPS:g} and {KERAS_EPS:g} changes the output by "
+               f"{sens.layer:.1%} of its scale (tolerance {tol:.1%}), up to {worst:.1%} in {channel_list(idx, layer.channels)}; "
+               f"running_var there as low as {sig(np.min(var[idx]))}",
+        channels=idx, evidence={"relative_change": sig(sens.layer), "max_channel_relative_change": sig(worst),
+                                "tolerance": tol, "min_running_var": sig(np.min(var[idx])), "eps": layer.eps},
         fix="deploy with exactly the training eps (record it with the weights); verify with --expect-eps and bninspect diff")
 
 

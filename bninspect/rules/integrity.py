@@ -34,7 +34,7 @@ def non_finite(layer: BNLayer, ctx: Context):
     parts, evidence = [], {}
     for name in FLOAT_TENSORS:
         v = layer.values(name)
-        if v is None:
+        if v is None or np.isfinite(v).all():
             continue
         nan, inf = np.flatnonzero(np.isnan(v)), np.flatnonzero(np.isinf(v))
         if nan.size == 0 and inf.size == 0:
@@ -74,8 +74,9 @@ def negative_variance(layer: BNLayer, ctx: Context):
     var = layer.values("running_var")
     if var is None:
         return
-    idx = np.flatnonzero(var < 0)
-    if idx.size:
+    negative = var < 0
+    if negative.any():
+        idx = np.flatnonzero(negative)
         yield negative_variance.finding(
             layer, f"{layer.name}: running_var is negative in {channel_list(idx, var.shape[0])}; lowest {sig(var[idx].min())}",
             channels=idx, evidence={"negative_channels": int(idx.size), "min_running_var": sig(var[idx].min())},

@@ -12,7 +12,7 @@ from bninspect.checkpoint import TensorRef
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Producer
 from bninspect.rules import RULES, Context, Thresholds, find_rule, run_rules, select_rules
-from bninspect.rules.deployment import eps_sensitivity
+from bninspect.rules.deployment import channel_change_bound, eps_sensitivity
 from bninspect.rules.statistics import robust_z
 
 C = 16
@@ -228,20 +228,33 @@ def test_bn301_info_and_expect_eps():
 def test_bn302_formula_matches_direct_evaluation():
     rng = np.random.default_rng(3)
     var, gamma = np.exp(rng.normal(-4, 2, C)), rng.normal(1, 0.5, C)
-    rel = eps_sensitivity(var, gamma, 1e-5)
-    # direct: y(ε) at x = μ + σ, against max(own spread, RMS spread of the layer)
+    sens = eps_sensitivity(var, gamma, 1e-5)
+    # direct: y(ε) at x = μ + σ; the layer's change and scale as RMS over channels
     sigma = np.sqrt(var)
     y = lambda e: gamma * sigma / np.sqrt(var + e)  # noqa: E731
-    spread = np.abs(y(1e-5))
-    expected = np.abs(y(1e-5) - y(1e-3)) / np.maximum(spread, np.sqrt(np.mean(spread**2)))
-    np.testing.assert_allclose(rel, expected, rtol=1e-12)
+    delta, spread = np.abs(y(1e-5) - y(1e-3)), np.abs(y(1e-5))
+    scale = np.sqrt(np.mean(spread**2))
+    assert sens.layer == pytest.approx(np.sqrt(np.mean(delta**2)) / scale, rel=1e-12)
+    np.testing.assert_allclose(sens.channels, delta / np.maximum(spread, scale), rtol=1e-12)
+    assert channel_change_bound(float(var.min())) >= sens.layer
 
 
 def test_bn302_fires_on_small_variances_only():
     (f,) = run(layer(var=np.full(C, 1e-5)), codes=["BN302"])
-    assert f.evidence["max_relative_change"] == pytest.approx(1 - math.sqrt(2e-5 / 1.01e-3), rel=1e-4)
+    assert f.evidence["relative_change"] == pytest.approx(1 - math.sqrt(2e-5 / 1.01e-3), rel=1e-4)
+    assert f.channels == list(range(C))
     assert run(layer(var=np.full(C, 0.05)), codes=["BN302"]) == []  # ~1%: below 5%
     assert run(layer(var=np.full(C, 0.05)), codes=["BN302"], eps_tolerance=0.005) != []
+
+
+def test_bn302_one_small_channel_among_many_is_not_a_sensitive_layer():
+    var = np.full(256, 0.5)
+    var[17] = 0.005  # that channel alone moves by 9%
+    big = dict(mean=np.zeros(256) + 0.1, weight=np.ones(256), bias=np.zeros(256))
+    assert run(layer(var=var, **big), codes=["BN302"]) == []
+    var[:64] = 0.002  # a quarter of the layer moves by ~20%
+    (f,) = run(layer(var=var, **big), codes=["BN302"])
+    assert f.channels == list(range(64)) and f.evidence["relative_change"] > 0.05
 
 
 def test_bn303_half_precision_statistics():
