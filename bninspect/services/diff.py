@@ -106,6 +106,8 @@ class LayerDiff:
     output: OutputEffect | None = None
     witness: Witness | None = None
     causes: list[str] = field(default_factory=list)
+    # The compared objects, for the runtime witnesses: (A's BNLayer, B's BNLayer) or (BNLayer, Target).
+    _pair: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -264,7 +266,7 @@ def _dtype(layer: BNLayer, name: str) -> str:
 
 def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> LayerDiff:
     """Two BN layers: each tensor, the settings, and the output effect."""
-    d = LayerDiff(la.name, lb.name, matched_by, "bn", "", la.channels, "identical")
+    d = LayerDiff(la.name, lb.name, matched_by, "bn", "", la.channels, "identical", _pair=(la, lb))
     d.settings = _settings(la, lb, fa, fb)
     if la.channels != lb.channels:
         d.status = "different"
@@ -333,7 +335,8 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     """A BN with its producer on one side against the conv it was folded into on the other."""
     a_is_bn = bn_side == "a"
     name_a, name_b = (layer.name, target.name) if a_is_bn else (target.name, layer.name)
-    d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent")
+    d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent",
+                  _pair=(layer, target))
     prod = layer.producer
     if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
         d.status = "different"

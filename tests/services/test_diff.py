@@ -144,9 +144,21 @@ def test_folded_with_another_eps_is_explained(model, tmp_path):
     other = copy.deepcopy(model)
     other.features[3].bn.eps = 1e-3
     path = export_onnx(other, tmp_path / "eps_folded.onnx", fold=True)
-    r = diff(PT, str(path))
+    r = diff(PT, str(path), run=_has("onnxruntime"))
     assert [d.name for d in r.layers if d.status == "different"] == ["features.3.bn"]
-    assert "fit eps ≈ 0.001" in _layer(r, "features.3.bn").causes[0]
+    d = _layer(r, "features.3.bn")
+    assert "fit eps ≈ 0.001" in d.causes[0]
+    if _has("onnxruntime"):  # ONNX Runtime running the folded conv agrees: only features.3 is off
+        assert [x.name for x in r.layers if not x.witness.within] == ["features.3.bn"]
+        assert "ONNX Runtime confirms" in d.causes[-1]
+
+
+def test_folded_export_runs_equivalent_in_onnxruntime(exports):
+    pytest.importorskip("onnxruntime")
+    r = diff(PT, str(exports["folded"]), run=True)
+    assert r.verdict == "equivalent", r.causes
+    assert all(d.witness is not None and d.witness.within for d in r.layers)
+    assert all(d.witness.max_rel < 1e-5 for d in r.layers)
 
 
 def test_training_mode_is_an_error_and_onnxruntime_confirms(exports, tmp_path):
