@@ -56,7 +56,7 @@ def _summary(report: CheckReport) -> Text:
 def _file_header(f: FileResult) -> Text:
     head = text(f.path, "bold")
     if f.error:
-        head.append("  could not be checked", style="bold red")
+        head.append(f"  could not be checked (exit class {f.exit_code}; the error is on stderr)", style="bold red")
         return head
     head.append(f"  {f.format}, {f.layers} BN layer{'s' if f.layers != 1 else ''}")
     if f.possible:
@@ -71,10 +71,7 @@ def render_table(report: CheckReport) -> None:
     out = console()
     for f in report.files:
         out.print(_file_header(f))
-        if f.error:
-            out.print(text("  " + f.error, "red"))
-            continue
-        if not f.findings:
+        if f.error or not f.findings:
             continue
         table = Table(header_style="bold", pad_edge=False, show_lines=False)
         table.add_column("code", no_wrap=True)
@@ -91,12 +88,10 @@ def render_table(report: CheckReport) -> None:
 
 
 def render_concise(report: CheckReport) -> None:
-    """One line per finding, ruff-style: ``path:layer: CODE [severity] message``."""
+    """One line per finding, ruff-style: ``path:layer: CODE [severity] message`` (load errors
+    are on stderr only, and counted in the summary)."""
     out = console()
     for f in report.files:
-        if f.error:
-            out.print(text(f"{f.error}"), soft_wrap=True)
-            continue
         for item in f.findings:
             line = text(f"{f.path}:{item.layer}: ")
             line.append(item.code, style="bold")
