@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 from bninspect.checkpoint import Checkpoint, TensorRef, decode
 from bninspect.errors import InvalidFileError
 from bninspect.formats import containers
+from bninspect.formats.gcpause import paused_gc
 from bninspect.formats.paths import open_regular, pread_exact
 
 # safetensors dtype code -> (torch dtype name, numpy code of the stored bytes, itemsize).
@@ -130,7 +130,11 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
         header, data_start = _header(fd, path, size, strict)
     finally:
         os.close(fd)
-    data_len = size - data_start
+    with paused_gc():
+        return _checkpoint(path, header, data_start, size - data_start, key)
+
+
+def _checkpoint(path: str, header: dict[str, Any], data_start: int, data_len: int, key: str | None) -> Checkpoint:
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidFileError("safetensors __metadata__ is not an object", path=path)
@@ -154,12 +158,9 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
     return checkpoint
 
 
-def natural_key(name: str) -> tuple[tuple[tuple[int, int | str], ...], ...]:
-    """Sort key per dotted component, numbers as numbers: "bn" < "bn2" < "bn10", "features.2" < "features.10"."""
-    return tuple(
-        tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", component) if part)
-        for component in name.split(".")
-    )
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key per dotted component, numeric components as numbers: "features.2" < "features.10"."""
+    return tuple((0, int(c), "") if c.isdigit() else (1, 0, c) for c in name.split("."))
 
 
 def _lazy(path: str, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
