@@ -255,12 +255,29 @@ def faulty_nan(path: Path) -> None:
     _save_faulty(sd, path)
 
 
-@sample(FAULTY + "negvar.pt")
-def faulty_negvar(path: Path) -> None:
-    """BN002: a negative variance, features.4.bn.running_var[7] = -0.25 (a broken conversion)."""
-    sd = state_dict("mobilenet_v1_tiny")
-    sd["features.4.bn.running_var"][7] = -0.25
-    _save_faulty(sd, path)
+# One value (or a few channels) of one tensor changed in the trained state dict:
+# file, tensor, channels, new value, why.
+_TAMPERED = (
+    ("negvar.pt", "features.4.bn.running_var", [7], -0.25, "BN002: a negative variance (a broken conversion)"),
+    ("zero_var.pt", "features.3.bn.running_var", [3, 9], 0.0, "BN105: constant channels"),
+    ("extreme_scale.pt", "features.5.bn.weight", [7], 5000.0, "BN106: a scale |γ|/√(σ²+ε) in the thousands"),
+    ("dead_gamma.pt", "features.3.bn.weight", [2, 11], 0.0, "BN107: pruned-looking channels"),
+    ("outlier.pt", "features.3.bn.running_mean", [6], 1000.0, "BN108: a corrupted value (the others within ±3)"),
+)
+
+
+def _tampered(key: str, channels: list[int], value: float, why: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        sd = state_dict("mobilenet_v1_tiny")
+        sd[key][channels] = value
+        _save_faulty(sd, path)
+
+    write.__doc__ = f"{why}: {key}{channels} = {value}."
+    return write
+
+
+for _name, _key, _channels, _value, _why in _TAMPERED:
+    sample(FAULTY + _name)(_tampered(_key, _channels, _value, _why))
 
 
 @sample(FAULTY + "length_mismatch.pt")
@@ -310,38 +327,6 @@ def faulty_converted(path: Path) -> None:
         sd[prefix + ".num_batches_tracked"].zero_()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
-
-
-@sample(FAULTY + "zero_var.pt")
-def faulty_zero_var(path: Path) -> None:
-    """BN105: constant channels: features.3.bn.running_var[3] and [9] are 0."""
-    sd = state_dict("mobilenet_v1_tiny")
-    sd["features.3.bn.running_var"][[3, 9]] = 0.0
-    _save_faulty(sd, path)
-
-
-@sample(FAULTY + "extreme_scale.pt")
-def faulty_extreme_scale(path: Path) -> None:
-    """BN106: features.5.bn.weight[7] = 5000: a scale |γ|/√(σ²+ε) in the thousands."""
-    sd = state_dict("mobilenet_v1_tiny")
-    sd["features.5.bn.weight"][7] = 5000.0
-    _save_faulty(sd, path)
-
-
-@sample(FAULTY + "dead_gamma.pt")
-def faulty_dead_gamma(path: Path) -> None:
-    """BN107: pruned-looking channels: features.3.bn.weight[2] and [11] are 0."""
-    sd = state_dict("mobilenet_v1_tiny")
-    sd["features.3.bn.weight"][[2, 11]] = 0.0
-    _save_faulty(sd, path)
-
-
-@sample(FAULTY + "outlier.pt")
-def faulty_outlier(path: Path) -> None:
-    """BN108: a corrupted value: features.3.bn.running_mean[6] = 1000 (the others within ±3)."""
-    sd = state_dict("mobilenet_v1_tiny")
-    sd["features.3.bn.running_mean"][6] = 1000.0
-    _save_faulty(sd, path)
 
 
 @sample(FAULTY + "no_running_stats.pt")
