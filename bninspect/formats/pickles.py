@@ -1,9 +1,12 @@
 """The pickle allow-list and a static scan that names every global a pickle would import.
 
 A pickle runs code only through the globals it imports (``GLOBAL``, ``STACK_GLOBAL``, ``INST``,
-``EXT*`` opcodes all end in ``find_class``). We list those names with
-``pickletools.genops`` — which decodes opcodes and executes nothing — before any unpickling,
-so a refusal names every offending global, not just the first one torch would stop at.
+``EXT*`` opcodes all end in ``find_class``), so a refusal can name every offending global,
+not just the first one torch would stop at. The zip reader records them in ``find_class``
+while unpickling (one fast C pass, refused globals become inert placeholders); the static
+scan here (``pickletools.genops``: decodes opcodes, executes nothing) lists them for the
+legacy reader before torch sees the file, and completes the zip reader's list when a
+refused load stopped early.
 The allow-list is deliberately short: an allow-list, not a deny-list, because deny-lists
 miss globals such as ``builtins.exec``, ``operator.attrgetter`` or ``torch.load`` itself.
 """
@@ -14,7 +17,7 @@ import _compat_pickle
 import io
 import pickletools
 
-from bninspect.errors import InvalidFileError, UnsafeFileError
+from bninspect.errors import UnsafeFileError
 
 # torch's storage classes (the typed-storage names torch.save still writes in persistent ids)
 # and the dtype of one element of each.
@@ -172,11 +175,3 @@ def refuse_globals(names: list[str], *, torchscript: bool = False, path: str | N
             f"refused: unpickling it would import globals outside bninspect's allow-list ({shown}); {TRUST_HINT}",
             path=path,
         )
-
-
-def scan_or_invalid(data: bytes, what: str, path: str) -> list[str]:
-    """``scan_globals`` over one in-memory pickle; InvalidFileError when it is malformed."""
-    try:
-        return scan_globals(io.BytesIO(data))[0]
-    except Exception as exc:  # genops raises ValueError, struct.error, UnicodeDecodeError...
-        raise InvalidFileError(f"{what} is corrupt (not a valid pickle: {type(exc).__name__})", path=path) from None

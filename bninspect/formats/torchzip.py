@@ -490,9 +490,12 @@ class _CodeIndex:
                 if info.file_size <= self.MAX_CODE_BYTES:
                     parsed = parse_class_code(self.zf.read(info).decode("utf-8", "replace"))
             except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error):
-                self.unreadable.append(name[len(self.prefix):])
+                pass
             self.files[name] = parsed
-        return self.files[name].get(cls)
+        facts = self.files[name].get(cls)
+        if facts is None and qualname not in self.unreadable:
+            self.unreadable.append(qualname)
+        return facts
 
 
 _SIMPLE = (bool, int, float, str, type(None))
@@ -543,6 +546,8 @@ def _torchscript_checkpoint(path: str, zf: zipfile.ZipFile, prefix: str, root: A
         stack.extend(reversed(children))
     notes = []
     if code.unreadable:
-        notes.append("module constants (eps, momentum, ...) could not be read from: " + ", ".join(code.unreadable[:5]))
+        more = f" and {len(code.unreadable) - 3} more" if len(code.unreadable) > 3 else ""
+        notes.append("module constants (eps, momentum, ...) not found in the archive's code for "
+                     + ", ".join(code.unreadable[:3]) + more)
     node = ModuleNode(tensors=tensors, modules=modules)
     return containers.build_checkpoint(node, path=path, format="torchscript", key=key, notes=notes)

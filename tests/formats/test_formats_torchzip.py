@@ -209,3 +209,30 @@ def test_parse_class_code_reads_final_constants_without_running_them():
     assert bn["constants"] == {"eps": 1e-05, "momentum": None, "kernel_size": (3, 3)}
     assert bn["__parameters__"] == ["weight", "bias"]
     assert classes["Other"]["constants"] == {"eps": 0.001}
+
+
+def test_torchscript_code_is_read_as_text_never_run(tmp_path, scripted):
+    net, out = scripted
+    marker = tmp_path / "MARKER"
+    payload = f"import os\nopen({str(marker)!r}, 'w').write('ran')\n".encode()
+    bad = rewrite_zip(out / "eval.ts", tmp_path / "code.ts",
+                      lambda n, d: payload if n.endswith("code/__torch__/torch/nn/modules/batchnorm.py") else d)
+    ckpt = open_checkpoint(bad)
+    assert not marker.exists()
+    assert_same(ckpt, torch.jit.load(out / "eval.ts").state_dict())
+    # That file held BatchNorm2d's constants; without them eps is simply not known, and we say so.
+    assert "eps" not in ckpt.modules["bn"].attributes
+    assert ckpt.notes == ["module constants (eps, momentum, ...) not found in the archive's code for "
+                          "__torch__.torch.nn.modules.batchnorm.BatchNorm2d"]
+    assert open_checkpoint(out / "eval.ts").notes == []
+
+
+def test_big_endian_archive(tmp_path):
+    values = np.array([1.5, -2.0, 3.25], dtype=">f4")
+    pkl = dumps({"running_var": Tensor(Storage("0", 3), 0, (3,), (1,))})
+    path = write_zip(tmp_path / "be.pt", pkl, {"0": values.tobytes()})
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("archive/byteorder", "big")  # the later entry wins in zipfile's index
+    got = open_checkpoint(path).tensors["running_var"].numpy()
+    np.testing.assert_array_equal(got, [1.5, -2.0, 3.25])
+    assert got.dtype == np.float32 and got.dtype.isnative
