@@ -169,7 +169,7 @@ def check(
         "select": codes(select), "ignore": codes(ignore), "fail_on": fail_on, "format": fmt, "jobs": jobs,
         "min_updates": min_updates, "count_ratio": count_ratio, "max_scale": max_scale, "dead_gamma": dead_gamma,
         "outlier_z": outlier_z, "eps_tolerance": eps_tolerance, "expect_eps": expect_eps,
-        "eps": eps, "key": key, "trust": trust or None, "strict": strict or None,
+        "eps": eps, "key": key, "trust": trust or None, "strict": strict or None, "debug": _state["debug"] or None,
     })
     report = run_check(paths, opts)
     render_check.render(report, opts.format, as_json)

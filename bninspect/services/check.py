@@ -47,6 +47,7 @@ class CheckOptions:
     strict: bool = False
     jobs: int = 1
     config: str | None = None  # the pyproject.toml whose [tool.bninspect] was applied
+    debug: bool = False  # let a file's error propagate (with its traceback) instead of reporting it
 
 
 @dataclass
@@ -222,18 +223,23 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
     result = FileResult(path=path)
     try:
         found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps)
+        result.format = found.checkpoint.format
+        result.layers, result.possible = len(found.layers), len(found.possible)
+        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
+        result.findings = run_rules(ctx, select_rules(opts.select, opts.ignore))
     except BNInspectError as exc:
+        if opts.debug:
+            raise
         result.error, result.exit_code = exc.line() if exc.path else f"{path}: {exc.line()}", exc.exit_code
-        return result
-    except Exception as exc:  # a bug in a reader must not stop the other files
+    except Exception as exc:  # a bug in a reader or a rule must not stop the other files
+        if opts.debug:
+            raise
         detail = " ".join(str(exc).split())[:200]
-        result.error = f"{path}: unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, rerun it alone with --debug and report it"
+        result.error = (f"{path}: unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, "
+                        "rerun with --debug and report it")
         result.exit_code = InvalidFileError.exit_code
-        return result
-    result.format = found.checkpoint.format
-    result.layers, result.possible = len(found.layers), len(found.possible)
-    ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
-    result.findings = run_rules(ctx, select_rules(opts.select, opts.ignore))
+    if result.error:
+        result.format, result.layers, result.possible, result.findings = None, 0, 0, []
     return result
 
 

@@ -204,3 +204,23 @@ def test_resolve_options_merges_defaults_table_and_flags(tmp_path):
 def test_exit_code_follows_fail_on(fail_on, code):
     report = run_check([str(FAULTY / "dead_gamma.pt"), str(FAULTY / "zero_var.pt")], CheckOptions(fail_on=fail_on))
     assert report.exit_code == code
+
+
+def test_a_bug_on_one_file_is_reported_and_the_others_are_checked(monkeypatch):
+    import bninspect.services.check as check_service
+
+    real = check_service.run_rules
+
+    def flaky(ctx, rules):
+        if ctx.checkpoint.path.endswith("nan.pt"):
+            raise ZeroDivisionError("boom")
+        return real(ctx, rules)
+
+    monkeypatch.setattr(check_service, "run_rules", flaky)
+    report = run_check([str(FAULTY / "nan.pt"), str(FAULTY / "zero_var.pt")], CheckOptions())
+    bad, good = report.files
+    assert bad.exit_code == 4 and "unexpected failure (ZeroDivisionError: boom)" in bad.error and bad.findings == []
+    assert good.error is None and {f.code for f in good.findings} == {"BN102", "BN105"}
+    assert report.exit_code == 1
+    with pytest.raises(ZeroDivisionError):  # --debug lets it through, with its traceback
+        run_check([str(FAULTY / "nan.pt")], CheckOptions(debug=True))
