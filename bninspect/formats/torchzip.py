@@ -53,6 +53,12 @@ MAX_EXPANDED_BYTES = 256 * 1024 * 1024
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
+# What zipfile raises on a damaged archive: bad CRC or magic (BadZipFile), truncation
+# (EOFError, OSError), bad deflate data (zlib.error), flag bits for encryption (RuntimeError)
+# or an unknown compression method (NotImplementedError), nonsense sizes (ValueError, struct.error).
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, RuntimeError,
+              NotImplementedError, ValueError, struct.error)
+
 
 def sniff(head: bytes) -> bool:
     """A zip archive (torch.save since 1.6 and torch.jit.save both write one)."""
@@ -100,9 +106,12 @@ class _Record:
         if self.info.compress_type == zipfile.ZIP_STORED:
             return pread_exact(self.file.fd(), length, self.data_offset() + start, self.file.path, f"record {self.name}")
         # torch never compresses records, but a re-zipped archive may: read through zipfile.
-        with zipfile.ZipFile(self.file.path) as zf, zf.open(self.info) as f:
-            f.seek(start)
-            data = f.read(length)
+        try:
+            with os.fdopen(os.dup(self.file.fd()), "rb") as fh, zipfile.ZipFile(fh) as zf, zf.open(self.info) as f:
+                f.seek(start)
+                data = f.read(length)
+        except ZIP_ERRORS:
+            raise InvalidFileError(f"record {self.name} cannot be read (corrupt or truncated)", path=self.file.path) from None
         if len(data) != length:
             raise InvalidFileError(f"truncated record {self.name}", path=self.file.path)
         return data
@@ -196,7 +205,10 @@ class _Reader:
         self.byteorder = "little"
         order = self.infos.get(f"{prefix}byteorder")
         if order is not None and order.file_size <= 16:
-            text = zf.read(order).decode("ascii", "replace").strip()
+            try:
+                text = zf.read(order).decode("ascii", "replace").strip()
+            except ZIP_ERRORS:
+                raise InvalidFileError("the archive's byteorder record cannot be read", path=path) from None
             if text not in ("little", "big"):
                 raise InvalidFileError(f"unknown byte order {text!r} in the archive", path=path)
             self.byteorder = text
@@ -360,9 +372,11 @@ def _check_crcs(zf: zipfile.ZipFile, path: str) -> None:
             with zf.open(info) as f:
                 while f.read(1 << 20):
                     pass
-        except zipfile.BadZipFile:
+        except zipfile.BadZipFile as exc:
+            if "CRC" not in str(exc):
+                raise InvalidFileError(f"record {info.filename} cannot be read (corrupt zip entry)", path=path) from None
             raise InvalidFileError(f"record {info.filename} fails its CRC check (the bytes were altered)", path=path) from None
-        except (OSError, EOFError, zlib.error):
+        except ZIP_ERRORS:
             raise InvalidFileError(f"record {info.filename} cannot be read (truncated or corrupt)", path=path) from None
 
 
@@ -373,7 +387,7 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
         with os.fdopen(fd, "rb") as fh:
             try:
                 zf = zipfile.ZipFile(fh)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
+            except ZIP_ERRORS:
                 raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
             with zf:
                 return _read_archive(path, zf, trust=trust, key=key, strict=strict)
@@ -393,7 +407,7 @@ def _read_archive(path: str, zf: zipfile.ZipFile, *, trust: bool, key: str | Non
         _check_crcs(zf, path)
     try:
         data = zf.read(f"{prefix}data.pkl")
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error):
+    except ZIP_ERRORS:
         raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
     reader = _Reader(path, zf, prefix, torchscript)
     unpickler = _Unpickler(data, reader)
@@ -489,7 +503,7 @@ class _CodeIndex:
                 info = self.zf.getinfo(name)
                 if info.file_size <= self.MAX_CODE_BYTES:
                     parsed = parse_class_code(self.zf.read(info).decode("utf-8", "replace"))
-            except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error):
+            except (KeyError, *ZIP_ERRORS):
                 pass
             self.files[name] = parsed
         facts = self.files[name].get(cls)

@@ -1,0 +1,87 @@
+"""Mutated checkpoints: every outcome is a Checkpoint or one of our errors, never anything else.
+
+A quick run is part of the default suite; ``python -m pytest tests/formats -m slow -k fuzz``
+runs thousands of cases per format.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from bninspect.errors import BNInspectError
+from bninspect.formats import open_checkpoint
+from tests.formats.craft import trained_net
+
+
+_ORIGINALS: dict[str, bytes] = {}
+
+
+def original(name: str, tmp_path_factory) -> bytes:
+    """The unmutated file (made once per session; kept out of hypothesis' example reprs)."""
+    if not _ORIGINALS:
+        d = tmp_path_factory.mktemp("fuzz")
+        sd = trained_net().state_dict()
+        small = {k: v for k, v in sd.items() if k.startswith(("bn.", "conv."))}
+        torch.save({"state_dict": small, "epoch": 1}, d / "a.pt")
+        torch.save(small, d / "legacy.pt", _use_new_zipfile_serialization=False)
+        save_file(small, d / "a.safetensors")
+        torch.jit.save(torch.jit.script(trained_net()), d / "a.ts")
+        _ORIGINALS.update({n: (d / n).read_bytes() for n in ("a.pt", "legacy.pt", "a.safetensors", "a.ts")})
+    return _ORIGINALS[name]
+
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 255)), min_size=1, max_size=8)),
+    st.tuples(st.just("cut"), st.integers(0, 10**7)),
+    st.tuples(st.just("splice"), st.tuples(st.integers(0, 10**7), st.binary(min_size=1, max_size=16))),
+)
+
+
+def mutate(data: bytes, how) -> bytes:
+    kind, arg = how
+    if kind == "flip":
+        out = bytearray(data)
+        for pos, mask in arg:
+            out[pos % len(out)] ^= mask
+        return bytes(out)
+    if kind == "cut":
+        return data[: arg % len(data)]
+    pos, chunk = arg
+    pos %= len(data)
+    return data[:pos] + chunk + data[pos + len(chunk):]
+
+
+def check(tmp_path, data: bytes, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    for strict in (False, True):
+        try:
+            ckpt = open_checkpoint(path, strict=strict)
+            for ref in ckpt.tensors.values():
+                ref.numpy()
+        except BNInspectError as exc:
+            assert "\n" not in exc.line()
+
+
+def _fuzz(name: str, examples: int):
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(how=mutation)
+    def run(tmp_path_factory, tmp_path, how):
+        check(tmp_path, mutate(original(name, tmp_path_factory), how), name)
+
+    return run
+
+
+test_fuzz_zip = _fuzz("a.pt", 60)
+test_fuzz_legacy = _fuzz("legacy.pt", 30)
+test_fuzz_safetensors = _fuzz("a.safetensors", 60)
+test_fuzz_torchscript = _fuzz("a.ts", 40)
+
+test_fuzz_zip_long = pytest.mark.slow(_fuzz("a.pt", 3000))
+test_fuzz_legacy_long = pytest.mark.slow(_fuzz("legacy.pt", 1000))
+test_fuzz_safetensors_long = pytest.mark.slow(_fuzz("a.safetensors", 3000))
+test_fuzz_torchscript_long = pytest.mark.slow(_fuzz("a.ts", 2000))
