@@ -10,6 +10,10 @@ from __future__ import annotations
 from bninspect.layers import BNLayer
 from bninspect.rules.base import Context, name_list, rule
 
+# Exported graphs keep no batch counter at all (ONNX BatchNormalization and OpenVINO
+# BatchNormInference take only scale, bias, mean and variance): its absence says nothing there.
+FORMATS_WITHOUT_COUNT = frozenset({"onnx", "openvino-ir"})
+
 
 @rule("BN201", "no-running-statistics", "warning", "no running statistics: inference uses batch statistics")
 def no_running_statistics(layer: BNLayer, ctx: Context):
@@ -174,7 +178,8 @@ def missing_count(layer: BNLayer, ctx: Context):
     """
     ## What it does
     Finds BatchNorm layers that have running statistics but no `num_batches_tracked`
-    (torchvision's FrozenBatchNorm2d, which never has one, excepted when a module says so).
+    (torchvision's FrozenBatchNorm2d, which never has one, excepted when a module says so;
+    ONNX and OpenVINO files, whose BatchNorm operators have no counter, excepted too).
 
     ## Why is this bad?
     `num_batches_tracked` exists since PyTorch 0.4.1; checkpoints saved before, and many
@@ -194,6 +199,8 @@ def missing_count(layer: BNLayer, ctx: Context):
     torch.tensor(0)` per layer first.
     """
     if layer.possible or layer.kind == "FrozenBatchNorm2d" or layer.has("num_batches_tracked"):
+        return
+    if ctx.checkpoint is not None and ctx.checkpoint.format in FORMATS_WITHOUT_COUNT:
         return
     if not (layer.has("running_mean") and layer.has("running_var")):
         return

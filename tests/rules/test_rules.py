@@ -293,3 +293,11 @@ def test_select_and_ignore_by_code_and_prefix():
     with pytest.raises(UsageError):
         select_rules(None, ["BN9"])
     assert find_rule("bn205").code == "BN205"
+
+
+def test_bn206_silent_on_exported_graphs():
+    from bninspect.checkpoint import Checkpoint
+
+    for fmt, expected in (("onnx", []), ("openvino-ir", []), ("safetensors", ["BN206"])):
+        ctx = Context(layers=[layer(count=None)], checkpoint=Checkpoint(path="m", format=fmt, tensors={}))
+        assert codes(run_rules(ctx, select_rules(None))) == expected
