@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -195,8 +196,8 @@ def _torch_zip(path: str) -> bool:
 
 def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
     """The files to check, in order: named files as given, folders walked recursively (sorted,
-    hidden folders skipped, symlinked folders not followed). Also a FileResult error for each
-    folder without any checkpoint file."""
+    hidden folders skipped, symlinked folders not followed, FIFOs/sockets/devices skipped). Also
+    a FileResult error for each folder without any checkpoint file."""
     files: list[str] = []
     problems: list[FileResult] = []
     for p in paths:
@@ -208,7 +209,13 @@ def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for n in sorted(names):
                 full = os.path.join(root, n)
-                if _is_checkpoint(full):
+                try:
+                    regular = stat.S_ISREG(os.stat(full).st_mode)
+                except OSError:  # a dangling link or an unreadable entry: report it, do not hide it
+                    found.append(full)
+                    continue
+                # FIFOs, sockets and devices are never checkpoints (and reading a FIFO blocks)
+                if regular and _is_checkpoint(full):
                     found.append(full)
         if not found:
             problems.append(FileResult(path=p, error=f"{p}: no checkpoint file in this folder", exit_code=EXIT_PATH))

@@ -4,6 +4,7 @@ pyproject settings, folder scanning with a broken file, --jobs, JSON, exit codes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def _folder(tmp_path: Path) -> Path:
     shutil.copy(SAMPLES / "resnet_tiny.pt", root / ".git" / "hidden.pt")  # hidden folders are skipped
     (root / "README.md").write_text("# models\n")
     (root / "train.py").write_text("print('hi')\n")
+    os.mkfifo(root / "pipe.pt")  # never opened: reading a FIFO would block
     import zipfile
 
     with zipfile.ZipFile(root / "images.zip", "w") as zf:  # a zip, but not a torch archive
