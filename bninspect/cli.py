@@ -139,7 +139,7 @@ def verify(
 
 @app.command()
 def check(
-    paths: List[str] = typer.Argument(..., metavar="PATH...", help="Checkpoint files or folders (folders: every checkpoint inside, recursively, chosen by content)."),
+    paths: List[str] = typer.Argument(..., metavar="PATH", help="Checkpoint files or folders (folders: every checkpoint inside, recursively, chosen by content)."),
     select: Optional[List[str]] = typer.Option(None, "--select", metavar="CODE", help="Only these rules: codes or prefixes such as BN1 (repeatable or comma-separated) \\[default: all]."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", metavar="CODE", help="Skip these rules: codes or prefixes (repeatable or comma-separated)."),
     fail_on: Optional[str] = typer.Option(None, "--fail-on", metavar="LEVEL", help="Exit 1 on findings at or above: error, warning, info or never \\[default: error]."),

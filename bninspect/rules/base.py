@@ -41,18 +41,6 @@ class Thresholds:
     expect_eps: float | None = None  # BN301: eps every layer must have (error when it differs)
 
 
-# Option / pyproject key ↔ field, with the help text shown by `check --help` and README.
-THRESHOLD_HELP: dict[str, str] = {
-    "min_updates": "BN102: num_batches_tracked below this counts as few updates.",
-    "count_ratio": "BN103: flag layers whose num_batches_tracked differs from the most common count by this factor.",
-    "max_scale": "BN106: flag channels whose scale |γ|/√(σ²+ε) exceeds this.",
-    "dead_gamma": "BN107: flag channels whose |γ| is at or below this.",
-    "outlier_z": "BN108: flag channels whose robust z-score of running_mean or log running_var exceeds this.",
-    "eps_tolerance": "BN302: flag layers whose output changes by more than this fraction of its scale between eps 1e-5 and 1e-3.",
-    "expect_eps": "BN301: the eps every layer must have; a module eps that differs is an error.",
-}
-
-
 @dataclass
 class Finding:
     """One problem in one layer (or, for model-wide rules, in the first layer of a group)."""
