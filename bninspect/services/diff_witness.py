@@ -71,52 +71,69 @@ def _bn_witness(ref: BNLayer, onnx_layer: BNLayer, node: Any, model: Any, runtim
     return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
 
 
-def _folded_witness(ref: BNLayer, target: Target, node: Any, model: Any, runtime: str) -> Witness | None:
-    """The folded Conv/Gemm node against the other side's producer → BN, on a seeded N(0, 1) input."""
+def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tuple[int, ...] | None = None,
+                       pads: tuple[tuple[int, int], ...] | None = None,
+                       dilation: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The other side's producer → BN in float64 on ``x``: (output, magnitude of the terms summed, reduction)."""
     import torch
     import torch.nn.functional as F
-    from onnx import helper
 
-    from bninspect.numerics import TOLERANCES, compare, dot_growth, eval_reference, fold, per_channel
+    from bninspect.numerics import eval_reference, fold, per_channel
 
     prod = ref.producer
-    if prod is None or target.transposed or node.op_type not in ("Conv", "Gemm"):
-        return None
-    w = np.asarray(target.weight.numpy())
-    b = np.asarray(target.bias.numpy()).reshape(-1) if target.bias is not None else np.zeros(ref.channels, w.dtype)
-    x_dtype = np.float32 if w.dtype == np.float64 and target.weight.dtype != "float64" else w.dtype
-    w, b = w.astype(x_dtype), b.astype(x_dtype)
-    rng = np.random.default_rng(SEED)
-    if node.op_type == "Conv":
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        # Only the fold is under test: no stride, padding or dilation, an output map 4 wide.
-        attributes = [helper.make_attribute("group", int(groups))]
-        x = rng.standard_normal((8, w.shape[1] * groups) + tuple(k + 3 for k in w.shape[2:])).astype(x_dtype)
-        conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w.ndim]
-        w0 = torch.from_numpy(prod.weight.float64())
-        b0 = torch.from_numpy(prod.bias.float64()) if prod.bias is not None else None
-        xt = torch.from_numpy(x.astype(np.float64))
-        with torch.no_grad():
-            pre = conv(xt, w0, b0, groups=groups).numpy()
-            pre_mag = conv(xt.abs(), w0.abs(), None if b0 is None else b0.abs(), groups=groups).numpy()
-        reduction = int(np.prod(w.shape[1:]))
+    assert prod is not None
+    w0 = prod.weight.float64()
+    b0 = prod.bias.float64() if prod.bias is not None else None
+    x64 = x.astype(np.float64)
+    if w0.ndim == 2:
+        bias = b0 if b0 is not None else np.zeros(ref.channels)
+        pre, pre_mag = x64 @ w0.T + bias, np.abs(x64) @ np.abs(w0).T + np.abs(bias)
     else:
-        attributes = [helper.make_attribute("transB", 1)]  # the target's weight is [out, in], PyTorch's layout
-        x = rng.standard_normal((BATCH, w.shape[1])).astype(x_dtype)
-        w0, x64 = prod.weight.float64(), x.astype(np.float64)
-        b0 = prod.bias.float64() if prod.bias is not None else np.zeros(ref.channels)
-        pre = x64 @ w0.T + b0
-        pre_mag = np.abs(x64) @ np.abs(w0).T + np.abs(b0)
-        reduction = w.shape[1]
-    sess = _session(node.op_type, attributes, [w, b], x_dtype, _opset(model), model.ir_version)
-    y = sess.run(["y"], {"x": x})[0].astype(np.float64)
+        conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w0.ndim]
+        spatial = w0.ndim - 2
+        xt = torch.from_numpy(x64)
+        if pads is not None and any(p for pair in pads for p in pair):
+            # F.pad takes (last dim begin, end, second-to-last begin, end, ...)
+            xt = F.pad(xt, tuple(p for pair in reversed(pads) for p in pair))
+        kw = {"stride": stride or (1,) * spatial, "dilation": dilation or (1,) * spatial, "groups": groups}
+        wt, bt = torch.from_numpy(w0), None if b0 is None else torch.from_numpy(b0)
+        with torch.no_grad():
+            pre = conv(xt, wt, bt, **kw).numpy()
+            pre_mag = conv(xt.abs(), wt.abs(), None if bt is None else bt.abs(), **kw).numpy()
     mean, var, gamma, beta = ref.values("running_mean"), ref.values("running_var"), ref.gamma(), ref.beta()
     scale, _ = fold(mean, var, gamma, beta, ref.eps)
     n = pre.ndim
     # terms of y = scale·(Σ w·x + b − μ) + β
     magnitude = np.abs(per_channel(scale, n)) * (pre_mag + np.abs(per_channel(mean, n))) + np.abs(per_channel(beta, n))
-    cmp = compare(y, eval_reference(pre, mean, var, gamma, beta, ref.eps), magnitude,
-                  TOLERANCES[_dtype_name(x_dtype)], dot_growth(reduction))
+    return eval_reference(pre, mean, var, gamma, beta, ref.eps), magnitude, int(np.prod(w0.shape[1:]))
+
+
+def _folded_witness(ref: BNLayer, target: Target, node: Any, model: Any, runtime: str) -> Witness | None:
+    """The folded Conv/Gemm node against the other side's producer → BN, on a seeded N(0, 1) input."""
+    from onnx import helper
+
+    from bninspect.numerics import TOLERANCES, compare, dot_growth
+
+    if ref.producer is None or target.transposed or node.op_type not in ("Conv", "Gemm"):
+        return None
+    w = np.asarray(target.weight.numpy())
+    b = np.asarray(target.bias.numpy()).reshape(-1) if target.bias is not None else np.zeros(ref.channels, w.dtype)
+    x_dtype = _np_dtype(target.weight.dtype)
+    w, b = w.astype(x_dtype), b.astype(x_dtype)
+    rng = np.random.default_rng(SEED)
+    groups = 1
+    if node.op_type == "Conv":
+        groups = int(next((a.i for a in node.attribute if a.name == "group"), 1))
+        # Only the fold is under test: no stride, padding or dilation, an output map 4 wide.
+        attributes = [helper.make_attribute("group", groups)]
+        x = rng.standard_normal((8, w.shape[1] * groups) + tuple(k + 3 for k in w.shape[2:])).astype(x_dtype)
+    else:
+        attributes = [helper.make_attribute("transB", 1)]  # the target's weight is [out, in], PyTorch's layout
+        x = rng.standard_normal((BATCH, w.shape[1])).astype(x_dtype)
+    expected, magnitude, reduction = _conv_bn_reference(ref, x, groups)
+    sess = _session(node.op_type, attributes, [w, b], x_dtype, _opset(model), model.ir_version)
+    y = sess.run(["y"], {"x": x})[0].astype(np.float64)
+    cmp = compare(y, expected, magnitude, TOLERANCES[_dtype_name(x_dtype)], dot_growth(reduction))
     return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed,
                    f"ran the folded {node.op_type} node on a seeded N(0, 1) input")
 
@@ -129,11 +146,118 @@ def _opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 15)
 
 
+def _ov_run(core: Any, ov: Any, first: Any, port: int, last: Any, x: np.ndarray) -> np.ndarray:
+    """Run the IR's own nodes from ``first`` (its input ``port`` fed ``x``) to ``last`` on OpenVINO's CPU plugin."""
+    param = ov.opset1.parameter(list(x.shape), ov.Type.f32 if x.dtype == np.float32 else ov.Type(x.dtype), name="x")
+    first.input(port).replace_source_output(param.output(0))
+    compiled = core.compile_model(ov.Model([last.output(0)], [param]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.asarray(compiled(x)[0], dtype=np.float64)
+
+
+def _is_const(output: Any) -> bool:
+    node = output.get_node()
+    if node.get_type_name() == "Convert":
+        node = node.input(0).get_source_output().get_node()
+    return node.get_type_name() == "Constant"
+
+
+def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any, ops: dict[str, Any],
+                runtime: str) -> Witness | None:
+    from bninspect.numerics import TOLERANCES, compare, dot_growth, eval_magnitude, eval_reference, synthetic_input
+
+    rng = np.random.default_rng(SEED)
+    if d.mode == "bn":
+        la, lb = d._pair  # type: ignore[misc]
+        ref, ir_layer = (la, lb) if ir_side == "b" else (lb, la)
+        info = disc.checkpoint.modules.get(ir_layer.key_prefix)
+        node = ops.get(str(info.attributes.get("ir_layer"))) if info is not None else None
+        if node is None or node.get_type_name() != "BatchNormInference":
+            return None
+        port = next(i for i, inp in enumerate(node.inputs()) if not _is_const(inp.get_source_output()))
+        rank = node.input(port).get_partial_shape().rank.get_length()
+        mean, var = ref.values("running_mean"), ref.values("running_var")
+        x = synthetic_input(mean, var, (BATCH, ref.channels) + (1,) * (rank - 2), rng).astype(np.float32)
+        y = _ov_run(core, ov, node, port, node, x)
+        x64, gamma, beta = x.astype(np.float64), ref.gamma(), ref.beta()
+        cmp = compare(y, eval_reference(x64, mean, var, gamma, beta, ref.eps),
+                      eval_magnitude(x64, mean, var, gamma, beta, ref.eps), TOLERANCES[_lowest(ir_layer)])
+        return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
+    if d.folded_side != ir_side:
+        return None
+    ref, target = d._pair  # type: ignore[misc]
+    info = disc.checkpoint.modules.get(target.key_prefix)
+    node = ops.get(str(info.attributes.get("ir_layer"))) if info is not None else None
+    if node is None or ref.producer is None or target.transposed:
+        return None
+    last = node
+    for op in ("Multiply", "Add"):  # the chain the reader folded: producer → [Multiply] → [Add]
+        consumers = list(last.output(0).get_target_inputs())
+        if len(consumers) == 1 and consumers[0].get_node().get_type_name() == op:
+            last = consumers[0].get_node()
+    w = ref.producer.weight
+    attrs = node.get_attributes()
+    if w.ndim == 2:
+        x = rng.standard_normal((BATCH, w.shape[1])).astype(np.float32)
+        expected, magnitude, reduction = _conv_bn_reference(ref, x)
+    else:
+        groups = int(info.attributes.get("groups", 1))
+        dilation = tuple(int(v) for v in attrs.get("dilations", [1] * (w.ndim - 2)))
+        spatial = tuple(dl * (k - 1) + 4 for k, dl in zip(w.shape[2:], dilation))
+        x = rng.standard_normal((8, w.shape[1] * groups) + spatial).astype(np.float32)
+        # The IR's own geometry (strides, explicit pads) on both sides.
+        pads = tuple(zip((int(v) for v in attrs.get("pads_begin", [])), (int(v) for v in attrs.get("pads_end", []))))
+        expected, magnitude, reduction = _conv_bn_reference(ref, x, groups, tuple(int(v) for v in attrs.get("strides", [])) or None,
+                                                            pads or None, dilation)
+    y = _ov_run(core, ov, node, 0, last, x)
+    lower = "float16" if target.weight.dtype == "float16" else "float32"
+    cmp = compare(y, expected, magnitude, TOLERANCES[lower], dot_growth(reduction))
+    return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed,
+                   f"ran the IR's folded {node.get_type_name()} on a seeded N(0, 1) input")
+
+
+def _lowest(layer: BNLayer) -> str:
+    dtypes = {t.dtype for t in layer.tensors.values()}
+    return "float16" if "float16" in dtypes else "bfloat16" if "bfloat16" in dtypes else "float32"
+
+
+def _attach_openvino(diffs: list[LayerDiff], da: Discovery, db: Discovery, ir_side: str) -> list[str]:
+    try:
+        import openvino as ov
+    except ImportError:
+        return ["--run: openvino is not installed (pip install openvino); no runtime witness"]
+    disc = db if ir_side == "b" else da
+    core = ov.Core()
+    model = core.read_model(disc.checkpoint.path)
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    runtime = f"openvino {ov.__version__.split('-')[0]}"
+    ran = 0
+    for d in diffs:
+        if d._pair is None:
+            continue
+        d.witness = _ov_witness(d, ir_side, disc, core, ov, ops, runtime)
+        ran += d.witness is not None
+        _confirm(d)
+    other = "A" if ir_side == "b" else "B"
+    return [f"--run: {ran} layer(s) of the IR run in {runtime} (CPU, f32 inference precision) against {other}'s "
+            "float64 recomputation"]
+
+
+def _confirm(d: LayerDiff) -> None:
+    if d.witness is not None and not d.witness.within:
+        d.causes.append(f"{d.witness.runtime.split()[0]} confirms: its output differs from the recomputation by up to "
+                        f"{d.witness.max_abs:.4g} (rel. {d.witness.max_rel:.4g}) at channel {d.witness.channel}")
+        d.status = "different"
+
+
 def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> list[str]:
-    """Run the ONNX side's BN (or folded conv) nodes in ONNX Runtime; returns notes for the user."""
-    onnx_side = "b" if db.checkpoint.format == "onnx" else "a" if da.checkpoint.format == "onnx" else ""
+    """Run the ONNX (ONNX Runtime) or OpenVINO IR (OpenVINO) side's BN or folded layers; returns notes for the user."""
+    formats = (da.checkpoint.format, db.checkpoint.format)
+    onnx_side = "b" if formats[1] == "onnx" else "a" if formats[0] == "onnx" else ""
+    ir_side = "b" if formats[1] == "openvino-ir" else "a" if formats[0] == "openvino-ir" else ""
+    if not onnx_side and ir_side:
+        return _attach_openvino(diffs, da, db, ir_side)
     if not onnx_side:
-        return ["--run: neither side is an ONNX model; runtime witnesses run ONNX nodes in ONNX Runtime"]
+        return ["--run: neither side is an ONNX model or OpenVINO IR; nothing for a runtime to run"]
     try:
         import onnxruntime
     except ImportError:
@@ -168,10 +292,7 @@ def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> li
         else:
             continue
         ran += 1
-        if not d.witness.within:
-            d.causes.append(f"ONNX Runtime confirms: its output differs from the recomputation by up to "
-                            f"{d.witness.max_abs:.4g} (rel. {d.witness.max_rel:.4g}) at channel {d.witness.channel}")
-            d.status = "different"
+        _confirm(d)
     other = "A" if onnx_side == "b" else "B"
     return [f"--run: {ran} node(s) run in {runtime}: BN nodes on inputs drawn from {other}'s running statistics, "
             f"folded convs on seeded N(0, 1) inputs against {other}'s conv → BN"]

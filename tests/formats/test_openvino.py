@@ -46,6 +46,16 @@ def test_batchnorminference_both_input_orders(tmp_path, opset):
         np.testing.assert_array_equal(layer.tensors[name].numpy(), want)
 
 
+def test_both_versions_diff_identical_and_openvino_agrees(tmp_path):
+    """The same BN written as opset1 and opset5: names differ (matched by order), values and runtime agree."""
+    from bninspect.services.diff import diff
+
+    r = diff(str(_bn_ir(tmp_path / "bn1.xml", "1")), str(_bn_ir(tmp_path / "bn5.xml", "5")), run=True)
+    assert r.verdict == "identical"
+    (d,) = r.layers
+    assert d.matched_by == "order" and d.witness is not None and d.witness.within
+
+
 @pytest.fixture(scope="module")
 def fused_ir(tmp_path_factory):
     """The sample MobileNet through ONNX into IR: float32 and the default float16 compression."""
