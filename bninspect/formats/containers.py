@@ -59,10 +59,9 @@ def _as_candidate(node: Any, path: str, depth: int) -> _Candidate | None:
     return None
 
 
-def _walk(root: Any) -> tuple[list[_Candidate], dict[str, Any]]:
-    """Breadth-first over dicts (string keys only), iteratively: candidates and every dict path."""
+def _walk(root: Any) -> list[_Candidate]:
+    """Breadth-first over dicts (string keys only), iteratively, without recursion."""
     candidates: list[_Candidate] = []
-    dicts: dict[str, Any] = {}
     queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
     seen: set[int] = set()
     visited = 0
@@ -77,13 +76,11 @@ def _walk(root: Any) -> tuple[list[_Candidate], dict[str, Any]]:
         cand = _as_candidate(node, path, depth)
         if cand is not None:
             candidates.append(cand)
-        if isinstance(node, (dict, ModuleNode)):
-            dicts[path] = node
         if isinstance(node, dict) and depth < MAX_DEPTH:
             for k, v in node.items():
                 if isinstance(k, str) and isinstance(v, (dict, ModuleNode)):
                     queue.append((f"{path}/{k}" if path else k, v, depth + 1))
-    return candidates, dicts
+    return candidates
 
 
 def _known(c: _Candidate) -> bool:
@@ -126,8 +123,7 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
     Non-tensor values are ignored. An unknown ``key`` is a usage error listing the candidates;
     a file with no tensors at all is not a checkpoint (InvalidFileError).
     """
-    candidates, dicts = _walk(root)
-    ordered = _main_first(candidates)
+    ordered = _main_first(_walk(root))
     if key is not None:
         wanted = key.strip("/")
         chosen = next((c for c in ordered if c.path == wanted), None)
