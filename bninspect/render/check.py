@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bninspect.render.common import console, safe, text
-from bninspect.render.jsondoc import dumps
+from bninspect.render.jsondoc import dumps, plain
 from bninspect.services.check import SCHEMA, CheckReport, FileResult
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -24,6 +24,8 @@ def to_json(report: CheckReport) -> str:
         "files": [{"path": f.path, "format": f.format, "layers": f.layers, "possible_batchnorm": f.possible,
                    "error": f.error, "exit_code": f.exit_code if f.error else None, "findings": f.findings}
                   for f in report.files],
+        # Every finding once more, flat and with its file, so `jq '.findings[]'` works across files.
+        "findings": [{"path": f.path, **plain(x)} for f in report.files for x in f.findings],
         "summary": {**report.counts, "files": len(report.files),
                     "failed_files": sum(1 for f in report.files if f.error)},
         "rules": report.rules, "fail_on": report.fail_on, "config": report.config, "exit_code": report.exit_code,

@@ -34,6 +34,7 @@ def test_json_document_shape():
     (x,) = f["findings"]
     assert {"code", "severity", "layer", "channels", "message", "evidence", "fix"} <= set(x)
     assert (x["code"], x["severity"], x["layer"], x["channels"]) == ("BN105", "warning", "features.3.bn", [3, 9])
+    assert doc["findings"] == [{"path": f["path"], **x}]  # the flat list for jq '.findings[]'
     assert doc["summary"] == {"error": 0, "warning": 1, "info": 0, "files": 1, "failed_files": 0}
     assert doc["fail_on"] == "error" and doc["exit_code"] == 0 and len(doc["rules"]) == 21
 
