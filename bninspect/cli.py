@@ -233,7 +233,7 @@ def diff(
     a: str = typer.Argument(..., metavar="A", help="First artifact: checkpoint, safetensors, TorchScript, ONNX (.onnx) or OpenVINO IR (.xml)."),
     b: str = typer.Argument(..., metavar="B", help="Second artifact, any of the same formats."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
-    run: bool = typer.Option(False, "--run", help="Also run B's BN nodes in ONNX Runtime (where installed) on inputs drawn from A's running statistics."),
+    run: bool = typer.Option(False, "--run", help="Also run the ONNX side's (ONNX Runtime) or OpenVINO IR side's (OpenVINO) BN or folded-conv layers, where installed, and compare with the other side's recomputation."),
     key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help="Which state dict of a nested checkpoint A to use."),
     key_b: Optional[str] = typer.Option(None, "--key-b", metavar="PATH", help="Which state dict of a nested checkpoint B to use."),
     eps: Optional[float] = typer.Option(None, "--eps", help="eps of A's layers where A is a plain state dict (it stores none)."),
