@@ -227,3 +227,20 @@ def test_a_bug_on_one_file_is_reported_and_the_others_are_checked(monkeypatch):
     assert report.exit_code == 1
     with pytest.raises(ZeroDivisionError):  # --debug lets it through, with its traceback
         run_check([str(FAULTY / "nan.pt")], CheckOptions(debug=True))
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "check_faulty.json"
+
+
+def test_json_matches_the_golden_document(monkeypatch):
+    """The whole bninspect.check/1 document for three faulty samples: any change to a message,
+    an evidence number or the schema shows up here. Regenerate with BNINSPECT_REGEN_GOLDEN=1."""
+    from bninspect.render.check import to_json
+
+    monkeypatch.chdir(SAMPLES.parent)  # relative paths in the document
+    names = ["sample_checkpoints/faulty/nan.pt", "sample_checkpoints/faulty/mixed_counts.pt",
+             "sample_checkpoints/faulty/eps_sensitive.pt"]
+    doc = to_json(run_check(names, resolve_options({"min_updates": 40}, cwd="/"))) + "\n"
+    if os.environ.get("BNINSPECT_REGEN_GOLDEN"):
+        GOLDEN.write_text(doc, encoding="utf-8")
+    assert doc == GOLDEN.read_text(encoding="utf-8")
