@@ -86,27 +86,27 @@ def test_view_reaching_past_its_storage_is_invalid(tmp_path):
         open_checkpoint(path)
 
 
-def test_record_smaller_than_the_pickle_claims(tmp_path):
-    src = tmp_path / "net.pt"
-    torch.save(trained_net().state_dict(), src)
-    bad = rewrite_zip(src, tmp_path / "short.pt", lambda n, d: d[:-4] if n.endswith("/data/1") else d)
-    with pytest.raises(InvalidFileError, match=r"record data/1 holds 28 bytes but data.pkl says 8 float32"):
-        open_checkpoint(bad)
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A real torch.save file of the test net, made once for the damage tests."""
+    path = tmp_path_factory.mktemp("saved") / "net.pt"
+    torch.save(trained_net().state_dict(), path)
+    return path
 
 
-def test_missing_record(tmp_path):
-    src = tmp_path / "net.pt"
-    torch.save(trained_net().state_dict(), src)
-    bad = rewrite_zip(src, tmp_path / "norecord.pt", lambda n, d: None if n.endswith("/data/2") else d)
-    with pytest.raises(InvalidFileError, match="record data/2 .* missing"):
-        open_checkpoint(bad)
+DAMAGE = {
+    "record smaller than the pickle claims": (
+        lambda n, d: d[:-4] if n.endswith("/data/1") else d, r"record data/1 holds 28 bytes but data.pkl says 8 float32"),
+    "missing record": (lambda n, d: None if n.endswith("/data/2") else d, "record data/2 .* missing"),
+    "missing data.pkl": (lambda n, d: None if n.endswith("data.pkl") else d, "without data.pkl"),
+}
 
 
-def test_missing_data_pkl(tmp_path):
-    src = tmp_path / "net.pt"
-    torch.save(trained_net().state_dict(), src)
-    bad = rewrite_zip(src, tmp_path / "nopkl.pt", lambda n, d: None if n.endswith("data.pkl") else d)
-    with pytest.raises(InvalidFileError, match="without data.pkl"):
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_archive(tmp_path, saved, case):
+    change, message = DAMAGE[case]
+    bad = rewrite_zip(saved, tmp_path / "bad.pt", change)
+    with pytest.raises(InvalidFileError, match=message):
         open_checkpoint(bad)
 
 
