@@ -368,9 +368,22 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
         if b * int(np.prod(tail, dtype=np.int64)) <= 1:
             result.train_eval_gap.append(TrainGap(b, None, "train mode needs more than one value per channel"))
             continue
-        xb = nx.round_to(nx.synthetic_input(mean, var, (b, layer.channels) + tail, np.random.default_rng([seed, index, b])), dt)
-        result.train_eval_gap.append(TrainGap(b, nx.train_eval_gap(xb, mean, var, gamma, beta, eps)))
+        draw_seed = int(np.random.SeedSequence([seed, index, b]).generate_state(1)[0])
+        result.train_eval_gap.append(TrainGap(b, nx.train_eval_gap(mean, var, gamma, beta, eps,
+                                                                   (b, layer.channels) + tail, draw_seed)))
     return result, ref
+
+
+def verify_layers(layers: list[BNLayer], devices: list[str], **options) -> tuple[list[LayerVerify], dict[str, np.ndarray]]:
+    """:func:`verify_layer` for each layer (seeded by position); the reference outputs by layer name."""
+    results: list[LayerVerify] = []
+    refs: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(layers):
+        res, ref = verify_layer(layer, devices, index=i, **options)
+        results.append(res)
+        if ref is not None:
+            refs[layer.name] = ref
+    return results, refs
 
 
 def _check(path: str, device: str, dtype: str, cmp, tolerance: float) -> PathCheck:
@@ -388,17 +401,17 @@ def _fused(layer: BNLayer, mean, var, gamma, beta, eps: float, dt: str, device: 
     if producer.weight.shape[0] != layer.channels:
         return f"producer {producer.name} has {producer.weight.shape[0]} outputs for {layer.channels} channels: no fused check"
     if producer.op == "linear":
-        w = producer.weight.float64()
-        b = producer.bias.float64() if producer.bias is not None else None
+        w = producer.weight.numpy()
+        b = producer.bias.numpy() if producer.bias is not None else None
         # a linear layer is a 1-D conv with kernel 1 over a length-1 input
         check = nx.fused_conv_check("conv1d", w.reshape(w.shape + (1,)), b, 1, mean, var, gamma, beta, eps, dt, device, seed)
         return "fused_linear", check
     if producer.op not in nx.CONV_OPS:
         return f"no fused check for a {producer.op} producer"
-    w = producer.weight.float64()
+    w = producer.weight.numpy()
     if w.ndim != {"conv1d": 3, "conv2d": 4, "conv3d": 5}[producer.op]:
         return f"producer {producer.name} weight has shape {tuple(w.shape)}: no fused check"
-    b = producer.bias.float64() if producer.bias is not None else None
+    b = producer.bias.numpy() if producer.bias is not None else None
     groups = nx.infer_groups(tuple(w.shape), layer.channels, producer.groups)
     return "fused_conv", nx.fused_conv_check(producer.op, w, b, groups, mean, var, gamma, beta, eps, dt, device, seed)
 
@@ -518,14 +531,8 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
                              f"{next(l.channels for l in layers if l.name == bad[0])}"
                              + ("" if channels_last else " (NHWC data? add --channels-last)"), path=input_path)
 
-    results: list[LayerVerify] = []
-    refs: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(layers):
-        res, ref = verify_layer(layer, devices, x=x, channels_last=channels_last, batch=batch, spatial=spatial,
-                                train_batches=train_batches, seed=seed, index=i)
-        results.append(res)
-        if ref is not None:
-            refs[layer.name] = ref
+    results, refs = verify_layers(layers, devices, x=x, channels_last=channels_last, batch=batch, spatial=spatial,
+                                  train_batches=train_batches, seed=seed)
 
     diagnosis = None
     if expected_path:

@@ -123,3 +123,22 @@ def test_synthetic_input_has_the_layer_statistics():
     np.testing.assert_allclose(stats.var_unbiased, var, rtol=0.05)
     # broken statistics draw finite values
     assert np.isfinite(nx.synthetic_input(np.array([np.nan]), np.array([-1.0]), (2, 1), np.random.default_rng(0))).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 4, 4), (8, 6, 4, 4), (32, 6, 3), (2, 6)])
+def test_train_eval_gap_matches_two_batch_norm_passes(shape):
+    # the closed form (gap linear in z) against torch's own train and eval passes on the same draw
+    rng = np.random.default_rng(4)
+    mean, var = rng.normal(0, 2, 6), np.exp(rng.normal(0, 1, 6))
+    var[0] = 3e-6
+    gamma, beta = rng.normal(1, 0.5, 6), rng.normal(0, 0.5, 6)
+    # the same draw as train_eval_gap: (C, N·spatial), laid out as N, C, spatial
+    z = torch.randn((6, int(np.prod(shape)) // 6), generator=torch.Generator().manual_seed(7)).double()
+    z = z.reshape((6, shape[0]) + shape[2:]).transpose(0, 1)
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    x = torch.from_numpy(mean).reshape(bshape) + torch.from_numpy(np.sqrt(var)).reshape(bshape) * z
+    g, b, m, v = (torch.from_numpy(a) for a in (gamma, beta, mean, var))
+    train = torch.nn.functional.batch_norm(x, None, None, g, b, True, 0.0, 1e-5)
+    evaluated = torch.nn.functional.batch_norm(x, m, v, g, b, False, 0.0, 1e-5)
+    expected = float((train - evaluated).abs().max())
+    assert nx.train_eval_gap(mean, var, gamma, beta, 1e-5, shape, 7) == pytest.approx(expected, rel=1e-5)
