@@ -257,3 +257,15 @@ def test_usage_errors():
         sv.run_verify("ckpt.pt", expected_path="y.npy")
     with pytest.raises(UsageError, match="positive"):
         sv.run_verify(None, train_batches=(0,))
+
+
+def test_input_with_the_wrong_channel_axis_suggests_channels_last(tmp_path):
+    from conftest import SAMPLES
+
+    np.save(tmp_path / "nhwc.npy", np.zeros((2, 5, 5, 32), np.float32))
+    with pytest.raises(UsageError, match="5 channels on axis 1; layer features.2.bn has 32.*--channels-last"):
+        sv.run_verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), layer_globs=["features.2.bn"],
+                      input_path=str(tmp_path / "nhwc.npy"))
+    with pytest.raises(UsageError, match="exactly one layer"):
+        sv.run_verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), input_path=str(tmp_path / "nhwc.npy"),
+                      output_path=str(tmp_path / "y.npy"))
