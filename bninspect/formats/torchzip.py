@@ -51,6 +51,10 @@ from bninspect.formats.pickles import (
 # 16-byte record may legally claim a (10**9, 10**9) shape, and we must not allocate it.
 MAX_EXPANDED_BYTES = 256 * 1024 * 1024
 
+# data.pkl holds structure, not tensor bytes: real ones are kilobytes to a few megabytes
+# (a 10,000-layer state dict: 5 MB). More than this is not a checkpoint we should unpickle.
+MAX_PICKLE_BYTES = 1 << 30
+
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 # What zipfile raises on a damaged archive: bad CRC or magic (BadZipFile), truncation
@@ -405,8 +409,12 @@ def _read_archive(path: str, zf: zipfile.ZipFile, *, trust: bool, key: str | Non
     torchscript = any(n.startswith(f"{prefix}code/") for n in names) or f"{prefix}constants.pkl" in names
     if strict:
         _check_crcs(zf, path)
+    info = zf.getinfo(f"{prefix}data.pkl")
+    if info.file_size > MAX_PICKLE_BYTES:
+        # The size comes from the zip directory; a compressed entry could claim anything.
+        raise InvalidFileError(f"data.pkl claims {info.file_size} bytes; bninspect reads at most {MAX_PICKLE_BYTES}", path=path)
     try:
-        data = zf.read(f"{prefix}data.pkl")
+        data = zf.read(info)
     except ZIP_ERRORS:
         raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
     reader = _Reader(path, zf, prefix, torchscript)
