@@ -462,6 +462,8 @@ def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype
         diag.cause, diag.residual, diag.relative_residual = best.cause, best.residual, best.relative_residual
         return diag
     diag.cause, diag.fits = "unexplained", False
+    if correct.relative_residual <= best.relative_residual:
+        diag.closest = "the checkpoint's own formula (no usual mistake comes closer)"
     with np.errstate(invalid="ignore"):
         err = np.nan_to_num(np.abs(expected - ref), nan=np.inf)
         off = err > tol.allowed(np.nan_to_num(mag))
