@@ -402,7 +402,9 @@ def _open_npy(path: str) -> DataSource:
         # allow_pickle=False: an object array would need pickle, which can run code
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        reason = "it holds Python objects (needs pickle, refused)" if "pickle" in str(exc).lower() else "not a valid .npy file"
+        text = str(exc).lower()
+        objects = "pickle" in text or "python objects" in text  # numpy's words for an object array
+        reason = "it holds Python objects (needs pickle, refused)" if objects else "not a valid .npy file"
         raise InvalidFileError(f"--data: {reason}", path=path) from None
     if not isinstance(array, np.ndarray):
         raise InvalidFileError("--data: a .npz archive; save one array with np.save", path=path)
@@ -437,9 +439,13 @@ def _open_torch(path: str) -> DataSource:
     try:
         # weights_only=True never runs code from the file; mmap keeps memory bounded for zip archives
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError:
-        raise InvalidFileError("--data: the file needs code to load (not plain tensors); refused. "
-                               "Save the inputs with torch.save(tensor)", path=path) from None
+    except pickle.UnpicklingError as exc:
+        # torch's own wording for a pickle that names globals outside the weights_only allow-list
+        if "global" in str(exc).lower():
+            raise InvalidFileError("--data: the file needs code to load (not plain tensors); refused. "
+                                   "Save the inputs with torch.save(tensor)", path=path) from None
+        raise InvalidFileError("--data: not a tensor file bninspect can read (.pt, .npy or .safetensors)",
+                               path=path) from None
     except Exception:
         raise InvalidFileError("--data: not a tensor file bninspect can read (.pt, .npy or .safetensors)",
                                path=path) from None

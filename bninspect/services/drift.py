@@ -670,7 +670,8 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                                  if scripted else "--write-recalibrated: the model has no BatchNorm layer")
             stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress)
             state.restore()
-            fmt, count, key_map = write_checkpoint(loaded, path, write_recalibrated, stats)
+            source_path = loaded.checkpoint.path if loaded.checkpoint is not None else path
+            fmt, count, key_map = write_checkpoint(loaded, source_path, write_recalibrated, stats)
             written = _stats_from_file(os.path.abspath(write_recalibrated), key_map, list(stats))
             with torch.no_grad():
                 modules = dict(bns)

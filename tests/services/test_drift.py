@@ -1,0 +1,535 @@
+"""``bninspect drift``: real models from the sample script, real data, numbers checked against brute force."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bninspect import runner
+from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
+from bninspect.formats import open_checkpoint
+from bninspect.services import drift
+from tests.conftest import SAMPLES, assert_one_line_error
+
+if str(SAMPLES) not in sys.path:
+    sys.path.insert(0, str(SAMPLES))
+
+import make_samples  # noqa: E402
+import sample_models  # noqa: E402
+
+MOBILENET = "sample_models:mobilenet_v1_tiny"
+RESNET = "sample_models:resnet_tiny"
+BS64 = str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs64.pt")
+BS2 = str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs2.pt")
+CALIB = str(SAMPLES / "drift" / "calib.pt")
+MOBILENET_BNS = ["features.2.bn", "features.3.bn", "features.4.bn", "features.5.bn"]
+CPU = torch.device("cpu")
+
+
+class TensorSource(runner.DataSource):
+    """Inputs already in memory (tests only)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+        self.description = "memory"
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        return self.x[start:stop].clone()
+
+
+def calib(shift: float = 0.0) -> torch.Tensor:
+    x, _ = sample_models.synthetic_images(make_samples.CALIB_SAMPLES, seed=make_samples.CALIB_SEED, shift=shift)
+    return x
+
+
+def arch_model(path: str, arch: str = MOBILENET) -> runner.LoadedModel:
+    return runner.load_model(path, arch=arch, arch_kwargs=None, trust=False, key=None)
+
+
+def run(loaded: runner.LoadedModel, x: torch.Tensor, sizes=(2, 8, 32), **kw) -> drift.DriftResult:
+    return drift.measure(loaded, TensorSource(x), path="ckpt", batch_sizes=list(sizes), device=CPU, **kw)
+
+
+def snapshot(model: torch.nn.Module) -> tuple[dict, list]:
+    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    return state, [m.training for m in model.modules()]
+
+
+def assert_unchanged(model: torch.nn.Module, before: tuple[dict, list]) -> None:
+    state, flags = before
+    now = model.state_dict(keep_vars=True)
+    assert list(now) == list(state)
+    for key, value in state.items():
+        assert now[key].dtype == value.dtype and now[key].device == value.device, key
+        assert torch.equal(now[key].detach(), value), key
+    assert [m.training for m in model.modules()] == flags
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared CI machine torch's default pool oversubscribes (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bs64() -> runner.LoadedModel:
+    return arch_model(BS64)
+
+
+@pytest.fixture(scope="module")
+def bs2() -> runner.LoadedModel:
+    return arch_model(BS2)
+
+
+# ── measurement 1: the samples' drift lands where it should ─────────────────────────────────
+
+
+def test_batch64_model_fits_its_data(bs64: runner.LoadedModel) -> None:
+    """Trained at batch 64: every layer's statistics describe held-out data (drift < 0.03), exit 0."""
+    result = run(bs64, calib())
+    assert [l.name for l in result.layers] == MOBILENET_BNS
+    assert all(l.reached for l in result.layers)
+    assert max(l.drift_score for l in result.layers) < 0.03
+    assert result.problems == [] and result.exit_code == 0
+    assert result.loaded_in_train_mode is None  # a state dict has no mode
+
+
+def test_batch2_model_drifts_most_in_the_deepest_layer(bs2: runner.LoadedModel) -> None:
+    """Trained at batch 2: noisy running statistics, worst at features.5.bn, over the default threshold."""
+    result = run(bs2, calib())
+    scores = {l.name: l.drift_score for l in result.layers}
+    assert max(scores, key=scores.get) == "features.5.bn"
+    assert scores["features.5.bn"] > 0.15
+    assert min(scores.values()) > 0.1  # clearly above the batch-64 model's 0.015 everywhere
+    assert result.exit_code == 1
+    assert any(p.startswith("features.5.bn: drift score") for p in result.problems)
+
+
+def test_shifted_data_is_caught_at_the_first_layer(bs64: runner.LoadedModel) -> None:
+    """Every pixel + 1.0 after training: the first BN (after conv → ReLU → dw conv) drifts most."""
+    result = run(bs64, calib(make_samples.CALIB_SHIFT))
+    scores = {l.name: l.drift_score for l in result.layers}
+    assert max(scores, key=scores.get) == "features.2.bn"
+    assert scores["features.2.bn"] > 0.5
+    assert result.exit_code == 1
+
+
+def _layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every BN layer's input for all of x at once (eval mode), in float64: the brute-force view."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, inp, n=name: seen.__setitem__(n, inp[0].double()))
+               for name, m in runner.bn_modules(model)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_drift_score_and_batch_errors_equal_brute_force(bs2: runner.LoadedModel) -> None:
+    """The expanded float64 formulas equal the element-wise errors of the normalized outputs."""
+    x = calib()
+    result = run(bs2, x, sizes=(4, 16))
+    inputs = _layer_inputs(bs2.model, x)
+    modules = dict(runner.bn_modules(bs2.model))
+    for layer in result.layers:
+        a, bn = inputs[layer.name], modules[layer.name]
+        eps = bn.eps
+        dims = [0, 2, 3]
+        mu_p = a.mean(dim=dims)
+        var_p = a.var(dim=dims, unbiased=True)  # the population variance as PyTorch would store it
+        shape = (1, -1, 1, 1)
+        ideal = (a - mu_p.view(shape)) / torch.sqrt(var_p.view(shape) + eps)
+        used = (a - bn.running_mean.double().view(shape)) / torch.sqrt(bn.running_var.double().view(shape) + eps)
+        per_channel = ((used - ideal) ** 2).mean(dim=dims).sqrt()
+        assert layer.channel_error == pytest.approx(per_channel.tolist(), rel=1e-9, abs=1e-12)
+        assert layer.drift_score == pytest.approx(float(per_channel.pow(2).mean().sqrt()), rel=1e-9)
+        shift = (bn.running_mean.double() - mu_p) / torch.sqrt(var_p + eps)
+        assert layer.mean_shift == pytest.approx(shift.tolist(), rel=1e-9, abs=1e-12)
+        for row in layer.by_batch_size:
+            b = row.batch_size
+            errors = []
+            for start in range(0, len(x), b):
+                chunk = a[start:start + b]
+                # train mode: F.batch_norm with batch statistics (biased variance)
+                train = F.batch_norm(chunk, None, None, training=True, eps=eps)
+                eval_ = (chunk - mu_p.view(shape)) / torch.sqrt(var_p.view(shape) + eps)
+                errors.append(((train - eval_) ** 2).mean(dim=dims))
+            expected = torch.stack(errors).mean(dim=0).sqrt().pow(2).mean().sqrt()
+            assert row.batches == len(x) // b
+            assert row.output_error == pytest.approx(float(expected), rel=1e-7)
+        # small batches are worse than large ones, the whole point of measurement 2
+        assert layer.by_batch_size[0].output_error > layer.by_batch_size[1].output_error
+
+
+def test_population_merge_is_exact_in_float64() -> None:
+    """Chan's merge over uneven batches gives numpy's mean and variance of everything at once."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(5.0, 0.01, size=(3, 10_000)) + 1e4  # a large mean: naive Σx² would cancel
+    pop = drift._Population()
+    for a, b in ((0, 1), (1, 4000), (4000, 4001), (4001, 10_000)):
+        pop.add(torch.from_numpy(data[:, a:b]))
+    mean, biased, unbiased = pop.stats()
+    np.testing.assert_allclose(mean, data.mean(axis=1), rtol=1e-15)
+    np.testing.assert_allclose(biased, data.var(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(unbiased, data.var(axis=1, ddof=1), rtol=1e-9)
+
+
+def test_min_batch_size_is_where_the_error_stays_within_tolerance(bs2: runner.LoadedModel) -> None:
+    result = run(bs2, calib(), sizes=(1, 2, 8, 32), batch_tolerance=0.1)
+    for layer in result.layers:
+        errors = {r.batch_size: r.output_error for r in layer.by_batch_size}
+        ok = [b for b in sorted(errors) if all(errors[c] <= 0.1 for c in errors if c >= b)]
+        assert layer.min_batch_size == (ok[0] if ok else None)
+    assert result.layers[0].min_batch_size == 32  # the 16×16 images: only 32 stay within 0.1
+
+
+# ── measurement 3 and the model's mode ──────────────────────────────────────────────────────
+
+
+def test_eval_train_mismatch_shrinks_with_batch_size(bs64: runner.LoadedModel) -> None:
+    result = run(bs64, calib(), sizes=(1, 2, 32))
+    assert result.output_kind == "class scores [N, 4]"
+    rows = {m.batch_size: m for m in result.mismatch}
+    assert rows[32].top1_agreement == 1.0
+    assert rows[2].top1_agreement < 0.9  # batch statistics of two images: a forgotten eval() costs
+    assert rows[1].top1_agreement < rows[2].top1_agreement
+    assert rows[1].max_abs_diff > rows[32].max_abs_diff > 0
+
+
+def test_torchscript_saved_in_train_mode_is_reported() -> None:
+    loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None,
+                               trust=True, key=None)
+    assert loaded.source == "torchscript"
+    before = snapshot(loaded.model)
+    result = run(loaded, calib(), sizes=(8, 32))
+    assert_unchanged(loaded.model, before)  # still in train mode, statistics untouched
+    assert result.loaded_in_train_mode is True
+    assert sorted(result.train_mode_layers) == MOBILENET_BNS
+    assert result.layers_measured is False  # TorchScript takes no forward hooks
+    assert result.exit_code == 1
+    assert any("saved in train mode" in p for p in result.problems)
+    assert {m.batch_size for m in result.mismatch} == {8, 32}
+    assert all(m.max_abs_diff > 0 for m in result.mismatch)
+
+
+def test_torchscript_in_eval_mode_is_not_flagged_for_its_mode() -> None:
+    loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=True, key=None)
+    result = run(loaded, calib(), sizes=(32,))
+    assert result.loaded_in_train_mode is False
+    assert result.problems == []
+
+
+def test_batch_size_one_with_one_value_per_channel_is_skipped_not_crashed() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)).eval()
+    loaded = runner.LoadedModel(model=model, source="arch", description="test")
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(0))
+    result = run(loaded, x, sizes=(1, 4))
+    row1 = result.layers[0].by_batch_size[0]
+    assert row1.batch_size == 1 and row1.output_error is None and "one value per channel" in row1.skipped
+    assert "one value per channel" in result.mismatch[0].skipped
+    assert result.mismatch[1].top1_agreement is not None
+
+
+# ── the model is never left modified ────────────────────────────────────────────────────────
+
+
+def test_model_and_buffers_unchanged_after_drift_and_recalibration(tmp_path: Path) -> None:
+    loaded = arch_model(BS2)
+    loaded.model.train()  # a mode to restore that is not the one drift measures in
+    loaded.model.features[2].bn.eval()
+    before = snapshot(loaded.model)
+    run(loaded, calib(), sizes=(1, 2, 32), write_recalibrated=str(tmp_path / "r.safetensors"))
+    assert_unchanged(loaded.model, before)
+
+
+def test_pickled_module_in_train_mode_is_restored() -> None:
+    loaded = runner.load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None,
+                               trust=True, key=None)
+    loaded.model.train()
+    loaded.training_as_loaded = {n: True for n, _ in runner.bn_modules(loaded.model)}
+    before = snapshot(loaded.model)
+    result = run(loaded, calib(), sizes=(8,))
+    assert_unchanged(loaded.model, before)
+    assert result.layers_measured and result.loaded_in_train_mode is True
+
+
+# ── recalibration ───────────────────────────────────────────────────────────────────────────
+
+
+def test_recalibration_removes_drift_and_keeps_every_other_tensor(tmp_path: Path, bs2: runner.LoadedModel) -> None:
+    out = tmp_path / "fixed.safetensors"
+    result = run(bs2, calib(), sizes=(32,), write_recalibrated=str(out))
+    recal = result.recalibration
+    assert recal.format == "safetensors" and recal.layers == 4 and recal.tensors_written == 28
+    assert recal.drift_before > 0.2 and recal.drift_after < 1e-6
+    assert all(l.drift_after < 1e-6 for l in result.layers)
+    original = torch.load(BS2, weights_only=True)
+    from safetensors.torch import load_file
+
+    written = load_file(str(out))
+    assert sorted(written) == sorted(original)  # safetensors orders keys its own way
+    for key, value in original.items():
+        assert written[key].dtype == value.dtype, key
+        if key.endswith(("running_mean", "running_var")):
+            assert not torch.equal(written[key], value), key
+        else:
+            assert torch.equal(written[key], value), key  # weights, biases, counts: the same values
+    # and a fresh run on the written file agrees: the drift is gone
+    again = run(arch_model(str(out)), calib(), sizes=(32,))
+    assert max(l.drift_score for l in again.layers) < 1e-6 and again.exit_code == 0
+
+
+def test_recalibrated_running_var_is_the_unbiased_population_variance(tmp_path: Path, bs2: runner.LoadedModel) -> None:
+    out = tmp_path / "fixed.safetensors"
+    run(bs2, calib(), sizes=(32,), write_recalibrated=str(out))
+    fixed = arch_model(str(out))
+    # The first BN's input does not depend on any other BN: its statistics are plain to compute.
+    a = _layer_inputs(fixed.model, calib())["features.2.bn"]
+    bn = fixed.model.features[2].bn
+    torch.testing.assert_close(bn.running_mean.double(), a.mean(dim=(0, 2, 3)), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(bn.running_var.double(), a.var(dim=(0, 2, 3), unbiased=True), rtol=1e-6, atol=1e-7)
+
+
+def test_recalibration_keeps_a_lightning_container(tmp_path: Path) -> None:
+    """OUT with the input's extension: the whole checkpoint again, only the statistics changed."""
+    src = str(SAMPLES / "resnet_tiny_lightning.ckpt")
+    out = tmp_path / "fixed.ckpt"
+    result = run(arch_model(src, RESNET), calib(), sizes=(32,), write_recalibrated=str(out))
+    assert result.recalibration.format == "torch-zip" and result.recalibration.layers == 6
+    original = torch.load(src, weights_only=True)
+    written = torch.load(out, weights_only=True)
+    assert list(written) == list(original)
+    assert written["optimizer_states"][0]["state"].keys() == original["optimizer_states"][0]["state"].keys()
+    for key, value in original["state_dict_ema"].items():
+        assert torch.equal(written["state_dict_ema"][key], value)  # the other state dict is untouched
+    changed = [k for k, v in original["state_dict"].items() if not torch.equal(written["state_dict"][k], v)]
+    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)
+
+
+@pytest.mark.parametrize("name", ["same", "symlink"])
+def test_recalibration_never_writes_over_the_input(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "in.pt"
+    src.write_bytes(Path(BS2).read_bytes())
+    out = src if name == "same" else tmp_path / "link.pt"
+    if name == "symlink":
+        out.symlink_to(src)
+    with pytest.raises(UsageError, match="must not overwrite the input"):
+        drift._check_output_path(str(out), str(src))
+    assert src.read_bytes() == Path(BS2).read_bytes()
+
+
+def test_recalibration_output_problems(tmp_path: Path) -> None:
+    with pytest.raises(PathProblemError, match="directory does not exist"):
+        drift._check_output_path(str(tmp_path / "nope" / "x.safetensors"), BS2)
+    with pytest.raises(PathProblemError, match="is a directory"):
+        drift._check_output_path(str(tmp_path), BS2)
+    with pytest.raises(UsageError, match="name the file .safetensors"):
+        drift._check_output_path(str(tmp_path / "x.onnx"), BS2)
+
+
+# ── --arch: building and loading ────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("sample, prefix", [
+    ("resnet_tiny.pt", ""), ("resnet_tiny_dp.pth", "module."), ("resnet_tiny_compiled.pt", "_orig_mod."),
+    ("resnet_tiny_lightning.ckpt", "model."),
+])
+def test_wrapper_prefixes_are_matched(sample: str, prefix: str) -> None:
+    loaded = arch_model(str(SAMPLES / sample), RESNET)
+    assert loaded.key_map["layer2.0.downsample.1.running_var"] == prefix + "layer2.0.downsample.1.running_var"
+    reference = torch.load(SAMPLES / "resnet_tiny.pt", weights_only=True)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+
+
+def test_missing_num_batches_tracked_is_tolerated(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v for k, v in torch.load(BS64, weights_only=True).items() if not k.endswith("num_batches_tracked")}
+    save_file(sd, str(tmp_path / "old.safetensors"))
+    loaded = arch_model(str(tmp_path / "old.safetensors"))
+    assert any("num_batches_tracked missing" in n for n in loaded.notes)
+    assert torch.equal(loaded.model.features[2].bn.running_var, sd["features.2.bn.running_var"])
+
+
+def test_state_dict_that_does_not_fit_lists_keys_and_counts() -> None:
+    with pytest.raises(UsageError) as err:
+        arch_model(str(SAMPLES / "resnet_tiny.pt"), MOBILENET)
+    line = err.value.line()
+    assert "missing from the checkpoint: 24 (features.0.weight, features.0.bias," in line
+    assert "not in the model: 38 (conv1.weight, bn1.weight, bn1.bias, bn1.running_mean, ...)" in line
+
+
+def test_shape_mismatch_is_named() -> None:
+    with pytest.raises(UsageError, match=r"shapes differ for 2 \(fc.weight \[4, 32\] vs model \[7, 32\], fc.bias"):
+        runner.load_model(str(SAMPLES / "resnet_tiny.pt"), arch="sample_models:ResNetTiny",
+                          arch_kwargs='{"num_classes": 7}', trust=False, key=None)
+
+
+@pytest.mark.parametrize("spec, kwargs, message", [
+    ("sample_models", None, "must look like module.path:callable"),
+    ("no_such_module_xyz:build", None, "cannot import module 'no_such_module_xyz'"),
+    ("sample_models:nope", None, "has no attribute 'nope'"),
+    ("sample_models:NUM_CLASSES", None, "is not callable"),
+    ("sample_models:synthetic_images", '{"n": 2, "seed": 0}', "returned tuple, not a torch.nn.Module"),
+    ("sample_models:resnet_tiny", '{"width": 3}', "failed (TypeError)"),
+    ("sample_models:resnet_tiny", "{bad json", "--arch-kwargs is not valid JSON"),
+    ("sample_models:resnet_tiny", "[1]", "must be a JSON object"),
+])
+def test_arch_errors(spec: str, kwargs: str | None, message: str) -> None:
+    with pytest.raises(UsageError, match=None) as err:
+        runner.build_arch(spec, kwargs)
+    assert message in err.value.line()
+
+
+def test_arch_imports_from_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like `python -m`: ./mynet.py is importable; sys.path is as before afterwards."""
+    (tmp_path / "drift_test_net.py").write_text("import torch\ndef build():\n    return torch.nn.BatchNorm1d(3)\n")
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    model = runner.build_arch("drift_test_net:build")
+    assert isinstance(model, torch.nn.BatchNorm1d)
+    assert sys.path == path_before
+    sys.modules.pop("drift_test_net", None)
+
+
+def test_file_model_needs_trust() -> None:
+    with pytest.raises(UnsafeFileError, match="pass --trust"):
+        runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=False, key=None)
+
+
+# ── data ────────────────────────────────────────────────────────────────────────────────────
+
+
+def test_data_formats_give_the_same_batches(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    x = calib()
+    np.save(tmp_path / "x.npy", x.numpy())
+    save_file({"images": x, "labels": torch.zeros(64)}, str(tmp_path / "x.safetensors"))
+    torch.save((x, torch.zeros(64)), tmp_path / "xy.pt")
+    for name in ("x.npy", "x.safetensors", "xy.pt"):
+        source = runner.open_data(str(tmp_path / name))
+        assert len(source) == 64 and source.sample_shape == (3, 16, 16)
+        assert torch.equal(torch.cat(list(runner.batches(source, 24))), x), name
+
+
+def test_data_refusals(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidFileError, match="needs pickle, refused"):
+        runner.open_data(str(tmp_path / "obj.npy"))
+    np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
+    with pytest.raises(InvalidFileError, match="1-d tensor"):
+        runner.open_data(str(tmp_path / "flat.npy"))
+    torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}, tmp_path / "two.pt")
+    with pytest.raises(UsageError, match="holds 2 tensors"):
+        runner.open_data(str(tmp_path / "two.pt"))
+    torch.save({"x": torch.zeros(2, 3), "opt": torch.optim.SGD}, tmp_path / "code.pt")
+    with pytest.raises(InvalidFileError, match="needs code to load"):
+        runner.open_data(str(tmp_path / "code.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor file at all")
+    with pytest.raises(InvalidFileError, match="not a tensor file"):
+        runner.open_data(str(tmp_path / "junk.pt"))
+    with pytest.raises(PathProblemError):
+        runner.open_data(str(tmp_path / "missing.pt"))
+
+
+def test_synthetic_data_is_seeded_and_the_same_at_every_batch_size() -> None:
+    source = runner.SyntheticSource((150, 3, 4, 4), seed=0)
+    whole = source.batch(0, 150)
+    assert whole.shape == (150, 3, 4, 4)
+    assert torch.equal(torch.cat(list(runner.batches(source, 7))), whole)
+    assert torch.equal(runner.SyntheticSource((150, 3, 4, 4), seed=0).batch(60, 70), whole[60:70])
+    assert not torch.equal(runner.SyntheticSource((150, 3, 4, 4), seed=1).batch(0, 10), whole[:10])
+
+
+@pytest.mark.parametrize("text", ["16", "16x0x4", "ax3", "16x3x-1"])
+def test_bad_synthetic_shapes(text: str) -> None:
+    with pytest.raises(UsageError, match="--synthetic must look like"):
+        runner.parse_shape(text)
+
+
+def test_synthetic_run_does_not_judge_fitness(bs64: runner.LoadedModel) -> None:
+    result = drift.measure(bs64, runner.SyntheticSource((32, 3, 16, 16)), path="ckpt", batch_sizes=[32], device=CPU)
+    assert result.synthetic and any("mechanics" in n for n in result.notes)
+    assert max(l.drift_score for l in result.layers) > 0.1  # N(0,1) noise is not the training data…
+    assert not any("drift score" in p for p in result.problems)  # …so it is not held against the checkpoint
+
+
+@pytest.mark.parametrize("text", ["0,2", "a", ",", "-1"])
+def test_bad_batch_sizes(text: str) -> None:
+    with pytest.raises(UsageError, match="--batch-sizes"):
+        drift.parse_batch_sizes(text)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no CUDA device"):
+        runner.resolve_device("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_matches_cpu_and_leaves_the_model_on_the_cpu(bs64: runner.LoadedModel) -> None:
+    before = snapshot(bs64.model)
+    on_gpu = drift.measure(bs64, TensorSource(calib()), path="ckpt", batch_sizes=[8, 32], device=torch.device("cuda"))
+    assert_unchanged(bs64.model, before)
+    on_cpu = run(bs64, calib(), sizes=(8, 32))
+    for a, b in zip(on_gpu.layers, on_cpu.layers):
+        assert a.drift_score == pytest.approx(b.drift_score, rel=1e-3, abs=1e-4)
+
+
+# ── the installed command ───────────────────────────────────────────────────────────────────
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def test_cli_batch2_json_exit_1(cli) -> None:
+    r = cli("drift", BS2, "--arch", MOBILENET, "--data", CALIB, "--batch-sizes", "2,32", "--json", cwd=SAMPLES, env=ONE_THREAD)
+    assert r.code == 1, r.err
+    assert r.err == ""  # no progress bar when stderr is not a terminal
+    doc = json.loads(r.out)
+    assert doc["schema"] == "bninspect.drift/1"
+    assert [l["name"] for l in doc["layers"]] == MOBILENET_BNS
+    assert doc["verdict"]["ok"] is False
+    assert doc["thresholds"] == {"max_drift": 0.1, "batch_tolerance": 0.1, "min_agreement": 0.99}
+    assert [m["batch_size"] for m in doc["output"]["eval_vs_train"]] == [2, 32]
+
+
+def test_cli_batch64_table_exit_0_and_recalibrates(cli, tmp_path: Path) -> None:
+    out = tmp_path / "fixed.safetensors"
+    r = cli("drift", BS64, "--arch", MOBILENET, "--data", CALIB, "--batch-sizes", "8,32",
+            "--write-recalibrated", str(out), cwd=SAMPLES, env=ONE_THREAD)
+    assert r.code == 0, r.err
+    assert "features.5.bn" in r.out and "OK: worst layer drift" in r.out
+    assert f"wrote {out}" in r.out.replace("\n", "")
+    assert out.is_file() and open_checkpoint(str(out)).format == "safetensors"
+
+
+def test_cli_one_line_errors(cli, tmp_path: Path) -> None:
+    """Refused without --trust (3), a missing file (5): one line each, never a traceback."""
+    assert_one_line_error(cli("drift", str(SAMPLES / "mobilenet_v1_tiny_train.ts"), "--data", CALIB, env=ONE_THREAD),
+                          3, "--trust")
+    assert_one_line_error(cli("drift", str(tmp_path / "nope.pt"), "--arch", MOBILENET, "--data", CALIB,
+                              cwd=SAMPLES, env=ONE_THREAD), 5, "no such file")
