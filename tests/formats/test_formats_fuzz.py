@@ -6,6 +6,9 @@ runs thousands of cases per format.
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -67,11 +70,23 @@ def check(tmp_path, data: bytes, name: str) -> None:
             assert "\n" not in exc.line()
 
 
-def _fuzz(name: str, examples: int):
+def with_member_mutated(archive: bytes, suffix: str, how) -> bytes:
+    """The zip archive with one member's bytes mutated (CRCs recomputed, so the bytes get read)."""
+    src, out = io.BytesIO(archive), io.BytesIO()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info.filename, mutate(data, how) if info.filename.endswith(suffix) and data else data)
+    return out.getvalue()
+
+
+def _fuzz(name: str, examples: int, member: str | None = None):
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(how=mutation)
     def run(tmp_path_factory, tmp_path, how):
-        check(tmp_path, mutate(original(name, tmp_path_factory), how), name)
+        data = original(name, tmp_path_factory)
+        data = mutate(data, how) if member is None else with_member_mutated(data, member, how)
+        check(tmp_path, data, name)
 
     return run
 
@@ -80,8 +95,13 @@ test_fuzz_zip = _fuzz("a.pt", 60)
 test_fuzz_legacy = _fuzz("legacy.pt", 30)
 test_fuzz_safetensors = _fuzz("a.safetensors", 60)
 test_fuzz_torchscript = _fuzz("a.ts", 40)
+test_fuzz_data_pkl = _fuzz("a.pt", 60, member="/data.pkl")
+test_fuzz_torchscript_data_pkl = _fuzz("a.ts", 40, member="/data.pkl")
+test_fuzz_torchscript_code = _fuzz("a.ts", 20, member="batchnorm.py")
 
 test_fuzz_zip_long = pytest.mark.slow(_fuzz("a.pt", 3000))
 test_fuzz_legacy_long = pytest.mark.slow(_fuzz("legacy.pt", 1000))
 test_fuzz_safetensors_long = pytest.mark.slow(_fuzz("a.safetensors", 3000))
 test_fuzz_torchscript_long = pytest.mark.slow(_fuzz("a.ts", 2000))
+test_fuzz_data_pkl_long = pytest.mark.slow(_fuzz("a.pt", 3000, member="/data.pkl"))
+test_fuzz_torchscript_data_pkl_long = pytest.mark.slow(_fuzz("a.ts", 2000, member="/data.pkl"))
