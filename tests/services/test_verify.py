@@ -203,7 +203,10 @@ def test_unexplained_mismatch_names_the_channels(diag_input):
     expected[:, [3, 7]] *= 1.5
     d = sv.diagnose(layer, x, expected, "float32", channels_last=False)
     assert (d.cause, d.fits, d.channels_off, d.channels_off_count) == ("unexplained", False, [3, 7], 2)
-    assert d.closest.startswith("the checkpoint's own formula")
+    expected = _bn(torch.from_numpy(x), mean, var, gamma, beta).numpy()
+    expected[:, 5] += 0.3
+    d = sv.diagnose(layer, x, expected, "float32", channels_last=False)
+    assert d.channels_off == [5] and d.closest.startswith("the checkpoint's own formula")
 
 
 # ---------------------------------------------------------------- --output round trip in every format
