@@ -42,7 +42,7 @@ def non_finite(layer: BNLayer, ctx: Context):
         idx = np.union1d(nan, inf)
         bad_channels.update(int(i) for i in idx)
         kinds = "/".join(k for k, n in (("NaN", nan.size), ("Inf", inf.size)) if n)
-        parts.append(f"{kinds} in {name} ({channel_list(idx, v.shape[0])})")
+        parts.append(f"{kinds} in {name}, {channel_list(idx, v.shape[0])}")
         evidence[f"{name}_nan"] = int(nan.size)
         evidence[f"{name}_inf"] = int(inf.size)
     if parts:

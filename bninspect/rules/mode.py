@@ -41,8 +41,7 @@ def no_running_statistics(layer: BNLayer, ctx: Context):
     if layer.has("running_mean") and layer.has("running_var"):
         return
     if layer.possible:
-        why = f"possible BatchNorm with track_running_stats=False ({layer.evidence})" if layer.evidence else \
-            "possible BatchNorm with track_running_stats=False"
+        why = layer.evidence or "possible BatchNorm with track_running_stats=False: weight and bias, no running statistics"
     elif layer.track_running_stats is False:
         why = "track_running_stats=False"
     else:
