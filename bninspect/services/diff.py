@@ -277,7 +277,12 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         if ra is None and rb is None:
             continue
         d.tensors.append(_compare_tensor(name, ra, rb, _stat(la, name), _stat(lb, name), None, _dtype(la, name), _dtype(lb, name)))
-    if la.has("running_mean") and la.has("running_var"):
+    stats = [l.has("running_mean") and l.has("running_var") for l in (la, lb)]
+    if stats[0] != stats[1]:
+        side = "B" if stats[0] else "A"
+        d.settings.append(SettingDiff("track_running_stats", stats[0], stats[1], "error",
+                                      f"{side} has no running statistics: it normalizes with batch statistics at inference"))
+    if all(stats):
         lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
         sa, ta = la.folded()
         sb, tb = lb.folded()
@@ -459,7 +464,8 @@ def _match_folded(bns: list[BNLayer], targets: list[Target]) -> list[tuple[BNLay
     out: list[tuple[BNLayer, Target, str]] = []
     free = list(targets)
     rest: list[BNLayer] = []
-    for layer in bns:
+    # Only a BN with running statistics can have been folded (eval-mode folding uses them).
+    for layer in (l for l in bns if l.has("running_mean") and l.has("running_var")):
         hit = next((t for t in free if t.folded_bn in (layer.name, layer.key_prefix)), None)
         if hit is None and layer.producer is not None:
             hit = next((t for t in free if t.folded_bn is None and t.key_prefix == layer.producer.key_prefix), None)
@@ -540,9 +546,12 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
 
         notes += attach_witnesses(diffs, da, db)
 
-    for disc, side in ((da, "A"), (db, "B")):
-        if not disc.layers and not any(d.folded_side == side.lower() for d in diffs):
-            notes.append(f"{side} has no BatchNorm layers")
+    if not da.layers and not db.layers:
+        notes.append("neither side has BatchNorm layers (both folded, or none): there is nothing to compare")
+    else:
+        for disc, side in ((da, "A"), (db, "B")):
+            if not disc.layers and not any(d.folded_side == side.lower() for d in diffs):
+                notes.append(f"{side} has no BatchNorm layers")
     dtype_changes = sorted({(t.dtype_a, t.dtype_b) for d in diffs for t in d.tensors if t.dtype_a != t.dtype_b
                             and t.tensor in BN_TENSORS + ("folded weight",)})
     for da_t, db_t in dtype_changes:

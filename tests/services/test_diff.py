@@ -226,6 +226,12 @@ def test_renamed_keys_are_matched_by_order(tmp_path):
     assert any("matched by order" in n for n in r.notes)
 
 
+def test_two_folded_artifacts_say_there_is_nothing_to_compare(exports):
+    r = diff(str(exports["folded"]), str(exports["folded"]))
+    assert r.layers == [] and r.exit_code == 0
+    assert any("nothing to compare" in n for n in r.notes)
+
+
 def test_layer_glob(exports):
     r = diff(PT, str(exports["folded"]), layers=["features.4.*"])
     assert [d.name for d in r.layers] == ["features.4.bn"]
