@@ -236,3 +236,12 @@ def test_big_endian_archive(tmp_path):
     got = open_checkpoint(path).tensors["running_var"].numpy()
     np.testing.assert_array_equal(got, [1.5, -2.0, 3.25])
     assert got.dtype == np.float32 and got.dtype.isnative
+
+
+def test_recompressed_archive_reads_the_same(tmp_path, saved):
+    # torch writes records uncompressed; an archive re-zipped with deflate still reads right.
+    packed = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(saved) as zin, zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    assert_same(open_checkpoint(packed), torch.load(saved, weights_only=True))
