@@ -112,6 +112,8 @@ class LayerDiff:
 
 @dataclass
 class Side:
+    """One of the two artifacts: where it is, what format, how many BN layers, what the reader noted."""
+
     path: str
     format: str
     format_name: str
