@@ -462,7 +462,8 @@ def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype
         diag.cause, diag.residual, diag.relative_residual = best.cause, best.residual, best.relative_residual
         return diag
     diag.cause, diag.fits = "unexplained", False
-    if correct.relative_residual <= best.relative_residual:
+    # a mistake that does not halve the residual explains nothing: the difference lies elsewhere
+    if best.relative_residual >= 0.5 * correct.relative_residual:
         diag.closest = "the checkpoint's own formula (no usual mistake comes closer)"
     with np.errstate(invalid="ignore"):
         err = np.nan_to_num(np.abs(expected - ref), nan=np.inf)
