@@ -285,13 +285,14 @@ class DataSource:
 
     description: str = ""
     synthetic: bool = False
+    _shape: tuple[int, ...] = ()  # (samples, *sample_shape)
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return self._shape[0]
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError
+        return self._shape[1:]
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         """Samples ``start:stop`` as a tensor (a copy; the source is never written)."""
@@ -304,13 +305,6 @@ class _ArraySource(DataSource):
         self._get = get
         self._shape = tuple(int(s) for s in shape)
         self.description = description
-
-    def __len__(self) -> int:
-        return self._shape[0]
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self._shape[1:]
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         return self._get(start, stop)
@@ -326,13 +320,6 @@ class SyntheticSource(DataSource):
         self._shape = shape
         self.seed = seed
         self.description = f"synthetic N(0, 1) input {'x'.join(map(str, shape))}, seed {seed}"
-
-    def __len__(self) -> int:
-        return self._shape[0]
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self._shape[1:]
 
     def _block(self, b: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + b)

@@ -38,14 +38,8 @@ class TensorSource(runner.DataSource):
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x
+        self._shape = tuple(x.shape)
         self.description = "memory"
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         return self.x[start:stop].clone()
