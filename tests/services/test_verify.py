@@ -273,3 +273,11 @@ def test_input_with_the_wrong_channel_axis_suggests_channels_last(tmp_path):
     with pytest.raises(UsageError, match="exactly one layer"):
         sv.run_verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), input_path=str(tmp_path / "nhwc.npy"),
                       output_path=str(tmp_path / "y.npy"))
+
+
+def test_two_devices_add_a_cross_device_check():
+    # --device all runs [cpu, cuda:0]; the cross-device comparison's logic is exercised here with cpu twice
+    res, _ = sv.verify_layer(make_layer(), ["cpu", "cpu"])
+    cross = [c for c in res.checks if c.path == "cpu_vs_cuda"]
+    assert len(cross) == 1 and cross[0].passed and cross[0].max_abs_err == 0.0
+    assert [c.path for c in res.checks].count("batch_norm") == 2
