@@ -253,7 +253,10 @@ def diff(
 
 
 def _fail(line: str, code: int) -> int:
-    sys.stderr.write(f"bninspect: error: {line}\n")
+    # The line names a file, and a file name may carry terminal escapes: show them, never send them.
+    from bninspect.render.common import safe
+
+    sys.stderr.write(f"bninspect: error: {safe(line)}\n")
     sys.stderr.flush()
     return code
 
