@@ -48,6 +48,11 @@ class InvalidFileError(BNInspectError):
     exit_code = EXIT_INVALID
 
 
+class NoStateDictError(InvalidFileError):
+    """A readable file of a known format that holds no state dict (a data tensor, a list, an
+    empty dict): not a checkpoint. Folder scans skip such files instead of failing on them."""
+
+
 class PathProblemError(BNInspectError):
     """The path is missing, a directory, not a regular file, or unreadable."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
-from bninspect.errors import InvalidFileError, UsageError
+from bninspect.errors import InvalidFileError, NoStateDictError, UsageError
 
 # Where frameworks put the weights (Lightning, timm, torchvision references, DeepSpeed-style scripts).
 KNOWN_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "state_dict_ema", "model_ema", "ema")
@@ -132,7 +132,7 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
             raise UsageError(f"no state dict at --key {key!r}; available: {available}", path=path)
     else:
         if not ordered:
-            raise InvalidFileError(f"holds no tensors: {_shape_of(root)}", path=path)
+            raise NoStateDictError(f"holds no state dict: {_shape_of(root)}", path=path)
         chosen = ordered[0]
     tensors = chosen.tensors
     keys = list(tensors)

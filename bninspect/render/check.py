@@ -29,6 +29,7 @@ def to_json(report: CheckReport) -> str:
         "summary": {**report.counts, "files": len(report.files),
                     "failed_files": sum(1 for f in report.files if f.error)},
         "rules": report.rules, "fail_on": report.fail_on, "config": report.config, "exit_code": report.exit_code,
+        "skipped": report.skipped,
     }
     return dumps(SCHEMA, body)
 
@@ -51,6 +52,10 @@ def _summary(report: CheckReport) -> Text:
                 f"{c['info']} info) in {loaded} file{'s' if loaded != 1 else ''}")
     if failed:
         line.append(f"; {failed} could not be checked", style="bold red")
+    if report.skipped:
+        n = len(report.skipped)
+        line.append(f"; skipped {n} file{'s that hold' if n != 1 else ' that holds'} no state dict "
+                    f"({', '.join(safe(s) for s in report.skipped[:3])}{', …' if len(report.skipped) > 3 else ''})")
     line.append(f"; failing on: {report.fail_on}" + (f" (settings from {report.config})" if report.config else ""))
     return line
 

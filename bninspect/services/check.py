@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bninspect.errors import EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, UsageError
+from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
+                              UsageError)
 from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules, select_rules
 
 FAIL_ON = ("error", "warning", "info", "never")
@@ -62,6 +63,7 @@ class FileResult:
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None  # one line, our words
     exit_code: int = EXIT_OK  # the error's exit class (3 unsafe, 4 invalid, 5 path, 2 usage)
+    no_state_dict: bool = False  # a valid file that holds no state dict (data, not a checkpoint)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class CheckReport:
     exit_code: int
     counts: dict[str, int]  # findings by severity
     config: str | None = None
+    skipped: list[str] = field(default_factory=list)  # files in folders that hold no state dict
 
 
 # ── configuration ───────────────────────────────────────────────────────────────────────────
@@ -238,6 +241,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
         if opts.debug:
             raise
         result.error, result.exit_code = exc.line() if exc.path else f"{path}: {exc.line()}", exc.exit_code
+        result.no_state_dict = isinstance(exc, NoStateDictError)
     except Exception as exc:  # a bug in a reader or a rule must not stop the other files
         if opts.debug:
             raise
@@ -274,9 +278,16 @@ def run_check(paths: list[str], opts: CheckOptions) -> CheckReport:
             results = list(pool.map(check_file, files, [opts] * len(files)))
     else:
         results = [check_file(f, opts) for f in files]
+    # A folder of checkpoints often holds data too (a calibration tensor saved with torch.save):
+    # found by a folder walk, such a file is skipped and named, not an error. Named on the
+    # command line it stays an error: the user asked for that file.
+    named = set(paths)
+    skipped = [r.path for r in results if r.no_state_dict and r.path not in named]
+    results = [r for r in results if not (r.no_state_dict and r.path not in named)]
     results.extend(problems)
     return CheckReport(files=results, rules=[r.code for r in rules], fail_on=opts.fail_on,
-                       exit_code=exit_code(results, opts.fail_on), counts=count(results), config=opts.config)
+                       exit_code=exit_code(results, opts.fail_on), counts=count(results), config=opts.config,
+                       skipped=skipped)
 
 
 def count(results: list[FileResult]) -> dict[str, int]:
