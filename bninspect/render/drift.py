@@ -49,6 +49,7 @@ def to_json(result: DriftResult) -> str:
         "thresholds": {"max_drift": result.max_drift, "batch_tolerance": result.batch_tolerance,
                        "min_agreement": result.min_agreement},
         "layers_measured": result.layers_measured,
+        "min_batch_size": {"batch_size": result.min_batch_size, "layer": result.min_batch_size_layer},
         "layers": result.layers,
         "output": {"kind": result.output_kind, "eval_vs_train": result.mismatch},
         "recalibration": result.recalibration,
@@ -123,6 +124,12 @@ def render(result: DriftResult) -> None:
         out.print(_layer_table(result))
         out.print(f"[dim]B=…: RMS error of train-mode normalization at that batch size vs eval mode with the data's "
                   f"statistics; min B: smallest batch size from which it stays ≤ {result.batch_tolerance:g}[/]")
+        if result.min_batch_size is not None:
+            out.print(f"train-mode BN stays within {result.batch_tolerance:g} from batch size {result.min_batch_size} "
+                      f"(set by {markup(result.min_batch_size_layer)})")
+        elif result.min_batch_size_layer:
+            out.print(f"train-mode BN exceeds {result.batch_tolerance:g} at every measured batch size in "
+                      f"{markup(result.min_batch_size_layer)} (largest measured: {max(result.batch_sizes)})")
     out.print(_mismatch_table(result))
     if result.recalibration:
         r = result.recalibration

@@ -145,6 +145,8 @@ class DriftResult:
     mismatch: list[ModeMismatch]
     layers_measured: bool  # False where hooks cannot run (TorchScript)
     recalibration: Recalibration | None = None
+    min_batch_size: int | None = None  # largest per-layer min B: every layer within tolerance from here
+    min_batch_size_layer: str = ""  # the layer that sets it ("" when every measured size is enough)
     problems: list[str] = field(default_factory=list)  # why the exit code is 1
     notes: list[str] = field(default_factory=list)
 
@@ -705,8 +707,22 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
         train_mode_layers=train_layers, output_kind=output_kind, layers=layers, mismatch=mismatch,
         layers_measured=bool(layers), recalibration=recal, notes=notes,
     )
+    _overall_min_batch_size(result)
     result.problems = _problems(result)
     return result
+
+
+def _overall_min_batch_size(result: DriftResult) -> None:
+    """The batch size from which train-mode BN stays within tolerance in every layer, and the layer that needs it."""
+    measured = [l for l in result.layers if l.by_batch_size]
+    if not measured:
+        return
+    short = [l for l in measured if l.min_batch_size is None]
+    if short:
+        result.min_batch_size_layer = short[0].name  # no measured size is enough for this layer
+        return
+    worst = max(measured, key=lambda l: l.min_batch_size)
+    result.min_batch_size, result.min_batch_size_layer = worst.min_batch_size, worst.name
 
 
 def _problems(result: DriftResult) -> list[str]:

@@ -196,6 +196,11 @@ def test_min_batch_size_is_where_the_error_stays_within_tolerance(bs2: runner.Lo
         ok = [b for b in sorted(errors) if all(errors[c] <= 0.1 for c in errors if c >= b)]
         assert layer.min_batch_size == (ok[0] if ok else None)
     assert result.layers[0].min_batch_size == 32  # the 16×16 images: only 32 stay within 0.1
+    mins = {l.name: l.min_batch_size for l in result.layers}
+    if None in mins.values():
+        assert result.min_batch_size is None and mins[result.min_batch_size_layer] is None
+    else:
+        assert result.min_batch_size == max(mins.values()) == mins[result.min_batch_size_layer]
 
 
 # ── measurement 3 and the model's mode ──────────────────────────────────────────────────────
@@ -509,6 +514,16 @@ def test_cli_batch2_json_exit_1(cli) -> None:
     assert doc["verdict"]["ok"] is False
     assert doc["thresholds"] == {"max_drift": 0.1, "batch_tolerance": 0.1, "min_agreement": 0.99}
     assert [m["batch_size"] for m in doc["output"]["eval_vs_train"]] == [2, 32]
+    # the documented fields (README, bninspect.drift/1), no more and no fewer
+    assert list(doc) == ["schema", "file", "model", "data", "device", "batch_sizes", "pass_batch_size", "thresholds",
+                         "layers_measured", "min_batch_size", "layers", "output", "recalibration", "verdict", "notes"]
+    assert list(doc["layers"][0]) == [
+        "name", "kind", "channels", "eps", "reached", "elements_per_channel", "drift_score", "worst_channel",
+        "worst_error", "worst_mean_shift", "worst_var_ratio", "max_abs_mean_shift", "var_ratio_range",
+        "worst_channels", "mean_shift", "var_ratio", "channel_error", "by_batch_size", "min_batch_size", "exceeds",
+        "drift_after"]
+    assert doc["layers"][0]["elements_per_channel"] == 64 * 16 * 16
+    assert len(doc["layers"][3]["mean_shift"]) == 128
 
 
 def test_cli_batch64_table_exit_0_and_recalibrates(cli, tmp_path: Path) -> None:
