@@ -182,7 +182,7 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     worst = int(np.argmax(per_channel)) if per_channel.size else None
     beyond_channels = int(beyond.reshape(flat.shape).any(axis=1).sum()) if flat.size else 0
     value_a = value_b = None
-    if worst is not None and err.size:
+    if worst is not None and err.size and float(err.max()) > 0:
         row = int(np.argmax(flat[worst]))
         value_a = float(va.reshape(flat.shape)[worst, row])
         value_b = float(vb.reshape(flat.shape)[worst, row])

@@ -269,3 +269,23 @@ def test_dynamo_exporter_folded_is_equivalent(model, tmp_path):
     r = diff(PT, str(path))
     assert r.verdict == "equivalent", r.causes
     assert all(d.mode == "folded" for d in r.layers)
+
+
+GOLDEN = SAMPLES.parent / "tests" / "services" / "golden" / "diff_train_ts.json"
+
+
+def test_json_matches_the_golden_document(monkeypatch):
+    """The whole bninspect.diff/1 document for the sample checkpoint against its train-mode TorchScript:
+    any change to a message, a number or the schema shows up here. Regenerate with BNINSPECT_REGEN_GOLDEN=1."""
+    import os
+
+    from bninspect.render.diff import to_json
+
+    monkeypatch.chdir(SAMPLES.parent)  # relative paths in the document
+    doc = to_json(diff("sample_checkpoints/mobilenet_v1_tiny.pt", "sample_checkpoints/mobilenet_v1_tiny_train.ts")) + "\n"
+    if os.environ.get("BNINSPECT_REGEN_GOLDEN"):
+        GOLDEN.write_text(doc, encoding="utf-8")
+    assert doc == GOLDEN.read_text(encoding="utf-8")
+    body = json.loads(doc)
+    assert body["verdict"] == "different" and body["exit_code"] == 1
+    assert all(l["settings"][0]["setting"] == "training" for l in body["layers"])
