@@ -246,6 +246,17 @@ def bn_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def _saved_bn_modes(model: nn.Module, checkpoint: Checkpoint, key_map: dict[str, str]) -> dict[str, bool]:
+    """BN name -> training flag, where the file records its modules' modes (TorchScript read statically)."""
+    flags = {}
+    for name, _ in bn_modules(model):
+        key = key_map.get(f"{name}.running_mean" if name else "running_mean", "")
+        info = checkpoint.modules.get(key.rsplit(".", 1)[0] if "." in key else "")
+        if info is not None and isinstance(info.attributes.get("training"), bool):
+            flags[name] = info.attributes["training"]
+    return flags
+
+
 def load_model(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bool, key: str | None) -> LoadedModel:
     """The model to run: ``--arch`` plus the safely read state dict, or the file's own module with ``--trust``."""
     from bninspect.formats import open_checkpoint
@@ -255,9 +266,11 @@ def load_model(path: str, *, arch: str | None, arch_kwargs: str | None, trust: b
         model = build_arch(arch, arch_kwargs)
         key_map, notes = load_checkpoint_into(model, checkpoint)
         model.eval()
-        notes.insert(0, "a state dict has no train/eval mode: the model runs in eval mode as built by --arch")
+        flags = _saved_bn_modes(model, checkpoint, key_map)
+        if not flags:
+            notes.insert(0, "a state dict has no train/eval mode: the model runs in eval mode as built by --arch")
         return LoadedModel(model=model, source="arch", description=arch, checkpoint=checkpoint,
-                           key_map=key_map, notes=notes)
+                           key_map=key_map, training_as_loaded=flags, notes=notes)
     if not trust:
         raise UnsafeFileError(
             "drift runs the model: give its architecture with --arch module:callable (the state dict is then read "

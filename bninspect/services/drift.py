@@ -698,7 +698,7 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
             model.to(original_device)
 
     train_layers = [n for n, flag in loaded.training_as_loaded.items() if flag]
-    loaded_train = None if loaded.source == "arch" else bool(train_layers)
+    loaded_train = bool(train_layers) if loaded.training_as_loaded else None  # None: the file records no mode
     result = DriftResult(
         path=path, model=loaded.description, model_source=loaded.source, data=source.description,
         samples=len(source), sample_shape=list(source.sample_shape), synthetic=source.synthetic,

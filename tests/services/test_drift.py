@@ -232,6 +232,15 @@ def test_torchscript_saved_in_train_mode_is_reported() -> None:
     assert all(m.max_abs_diff > 0 for m in result.mismatch)
 
 
+def test_arch_with_a_torchscript_file_measures_layers_and_reads_its_saved_mode() -> None:
+    """--arch on a TorchScript file: the state dict and the modes are read statically, hooks work."""
+    loaded = arch_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"))
+    result = run(loaded, calib(), sizes=(32,))
+    assert result.layers_measured and [l.name for l in result.layers] == MOBILENET_BNS
+    assert result.loaded_in_train_mode is True and sorted(result.train_mode_layers) == MOBILENET_BNS
+    assert result.exit_code == 1
+
+
 def test_torchscript_in_eval_mode_is_not_flagged_for_its_mode() -> None:
     loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=True, key=None)
     result = run(loaded, calib(), sizes=(32,))
