@@ -69,8 +69,8 @@ def _layers_table(result: VerifyResult) -> Table:
     for layer in result.layers:
         eps = f"{layer.eps:g}" + ("" if layer.eps_source == "module" else f" ({layer.eps_source})")
         if layer.skipped:
-            table.add_row(text(layer.name), layer.dtype, eps, "", "", "", "", "", "",
-                          f"{_verdict(True, layer.skipped)} ({markup(layer.skipped)})")
+            verdict = _verdict(True, layer.skipped) if layer.passed else _verdict(False)
+            table.add_row(text(layer.name), layer.dtype, eps, "", "", "", "", "", "", f"{verdict} ({markup(layer.skipped)})")
             continue
         s = layer.eps_sensitivity
         sens = f"{s.eps_to:g}: {num(s.max_abs_change, 2)}" if s else "—"

@@ -281,3 +281,17 @@ def test_two_devices_add_a_cross_device_check():
     cross = [c for c in res.checks if c.path == "cpu_vs_cuda"]
     assert len(cross) == 1 and cross[0].passed and cross[0].max_abs_err == 0.0
     assert [c.path for c in res.checks].count("batch_norm") == 2
+
+
+def test_inconsistent_tensor_sizes_fail_without_a_crash():
+    layer = make_layer()
+    layer.tensors["weight"] = TensorRef.from_array(np.ones(C + 1, np.float32))
+    res, ref = sv.verify_layer(layer, ["cpu"])
+    assert ref is None and not res.passed and "weight" in res.skipped
+
+
+def test_layer_saved_in_train_mode_gets_a_note():
+    layer = make_layer()
+    layer.training = True
+    res, _ = sv.verify_layer(layer, ["cpu"])
+    assert res.passed and "train mode" in res.notes[0]
