@@ -173,6 +173,7 @@ class Case:
 
     @property
     def name(self) -> str:
+        """The case in one line, as the table shows it."""
         parts = [self.kind, "×".join(map(str, self.shape)), self.dtype, "train" if self.training else "eval",
                  f"eps={self.eps:g}"]
         if self.training:
