@@ -268,6 +268,9 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
     if training_nodes:
         notes.append(f"{len(training_nodes)} BatchNormalization node(s) have training_mode=1: a runtime "
                      "normalizes with batch statistics, not the stored ones")
+    if modules and not any(m.type_name.startswith("BatchNorm") for m in modules.values()):
+        notes.append("no BatchNormalization nodes: an export with constant folding fuses BN into the Conv/Gemm "
+                     "before it (`diff` against the checkpoint compares them in folded form)")
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     notes.append(f"ONNX opset {opsets.get('ai.onnx', '?')}, producer {model.producer_name or '?'} {model.producer_version}".strip())
     return Checkpoint(path=path, format="onnx", tensors=tensors, modules=modules, notes=notes)

@@ -236,8 +236,8 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
             emitted = _producer(r, layer, tensors, modules)
             folded += bool(emitted and modules[emitted].attributes.get("folded_bn") is not None)
     if folded:
-        notes.append(f"{folded} BatchNorm layer(s) fused into the preceding Convolution/MatMul by the converter; "
-                     "compared in folded form")
+        notes.append(f"{folded} BatchNorm layer(s) were fused into the preceding Convolution/MatMul by the converter "
+                     "(their names survive on the Add layers; `diff` compares them in folded form)")
     return Checkpoint(path=path, format="openvino-ir", tensors=tensors, modules=modules, notes=notes)
 
 
