@@ -660,6 +660,9 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                                 "population statistics")
             order = result.order
             layers = [_layer_drift(name, module, result, usable, max_drift, batch_tolerance) for name, module in bns]
+        elif not bns:
+            notes.append("the model has no BatchNorm layer with running statistics: nothing can drift, "
+                         "and eval and train mode differ only if other modules make them")
         elif scripted:
             notes.append("per-layer statistics need forward hooks, which TorchScript modules do not support; "
                          "measured at the output only (give --arch to measure every layer)")

@@ -259,6 +259,14 @@ def test_batch_size_one_with_one_value_per_channel_is_skipped_not_crashed() -> N
     assert result.mismatch[1].top1_agreement is not None
 
 
+def test_a_model_without_batchnorm_is_measured_and_passes() -> None:
+    loaded = arch_model(str(SAMPLES / "norms_tiny.pt"), "sample_models:norms_tiny")
+    result = run(loaded, calib(), sizes=(8,))
+    assert result.layers == [] and result.exit_code == 0
+    assert result.mismatch[0].max_abs_diff == 0.0 and result.mismatch[0].top1_agreement == 1.0
+    assert any("no BatchNorm layer" in n for n in result.notes)
+
+
 # ── the model is never left modified ────────────────────────────────────────────────────────
 
 
