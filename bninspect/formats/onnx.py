@@ -222,6 +222,10 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
             if len(node.input) < 5 or any(const(n) is None for n in node.input[1:5]):
                 notes.append(f"BatchNormalization node '{node.name}' takes its parameters from computed values; skipped")
                 continue
+            if any(int(const(n).data_type) not in ONNX_DTYPES for n in node.input[1:5]):
+                notes.append(f"BatchNormalization node '{node.name}' stores its parameters in an element type "
+                             "bninspect does not read; skipped")
+                continue
             scale, bias, mean, var = (const(n) for n in node.input[1:5])
             name = _module_name(node, index, mean.name, ".running_mean", used)
             attrs = _attrs(node)
@@ -242,7 +246,8 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
                 "track_running_stats": True,
                 "onnx_node": node.name,
             })
-        elif node.op_type in PRODUCER_OPS and len(node.input) >= 2 and const(node.input[1]) is not None:
+        elif (node.op_type in PRODUCER_OPS and len(node.input) >= 2 and const(node.input[1]) is not None
+              and int(const(node.input[1]).data_type) in ONNX_DTYPES):
             weight = const(node.input[1])
             attrs = _attrs(node)
             wref = tensor_ref(weight, path)
@@ -255,7 +260,7 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
             name = _module_name(node, index, weight.name, ".weight", used)
             tensors[f"{name}.weight"] = wref
             bias_name = node.input[2] if len(node.input) > 2 and node.op_type != "MatMul" else ""
-            if bias_name and const(bias_name) is not None:
+            if bias_name and const(bias_name) is not None and int(const(bias_name).data_type) in ONNX_DTYPES:
                 tensors[f"{name}.bias"] = tensor_ref(const(bias_name), path)
             type_name = PRODUCER_OPS[node.op_type]
             info: dict[str, Any] = {"onnx_node": node.name}

@@ -162,8 +162,8 @@ class _Reader:
         node = self.layers.get(src[0]) if src else None
         if node is not None and node.type == "Convert" and node.inputs:
             node = self.layers.get(next(iter(node.inputs.values()))[0])
-        if node is None or node.type != "Const":
-            return None
+        if node is None or node.type != "Const" or node.data.get("element_type") not in IR_DTYPES:
+            return None  # computed, or a packed type (u4, nf4, f8 weight compression) we do not decode
         return node, self.bin.ref(node)
 
     def unique(self, name: str) -> str:
