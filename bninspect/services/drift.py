@@ -407,8 +407,10 @@ def _mode_mismatch(model: nn.Module, source: DataSource, batch_sizes: list[int],
                 runner.set_bn_mode(model, bn_train=False)
                 y_eval = runner.output_tensor(_forward(model, x))
                 runner.set_bn_mode(model, bn_train=True)
-                y_train = runner.output_tensor(_forward(model, x))
-                state.restore_buffers()  # train mode moved the running statistics
+                try:
+                    y_train = runner.output_tensor(_forward(model, x))
+                finally:
+                    state.restore_buffers()  # train mode moved the running statistics (even when it failed midway)
                 if y_eval is None or y_train is None:
                     row.skipped = "the model's output holds no tensor"
                     break

@@ -257,6 +257,19 @@ def test_batch_size_one_with_one_value_per_channel_is_skipped_not_crashed() -> N
     assert row1.batch_size == 1 and row1.output_error is None and "one value per channel" in row1.skipped
     assert "one value per channel" in result.mismatch[0].skipped
     assert result.mismatch[1].top1_agreement is not None
+    assert model[1].num_batches_tracked.item() == 0 and torch.equal(model[1].running_var, torch.ones(3))
+
+
+def test_a_failed_train_forward_does_not_leak_statistics_into_the_next_batch_size() -> None:
+    """BN1d after a BN2d: at batch 1 the second one refuses, after the first has updated its buffers."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 4, 4), torch.nn.BatchNorm1d(4)).eval()
+    loaded = runner.LoadedModel(model=model, source="arch", description="test")
+    x = torch.randn(8, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    alone = run(loaded, x, sizes=(4,)).mismatch[0]
+    after_failure = run(loaded, x, sizes=(1, 4)).mismatch
+    assert "one value per channel" in after_failure[0].skipped
+    assert after_failure[1].max_abs_diff == alone.max_abs_diff
 
 
 def test_a_model_without_batchnorm_is_measured_and_passes() -> None:
