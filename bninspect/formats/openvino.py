@@ -210,7 +210,7 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
     tensors: dict[str, TensorRef] = {}
     modules: dict[str, ModuleInfo] = {}
     notes: list[str] = []
-    folded = 0
+    folded = compressed = 0
     for layer in layers.values():
         if layer.type == "BatchNormInference":
             found = [(p, r.const(layer, p)) for p in layer.in_ports]
@@ -235,6 +235,13 @@ def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool
         elif layer.type in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
             emitted = _producer(r, layer, tensors, modules)
             folded += bool(emitted and modules[emitted].attributes.get("folded_bn") is not None)
+            src = layer.inputs.get(layer.in_ports[1]) if len(layer.in_ports) > 1 else None
+            if emitted is None and layer.type != "MatMul" and src is not None and layers[src[0]].type in ("Multiply", "Subtract"):
+                compressed += 1
+    if compressed:
+        # NNCF weight compression: Const(u8/i8/u4) → Convert → Subtract → Multiply → Convolution.
+        notes.append(f"{compressed} convolution(s) take decompressed (quantized) weights; not read, so BN fused "
+                     "into them cannot be compared")
     if folded:
         notes.append(f"{folded} BatchNorm layer(s) were fused into the preceding Convolution/MatMul by the converter "
                      "(their names survive on the Add layers; `diff` compares them in folded form)")

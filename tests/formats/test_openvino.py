@@ -115,3 +115,18 @@ def test_doctype_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(InvalidFileError, match="DOCTYPE"):
         ir_reader.read(str(path))
+
+
+def test_quantized_weights_are_noted_not_read(tmp_path):
+    """NNCF-style weight compression (u8 → Convert → Subtract → Multiply → Convolution): said, not guessed."""
+    import openvino.opset1 as ops
+
+    x = ops.parameter([1, 2, 5, 5], np.float32, name="x")
+    q = ops.constant(np.arange(16, dtype=np.uint8).reshape(4, 2, 1, 2, 1)[..., 0])  # [4, 2, 1, 2] u8
+    w = ops.multiply(ops.subtract(ops.convert(q, "f32"), np.float32(8)), np.float32(0.1))
+    conv = ops.convolution(x, w, [1, 1], [0, 0], [0, 0], [1, 1])
+    path = tmp_path / "q.xml"
+    ov.save_model(ov.Model([conv], [x]), str(path), compress_to_fp16=False)
+    ckpt = ir_reader.read(str(path))
+    assert ckpt.tensors == {}
+    assert any("1 convolution(s) take decompressed (quantized) weights" in n for n in ckpt.notes)
