@@ -17,6 +17,7 @@ Prints the medians, verify / bare, and the issue-8 goal ratio (torch import + ve
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads (0 = torch's default); 1 is steadier on a shared, loaded machine")
+                    help="torch intra-op threads for the bare calls (0 = torch's default); verify itself runs on one")
     args = ap.parse_args()
 
     import torch
@@ -115,7 +116,9 @@ def main() -> None:
         timings[label] = statistics.median(runs)
     imp = time_import(max(3, args.repeat // 2))
     b, v = timings["bare F.batch_norm × 53"], timings["verify (service)"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-50 shapes: 53 BN layers, "
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load:.1f} (a loaded machine inflates the "
+          f"import time, which flatters the last ratio), ResNet-50 shapes: 53 BN layers, "
           f"{sum(l.channels for l in layers)} channels, medians of {args.repeat}")
     print(f"{'what':34s} {'median s':>10s}")
     print(f"{'import torch (fresh process)':34s} {imp:10.3f}")

@@ -97,6 +97,22 @@ def resolve_devices(device: str) -> list[str]:
     return [spec]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run torch's CPU kernels on one intra-op thread inside the block, then restore the setting.
+
+    verify's tensors are small (a few MB at most), where threads buy little, and on a shared, loaded
+    machine OpenMP workers waiting on each other cost much: the ResNet-50 benchmark measured 11.0 s
+    with torch's default 2 threads and 1.3 s with one (2 cores, load average ~10).
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """Values rounded to ``dtype`` and widened back to float64 (what a kernel in that dtype sees)."""
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(TORCH_DTYPES[dtype]).double().numpy()

@@ -274,7 +274,10 @@ def _spread(x: np.ndarray) -> np.ndarray:
 
 def conformance(devices: list[str], seed: int = 0) -> list[CaseResult]:
     """Every case of the built-in matrix on every device."""
-    return [run_case(case, dev, seed + i) for dev in devices for i, case in enumerate(_matrix())]
+    from bninspect.numerics import one_thread
+
+    with one_thread():
+        return [run_case(case, dev, seed + i) for dev in devices for i, case in enumerate(_matrix())]
 
 
 # ---------------------------------------------------------------- per layer
@@ -385,13 +388,16 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
 
 def verify_layers(layers: list[BNLayer], devices: list[str], **options) -> tuple[list[LayerVerify], dict[str, np.ndarray]]:
     """:func:`verify_layer` for each layer (seeded by position); the reference outputs by layer name."""
+    from bninspect.numerics import one_thread
+
     results: list[LayerVerify] = []
     refs: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(layers):
-        res, ref = verify_layer(layer, devices, index=i, **options)
-        results.append(res)
-        if ref is not None:
-            refs[layer.name] = ref
+    with one_thread():
+        for i, layer in enumerate(layers):
+            res, ref = verify_layer(layer, devices, index=i, **options)
+            results.append(res)
+            if ref is not None:
+                refs[layer.name] = ref
     return results, refs
 
 
