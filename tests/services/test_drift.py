@@ -279,6 +279,40 @@ def test_a_model_without_batchnorm_is_measured_and_passes() -> None:
     assert any("no BatchNorm layer" in n for n in result.notes)
 
 
+class _DictHead(torch.nn.Module):
+    """A 1-d model with dropout that returns a dict, like many detection/NLP heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(2, 3, 3)
+        self.bn = torch.nn.BatchNorm1d(3)
+        self.drop = torch.nn.Dropout(p=0.9)
+        self.fc = torch.nn.Linear(3 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"aux": x.sum(), "logits": self.fc(self.drop(self.bn(self.conv(x))).flatten(1))}
+
+
+def test_dropout_stays_off_and_dict_outputs_are_read() -> None:
+    """Only BN changes mode: with the BN's own statistics matching the data exactly, the gap is BN's alone."""
+    torch.manual_seed(0)
+    model = _DictHead().train()
+    x = torch.randn(32, 2, 8, dtype=torch.float64)  # float64 data into a float32 model: cast, not an error
+    loaded = runner.LoadedModel(model=model, source="arch", description="test")
+    before = snapshot(model)
+    result = run(loaded, x, sizes=(32,))
+    assert_unchanged(model, before)
+    assert result.output_kind == "class scores [N, 5]"
+    layer = result.layers[0]
+    assert layer.elements_per_channel == 32 * 6 and layer.drift_score > 0.1  # fresh statistics: mean 0, var 1
+    # eval vs train differ only through BN: dropout p=0.9 in train mode would change almost every output
+    with torch.no_grad():
+        bn_only = model.fc(F.batch_norm(model.conv(x.float()), None, None, model.bn.weight, model.bn.bias,
+                                         training=True, eps=model.bn.eps).flatten(1))
+        eval_out = model.eval()(x.float())["logits"]
+    assert result.mismatch[0].max_abs_diff == pytest.approx(float((bn_only - eval_out).abs().max()), rel=1e-5)
+
+
 # ── the model is never left modified ────────────────────────────────────────────────────────
 
 
