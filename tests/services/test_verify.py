@@ -295,3 +295,21 @@ def test_layer_saved_in_train_mode_gets_a_note():
     layer.training = True
     res, _ = sv.verify_layer(layer, ["cpu"])
     assert res.passed and "train mode" in res.notes[0]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
+def test_checkpoint_in_its_own_dtype(tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()
+               if v.is_floating_point()}, path)
+    result = sv.run_verify(str(path))
+    (layer,) = result.layers
+    assert (layer.name, layer.dtype, layer.passed) == ("1", dtype, True), layer
+    assert {c.path for c in layer.checks} == {"batch_norm", "folded", "fused_conv"}
+    assert result.exit_code == 0 and result.synthetic == {"batch": 2, "spatial": 4, "seed": 0}
