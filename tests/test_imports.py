@@ -2,8 +2,10 @@
 
 Importing torch costs more than a second and ~200 MiB, seven times the whole job of `show`
 on a safetensors file. So the commands that do no tensor math must never import it. Each
-test runs bninspect in a fresh interpreter and asks ``sys.modules`` afterwards; timings live
-in benchmarks/run.py, never here (machines are noisy).
+test runs bninspect in a fresh interpreter and asks ``sys.modules`` afterwards. And a tool
+that needs only the BN tensors must read only those bytes, not the file: the kernel's count
+of bytes read by the process tells. Timings live in benchmarks/run.py, never here (machines
+are noisy).
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ _PROBE = (
     "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\n' % ('torch' in sys.modules)))\n"
     "from bninspect.cli import main\n"
     "main(sys.argv[1:])\n"
+)
+
+
+# Imports everything `show` and `check` need first, so the count covers reading the file (plus
+# the few modules the commands import lazily), then reports the bytes read through read/pread.
+_READ_PROBE = (
+    "import atexit, sys\n"
+    "def rchar():\n"
+    "    with open('/proc/self/io') as f:\n"
+    "        return int(next(l for l in f if l.startswith('rchar:')).split()[1])\n"
+    "import numpy, bninspect.cli, bninspect.formats.safetensors, bninspect.formats.torchzip\n"
+    "import bninspect.services.show, bninspect.render.show\n"
+    "before = rchar()\n"
+    "atexit.register(lambda: sys.stderr.write('\\nREAD_BYTES=%d\\n' % (rchar() - before)))\n"
+    "bninspect.cli.main(sys.argv[1:])\n"
 )
 
 
@@ -122,3 +139,42 @@ def test_check_does_not_import_torch(request, fixture):
     code, torch_imported, err = probe("check", str(path))
     assert code in (0, 1), err  # 1 = findings, still a completed check
     assert not torch_imported
+
+
+@pytest.fixture(params=["safetensors", "pt"])
+def big_conv_file(request, tmp_path: Path) -> Path:
+    """32 MiB of conv weight next to 32 KiB of BN tensors."""
+    state = _bn_state()
+    state["conv.weight"] = np.zeros((2048, 1024, 4, 1), dtype=np.float32)
+    c = 2048
+    state.update({"bn.weight": np.ones(c, np.float32), "bn.bias": np.zeros(c, np.float32),
+                  "bn.running_mean": np.zeros(c, np.float32), "bn.running_var": np.ones(c, np.float32)})
+    path = tmp_path / f"big.{request.param}"
+    if request.param == "safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(state, str(path))
+    else:
+        import torch
+
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.parametrize("args", [("show",), ("show", "--json"), ("check",)], ids=["show", "json", "check"])
+def test_reads_the_bn_bytes_not_the_file(big_conv_file, args):
+    """The cold-cache goal's mechanism: header plus BN byte ranges, never the 32 MiB of conv weight.
+
+    Counts read/pread bytes (``rchar``), so a reader that touched the weight through mmap
+    would slip past this test; the benchmark's cold-cache disk reads cover that case.
+    """
+    require_command(args[0])
+    proc = subprocess.run([sys.executable, "-c", _READ_PROBE, *args, str(big_conv_file)], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode in (0, 1), proc.stderr
+    marks = [ln for ln in proc.stderr.splitlines() if ln.startswith("READ_BYTES=")]
+    assert marks, proc.stderr
+    read = int(marks[-1].split("=")[1])
+    # ~3 MB of lazily imported modules are read too; the conv weight alone would be 32 MiB.
+    assert read < big_conv_file.stat().st_size // 4, (read, big_conv_file.stat().st_size)
