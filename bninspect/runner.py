@@ -234,6 +234,63 @@ def tensor_of(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True))
 
 
+Probe = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def script_probe(model: torch.jit.ScriptModule) -> tuple[Probe, list[str]] | None:
+    """A function returning each BN layer's input for a TorchScript model (which takes no hooks).
+
+    TorchScript modules refuse Python forward hooks, so the module's inlined graph is copied and
+    every ``aten::batch_norm`` input is added to its outputs; the copy runs against the same
+    module object, so it reads the current training flags and buffers. Returns (probe, BN names
+    in graph order), or None when the graph does not have the plain shape this relies on.
+    """
+    try:
+        graph = model.inlined_graph
+        self_value = next(iter(graph.inputs()))
+
+        def module_path(value) -> str | None:
+            parts = []
+            while value is not self_value:
+                node = value.node()
+                if node.kind() != "prim::GetAttr":
+                    return None
+                parts.append(node.s("name"))
+                value = next(iter(node.inputs()))
+            return ".".join(reversed(parts[1:]))  # parts[0] is the buffer's own name
+
+        known = {name for name, _ in bn_modules(model)}
+        names, values = [], []
+        for node in graph.findAllNodes("aten::batch_norm"):
+            inputs = list(node.inputs())
+            name = module_path(inputs[3])  # running_mean, read from the module that owns it
+            top_level = inputs[0].node().owningBlock() == graph.return_node().owningBlock()
+            if name in known and name not in names and top_level:
+                names.append(name)
+                values.append(inputs[0])
+        if not names:
+            return None
+        ret = graph.return_node()
+        outputs = list(ret.inputs())
+        # A method returns one value: pack the original output(s) and the BN inputs in a tuple.
+        pack = graph.create("prim::TupleConstruct", outputs + values)
+        pack.output().setType(torch._C.TupleType([v.type() for v in outputs + values]))
+        pack.insertBefore(ret)
+        while list(graph.outputs()):
+            graph.eraseOutput(0)
+        graph.registerOutput(pack.output())
+        function = torch._C._create_function_from_graph("bninspect_drift_probe", graph)
+    except Exception:  # a graph shape we do not know: the caller measures the output only
+        return None
+    count = len(outputs)
+
+    def probe(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        result = function(model._c, x)
+        return dict(zip(names, result[count:]))
+
+    return probe, names
+
+
 def bn_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The BatchNorm modules with running statistics, by module path (eager or TorchScript)."""
     found = []

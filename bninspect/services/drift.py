@@ -1,6 +1,7 @@
 """``bninspect drift``: do the running statistics still describe the data, and what do batch statistics cost?
 
-Three measurements, all through forward pre-hooks on the BN layers of a real model fed real data:
+Three measurements on a real model fed real data, seeing each BN layer's input through forward
+pre-hooks (eager modules) or a copy of the TorchScript graph that also returns those inputs:
 
 1. **Population statistics** of every BN layer's input in eval mode (what the layer really sees at
    inference), exact, accumulated in float64 with Chan et al.'s pairwise merge of batch means and
@@ -31,11 +32,12 @@ removed in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -266,10 +268,10 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass early (recalibration needs only one layer's input)."""
 
 
-def _forward(model: nn.Module, x: torch.Tensor):
+def _forward(model: nn.Module, x: torch.Tensor, call: Callable[[torch.Tensor], object] | None = None):
     try:
         with torch.no_grad():
-            return model(x)
+            return (call or model)(x)
     except (_Stop, KeyboardInterrupt, BNInspectError):
         raise
     except Exception as exc:
@@ -299,38 +301,54 @@ class _PassResult:
     order: list[str]  # BN names in the order the forward pass first called them
 
 
+@contextlib.contextmanager
+def _watch(model: nn.Module, modules: dict[str, nn.Module], probe: runner.Probe | None,
+           on_input: Callable[[str, torch.Tensor], None]) -> Iterator[Callable[[torch.Tensor], None]]:
+    """Yield ``run(x)``: one forward pass that hands each watched BN layer's input to ``on_input``.
+
+    Eager modules: forward pre-hooks, removed on exit. TorchScript: the probe from
+    :func:`bninspect.runner.script_probe` returns the inputs, in the graph's (call) order.
+    """
+    if probe is not None:
+        def run_probe(x: torch.Tensor) -> None:
+            for name, value in _forward(model, x, probe).items():
+                if name in modules:
+                    on_input(name, value)
+
+        yield run_probe
+        return
+    handles = [m.register_forward_pre_hook(lambda mod, inputs, n=name: on_input(n, inputs[0]))
+               for name, m in modules.items()]
+    try:
+        yield lambda x: _forward(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _eval_pass(model: nn.Module, bns: list[tuple[str, nn.Module]], source: DataSource, pass_batch: int,
                batch_sizes: list[int], device: torch.device, dtype: torch.dtype,
-               progress: ProgressHook | None, phase: str) -> _PassResult:
+               progress: ProgressHook | None, phase: str, probe: runner.Probe | None = None) -> _PassResult:
     """One eval-mode pass over the data: population statistics and per-B batch terms of each BN input."""
     population = {name: _Population() for name, _ in bns}
     spreads = {name: {b: _BatchSpread(float(m.eps)) for b in batch_sizes} for name, m in bns}
     order: list[str] = []
-    handles = []
 
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs: tuple) -> None:
-            if name not in order:
-                order.append(name)
-            x = inputs[0]
-            population[name].add(_channel_view(x))
-            for b in batch_sizes:
-                for start in range(0, x.shape[0] - b + 1, b):  # full chunks only: a batch of exactly B
-                    spreads[name][b].add(_channel_view(x[start:start + b]))
-        return hook
+    def on_input(name: str, x: torch.Tensor) -> None:
+        if name not in order:
+            order.append(name)
+        population[name].add(_channel_view(x))
+        for b in batch_sizes:
+            for start in range(0, x.shape[0] - b + 1, b):  # full chunks only: a batch of exactly B
+                spreads[name][b].add(_channel_view(x[start:start + b]))
 
     runner.set_bn_mode(model, bn_train=False)
     total = math.ceil(len(source) / pass_batch)
-    try:
-        for name, module in bns:
-            handles.append(module.register_forward_pre_hook(hook_for(name)))
+    with _watch(model, dict(bns), probe, on_input) as run:
         for i, batch in enumerate(runner.batches(source, pass_batch)):
-            _forward(model, _to_model(batch, dtype, device))
+            run(_to_model(batch, dtype, device))
             if progress:
                 progress(phase, i + 1, total)
-    finally:
-        for h in handles:
-            h.remove()
     return _PassResult(population, spreads, order)
 
 
@@ -440,13 +458,13 @@ def _mode_mismatch(model: nn.Module, source: DataSource, batch_sizes: list[int],
 
 
 def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list[str], source: DataSource,
-                 pass_batch: int, device: torch.device, dtype: torch.dtype,
-                 progress: ProgressHook | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                 pass_batch: int, device: torch.device, dtype: torch.dtype, progress: ProgressHook | None,
+                 probe: runner.Probe | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Population (mean, unbiased variance) per BN layer, each measured after its predecessors got theirs.
 
     Layers are taken in the order the forward pass calls them; once a layer's input statistics
     are known they are set on the module (the caller restores the model), so the next layer
-    sees what the recalibrated model will feed it. A hook ends each pass at the layer measured.
+    sees what the recalibrated model will feed it. Eager passes end at the layer measured.
     """
     modules = dict(bns)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -456,21 +474,18 @@ def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list
         module = modules[name]
         pop = _Population()
 
-        def hook(mod: nn.Module, inputs: tuple, pop: _Population = pop) -> None:
-            pop.add(_channel_view(inputs[0]))
-            raise _Stop()
+        def on_input(_: str, x: torch.Tensor, pop: _Population = pop) -> None:
+            pop.add(_channel_view(x))
+            raise _Stop()  # the rest of the model does not matter for this layer
 
-        handle = module.register_forward_pre_hook(hook)
-        try:
+        with _watch(model, {name: module}, probe, on_input) as run:
             for j, batch in enumerate(runner.batches(source, pass_batch)):
                 try:
-                    _forward(model, _to_model(batch, dtype, device))
+                    run(_to_model(batch, dtype, device))
                 except _Stop:
                     pass
                 if progress:
                     progress(f"recalibrating {i + 1}/{len(order)}: {name}", j + 1, total)
-        finally:
-            handle.remove()
         mean, _, unbiased = pop.stats()
         with torch.no_grad():
             # PyTorch stores the unbiased variance in running_var (torch/nn/modules/batchnorm.py)
@@ -657,25 +672,35 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
         dtype = runner.input_dtype(model)
         layers: list[LayerDrift] = []
         order: list[str] = []
-        if bns and not scripted:
+        probe = None
+        if bns and scripted:
+            found = runner.script_probe(model)
+            if found is not None:
+                probe = found[0]
+                missed = [name for name, _ in bns if name not in found[1]]
+                if missed:
+                    notes.append(f"{len(missed)} BN layers of the TorchScript graph could not be watched and are left "
+                                 f"out: {', '.join(missed[:4])}")
+                bns = [(name, module) for name, module in bns if name in found[1]]
+        if bns and (probe is not None or not scripted):
             result = _eval_pass(model, bns, source, pass_batch, usable, device, dtype, progress,
-                                "population statistics")
+                                "population statistics", probe)
             order = result.order
             layers = [_layer_drift(name, module, result, usable, max_drift, batch_tolerance) for name, module in bns]
         elif not bns:
             notes.append("the model has no BatchNorm layer with running statistics: nothing can drift, "
                          "and eval and train mode differ only if other modules make them")
-        elif scripted:
-            notes.append("per-layer statistics need forward hooks, which TorchScript modules do not support; "
+        else:
+            notes.append("this TorchScript graph does not show its BN inputs in the plain form bninspect reads; "
                          "measured at the output only (give --arch to measure every layer)")
         mismatch, output_kind = _mode_mismatch(model, source, usable, device, dtype, progress)
         state.restore()
         recal = None
         if write_recalibrated:
-            if scripted or not layers:
+            if not layers:
                 raise UsageError("--write-recalibrated needs per-layer statistics: give the architecture with --arch"
-                                 if scripted else "--write-recalibrated: the model has no BatchNorm layer")
-            stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress)
+                                 if bns else "--write-recalibrated: the model has no BatchNorm layer")
+            stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress, probe)
             state.restore()
             source_path = loaded.checkpoint.path if loaded.checkpoint is not None else path
             fmt, count, key_map = write_checkpoint(loaded, source_path, write_recalibrated, stats)
@@ -686,7 +711,7 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                     modules[name].running_mean.copy_(torch.from_numpy(mean))
                     modules[name].running_var.copy_(torch.from_numpy(var))
             after = _eval_pass(model, bns, source, pass_batch, [], device, dtype, progress,
-                               "drift after recalibration")
+                               "drift after recalibration", probe)
             by_name = {l.name: l for l in layers}
             for name, module in bns:
                 if name in written:

@@ -224,7 +224,8 @@ def test_torchscript_saved_in_train_mode_is_reported() -> None:
     assert_unchanged(loaded.model, before)  # still in train mode, statistics untouched
     assert result.loaded_in_train_mode is True
     assert sorted(result.train_mode_layers) == MOBILENET_BNS
-    assert result.layers_measured is False  # TorchScript takes no forward hooks
+    # TorchScript takes no forward hooks: the layers are measured through the graph probe
+    assert result.layers_measured and [l.name for l in result.layers] == MOBILENET_BNS
     assert result.exit_code == 1
     assert any("saved in train mode" in p for p in result.problems)
     assert {m.batch_size for m in result.mismatch} == {8, 32}
@@ -238,6 +239,26 @@ def test_arch_with_a_torchscript_file_measures_layers_and_reads_its_saved_mode()
     assert result.layers_measured and [l.name for l in result.layers] == MOBILENET_BNS
     assert result.loaded_in_train_mode is True and sorted(result.train_mode_layers) == MOBILENET_BNS
     assert result.exit_code == 1
+
+
+def test_torchscript_probe_sees_what_eager_hooks_see(tmp_path: Path) -> None:
+    """The same trained model as TorchScript (probe) and via --arch (hooks): the same numbers, and it recalibrates."""
+    ts_path = str(SAMPLES / "mobilenet_v1_tiny_train.ts")
+    scripted = runner.load_model(ts_path, arch=None, arch_kwargs=None, trust=True, key=None)
+    probe, names = runner.script_probe(scripted.model)
+    assert names == MOBILENET_BNS
+    before = snapshot(scripted.model)
+    out = tmp_path / "fixed.safetensors"
+    via_probe = run(scripted, calib(), sizes=(4, 32), write_recalibrated=str(out))
+    assert_unchanged(scripted.model, before)
+    via_hooks = run(arch_model(ts_path), calib(), sizes=(4, 32))
+    for a, b in zip(via_probe.layers, via_hooks.layers):
+        assert a.name == b.name
+        assert a.drift_score == pytest.approx(b.drift_score, rel=1e-6)
+        assert [r.output_error for r in a.by_batch_size] == pytest.approx([r.output_error for r in b.by_batch_size],
+                                                                          rel=1e-6)
+    assert via_probe.recalibration.drift_after < 1e-6
+    assert open_checkpoint(str(out)).tensors.keys() == scripted.model.state_dict().keys()
 
 
 def test_torchscript_in_eval_mode_is_not_flagged_for_its_mode() -> None:
