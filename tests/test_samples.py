@@ -86,7 +86,7 @@ def test_regenerating_reproduces_identical_tensors(tmp_path: Path) -> None:
     committed = load("mobilenet_v1_tiny.pt")
     assert list(fresh) == list(committed)
     # Bit-exact holds on one CPU and torch build, but CI may run on a CPU whose SIMD kernels
-    # round the last bits differently, and 40 SGD steps carry that along. A tolerance far
+    # round the last bits differently, and STEPS SGD steps carry that along. A tolerance far
     # below any change of the script (a different seed or step count moves values by >1e-1)
     # keeps the test meaningful without making CI depend on the CPU model.
     hint = "differs from the committed sample: regenerate with make_samples.py and commit, or check the script"

@@ -3,6 +3,7 @@ no warning or error. Real files from sample_checkpoints/make_samples.py, checked
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ from bninspect.services.check import CheckOptions, run_check
 from bninspect.rules import Thresholds
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "sample_checkpoints"
+if str(SAMPLES) not in sys.path:
+    sys.path.insert(0, str(SAMPLES))
+
+import make_samples  # noqa: E402
 
 # faulty sample → the rules it must fire (and nothing else)
 EXPECTED = {
@@ -40,11 +45,9 @@ HEALTHY = ["mobilenet_v1_tiny.pt", "mobilenet_v1_tiny.safetensors", "mobilenet_v
            "resnet_tiny.pt", "resnet_tiny_lightning.ckpt", "resnet_tiny_dp.pth", "resnet_tiny_compiled.pt", "norms_tiny.pt"]
 
 
-def _check(names: list[str], **thresholds) -> dict[str, object]:
-    # The samples were trained for 40 steps; BN102's default (200, from the issue) rightly calls
-    # that few, so every run here sets the threshold to the samples' own training length.
-    opts = CheckOptions(thresholds=Thresholds(min_updates=40, **thresholds))
-    report = run_check([str(SAMPLES / n) for n in names], opts)
+def _check(names: list[str]) -> dict[str, object]:
+    # Default options throughout: the healthy samples must pass the rules as users run them.
+    report = run_check([str(SAMPLES / n) for n in names], CheckOptions())
     return {Path(f.path).relative_to(SAMPLES).as_posix(): f for f in report.files}
 
 
@@ -74,23 +77,21 @@ def test_healthy_samples_have_no_finding(results, name):
 
 
 def test_the_pickled_module_sample_is_healthy_with_trust():
-    import sys
-
-    sys.path.insert(0, str(SAMPLES))  # its classes live in sample_models
-    try:
-        report = run_check([str(SAMPLES / "resnet_tiny_module.pt")], CheckOptions(trust=True, thresholds=Thresholds(min_updates=40)))
-    finally:
-        sys.path.remove(str(SAMPLES))
+    # Its classes live in sample_models, importable because SAMPLES is on sys.path (above).
+    report = run_check([str(SAMPLES / "resnet_tiny_module.pt")], CheckOptions(trust=True))
     (f,) = report.files
     assert f.error is None and f.layers == 6 and f.findings == []
 
 
-def test_bn102_default_threshold_calls_40_updates_few():
+def test_bn102_default_threshold_is_silent_on_healthy_samples_and_fires_on_few_updates():
+    """The healthy samples trained more steps than BN102's default of 200; few_updates.pt has 5."""
+    assert Thresholds().min_updates == 200 < make_samples.STEPS
     opts = CheckOptions(select=["BN102"])
-    report = run_check([str(SAMPLES / "resnet_tiny.pt")], opts)
-    findings = report.files[0].findings
-    assert len(findings) == 6 and all(x.evidence["num_batches_tracked"] == 40 for x in findings)
-    assert findings[0].evidence["initial_value_weight"] == pytest.approx(0.9**40, rel=1e-5)
+    report = run_check([str(SAMPLES / n) for n in [*HEALTHY, "faulty/few_updates.pt"]], opts)
+    *healthy, few = report.files
+    assert [(Path(f.path).name, f.findings) for f in healthy if f.findings] == []
+    assert len(few.findings) == 4 and all(x.evidence["num_batches_tracked"] == 5 for x in few.findings)
+    assert few.findings[0].evidence["initial_value_weight"] == pytest.approx(0.9**5, rel=1e-5)
 
 
 def test_sample_findings_name_the_tampered_channels(results):
@@ -101,7 +102,7 @@ def test_sample_findings_name_the_tampered_channels(results):
     assert by_code["BN106"].layer == "features.5.bn" and by_code["BN106"].channels == [7]
     assert by_code["BN107"].channels == [2, 11]
     assert by_code["BN108"].channels == [6]
-    assert by_code["BN103"].layer == "features.5.bn" and by_code["BN103"].evidence["most_common_count"] == 4000
+    assert by_code["BN103"].layer == "features.5.bn" and by_code["BN103"].evidence["most_common_count"] == 100 * make_samples.STEPS
     assert by_code["BN102"].evidence["num_batches_tracked"] == 5
     assert by_code["BN203"].layer == "features.5.bn"
     assert by_code["BN304"].layer == "features.3.bn"

@@ -26,7 +26,7 @@ def findings(out: str) -> list[tuple[str, str, str]]:
 
 
 def test_json_document_shape():
-    r = run_cli("check", str(FAULTY / "zero_var.pt"), "--json", "--min-updates", "40")
+    r = run_cli("check", str(FAULTY / "zero_var.pt"), "--json")
     assert r.code == 0 and r.err == ""
     doc = json.loads(r.out)
     (f,) = doc["files"]
@@ -46,41 +46,51 @@ def codes_of(paths: list[Path], **flags) -> tuple[int, list[tuple[str, str, str]
 
 
 def test_fail_on_select_ignore():
-    zero = FAULTY / "zero_var.pt"  # one BN105 warning (+ BN102 at the default 200)
-    assert codes_of([zero], min_updates=40) == (0, [("zero_var.pt", "BN105", "warning")])
-    assert codes_of([zero], min_updates=40, fail_on="warning")[0] == 1
-    assert codes_of([zero], min_updates=40, fail_on="warning", ignore=["BN105"]) == (0, [])
-    assert codes_of([zero], select=["BN1"], ignore=["BN102", "BN104"], fail_on="info") == (1, [("zero_var.pt", "BN105", "warning")])
-    assert {c for _, c, _ in codes_of([zero])[1]} == {"BN102", "BN105"}
+    zero = FAULTY / "zero_var.pt"  # one BN105 warning
+    assert codes_of([zero]) == (0, [("zero_var.pt", "BN105", "warning")])
+    assert codes_of([zero], fail_on="warning")[0] == 1
+    assert codes_of([zero], fail_on="warning", ignore=["BN105"]) == (0, [])
+    assert codes_of([zero], select=["BN1"], ignore=["BN104"], fail_on="info") == (1, [("zero_var.pt", "BN105", "warning")])
     train = SAMPLES / "mobilenet_v1_tiny_train.ts"
-    assert codes_of([train], min_updates=40)[0] == 1  # BN202 errors
+    assert codes_of([train])[0] == 1  # BN202 errors
     assert codes_of([train], fail_on="never")[0] == 0
-    assert codes_of([train], min_updates=40, ignore=["BN2"]) == (0, [])
-    # the same through the installed command, comma-separated codes included
-    r = run_cli("check", str(zero), "--select", "BN1", "--ignore", "BN102,BN104", "--json", "--fail-on", "info")
+    assert codes_of([train], ignore=["BN2"]) == (0, [])
+    # the same through the installed command, comma-separated codes included (BN107: dead_gamma.pt)
+    r = run_cli("check", str(zero), str(FAULTY / "dead_gamma.pt"), "--select", "BN1,BN2", "--ignore", "BN104,BN107",
+                "--json", "--fail-on", "info")
     assert r.code == 1 and findings(r.out) == [("zero_var.pt", "BN105", "warning")]
+
+
+def test_min_updates_sets_where_bn102_starts():
+    zero = FAULTY / "zero_var.pt"  # trained like the healthy samples: 240 updates per BN
+    assert {c for _, c, _ in codes_of([zero])[1]} == {"BN105"}  # 240 ≥ the default 200
+    assert {c for _, c, _ in codes_of([zero], min_updates=1000)[1]} == {"BN102", "BN105"}
+    r = run_cli("check", str(zero), "--select", "BN102", "--min-updates", "1000", "--json")
+    assert r.code == 0 and findings(r.out) == [("zero_var.pt", "BN102", "warning")] * 4
 
 
 def test_expect_eps_turns_bn301_into_an_error():
     keras = FAULTY / "eps_keras.ts"
-    code, found = codes_of([keras], min_updates=40)
+    code, found = codes_of([keras])
     assert code == 0 and {s for _, c, s in found if c == "BN301"} == {"info"}
-    code, found = codes_of([keras], min_updates=40, expect_eps=1e-5)
+    code, found = codes_of([keras], expect_eps=1e-5)
     assert code == 1 and {s for _, c, s in found if c == "BN301"} == {"error"}
 
 
 def test_pyproject_settings_apply_and_flags_override(tmp_path):
     (tmp_path / "pyproject.toml").write_text(
-        '[project]\nname = "x"\n\n[tool.bninspect]\nfail-on = "warning"\nignore = ["BN3"]\nmin-updates = 40\n')
+        '[project]\nname = "x"\n\n[tool.bninspect]\nfail-on = "warning"\nignore = ["BN3"]\nmin-updates = 1000\n')
     sub = tmp_path / "models" / "deep"
     sub.mkdir(parents=True)
     (sub / "pyproject.toml").write_text('[project]\nname = "inner, without the table"\n')
     zero, half = str(FAULTY / "zero_var.pt"), str(FAULTY / "half_stats.pt")
-    assert run_check([half], resolve_options({}, cwd=str(sub))).exit_code == 0  # BN303 ignored by the table
+    # BN303 ignored by the table; the table's min-updates (BN102 on 240 updates) is overridden by the flag
+    assert run_check([half], resolve_options({"min_updates": 200}, cwd=str(sub))).exit_code == 0
+    assert resolve_options({}, cwd=str(sub)).thresholds.min_updates == 1000
     r = run_cli("check", zero, "--json", cwd=sub)  # fail-on warning from the table
     assert r.code == 1 and json.loads(r.out)["config"] == str(tmp_path / "pyproject.toml")
     assert run_cli("check", zero, "--fail-on", "error", cwd=sub).code == 0  # the flag wins
-    assert find_config(sub)[1]["min-updates"] == 40
+    assert find_config(sub)[1]["min-updates"] == 1000
 
 
 def test_pyproject_mistakes_are_usage_errors(tmp_path):
@@ -128,7 +138,7 @@ def test_folder_scan_reports_the_broken_file_and_checks_the_rest(tmp_path):
     files, problems = collect_files([str(root)])
     assert [Path(f).relative_to(root).as_posix() for f in files] == ["a.pt", "broken.pt", "nested/b.bin"]
     assert problems == []
-    r = run_cli("check", str(root), "--json", "--min-updates", "40")
+    r = run_cli("check", str(root), "--json")
     assert r.code == 1, r.err  # a file could not be checked
     doc = json.loads(r.out)
     by_name = {Path(f["path"]).name: f for f in doc["files"]}
@@ -157,13 +167,13 @@ def test_nothing_loadable_exits_with_the_files_class(tmp_path):
 
 
 def test_concise_and_table_output():
-    r = run_cli("check", str(FAULTY / "zero_var.pt"), str(FAULTY / "nan.pt"), "--format", "concise", "--min-updates", "40")
+    r = run_cli("check", str(FAULTY / "zero_var.pt"), str(FAULTY / "nan.pt"), "--format", "concise")
     assert r.code == 1
     lines = r.out.splitlines()
     assert lines[0].startswith(f"{FAULTY / 'zero_var.pt'}:features.3.bn: BN105 [warning] features.3.bn: running_var is 0 in channels 3, 9 (2 of 64)")
     assert lines[1].startswith(f"{FAULTY / 'nan.pt'}:features.4.bn: BN001 [error]")
     assert lines[-1].startswith("2 findings (1 error, 1 warning, 0 info) in 2 files")
-    t = run_cli("check", str(FAULTY / "zero_var.pt"), "--min-updates", "40")
+    t = run_cli("check", str(FAULTY / "zero_var.pt"))
     assert "BN105" in t.out and "fix: prune these channels" in t.out and "torch-zip, 4 BN layers, 1 finding" in t.out
 
 
@@ -223,7 +233,7 @@ def test_a_bug_on_one_file_is_reported_and_the_others_are_checked(monkeypatch):
     report = run_check([str(FAULTY / "nan.pt"), str(FAULTY / "zero_var.pt")], CheckOptions())
     bad, good = report.files
     assert bad.exit_code == 4 and "unexpected failure (ZeroDivisionError: boom)" in bad.error and bad.findings == []
-    assert good.error is None and {f.code for f in good.findings} == {"BN102", "BN105"}
+    assert good.error is None and {f.code for f in good.findings} == {"BN105"}
     assert report.exit_code == 1
     with pytest.raises(ZeroDivisionError):  # --debug lets it through, with its traceback
         run_check([str(FAULTY / "nan.pt")], CheckOptions(debug=True))
@@ -240,7 +250,7 @@ def test_json_matches_the_golden_document(monkeypatch):
     monkeypatch.chdir(SAMPLES.parent)  # relative paths in the document
     names = ["sample_checkpoints/faulty/nan.pt", "sample_checkpoints/faulty/mixed_counts.pt",
              "sample_checkpoints/faulty/eps_sensitive.pt"]
-    doc = to_json(run_check(names, resolve_options({"min_updates": 40}, cwd="/"))) + "\n"
+    doc = to_json(run_check(names, resolve_options({}, cwd="/"))) + "\n"
     if os.environ.get("BNINSPECT_REGEN_GOLDEN"):
         GOLDEN.write_text(doc, encoding="utf-8")
     assert doc == GOLDEN.read_text(encoding="utf-8")

@@ -42,7 +42,7 @@ def test_text_tells_the_per_channel_story_with_real_numbers(cli):
     assert "32 output channels of features.2.dw_conv_k3 (depthwise conv 3×3" in text
     assert "new = (1 − m)·old + m·batch" in text and "unbiased" in text
     assert "decay 0.99 there is momentum 0.01 here" in text
-    assert "num_batches_tracked = 40" in text and "converted from another framework" in text
+    assert "num_batches_tracked = 240" in text and "converted from another framework" in text
     assert "Channel 5 worked through" in text
     mean5 = float(torch.load(SAMPLES / "mobilenet_v1_tiny.pt", weights_only=True)["features.2.bn.running_mean"][5])
     assert f"μ = {mean5:.6g}" in text

@@ -40,7 +40,7 @@ def test_json_schema_and_original_keys(cli):
     assert layer["name"] == "bn1" and layer["key_prefix"] == "module.bn1"
     assert layer["tensors"]["running_mean"] == {"key": "module.bn1.running_mean", "shape": [16], "dtype": "float32"}
     assert layer["eps"] == 1e-5 and layer["eps_source"] == "default" and layer["training"] is None
-    assert layer["producer"]["name"] == "conv1" and layer["num_batches_tracked"] == 40
+    assert layer["producer"]["name"] == "conv1" and layer["num_batches_tracked"] == 240
     assert [l["name"] for l in doc["layers"]] == ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1",
                                                   "layer2.0.bn2", "layer2.0.downsample.1"]
 
