@@ -42,6 +42,7 @@ from bninspect.formats.pickles import (
     STORAGE_DTYPES,
     TORCHSCRIPT_CLASS_PREFIX,
     allowed,
+    check_memo_indices,
     normalize,
     refuse_globals,
     scan_globals,
@@ -417,6 +418,10 @@ def _read_archive(path: str, zf: zipfile.ZipFile, *, trust: bool, key: str | Non
         data = zf.read(info)
     except ZIP_ERRORS:
         raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
+    try:
+        check_memo_indices(data)
+    except ValueError as exc:
+        raise InvalidFileError(f"data.pkl is corrupt ({exc})", path=path) from None
     reader = _Reader(path, zf, prefix, torchscript)
     unpickler = _Unpickler(data, reader)
     error: InvalidFileError | None = None

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from bninspect.errors import UnsafeFileError
+from bninspect.errors import InvalidFileError, UnsafeFileError
 from bninspect.formats import open_checkpoint
 from bninspect.formats.pickles import scan_globals
 from tests.formats.craft import Getter, Payload, TorchLoad, dumps, trained_net, write_zip
@@ -71,3 +71,13 @@ def test_scan_names_stack_global_and_computed_names():
     crafted = b"\x80\x04K\x01K\x02\x93."
     names, _ = scan_globals(__import__("io").BytesIO(crafted))
     assert names == ["<computed global>"]
+
+
+@pytest.mark.parametrize("put", [b"r" + (1 << 20).to_bytes(4, "little"), b"p1048576\n"], ids=["LONG_BINPUT", "PUT"])
+def test_memo_index_bomb_is_refused_before_unpickling(tmp_path, put):
+    # CPython's C unpickler sizes its memo array by the largest PUT index and zero-fills it:
+    # LONG_BINPUT 0x20000000 alone costs 8 GiB. A modest index shows the check without the cost.
+    pkl = b"\x80\x02}q\x00X\x01\x00\x00\x00a" + put + b"K\x01s."
+    path = write_zip(tmp_path / "memo.pt", pkl, {})
+    with pytest.raises(InvalidFileError, match="memo index"):
+        open_checkpoint(path)
