@@ -534,7 +534,9 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
     layers = select(discovery.layers, layer_globs)
     if not layers:
-        raise UsageError("this file has no BatchNorm layers to verify", path=path)
+        extra = (f" ({len(discovery.possible)} possible BatchNorm layers without running statistics: they normalize "
+                 "with batch statistics, so there is no inference to recompute)" if discovery.possible else "")
+        raise UsageError("this file has no BatchNorm layers to verify" + extra, path=path)
     if (output_path or expected_path) and len(layers) != 1:
         raise UsageError(f"--output and --expected need exactly one layer; {len(layers)} selected (pick one with --layer)")
     acts = read_activations(input_path) if input_path else None

@@ -313,3 +313,13 @@ def test_checkpoint_in_its_own_dtype(tmp_path, dtype):
     assert (layer.name, layer.dtype, layer.passed) == ("1", dtype, True), layer
     assert {c.path for c in layer.checks} == {"batch_norm", "folded", "fused_conv"}
     assert result.exit_code == 0 and result.synthetic == {"batch": 2, "spatial": 4, "seed": 0}
+
+
+def test_file_with_only_possible_batchnorm_is_a_usage_error():
+    from conftest import SAMPLES
+
+    path = SAMPLES / "faulty" / "no_running_stats.pt"
+    if not path.exists():
+        pytest.skip("faulty samples not generated")
+    with pytest.raises(UsageError, match="possible BatchNorm layers without running statistics"):
+        sv.run_verify(str(path))
