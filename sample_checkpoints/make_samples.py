@@ -229,7 +229,7 @@ def norms_pt(path: Path) -> None:
 
 # ── Faulty samples for `bninspect check` (one per rule that a file can trigger) ──────────────
 # Each starts from the trained MobileNetV1Tiny and tampers with one thing, so its rule fires
-# on it and on no other sample (tests/rules/test_samples_fire.py). They live in faulty/.
+# on it and on no other sample (tests/rules/test_rule_samples.py). They live in faulty/.
 FAULTY = "faulty/"
 MOBILENET_BNS = ("features.2.bn", "features.3.bn", "features.4.bn", "features.5.bn")
 
