@@ -682,9 +682,18 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                     notes.append(f"{len(missed)} BN layers of the TorchScript graph could not be watched and are left "
                                  f"out: {', '.join(missed[:4])}")
                 bns = [(name, module) for name, module in bns if name in found[1]]
+        result = None
         if bns and (probe is not None or not scripted):
-            result = _eval_pass(model, bns, source, pass_batch, usable, device, dtype, progress,
-                                "population statistics", probe)
+            try:
+                result = _eval_pass(model, bns, source, pass_batch, usable, device, dtype, progress,
+                                    "population statistics", probe)
+            except UsageError:
+                if probe is None:
+                    raise
+                # The graph copy failed to run; if the model itself cannot run on the data, the
+                # output measurement below says so with the same error.
+                probe = None
+        if result is not None:
             order = result.order
             layers = [_layer_drift(name, module, result, usable, max_drift, batch_tolerance) for name, module in bns]
         elif not bns:

@@ -261,6 +261,19 @@ def test_torchscript_probe_sees_what_eager_hooks_see(tmp_path: Path) -> None:
     assert open_checkpoint(str(out)).tensors.keys() == scripted.model.state_dict().keys()
 
 
+def test_torchscript_whose_graph_copy_fails_is_measured_at_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None,
+                               trust=True, key=None)
+
+    def broken(x: torch.Tensor) -> dict:
+        raise RuntimeError("a graph this probe cannot run")
+
+    monkeypatch.setattr(runner, "script_probe", lambda model: (broken, MOBILENET_BNS))
+    result = run(loaded, calib(), sizes=(32,))
+    assert result.layers_measured is False and result.mismatch[0].max_abs_diff > 0
+    assert any("measured at the output only" in n for n in result.notes)
+
+
 def test_torchscript_in_eval_mode_is_not_flagged_for_its_mode() -> None:
     loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=True, key=None)
     result = run(loaded, calib(), sizes=(32,))
