@@ -221,6 +221,13 @@ def check_memo_indices(data: bytes) -> None:
 
     A plain loop over opcode lengths (about 0.6 us per opcode): nothing is decoded or built.
     """
+    try:
+        _walk_opcodes(data)
+    except IndexError:
+        raise ValueError("pickle is cut short") from None
+
+
+def _walk_opcodes(data: bytes) -> None:
     i, end, puts = 0, len(data), 0
     kinds, sizes, number = _KINDS, _SIZES, int.from_bytes
     while i < end:
