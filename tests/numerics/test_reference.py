@@ -38,7 +38,8 @@ def bn_setups(draw):
     )
 
 
-def _module(s, training):
+def _forward(s, training):
+    """torch's module on the drawn input: (module after the step, its output as numpy)."""
     bn = MODULES[len(s["shape"])](s["shape"][1], eps=s["eps"], momentum=s["momentum"], affine=s["affine"]).double()
     with torch.no_grad():
         bn.running_mean.copy_(torch.from_numpy(s["mean"]))
@@ -47,7 +48,10 @@ def _module(s, training):
         if s["affine"]:
             bn.weight.copy_(torch.from_numpy(s["gamma"]))
             bn.bias.copy_(torch.from_numpy(s["beta"]))
-    return bn.train(training)
+    bn.train(training)
+    with torch.no_grad():
+        y = bn(torch.from_numpy(s["x"])).numpy()
+    return bn, y
 
 
 def _affine(s):
@@ -58,9 +62,7 @@ def _affine(s):
 @settings(max_examples=40, deadline=None)
 @given(bn_setups())
 def test_eval_matches_torch_module(s):
-    bn = _module(s, training=False)
-    with torch.no_grad():
-        y = bn(torch.from_numpy(s["x"])).numpy()
+    _, y = _forward(s, training=False)
     g, b = _affine(s)
     ref = nx.eval_reference(s["x"], s["mean"], s["var"], g, b, s["eps"])
     np.testing.assert_allclose(ref, y, rtol=1e-12, atol=1e-12)
@@ -69,9 +71,7 @@ def test_eval_matches_torch_module(s):
 @settings(max_examples=40, deadline=None)
 @given(bn_setups())
 def test_train_step_matches_torch_module(s):
-    bn = _module(s, training=True)
-    with torch.no_grad():
-        y = bn(torch.from_numpy(s["x"])).numpy()
+    bn, y = _forward(s, training=True)
     g, b = _affine(s)
     ref, stats = nx.train_reference(s["x"], g, b, s["eps"])
     np.testing.assert_allclose(ref, y, rtol=1e-10, atol=1e-10)
