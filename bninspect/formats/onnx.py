@@ -116,10 +116,14 @@ def tensor_ref(tensor: Any, model_path: str) -> TensorRef:
     def load() -> np.ndarray:
         from onnx import numpy_helper
 
-        arr = numpy_helper.to_array(tensor)
-        if dtype == "bfloat16":  # ml_dtypes' bfloat16 → float32, as TensorRef promises
-            arr = arr.astype(np.float32)
-        return arr.reshape(shape)
+        try:
+            arr = numpy_helper.to_array(tensor)
+            if dtype == "bfloat16":  # ml_dtypes' bfloat16 → float32, as TensorRef promises
+                arr = arr.astype(np.float32)
+            return arr.reshape(shape)
+        except ValueError:  # raw_data of another length than dims say
+            raise InvalidFileError(f"tensor '{tensor.name}' is corrupt: its data does not match its shape {list(shape)}",
+                                   path=model_path) from None
 
     return TensorRef(shape, dtype, load)
 

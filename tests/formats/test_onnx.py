@@ -126,3 +126,41 @@ def test_without_onnx_installed_is_exit_2(cli, exported, tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('onnx is not installed')\n")
     run = cli("diff", str(SAMPLES / "mobilenet_v1_tiny.pt"), str(exported[0]), env={"PYTHONPATH": str(tmp_path / "site")})
     assert_one_line_error(run, 2, "pip install 'bninspect[onnx]'")
+
+
+def test_damaged_files_fail_in_one_line_or_read(exported, tmp_path):
+    """Truncated or byte-flipped exports: read, or an InvalidFileError; never another exception."""
+    import random
+
+    from bninspect.errors import BNInspectError
+
+    data = exported[0].read_bytes()
+    rng = random.Random(0)
+    for i in range(40):
+        damaged = bytearray(data)
+        if i % 2:
+            damaged = damaged[: rng.randrange(len(damaged))]
+        else:
+            for _ in range(5):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        path = tmp_path / f"d{i}.onnx"
+        path.write_bytes(bytes(damaged))
+        try:
+            for layer in discover(onnx_reader.read(str(path))).layers:
+                for ref in layer.tensors.values():
+                    ref.numpy()
+        except BNInspectError:
+            pass
+
+
+def test_data_of_the_wrong_length_is_invalid(exported, tmp_path):
+    import onnx
+
+    model = onnx.load(str(exported[0]))
+    t = next(t for t in model.graph.initializer if t.name == "features.3.bn.running_var")
+    t.raw_data = t.raw_data[:-8]
+    path = tmp_path / "short.onnx"
+    onnx.save(model, str(path))
+    layer = discover(onnx_reader.read(str(path))).layers[1]
+    with pytest.raises(InvalidFileError, match="does not match its shape"):
+        layer.tensors["running_var"].numpy()
