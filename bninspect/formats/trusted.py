@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
 from collections import deque
@@ -41,10 +42,11 @@ def _importable_beside(path: str) -> Iterator[None]:
 def _missing_class(exc: BaseException) -> str | None:
     if isinstance(exc, ModuleNotFoundError):
         return f"module '{exc.name}'"
-    if isinstance(exc, AttributeError):
-        text = " ".join(str(exc).split())
-        return text[:160]
-    return None
+    # pickle says "Can't get attribute 'Net' on <module 'my_models' from '/path/my_models.py'>".
+    found = re.search(r"attribute '([\w.]+)' on <module '([\w.]+)'", str(exc))
+    if found:
+        return f"class '{found.group(2)}.{found.group(1)}'"
+    return "a class that no longer exists (" + " ".join(str(exc).split())[:120] + ")"
 
 
 def _torch_load(path: str) -> Any:

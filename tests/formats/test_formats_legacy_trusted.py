@@ -86,6 +86,10 @@ def test_pickled_module_refused_without_trust_loaded_with_it(tmp_path, legacy_fo
 
 def test_pickled_module_whose_class_is_gone(tmp_path):
     _, path = _pickled_module(tmp_path, False)
+    (tmp_path / "my_models.py").write_text("import torch.nn as nn\nclass Other(nn.Module):\n    pass\n")
+    with pytest.raises(InvalidFileError, match="needs class 'my_models.Net', which cannot be imported"):
+        open_checkpoint(path, trust=True)
+    sys.modules.pop("my_models", None)
     (tmp_path / "my_models.py").unlink()
     with pytest.raises(InvalidFileError, match="needs module 'my_models', which cannot be imported"):
         open_checkpoint(path, trust=True)
