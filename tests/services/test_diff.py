@@ -76,6 +76,22 @@ def test_folded_onnx_is_equivalent_through_fuse_conv_bn(exports):
         assert max(t.max_rel for t in d.tensors) < 1e-5
 
 
+def test_fuse_conv_bn_deployment_checkpoint_is_equivalent(model, tmp_path):
+    """A state dict saved after torch.nn.utils.fusion.fuse_conv_bn_eval: BN keys gone, convs carry the fold."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model)
+    for block in list(fused.features)[2:6]:
+        attr = "dw_conv_k3" if hasattr(block, "dw_conv_k3") else "p_conv_k1"
+        setattr(block, attr, fuse_conv_bn_eval(getattr(block, attr), block.bn))
+        block.bn = torch.nn.Identity()
+    path = tmp_path / "fused.pt"
+    torch.save(fused.state_dict(), path)
+    r = diff(PT, str(path))
+    assert r.verdict == "equivalent", r.causes
+    assert [(d.name, d.matched_by) for d in r.layers] == [(n, "folded, by name") for n in BN_LAYERS]
+
+
 def test_folded_side_may_be_a(exports):
     r = diff(str(exports["folded"]), str(exports["plain"]))
     assert r.verdict == "equivalent", r.causes
