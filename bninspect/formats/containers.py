@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
-from bninspect.errors import InvalidFileError, NoStateDictError, UsageError
+from bninspect.errors import NoStateDictError, UsageError
 
 # Where frameworks put the weights (Lightning, timm, torchvision references, DeepSpeed-style scripts).
 KNOWN_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "state_dict_ema", "model_ema", "ema")
@@ -121,7 +121,7 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
     """Pick the state dict inside ``root`` (``key`` chooses one) and make the Checkpoint.
 
     Non-tensor values are ignored. An unknown ``key`` is a usage error listing the candidates;
-    a file with no tensors at all is not a checkpoint (InvalidFileError).
+    a file with no tensors at all is not a checkpoint (NoStateDictError, an InvalidFileError).
     """
     ordered = _main_first(_walk(root))
     if key is not None:

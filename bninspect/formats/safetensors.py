@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bninspect.checkpoint import Checkpoint, TensorRef, decode
-from bninspect.errors import InvalidFileError
+from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
 from bninspect.formats.gcpause import paused_gc
 from bninspect.formats.paths import open_regular, pread_exact
@@ -152,7 +152,7 @@ def _checkpoint(path: str, header: dict[str, Any], data_start: int, data_len: in
     # keys come in natural order: "features.2" before "features.10", as nn.Sequential numbers them.
     tensors = {name: _lazy(path, data_start, *entries[name]) for name in sorted(entries, key=natural_key)}
     if not tensors:
-        raise InvalidFileError("safetensors file holds no tensors", path=path)
+        raise NoStateDictError("safetensors file holds no tensors", path=path)
     checkpoint = containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
     checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
     return checkpoint

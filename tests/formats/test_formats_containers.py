@@ -102,7 +102,7 @@ def test_deeply_nested_container_does_not_recurse(tmp_path):
     for _ in range(5000):
         root = {"state_dict": root}
     # Deeper than any real checkpoint: the walk stops without RecursionError and says so.
-    with pytest.raises(InvalidFileError, match="holds no tensors"):
+    with pytest.raises(InvalidFileError, match="holds no state dict"):
         build_checkpoint(root, path="deep.pt", format="torch-zip", key=None)
     # A real file of such depth still loads (torch's pickler recurses; keep it within its reach).
     nested = {"w": torch.zeros(2)}
@@ -119,7 +119,7 @@ def test_non_tensor_values_ignored_and_no_tensors_invalid(tmp_path):
     assert list(open_checkpoint(path).tensors) == ["bn.weight"]
     empty = tmp_path / "hp.pt"
     torch.save({"lr": 0.1, "epochs": 3}, empty)
-    with pytest.raises(InvalidFileError, match="holds no tensors: a dict with keys 'lr', 'epochs'"):
+    with pytest.raises(InvalidFileError, match="holds no state dict: a dict with keys 'lr', 'epochs'"):
         open_checkpoint(empty)
     single = tmp_path / "tensor.pt"
     torch.save(torch.ones(3), single)
