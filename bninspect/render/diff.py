@@ -84,10 +84,7 @@ def render(result: DiffResult) -> None:
             table.add_row(*row)
         out.print(table)
     for d in result.layers:
-        lines = list(d.causes) + [s.message for s in d.settings if s.severity == "note"]
-        if d.witness is not None and d.witness.note:
-            lines.append(d.witness.note)
-        if lines and d.status == "different":
+        if d.status == "different" and d.causes:
             out.print(f"[bold]{markup(d.name)}[/]:")
             for line in d.causes:
                 out.print(f"  - {markup(line)}")
