@@ -101,7 +101,7 @@ def explain(
 
 @app.command()
 def verify(
-    ckpt: Optional[str] = typer.Argument(None, metavar="[CKPT]", help="Checkpoint file; without it, check this machine's BN kernels."),
+    ckpt: Optional[str] = typer.Argument(None, metavar="CKPT", help="Checkpoint file; without it, check this machine's BN kernels."),
     device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda, cuda:N, or all (CPU and CUDA side by side)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
     input_path: Optional[str] = typer.Option(None, "--input", "-i", metavar="FILE", help="Real activations for the layer (.npy, .pt, .safetensors; N,C,... unless --channels-last)."),
