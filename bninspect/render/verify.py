@@ -74,6 +74,8 @@ def _layers_table(result: VerifyResult) -> Table:
             continue
         s = layer.eps_sensitivity
         sens = f"{s.eps_to:g}: {num(s.max_abs_change, 2)}" if s else "—"
+        if s and s.relative_change > 0.1:  # a tenth of the output scale: a different runtime default shows
+            sens = f"[bold yellow]{sens}[/]"
         gap = " ".join(num(g.max_abs_diff, 2) for g in layer.train_eval_gap)
         table.add_row(text(layer.name), layer.dtype, eps, num(layer.max_abs_err, 2), num(layer.max_rel_err, 2),
                       f"{layer.used:.0%}", _paths_cell(layer), sens, gap, _verdict(layer.passed))

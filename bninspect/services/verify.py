@@ -46,6 +46,7 @@ class EpsSensitivity:
     max_abs_change: float
     worst_channel: int | None
     min_running_var: float
+    relative_change: float = 0.0  # max_abs_change / max |γ|: outputs are ~N(β, γ²), so γ is their scale
 
 
 @dataclass
@@ -371,8 +372,11 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     alt = _alt_eps(eps)
     change, channel = nx.eps_change(x, mean, var, gamma, beta, eps, alt)
     finite_var = var[np.isfinite(var)]
+    finite_gamma = np.abs(gamma[np.isfinite(gamma)])
+    spread = float(finite_gamma.max()) if finite_gamma.size and finite_gamma.max() > 0 else 1.0
     result.eps_sensitivity = EpsSensitivity(eps, alt, change, channel,
-                                            float(finite_var.min()) if finite_var.size else float("nan"))
+                                            float(finite_var.min()) if finite_var.size else float("nan"),
+                                            change / spread)
     # train/eval gaps on seeded batches of the default per-sample shape (--spatial), whatever the input:
     # a 224×224 input at batch 32 would cost more than the whole verify
     tail = _input_shape(layer, 1, spatial)[2:]
