@@ -53,7 +53,9 @@ def require_safe_torch(path: str) -> None:
 def _leading_globals(f, path: str) -> list[str]:
     names: list[str] = []
     try:
-        for _ in range(4):  # magic, protocol version, system info, the saved object
+        # magic, protocol version, system info, the saved object, the storage keys: torch
+        # unpickles all five, so a payload in any of them must be named here.
+        for _ in range(5):
             found, _end = scan_globals(f)
             names.extend(n for n in found if n not in names)
     except Exception:  # a malformed pickle: let the reader say so below

@@ -96,7 +96,7 @@ def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[
     if not isinstance(entry, dict):
         raise InvalidFileError(f"safetensors entry {name!r} is not an object", path=path)
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise InvalidFileError(f"safetensors entry {name!r} has unknown dtype {dtype!r}", path=path)
     if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
         raise InvalidFileError(f"safetensors entry {name!r} has an invalid shape", path=path)

@@ -55,6 +55,7 @@ BAD = {
     "not JSON": (safetensors_bytes(b"{not json at all}"), "not valid JSON"),
     "entry not an object": (safetensors_bytes(b'{"a": [1, 2]}'), "is not an object"),
     "unknown dtype": (safetensors_bytes({"a": _entry(dtype="F33")}, bytes(8)), "unknown dtype 'F33'"),
+    "unhashable dtype": (safetensors_bytes({"a": _entry(dtype=[])}, bytes(8)), r"unknown dtype \[\]"),
     "negative shape": (safetensors_bytes({"a": _entry(shape=(-2,))}, bytes(8)), "invalid shape"),
     "float shape": (safetensors_bytes({"a": _entry(shape=(2.0,))}, bytes(8)), "invalid shape"),
     "reversed offsets": (safetensors_bytes({"a": _entry(offsets=(8, 0))}, bytes(8)), "invalid data_offsets"),

@@ -81,3 +81,17 @@ def test_memo_index_bomb_is_refused_before_unpickling(tmp_path, put):
     path = write_zip(tmp_path / "memo.pt", pkl, {})
     with pytest.raises(InvalidFileError, match="memo index"):
         open_checkpoint(path)
+
+
+def test_legacy_payload_in_the_storage_keys_pickle(tmp_path):
+    # The legacy format ends with a pickled list of storage keys; torch unpickles it too.
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    keys_at = raw.rfind(b"\x80\x02]")
+    end = raw.index(b".", keys_at) + 1
+    path.write_bytes(raw[:keys_at] + pickle.dumps([Payload(marker)], protocol=2) + raw[end:])
+    with pytest.raises(UnsafeFileError, match="builtins.exec"):
+        open_checkpoint(path)
+    assert not marker.exists()
