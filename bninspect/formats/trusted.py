@@ -99,12 +99,13 @@ def _find_module(obj: Any) -> Any:
 
 def load_module(path: str, *, trust: bool) -> Any:
     """The real ``torch.nn.Module`` in a file (TorchScript or pickled module); needs ``trust``."""
+    scripted = read_head(path, 4)[:4] == b"PK\x03\x04" and _is_torchscript(path)
     if not trust:
-        raise UnsafeFileError(REFUSED.format(what="building the model"), path=path)
+        what = "loading its TorchScript code with torch.jit.load" if scripted else "building the pickled model"
+        raise UnsafeFileError(REFUSED.format(what=what), path=path)
     import torch
 
-    head = read_head(path, 4096)
-    if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
+    if scripted:
         fd = open_regular(path)
         with os.fdopen(fd, "rb") as f:
             try:
