@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import weakref
 
 from bninspect.errors import PathProblemError
 
@@ -99,3 +100,21 @@ def pread_exact(fd: int, length: int, offset: int, path: str, what: str) -> byte
         chunks.append(chunk)
         got += len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class SharedFile:
+    """The descriptor a checkpoint's lazy tensors read from: the file as it was when opened.
+
+    Reading through the descriptor the reader validated (not by reopening the path) means a
+    file replaced after opening cannot feed us other bytes; it is closed with its last user.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+    def pread(self, length: int, offset: int, what: str) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (InvalidFileError when the file ends first)."""
+        return pread_exact(self.fd, length, offset, self.path, what)
+

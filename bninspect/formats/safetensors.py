@@ -20,7 +20,7 @@ from bninspect.checkpoint import Checkpoint, TensorRef, decode
 from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
 from bninspect.formats.gcpause import paused_gc
-from bninspect.formats.paths import open_regular, pread_exact
+from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 
 # safetensors dtype code -> (torch dtype name, numpy code of the stored bytes, itemsize).
 DTYPES: dict[str, tuple[str, str, int]] = {
@@ -124,17 +124,16 @@ def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[
 
 def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
     """Validate the header and return lazy tensors; nothing but the header is read here."""
-    fd = open_regular(path)
-    try:
-        size = os.fstat(fd).st_size
-        header, data_start = _header(fd, path, size, strict)
-    finally:
-        os.close(fd)
+    # The lazy tensors read through this descriptor (closed with the last of them).
+    file = SharedFile(path, open_regular(path))
+    size = os.fstat(file.fd).st_size
+    header, data_start = _header(file.fd, path, size, strict)
     with paused_gc():
-        return _checkpoint(path, header, data_start, size - data_start, key)
+        return _checkpoint(file, header, data_start, size - data_start, key)
 
 
-def _checkpoint(path: str, header: dict[str, Any], data_start: int, data_len: int, key: str | None) -> Checkpoint:
+def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_len: int, key: str | None) -> Checkpoint:
+    path = file.path
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidFileError("safetensors __metadata__ is not an object", path=path)
@@ -150,7 +149,7 @@ def _checkpoint(path: str, header: dict[str, Any], data_start: int, data_len: in
         notes.append(f"the data area has {data_len - covered} bytes after the last tensor")
     # safetensors keeps no module order (the writer sorts by dtype alignment, then name), so
     # keys come in natural order: "features.2" before "features.10", as nn.Sequential numbers them.
-    tensors = {name: _lazy(path, data_start, *entries[name]) for name in sorted(entries, key=natural_key)}
+    tensors = {name: _lazy(file, data_start, *entries[name]) for name in sorted(entries, key=natural_key)}
     if not tensors:
         raise NoStateDictError("safetensors file holds no tensors", path=path)
     checkpoint = containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
@@ -163,17 +162,13 @@ def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(c), "") if c.isdigit() else (1, 0, c) for c in name.split("."))
 
 
-def _lazy(path: str, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
+def _lazy(file: SharedFile, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
     name, code, _ = DTYPES[dtype]
 
     def load() -> np.ndarray:
         if not code:
-            raise InvalidFileError(f"{name} tensors cannot be read by bninspect", path=path)
-        fd = open_regular(path)
-        try:
-            raw = pread_exact(fd, end - begin, data_start + begin, path, "a tensor")
-        finally:
-            os.close(fd)
+            raise InvalidFileError(f"{name} tensors cannot be read by bninspect", path=file.path)
+        raw = file.pread(end - begin, data_start + begin, "a tensor")
         return decode(np.frombuffer(bytearray(raw), dtype=code).reshape(shape), name)
 
     return TensorRef(shape, name, load)

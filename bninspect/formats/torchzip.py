@@ -36,7 +36,7 @@ from bninspect.errors import InvalidFileError, UnsafeFileError
 from bninspect.formats import containers
 from bninspect.formats.containers import ModuleNode
 from bninspect.formats.gcpause import paused_gc
-from bninspect.formats.paths import open_regular, pread_exact
+from bninspect.formats.paths import SharedFile, open_regular
 from bninspect.formats.pickles import (
     DTYPE_GLOBALS,
     STORAGE_DTYPES,
@@ -70,24 +70,10 @@ def sniff(head: bytes) -> bool:
     return head[:4] == b"PK\x03\x04"
 
 
-class _File:
-    """One read-only descriptor shared by a checkpoint's lazy tensors, closed when they are gone."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def fd(self) -> int:
-        if self._fd is None:
-            self._fd = open_regular(self.path)
-            weakref.finalize(self, os.close, self._fd)
-        return self._fd
-
-
 class _Record:
     """A zip member holding one storage's bytes; its data offset is found on first read."""
 
-    def __init__(self, file: _File, info: zipfile.ZipInfo) -> None:
+    def __init__(self, file: SharedFile, info: zipfile.ZipInfo) -> None:
         self.file = file
         self.info = info
         self.name = info.filename
@@ -97,7 +83,7 @@ class _Record:
     def data_offset(self) -> int:
         if self._data_offset is None:
             path = self.file.path
-            raw = pread_exact(self.file.fd(), _LOCAL_HEADER.size, self.info.header_offset, path, f"zip record {self.name}")
+            raw = self.file.pread(_LOCAL_HEADER.size, self.info.header_offset, f"zip record {self.name}")
             fields = _LOCAL_HEADER.unpack(raw)
             if fields[0] != b"PK\x03\x04":
                 raise InvalidFileError(f"corrupt zip archive: bad local header for {self.name}", path=path)
@@ -109,10 +95,10 @@ class _Record:
         if start < 0 or start + length > self.size:
             raise InvalidFileError(f"a tensor reaches past the end of record {self.name}", path=self.file.path)
         if self.info.compress_type == zipfile.ZIP_STORED:
-            return pread_exact(self.file.fd(), length, self.data_offset() + start, self.file.path, f"record {self.name}")
+            return self.file.pread(length, self.data_offset() + start, f"record {self.name}")
         # torch never compresses records, but a re-zipped archive may: read through zipfile.
         try:
-            with os.fdopen(os.dup(self.file.fd()), "rb") as fh, zipfile.ZipFile(fh) as zf, zf.open(self.info) as f:
+            with os.fdopen(os.dup(self.file.fd), "rb") as fh, zipfile.ZipFile(fh) as zf, zf.open(self.info) as f:
                 f.seek(start)
                 data = f.read(length)
         except ZIP_ERRORS:
@@ -198,9 +184,9 @@ def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
 class _Reader:
     """State of one archive read: records, storages, and the stand-ins handed to the unpickler."""
 
-    def __init__(self, path: str, zf: zipfile.ZipFile, prefix: str, torchscript: bool) -> None:
-        self.path = path
-        self.file = _File(path)
+    def __init__(self, file: SharedFile, zf: zipfile.ZipFile, prefix: str, torchscript: bool) -> None:
+        path = self.path = file.path
+        self.file = file
         self.prefix = prefix
         self.torchscript = torchscript
         self.infos = {i.filename: i for i in zf.infolist()}
@@ -395,7 +381,9 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
             except ZIP_ERRORS:
                 raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
             with zf:
-                return _read_archive(path, zf, trust=trust, key=key, strict=strict)
+                # The lazy tensors read through their own copy of this descriptor.
+                shared = SharedFile(path, os.dup(fd))
+                return _read_archive(shared, zf, trust=trust, key=key, strict=strict)
     except UnsafeFileError:
         if not trust:
             raise
@@ -404,7 +392,8 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
         return trusted.read(path, trust=trust, key=key, strict=strict)
 
 
-def _read_archive(path: str, zf: zipfile.ZipFile, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+def _read_archive(file: SharedFile, zf: zipfile.ZipFile, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+    path = file.path
     prefix = _archive_prefix(zf, path)
     names = set(zf.namelist())
     torchscript = any(n.startswith(f"{prefix}code/") for n in names) or f"{prefix}constants.pkl" in names
@@ -422,7 +411,7 @@ def _read_archive(path: str, zf: zipfile.ZipFile, *, trust: bool, key: str | Non
         check_memo_indices(data)
     except ValueError as exc:
         raise InvalidFileError(f"data.pkl is corrupt ({exc})", path=path) from None
-    reader = _Reader(path, zf, prefix, torchscript)
+    reader = _Reader(file, zf, prefix, torchscript)
     unpickler = _Unpickler(data, reader)
     error: InvalidFileError | None = None
     # One pass of the C unpickler (a static opcode scan in Python costs 20x more on a

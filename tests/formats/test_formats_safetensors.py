@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,12 @@ def test_file_truncated_after_open_is_reported_on_read(tmp_path):
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(InvalidFileError, match="truncated"):
         ckpt.tensors["w"].numpy()
+
+
+def test_lazy_reads_come_from_the_file_that_was_opened(tmp_path):
+    path, other = tmp_path / "net.safetensors", tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(4)}, path)
+    save_file({"w": torch.full((4,), 7.0)}, other)
+    ckpt = open_checkpoint(path)
+    os.replace(other, path)  # swapped after opening: the tensors still come from the original
+    np.testing.assert_array_equal(ckpt.tensors["w"].numpy(), np.ones(4, dtype=np.float32))
