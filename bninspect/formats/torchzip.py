@@ -425,6 +425,8 @@ def _read_archive(file: SharedFile, zf: zipfile.ZipFile, *, trust: bool, key: st
         error = InvalidFileError("data.pkl is nested too deeply to read", path=path)
     except Exception as exc:  # UnpicklingError, EOFError, TypeError from malformed opcodes...
         error = InvalidFileError(f"data.pkl is corrupt ({type(exc).__name__} while unpickling)", path=path)
+    # The stand-ins are bound methods of the reader: drop them so no cycle keeps the file open.
+    reader.stand_ins.clear()
     if unpickler.refused:
         names = list(unpickler.refused)
         if error is not None:
