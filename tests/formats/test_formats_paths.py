@@ -136,3 +136,25 @@ def test_safe_readers_do_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", check, *(str(tmp_path / n) for n in ("a.pt", "a.safetensors", "a.ts"))],
                          check=True, timeout=120, capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_no_descriptor_outlives_its_checkpoint(tmp_path):
+    import gc
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.save({"bn.running_var": torch.ones(3)}, tmp_path / "a.pt")
+    save_file({"bn.running_var": torch.ones(3)}, tmp_path / "a.safetensors")
+    before = len(os.listdir("/proc/self/fd"))
+    gc.disable()  # descriptors must close by reference counting alone
+    try:
+        for _ in range(50):
+            for name in ("a.pt", "a.safetensors"):
+                ckpt = open_checkpoint(tmp_path / name)
+                ckpt.tensors["bn.running_var"].numpy()
+                del ckpt
+    finally:
+        gc.enable()
+    assert len(os.listdir("/proc/self/fd")) <= before
