@@ -6,6 +6,10 @@ the CLI prints ``bninspect: error: FILE: message`` as one line and exits with ``
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
@@ -25,9 +29,15 @@ class BNInspectError(Exception):
         self.path = path
 
     def line(self) -> str:
-        """The one stderr line for this error, without the ``bninspect: error:`` lead."""
+        """The one stderr line for this error, without the ``bninspect: error:`` lead.
+
+        Whitespace is folded to single spaces (one line, always), and every other control
+        character is shown as an escape: a file name may carry ANSI sequences meant for the
+        terminal.
+        """
         text = f"{self.path}: {self.message}" if self.path else self.message
-        return " ".join(text.split())
+        text = " ".join(text.split())
+        return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 class UsageError(BNInspectError):

@@ -40,3 +40,11 @@ def test_closed_output_pipe_is_not_a_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and err == ""
+
+
+def test_terminal_escapes_in_a_file_name_are_printed_escaped(cli, tmp_path):
+    name = tmp_path / "evil\x1b[2J\x1b[31mname.pt"
+    name.write_bytes(b"not a checkpoint")
+    run = cli("show", str(name))
+    assert_one_line_error(run, 4, "evil\\x1b[2J\\x1b[31mname.pt")
+    assert "\x1b" not in run.err
