@@ -16,7 +16,6 @@ Runs go through a thread pool, one process per core.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLES, Run, bninspect_command
-from tests.hardening.make_corpus import MARKER_PREFIX, OK, Case, build_corpus
+from tests.hardening.make_corpus import MARKER_PREFIX, OK, Case, build_corpus, snapshot
 
 GOOD = SAMPLES / "mobilenet_v1_tiny.pt"
 TIMEOUT = 90  # a blocked read (FIFO) must fail the run, not hang the suite; generous for a loaded CI box
@@ -104,24 +103,6 @@ def _run(args: list[str], cwd: Path) -> Run | None:
     except subprocess.TimeoutExpired:
         return None
     return Run(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
-
-
-def snapshot(folder: Path) -> dict[str, tuple]:
-    """Every entry under ``folder`` (links not followed): kind, and for files size, mtime_ns and sha256."""
-    entries: dict[str, tuple] = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(root) / name
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                try:
-                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                except PermissionError:  # the unreadable case when not root
-                    digest = "unreadable"
-                entries[str(path.relative_to(folder))] = ("file", st.st_size, st.st_mtime_ns, digest)
-            else:
-                entries[str(path.relative_to(folder))] = (stat.S_IFMT(st.st_mode), st.st_mtime_ns)
-    return entries
 
 
 @dataclass
