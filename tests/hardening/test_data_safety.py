@@ -67,42 +67,48 @@ def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
 
 
-def test_verify_output_replaces_the_old_file_by_rename(workdir):
+@pytest.fixture(scope="module")
+def verify_output(tmp_path_factory):
+    """One verify --output run over an existing output that has a second hard link: (folder, run, inputs before)."""
     if "verify" not in _commands():
         pytest.skip("no verify command in this build")
-    keep = _hardlinked_old_output(workdir, "out.npy")
-    inputs = {n: snapshot(workdir)[n] for n in ("model.pt", "act.npy")}
+    folder = tmp_path_factory.mktemp("verify-output")
+    shutil.copy(SAMPLES / "mobilenet_v1_tiny.pt", folder / "model.pt")
+    np.save(folder / "act.npy", np.random.default_rng(0).standard_normal((2, 32, 4, 4)).astype("float32"))
+    _hardlinked_old_output(folder, "out.npy")
+    inputs = {n: snapshot(folder)[n] for n in ("model.pt", "act.npy")}
     run = run_cli("verify", "model.pt", "--layer", "features.2.bn", "--input", "act.npy", "--output", "out.npy",
-                  cwd=workdir)
+                  cwd=folder)
+    return folder, run, inputs
+
+
+def test_verify_output_replaces_the_old_file_by_rename(verify_output):
+    folder, run, inputs = verify_output
     assert run.code == 0, run.err
-    assert keep.read_bytes() == b"old output", "the old output was rewritten in place, not replaced"
-    assert np.load(workdir / "out.npy").shape == (2, 32, 4, 4)
-    assert not _leftovers(workdir)
-    assert {n: snapshot(workdir)[n] for n in inputs} == inputs
+    assert (folder / "out.npy.keep").read_bytes() == b"old output", "the old output was rewritten in place"
+    assert np.load(folder / "out.npy").shape == (2, 32, 4, 4)
+    assert not _leftovers(folder)
+    assert {n: snapshot(folder)[n] for n in inputs} == inputs
 
 
 @pytest.mark.xfail(strict=True, reason="activations.py:write_activations: the output keeps mkstemp's mode 0600 "
                                        "instead of the umask's (0644 under umask 022), unlike drift's _atomic_write")
-def test_verify_output_gets_ordinary_permissions(workdir):
-    if "verify" not in _commands():
-        pytest.skip("no verify command in this build")
-    run = run_cli("verify", "model.pt", "--layer", "features.2.bn", "--input", "act.npy", "--output", "out.npy",
-                  cwd=workdir)
+def test_verify_output_gets_ordinary_permissions(verify_output):
+    folder, run, _ = verify_output
     assert run.code == 0, run.err
     umask = os.umask(0)
     os.umask(umask)
-    assert stat.S_IMODE(os.stat(workdir / "out.npy").st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(folder / "out.npy").st_mode) == 0o666 & ~umask
 
 
-# The checkpoint itself, and the activations under another name (a hard link): samefile, not name equality.
-@pytest.mark.parametrize("target", ["model.pt", "hard-link-to-act.npy"])
-def test_verify_never_writes_over_an_input(workdir, target):
+def test_verify_never_writes_over_an_input(workdir):
+    # The activations under another name (a hard link): the check must be samefile, not name equality.
     if "verify" not in _commands():
         pytest.skip("no verify command in this build")
     os.link(workdir / "act.npy", workdir / "hard-link-to-act.npy")
     before = snapshot(workdir)
-    run = run_cli("verify", "model.pt", "--layer", "features.2.bn", "--input", "act.npy", "--output", target,
-                  cwd=workdir)
+    run = run_cli("verify", "model.pt", "--layer", "features.2.bn", "--input", "act.npy", "--output",
+                  "hard-link-to-act.npy", cwd=workdir)
     assert_one_line_error(run, 2, "overwrite an input")
     assert snapshot(workdir) == before
 
