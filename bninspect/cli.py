@@ -284,7 +284,11 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type,
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turn every failure into one line on stderr and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line (`bninspect check x --debug` too): the error
+    # messages that suggest it should not need the user to know where global options go.
     _state["debug"] = "--debug" in args
+    if _state["debug"]:
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     exits, no_args, usage_errors, click_errors = _click_exceptions()
     try:
         rv = app(args=args, prog_name="bninspect", standalone_mode=False)

@@ -48,3 +48,8 @@ def test_terminal_escapes_in_a_file_name_are_printed_escaped(cli, tmp_path):
     run = cli("show", str(name))
     assert_one_line_error(run, 4, "evil\\x1b[2J\\x1b[31mname.pt")
     assert "\x1b" not in run.err
+
+
+def test_debug_is_accepted_after_the_command(cli):
+    run = cli("show", str(SAMPLES / "resnet_tiny.pt"), "--debug", "--limit", "1")
+    assert run.code == 0 and "bn1" in run.out
