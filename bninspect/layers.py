@@ -119,6 +119,9 @@ class Discovery:
     layers: list[BNLayer]  # BatchNorm layers with running statistics (or a module saying BN)
     possible: list[BNLayer]  # possible BN with track_running_stats=False, with evidence
     other_norms: dict[str, int]  # e.g. {"GroupNorm": 2, "LayerNorm": 1} or {"LayerNorm/GroupNorm-like": 3}
+    # Prefixes with running statistics that are not two 1-D tensors of one length: not a BN layer we
+    # can read, and not "no running statistics" either. One sentence each, for the user.
+    malformed: list[str] = field(default_factory=list)
 
 
 # Module class names that are BatchNorm (torch.nn, torchvision.ops.misc, ONNX readers).
@@ -152,6 +155,12 @@ def _is_bn_module(info: ModuleInfo | None) -> bool:
 def _has_stats(t: dict[str, TensorRef]) -> bool:
     mean, var = t.get("running_mean"), t.get("running_var")
     return mean is not None and var is not None and mean.ndim == 1 and var.ndim == 1 and mean.shape == var.shape
+
+
+def _consistent(t: dict[str, TensorRef]) -> bool:
+    """weight, bias, running_mean, running_var (those present) are 1-D of one length, as BatchNorm needs."""
+    shapes = {t[n].shape for n in ("weight", "bias", "running_mean", "running_var") if n in t}
+    return len(shapes) <= 1 and all(len(shape) == 1 for shape in shapes)
 
 
 def _is_weight_layer(t: dict[str, TensorRef], info: ModuleInfo | None) -> bool:
@@ -266,6 +275,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     entries: list[tuple[str, str, int]] = []  # (role, prefix, channels) with role bn | maybe
     producers: list[tuple[int, Producer]] = []  # (position in order, producer)
     other: dict[str, int] = {}
+    malformed: list[str] = []
     prev_width: int | None = None
     for pos, prefix in enumerate(order):
         t, info = groups[prefix], modules.get(prefix)
@@ -277,10 +287,16 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             producers.append((pos, prod))
             prev_width = prod.out_channels
             continue
+        if (_has_stats(t) or _is_bn_module(info)) and not _consistent(t):
+            malformed.append(_malformed(checkpoint.display(prefix) or "(root)", t))
+            continue
         if _has_stats(t) or _is_bn_module(info):
             channels = _channels(t, info)
             entries.append(("bn", prefix, channels))
             prev_width = channels
+            continue
+        if "running_mean" in t or "running_var" in t:
+            malformed.append(_malformed(checkpoint.display(prefix) or "(root)", t))
             continue
         w, b = t.get("weight"), t.get("bias")
         if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):
@@ -332,7 +348,15 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
                 "(consistent with BatchNorm(track_running_stats=False))"
             )
             possible.append(layer)
-    return Discovery(checkpoint, layers, possible, other)
+    return Discovery(checkpoint, layers, possible, other, malformed)
+
+
+def _malformed(display: str, t: dict[str, TensorRef]) -> str:
+    """Why a prefix with running statistics is not listed as a BatchNorm layer, with the shapes it has."""
+    shapes = ", ".join(f"{name} {list(t[name].shape) if name in t else 'missing'}"
+                       for name in ("weight", "bias", "running_mean", "running_var"))
+    return (f"{display} is not listed as a BatchNorm layer: {shapes}; BatchNorm needs 1-D weight, bias, "
+            "running_mean and running_var of one length C")
 
 
 def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:

@@ -479,31 +479,42 @@ def _strange(d: Path) -> list[Case]:
     zero["bn.running_mean"] = torch.tensor(0.5)
     zero["bn.running_var"] = torch.tensor(1.5)
     _save(zero, d / "zero_dim.pt")
-    # The user must learn that bn's statistics are malformed, not that bn has none.
-    shape_bug = ("layers.py:discover treats a BN whose running_mean/running_var are 0-dim or of another "
-                 "length than weight as 'possible BatchNorm with track_running_stats=False' ('no running "
-                 "statistics') instead of listing it with its malformed statistics")
-    add("zero_dim_bn", "zero_dim.pt", OK, "bn.running_mean", xfail=shape_bug)
+    # The user must learn that bn's statistics are malformed, not that bn has none (a bug fixed in
+    # layers.py:discover, which called these "possible BatchNorm ... no running statistics").
+    add("zero_dim_bn", "zero_dim.pt", OK, "running_mean [], running_var []")
     mism = OrderedDict(sd)
     mism["bn.running_mean"] = torch.zeros(7)
     _save(mism, d / "mismatched.pt")
-    add("mismatched_bn", "mismatched.pt", OK, "bn.running_mean", xfail=shape_bug)
-    # Stride-0 views claiming 10^12 elements over one stored float: never materialised. On a BN
-    # tensor the file is refused in one line; on a tensor show does not need, it is never read.
+    add("mismatched_bn", "mismatched.pt", OK, "running_mean [7], running_var [8]")
+    # Statistics of one length, weight of another: downstream math would broadcast 8 against 7.
+    wmis = OrderedDict(sd)
+    wmis["bn.running_mean"], wmis["bn.running_var"] = torch.zeros(7), torch.ones(7)
+    _save(wmis, d / "weight_mismatch.pt")
+    add("weight_mismatch_bn", "weight_mismatch.pt", OK, "weight [8], bias [8], running_mean [7]")
+    # Stride-0 views claiming 10^12 elements over one stored float: never materialised. As a whole
+    # BN layer (all four tensors [10^12]) the file is refused in one line; as a 2-D running_mean it is
+    # a malformed BN, named; on a tensor show does not need, it is never read.
     ones = np.ones(24, dtype="<f4").tobytes()
-    for name, huge_key in (("stride0_huge_bn", "bn.running_mean"), ("stride0_huge_other", "head.weight")):
+    huge = Tensor(Storage("3", 1), 0, (10**12,), (0,))
+    huge_2d = Tensor(Storage("3", 1), 0, (10**6, 10**6), (0, 0))
+    variants = {
+        "stride0_huge_bn": {f"bn.{n}": huge for n in ("weight", "bias", "running_mean", "running_var")},
+        "stride0_huge_2d": {"bn.running_mean": huge_2d},
+        "stride0_huge_other": {"head.weight": huge_2d},
+    }
+    for name, overrides in variants.items():
         tensors = {
             "conv.weight": Tensor(Storage("0", 8 * 3), 0, (8, 3, 1, 1), (3, 1, 1, 1)),
             "bn.weight": Tensor(Storage("1", 8), 0, (8,), (1,)),
             "bn.bias": Tensor(Storage("1", 8), 0, (8,), (1,)),
             "bn.running_mean": Tensor(Storage("1", 8), 0, (8,), (1,)),
             "bn.running_var": Tensor(Storage("3", 1), 0, (8,), (0,)),
+            **overrides,
         }
-        tensors[huge_key] = Tensor(Storage("3", 1), 0, (10**6, 10**6), (0, 0))
         write_zip(d / f"{name}.pt", dumps(tensors), {"0": ones, "1": ones[:32], "3": ones[:4]})
     add("stride0_huge_bn", "stride0_huge_bn.pt", INVALID, "does not materialise")
+    add("stride0_huge_2d", "stride0_huge_2d.pt", OK, "running_mean [1000000, 1000000]")
     add("stride0_huge_other", "stride0_huge_other.pt", OK, "1 BatchNorm layers")
-    # Nesting far deeper than Python's recursion limit, the real state dict at the bottom.
     # (pickle itself recurses while writing, so the nesting is written as opcodes around a real data.pkl)
     real = _save(sd, d / "_real.pt")
     with zipfile.ZipFile(real) as zf:

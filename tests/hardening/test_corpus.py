@@ -263,3 +263,13 @@ def test_trust_really_runs_the_file(tmp_path):
     shutil.copy(folder / case.path, tmp_path / case.path)
     run = _run(["show", "--trust", case.path], tmp_path)
     assert run is not None and (tmp_path / case.marker).exists(), run
+
+
+def test_malformed_bn_is_named_by_every_command(corpus):
+    """A BN whose weight and statistics differ in length: named in one line, never an "unexpected failure"."""
+    case = next(c for c in corpus.cases if c.name == "weight_mismatch_bn")
+    explain = _run(["explain", case.path, "bn", "--channel", "2"], corpus.folder)
+    assert explain is not None and "unexpected failure" not in explain.err
+    assert explain.code == 2 and len(explain.err_lines) == 1 and "'bn'" in explain.err, explain.err
+    check = _run(["check", case.path], corpus.folder)
+    assert check is not None and check.code in (0, 1) and not check.err.strip(), check.err
