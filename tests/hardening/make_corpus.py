@@ -88,80 +88,55 @@ def marker_name(case: str) -> str:
     return f"{MARKER_PREFIX}{case}"
 
 
-# -- payloads: each __reduce__ returns a real callable, so a real unpickler would call it --------
+# -- payloads: each unpickles as a call of a real callable, so a real unpickler would make it ---
+
+class Call:
+    """Pickles as ``func(*args)`` (``__reduce__``): the way an attacker builds a payload."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
 
 def _touch_code(marker: str) -> str:
-    return f"open({str(marker)!r}, 'w').write('ran')"
+    return f"open({marker!r}, 'w').write('ran')"
 
 
-class Exec:
+def exec_payload(marker: str) -> Call:
     """builtins.exec of a line that writes the marker."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (builtins.exec, (_touch_code(self.marker),))
+    return Call(builtins.exec, _touch_code(marker))
 
 
-class Eval:
+def eval_payload(marker: str) -> Call:
     """builtins.eval: deny-lists often name exec and forget eval."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (builtins.eval, (f"__import__('pathlib').Path({self.marker!r}).write_text('ran')",))
+    return Call(builtins.eval, f"__import__('pathlib').Path({marker!r}).write_text('ran')")
 
 
-class RunCode:
+def run_code_payload(marker: str) -> Call:
     """runpy._run_code: exec by another name."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (runpy._run_code, (_touch_code(self.marker), {}))
+    return Call(runpy._run_code, _touch_code(marker), {})
 
 
-class Popen:
+def popen_payload(marker: str) -> Call:
     """subprocess.Popen: starts a process."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (subprocess.Popen, (["touch", self.marker],))
+    return Call(subprocess.Popen, ["touch", marker])
 
 
-class System:
+def system_payload(marker: str) -> Call:
     """os.system (pickled as posix.system)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker!r}",))
+    return Call(os.system, f"touch {marker!r}")
 
 
-class Partial:
+def partial_payload(marker: str) -> Call:
     """The callable is a functools.partial object: the dangerous function hides in its state."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (functools.partial(os.system, f"touch {self.marker!r}"), ())
+    return Call(functools.partial(os.system, f"touch {marker!r}"))
 
 
-class TorchLoad:
+def torch_load_payload(other: Path) -> Call:
     """torch.load(other, weights_only=False) of a second hostile file: the loader as a gadget."""
-
-    def __init__(self, other: Path) -> None:
-        self.other = other
-
-    def __reduce__(self):
-        return (functools.partial(torch.load, weights_only=False), (str(self.other),))
+    return Call(functools.partial(torch.load, weights_only=False), str(other))
 
 
 def _getattr_pickle(marker: str) -> bytes:
@@ -284,29 +259,29 @@ def _hostile(d: Path) -> list[Case]:
     m = marker_name
     sd = _state_dict()
     for proto in (2, 4):
-        _save({**sd, "extra": Exec(m(f"zip_exec_p{proto}"))}, d / f"zip_exec_p{proto}.pt", proto)
+        _save({**sd, "extra": exec_payload(m(f"zip_exec_p{proto}"))}, d / f"zip_exec_p{proto}.pt", proto)
         add(f"zip_exec_p{proto}", f"zip_exec_p{proto}.pt", "builtins.exec")
-        _save({**sd, "extra": Exec(m(f"legacy_exec_p{proto}"))}, d / f"legacy_exec_p{proto}.pt", proto, legacy=True)
+        _save({**sd, "extra": exec_payload(m(f"legacy_exec_p{proto}"))}, d / f"legacy_exec_p{proto}.pt", proto, legacy=True)
         add(f"legacy_exec_p{proto}", f"legacy_exec_p{proto}.pt", "builtins.exec")
-    _save(_lightning(Exec(m("lightning_exec"))), d / "lightning_exec.ckpt")
+    _save(_lightning(exec_payload(m("lightning_exec"))), d / "lightning_exec.ckpt")
     add("lightning_exec", "lightning_exec.ckpt", "builtins.exec")
-    _save(_lightning(System(m("lightning_legacy_system"))), d / "lightning_legacy_system.ckpt", 4, legacy=True)
+    _save(_lightning(system_payload(m("lightning_legacy_system"))), d / "lightning_legacy_system.ckpt", 4, legacy=True)
     add("lightning_legacy_system", "lightning_legacy_system.ckpt", "posix.system")
-    _save({**sd, "x": Eval(m("zip_eval"))}, d / "zip_eval.pt")
+    _save({**sd, "x": eval_payload(m("zip_eval"))}, d / "zip_eval.pt")
     add("zip_eval", "zip_eval.pt", "builtins.eval")
-    _save({**sd, "x": RunCode(m("zip_runpy"))}, d / "zip_runpy.pt", 4)
+    _save({**sd, "x": run_code_payload(m("zip_runpy"))}, d / "zip_runpy.pt", 4)
     add("zip_runpy", "zip_runpy.pt", "runpy._run_code")
-    _save({**sd, "x": Popen(m("zip_popen"))}, d / "zip_popen.pt")
+    _save({**sd, "x": popen_payload(m("zip_popen"))}, d / "zip_popen.pt")
     add("zip_popen", "zip_popen.pt", "subprocess.Popen")
-    _save({**sd, "x": System(m("zip_os_system"))}, d / "zip_os_system.pt", 4)
+    _save({**sd, "x": system_payload(m("zip_os_system"))}, d / "zip_os_system.pt", 4)
     add("zip_os_system", "zip_os_system.pt", "posix.system")
-    _save({**sd, "x": Partial(m("zip_partial"))}, d / "zip_partial.pt", 4)
+    _save({**sd, "x": partial_payload(m("zip_partial"))}, d / "zip_partial.pt", 4)
     add("zip_partial", "zip_partial.pt", "functools.partial")
-    _save({**sd, "x": _object_array(Exec(m("zip_numpy_reconstruct")))}, d / "zip_numpy_reconstruct.pt", 2)
+    _save({**sd, "x": _object_array(exec_payload(m("zip_numpy_reconstruct")))}, d / "zip_numpy_reconstruct.pt", 2)
     add("zip_numpy_reconstruct", "zip_numpy_reconstruct.pt", "multiarray._reconstruct")
     # torch.load as the gadget: the outer file loads an inner hostile file with weights_only=False.
-    inner = _save(Exec(m("zip_torch_load")), d / "inner_payload.bin")
-    _save({**sd, "x": TorchLoad(inner)}, d / "zip_torch_load.pt", 4)
+    inner = _save(exec_payload(m("zip_torch_load")), d / "inner_payload.bin")
+    _save({**sd, "x": torch_load_payload(inner)}, d / "zip_torch_load.pt", 4)
     add("zip_torch_load", "zip_torch_load.pt", "torch.serialization.load")
     # Hand-written data.pkl inside a real torch.save layout (records, version, byteorder intact).
     real = _save(sd, d / "_real.pt")
@@ -320,13 +295,13 @@ def _hostile(d: Path) -> list[Case]:
     cases.append(Case("ts_setstate", "ts_setstate.ts", OK, "TorchScript archive", group="unsafe", payload="torchscript"))
     # A TorchScript archive whose data.pkl imports builtins.exec: the __torch__ allowance is no loophole.
     real_ts = _scripted_with_payload("unused", d / "_real.ts")
-    _replace_data_pkl(real_ts, d / "ts_exec.ts", dumps({"x": Exec(m("ts_exec"))}, protocol=2))
+    _replace_data_pkl(real_ts, d / "ts_exec.ts", dumps({"x": exec_payload(m("ts_exec"))}, protocol=2))
     real_ts.unlink()
     add("ts_exec", "ts_exec.ts", "builtins.exec", payload="")
     # Legacy format with the payload in the trailing storage-keys pickle (after the object).
     legacy = _save(sd, d / "_legacy.pt", 2, legacy=True).read_bytes()
     keys_at = legacy.rfind(b"\x80\x02]")  # the storage-key list is the last pickle before raw bytes
-    evil_keys = pickle.dumps([Exec(m("legacy_tail_exec"))], protocol=2)
+    evil_keys = pickle.dumps([exec_payload(m("legacy_tail_exec"))], protocol=2)
     end = legacy.index(b".", keys_at) + 1
     (d / "legacy_tail_exec.pt").write_bytes(legacy[:keys_at] + evil_keys + legacy[end:])
     (d / "_legacy.pt").unlink()
