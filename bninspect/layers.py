@@ -119,9 +119,9 @@ class Discovery:
     layers: list[BNLayer]  # BatchNorm layers with running statistics (or a module saying BN)
     possible: list[BNLayer]  # possible BN with track_running_stats=False, with evidence
     other_norms: dict[str, int]  # e.g. {"GroupNorm": 2, "LayerNorm": 1} or {"LayerNorm/GroupNorm-like": 3}
-    # Prefixes with running statistics that are not two 1-D tensors of one length: not a BN layer we
-    # can read, and not "no running statistics" either. One sentence each, for the user.
-    malformed: list[str] = field(default_factory=list)
+    # BN-like layers whose tensors are not 1-D of one length: not a BN layer we can compute with, and
+    # not "no running statistics" either. Display name → one sentence for the user.
+    malformed: dict[str, str] = field(default_factory=dict)
 
 
 # Module class names that are BatchNorm (torch.nn, torchvision.ops.misc, ONNX readers).
@@ -275,7 +275,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     entries: list[tuple[str, str, int]] = []  # (role, prefix, channels) with role bn | maybe
     producers: list[tuple[int, Producer]] = []  # (position in order, producer)
     other: dict[str, int] = {}
-    malformed: list[str] = []
+    malformed: dict[str, str] = {}
     prev_width: int | None = None
     for pos, prefix in enumerate(order):
         t, info = groups[prefix], modules.get(prefix)
@@ -288,7 +288,8 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             prev_width = prod.out_channels
             continue
         if (_has_stats(t) or _is_bn_module(info)) and not _consistent(t):
-            malformed.append(_malformed(checkpoint.display(prefix) or "(root)", t))
+            display = checkpoint.display(prefix) or "(root)"
+            malformed[display] = _malformed(display, t)
             continue
         if _has_stats(t) or _is_bn_module(info):
             channels = _channels(t, info)
@@ -296,7 +297,8 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             prev_width = channels
             continue
         if "running_mean" in t or "running_var" in t:
-            malformed.append(_malformed(checkpoint.display(prefix) or "(root)", t))
+            display = checkpoint.display(prefix) or "(root)"
+            malformed[display] = _malformed(display, t)
             continue
         w, b = t.get("weight"), t.get("bias")
         if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):

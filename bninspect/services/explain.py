@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bninspect.errors import UsageError
+from bninspect.errors import InvalidFileError, UsageError
 from bninspect.layers import DEFAULT_MOMENTUM, BNLayer
 from bninspect.numfmt import num
 from bninspect.services.common import find_layer, open_layers
@@ -166,6 +166,8 @@ def explain(path: str, layer_name: str, *, channel: int | None = None, key: str 
             eps: float | None = None, trust: bool = False, strict: bool = False) -> ExplainResult:
     """Explain one BN layer of ``path`` with its own numbers; ``channel`` works one channel through."""
     found = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    if layer_name in found.malformed:  # there is such a layer, but its tensors do not fit together
+        raise InvalidFileError(found.malformed[layer_name], path=path)
     layer = find_layer(found.layers + found.possible, layer_name)
     walk = None
     if channel is not None:
