@@ -273,3 +273,21 @@ def test_malformed_bn_is_named_by_every_command(corpus):
     assert_one_line_error(explain, 4, "bn is not listed as a BatchNorm layer", "running_mean [7]")
     check = _run(["check", case.path], corpus.folder)
     assert check is not None and check.code in (0, 1) and not check.err.strip(), check.err
+
+
+def test_check_scans_a_folder_of_special_files_without_blocking(tmp_path):
+    """A folder scan meets a FIFO, a link to /dev/zero and a symlink loop: skipped or named, never read."""
+    if "check" not in _available_commands():
+        pytest.skip("bninspect has no 'check' command in this build")
+    os.mkfifo(tmp_path / "pipe.pt")
+    os.symlink("/dev/zero", tmp_path / "zero.pt")
+    os.symlink("loop.pt", tmp_path / "loop.pt")
+    shutil.copy(GOOD, tmp_path / "good.pt")
+    run = _run(["check", "--json", "."], tmp_path)
+    assert run is not None, "check blocked on a special file in the folder"
+    assert "Traceback" not in run.out + run.err and "unexpected failure" not in run.err, run.err
+    assert all(line.startswith("bninspect: error: ") for line in run.err_lines), run.err
+    files = {Path(f["path"]).name: f for f in json.loads(run.out)["files"]}
+    assert files["good.pt"]["error"] is None
+    assert "pipe.pt" not in files or files["pipe.pt"]["exit_code"] == 5
+    assert "zero.pt" not in files or files["zero.pt"]["exit_code"] == 5
