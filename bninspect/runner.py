@@ -476,7 +476,7 @@ def _open_safetensors(path: str) -> DataSource:
     try:
         handle = safe_open(path, framework="pt")
         names = list(handle.keys())
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError):
         raise InvalidFileError("--data: not a valid safetensors file", path=path) from None
     if not names:
         raise InvalidFileError("--data: the safetensors file holds no tensors", path=path)

@@ -24,7 +24,6 @@ import pickle
 import re
 import struct
 import zipfile
-import weakref
 import zlib
 from collections import OrderedDict
 from typing import Any, Callable

@@ -572,7 +572,7 @@ def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
     if checkpoint is not None and checkpoint.format in ("torch-zip", "torch-legacy"):
         container = _reload_container(input_path, checkpoint.container)
         obj, target = container
-        for key, values in replaced.items():
+        for key in replaced:
             target[key] = state[key]
         _atomic_write(out_abs, lambda tmp: torch.save(obj, tmp))
     else:

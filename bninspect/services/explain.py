@@ -111,8 +111,8 @@ def _sections(layer: BNLayer, s: LayerSummary, walk: ChannelWalk | None) -> list
         ]))
     else:
         out.append(Section("Inference", [
-            f"This layer has no running statistics (track_running_stats=False), so it normalizes every batch with that "
-            f"batch's own mean and variance even in eval mode: outputs depend on batch size and batch content.",
+            "This layer has no running statistics (track_running_stats=False), so it normalizes every batch with that "
+            "batch's own mean and variance even in eval mode: outputs depend on batch size and batch content.",
         ]))
     m = layer.momentum
     if layer.momentum_source == "module" and m is None:

@@ -116,17 +116,13 @@ def per_channel(layer: BNLayer) -> list[ChannelRow]:
     scale = shift = None
     if mean is not None and var is not None and mean.shape == var.shape == gamma.shape == beta.shape:
         scale, shift = layer.folded()
-    rows = []
-    for i in range(n):
-        def at(a: np.ndarray | None) -> float | None:
-            return float(a[i]) if a is not None and i < a.size else None
+    def at(a: np.ndarray | None, i: int) -> float | None:
+        return float(a[i]) if a is not None and i < a.size else None
 
-        rows.append(ChannelRow(
-            index=i, weight=at(gamma), bias=at(beta), running_mean=at(mean), running_var=at(var),
-            scale=at(scale), shift=at(shift),
-            producer_channel=f"{layer.producer.name} output {i}" if layer.producer else None,
-        ))
-    return rows
+    return [ChannelRow(index=i, weight=at(gamma, i), bias=at(beta, i), running_mean=at(mean, i),
+                       running_var=at(var, i), scale=at(scale, i), shift=at(shift, i),
+                       producer_channel=f"{layer.producer.name} output {i}" if layer.producer else None)
+            for i in range(n)]
 
 
 def summarize(layer: BNLayer, channels: bool = False) -> LayerSummary:

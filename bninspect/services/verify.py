@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bninspect.errors import InvalidFileError, UsageError
+from bninspect.errors import UsageError
 from bninspect.layers import BNLayer
 
 SCHEMA = "bninspect.verify/1"
