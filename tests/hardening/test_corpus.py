@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLES, Run, assert_one_line_error, bninspect_command
-from tests.hardening.make_corpus import MARKER_PREFIX, OK, Case, build_corpus, snapshot
+from tests.hardening.make_corpus import MARKER_PREFIX, OK, UNSAFE, Case, build_corpus, snapshot
 
 GOOD = SAMPLES / "mobilenet_v1_tiny.pt"
 TIMEOUT = 90  # a blocked read (FIFO) must fail the run, not hang the suite; generous for a loaded CI box
@@ -186,6 +186,8 @@ def assert_answer(run: Run | None, case: Case, codes: tuple[int, ...]) -> None:
         assert len(run.err_lines) == 1, run.err
         assert run.err_lines[0].startswith("bninspect: error: "), run.err
         assert case.needle in run.err_lines[0], (case.needle, run.err)
+        if run.code == UNSAFE:  # a refusal says how to opt in, and what that costs
+            assert "--trust" in run.err_lines[0], run.err
     else:
         assert case.needle in run.out, (case.needle, run.out[-2000:])
 
