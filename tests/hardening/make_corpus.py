@@ -542,11 +542,45 @@ def _many_layers(n: int) -> bytes:
     return safetensors_bytes(header, values)
 
 
+def _exported(d: Path) -> list[Case]:
+    """ONNX and OpenVINO IR files (diff's other side): external data that escapes, truncation, entities."""
+    cases: list[Case] = []
+    try:
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:  # the onnx extra is not installed: nothing to read these with
+        return cases
+    inits = [numpy_helper.from_array(np.full(4, 0.5, dtype=np.float32), f"bn.{n}")
+             for n in ("weight", "bias", "running_mean", "running_var")]
+    # running_var's bytes "live" in /etc/passwd: reading it would leak a file as weights.
+    var = inits[3]
+    var.ClearField("raw_data")
+    var.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../../../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        entry = var.external_data.add()
+        entry.key, entry.value = k, v
+    node = helper.make_node("BatchNormalization", ["x", *[t.name for t in inits]], ["y"], name="bn")
+    io_info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 2, 2]) for n in ("x", "y")]
+    graph = helper.make_graph([node], "g", io_info[:1], io_info[1:], inits)
+    raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]).SerializeToString()
+    (d / "escape.onnx").write_bytes(raw)
+    cases.append(Case("onnx_external_data_escape", "escape.onnx", INVALID, "outside the model's directory",
+                      group="invalid"))
+    (d / "truncated.onnx").write_bytes(raw[: len(raw) // 2])
+    cases.append(Case("onnx_truncated", "truncated.onnx", INVALID, "not a valid ONNX model", group="invalid"))
+    # Entity expansion ("billion laughs") in an IR: refused before any parser expands it.
+    (d / "laughs.xml").write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>\n'
+        '<net name="x" version="11"><layers><layer id="0" name="&b;" type="Parameter" version="opset1"/>'
+        "</layers></net>\n")
+    cases.append(Case("openvino_entities", "laughs.xml", INVALID, "laughs.xml", group="invalid"))
+    return cases
+
+
 def build_corpus(folder: Path) -> list[Case]:
     """Write every case into ``folder`` (which must exist and be empty) and return them."""
     folder = Path(folder)
     torch.manual_seed(0)
-    return _hostile(folder) + _invalid(folder) + _paths(folder) + _strange(folder)
+    return _hostile(folder) + _invalid(folder) + _exported(folder) + _paths(folder) + _strange(folder)
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:

@@ -39,7 +39,7 @@ TIMEOUT = 90  # a blocked read (FIFO) must fail the run, not hang the suite; gen
 # The subset that also goes through explain and diff: one case per kind of answer and format.
 REPRESENTATIVE = (
     "zip_exec_p2", "legacy_exec_p4", "lightning_exec", "ts_exec", "truncated_zip", "record_bad_crc_strict",
-    "st_header_past_eof", "fifo", "symlink_loop", "name_newline_escape",
+    "st_header_past_eof", "onnx_external_data_escape", "fifo", "symlink_loop", "name_newline_escape",
 )
 # verify and drift import torch (~3 s each): a hostile zip for one, a hostile legacy Lightning file for the other.
 HEAVY = {"verify": ("zip_exec_p4",), "drift": ("lightning_legacy_system",)}
