@@ -264,7 +264,7 @@ def benches() -> list[Bench]:
     for n in (100, 1000, 10000):
         for ext in ("safetensors", "pt"):
             f = DATA / f"layers_{n}.{ext}"
-            runs = 5 if n == 100 else 3  # the big ones take seconds each: 3 runs keep the whole run under 15 min
+            runs = 3 if n == 10000 else 5  # 10k takes seconds per run: 3 runs keep the whole run under 15 min
             b.append(Bench(f"bninspect show --json {n} layers {ext}", BNI + ["show", "--json", str(f)], needs="show", runs=runs, files=(f,)))
             b.append(Bench(f"bninspect check {n} layers {ext}", BNI + ["check", str(f)], needs="check", runs=runs, ok_codes=(0, 1), files=(f,)))
     for ext in ("safetensors", "pt"):
@@ -282,7 +282,7 @@ def benches() -> list[Bench]:
     return b
 
 
-def goals(res: dict[str, Result], facts: dict) -> list[tuple[str, str, str]]:
+def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> list[tuple[str, str, str]]:
     """The issue's goals as (goal, measured, PASS/MISS/n/a) rows."""
     rows: list[tuple[str, str, str]] = []
 
@@ -347,13 +347,15 @@ def goals(res: dict[str, Result], facts: dict) -> list[tuple[str, str, str]]:
             if None in ts:
                 rows.append((f"`{cmd}` linear in layers ({ext})", "not measured", "n/a"))
                 continue
-            # Fit t = a + b·n through 100 and 1,000 layers; linear means 10,000 lands near the line.
-            slope = (ts[1] - ts[0]) / 900
-            predicted = ts[0] + slope * 9900
-            ok = ts[2] <= 1.5 * predicted + 0.05
-            per_layer = (ts[2] - ts[0]) / 9900 * 1e6
+            # The 100-layer run stands for the fixed cost (start-up, imports); linear means the
+            # cost per layer beyond it stays put from 1,000 to 10,000 layers (2× allowed: at
+            # 1,000 layers the variable part is a few hundred ms, within a shared machine's noise).
+            per_1k = (ts[1] - ts[0]) / 900 * 1e6
+            per_10k = (ts[2] - ts[0]) / 9900 * 1e6
+            ok = per_1k > 0 and per_10k <= 2 * per_1k
             rows.append((f"`{cmd}` linear in layers ({ext}): CPU at 100 / 1k / 10k",
-                         f"{' / '.join(fmt_s(t) for t in ts)}; {per_layer:.0f} µs/layer; 10k vs line through 100 and 1k: {ts[2] / predicted:.2f}×", verdict(ok)))
+                         f"{' / '.join(fmt_s(t) for t in ts)}; beyond the 100-layer run: {per_1k:.0f} µs/layer at 1k, "
+                         f"{per_10k:.0f} µs/layer at 10k", verdict(ok)))
     for ext in ("safetensors", "pt"):
         t = w(f"bninspect show --limit 20 10000 layers {ext}")
         c = w(f"bninspect show --limit 20 10000 layers {ext}", "cpu")
@@ -367,6 +369,8 @@ def goals(res: dict[str, Result], facts: dict) -> list[tuple[str, str, str]]:
         # The start-up (imports, option parsing) runs once whatever N is: the part --jobs can
         # divide is the time beyond checking a single file.
         text += f"; beyond one file's {fmt_s(t0)}: {(j1 - t0) / (j2 - t0):.2f}×"
+    if j1 and j2 and ceiling:
+        text += f"; 2 processes of pure Python on this machine at the time: {ceiling:.2f}×"
     rows.append(("`check DIR --jobs 2` near-linear speed-up over `--jobs 1` (≥ 1.7×)", text,
                  verdict(None if not (j1 and j2) else j1 / j2 >= 1.7)))
     bare, ver = w("import torch + F.batch_norm × 53 (ResNet-50)"), w("bninspect verify ResNet-50 --device cpu")
@@ -386,6 +390,31 @@ def verify_goal(text: str) -> tuple[str, str, str] | None:
     ratio = float(m.group(1))
     return ("`verify` service on ResNet-50 shapes ≤ 2× (bench_verify.py: import + verify vs import + bare)",
             f"{ratio:.2f}×", "PASS" if ratio <= 2 else "MISS")
+
+
+_BURN = (
+    "import multiprocessing as mp, sys, time\n"
+    "def burn(n):\n"
+    "    s = 0\n"
+    "    for i in range(n):\n"
+    "        s += i\n"
+    "    return s\n"
+    "if __name__ == '__main__':\n"
+    "    n = 5_000_000\n"
+    "    t = time.perf_counter(); burn(n); burn(n); seq = time.perf_counter() - t\n"
+    "    with mp.get_context('fork').Pool(2) as p:\n"
+    "        t = time.perf_counter(); p.map(burn, [n, n]); par = time.perf_counter() - t\n"
+    "    print(seq / par)\n"
+)
+
+
+def parallel_ceiling(runs: int = 3) -> float:
+    """How much faster 2 processes of pure Python finish than 1, on this machine right now.
+
+    The most `--jobs 2` could gain: on a machine shared with other jobs the second core may
+    be busy, and then no tool scales, so the `--jobs` row is read against this number."""
+    out = [float(subprocess.run([PY, "-c", _BURN], capture_output=True, text=True, check=True).stdout) for _ in range(runs)]
+    return statistics.median(out)
 
 
 def run_verify_bench(log) -> str:
@@ -490,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     verify_text = run_verify_bench(log) if not args.only or any("verify" in o for o in args.only) else "bench_verify.py: not run (--only)"
     warm_note = f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads, verify, --jobs and the 1k/10k-layer files)"
     cold_note = f"{warm_note} after one warm-up" + (", and 3 cold runs after drop_caches" if cold else "; no cold runs")
-    goal_rows = goals(results, facts)
+    ceiling = parallel_ceiling() if results["bninspect check DIR(50) --jobs 2"].status == "ok" else None
+    goal_rows = goals(results, facts, ceiling)
     vg = verify_goal(verify_text)
     if vg:
         goal_rows.append(vg)
