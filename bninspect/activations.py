@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import pickle
 import stat
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from bninspect.atomic import atomic_write
 from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
 
 FORMATS = {".npy": "npy", ".pt": "pt", ".pth": "pt", ".safetensors": "safetensors"}
@@ -142,26 +142,13 @@ def write_activations(path: str, values: np.ndarray, like: Activations, protecte
     suffix = os.path.splitext(path)[1].lower()
     if suffix in FORMATS and FORMATS[suffix] != like.format:
         raise UsageError(f"--output must be in the input's format ({like.format}), not {suffix}", path=path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as exc:
-        raise PathProblemError(f"cannot write here ({exc.strerror or 'error'})", path=path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_encode(values, like))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    data = _encode(values, like)
 
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    atomic_write(path, write)
 
 
 def _encode(values: np.ndarray, like: Activations) -> bytes:

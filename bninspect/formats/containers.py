@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
-from bninspect.errors import NoStateDictError, UsageError
+from bninspect.errors import InvalidFileError, NoStateDictError, UsageError
 
 # Where frameworks put the weights (Lightning, timm, torchvision references, DeepSpeed-style scripts).
 KNOWN_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "state_dict_ema", "model_ema", "ema")
@@ -59,9 +59,13 @@ def _as_candidate(node: Any, path: str, depth: int) -> _Candidate | None:
     return None
 
 
-def _walk(root: Any) -> list[_Candidate]:
-    """Breadth-first over dicts (string keys only), iteratively, without recursion."""
+def _walk(root: Any) -> tuple[list[_Candidate], bool]:
+    """Breadth-first over dicts (string keys only), iteratively, without recursion.
+
+    Returns the candidates and whether the search was cut short (too deep or too many nodes).
+    """
     candidates: list[_Candidate] = []
+    cut = False
     queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
     seen: set[int] = set()
     visited = 0
@@ -72,15 +76,19 @@ def _walk(root: Any) -> list[_Candidate]:
         seen.add(id(node))
         visited += 1
         if visited > MAX_NODES:
+            cut = True
             break
         cand = _as_candidate(node, path, depth)
         if cand is not None:
             candidates.append(cand)
-        if isinstance(node, dict) and depth < MAX_DEPTH:
+        if isinstance(node, dict):
             for k, v in node.items():
                 if isinstance(k, str) and isinstance(v, (dict, ModuleNode)):
+                    if depth >= MAX_DEPTH:
+                        cut = True
+                        break
                     queue.append((f"{path}/{k}" if path else k, v, depth + 1))
-    return candidates
+    return candidates, cut
 
 
 def _known(c: _Candidate) -> bool:
@@ -123,7 +131,8 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
     Non-tensor values are ignored. An unknown ``key`` is a usage error listing the candidates;
     a file with no tensors at all is not a checkpoint (NoStateDictError, an InvalidFileError).
     """
-    ordered = _main_first(_walk(root))
+    found, cut = _walk(root)
+    ordered = _main_first(found)
     if key is not None:
         wanted = key.strip("/")
         chosen = next((c for c in ordered if c.path == wanted), None)
@@ -131,6 +140,10 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
             available = ", ".join(repr(c.path or "/") for c in ordered) or "none"
             raise UsageError(f"no state dict at --key {key!r}; available: {available}", path=path)
     else:
+        if not ordered and cut:
+            # Saying "no state dict" would be a guess: one may sit below where the search stopped.
+            raise InvalidFileError(f"its containers are nested more than {MAX_DEPTH} levels deep (or hold more than "
+                                   f"{MAX_NODES} dicts); bninspect does not search that far for a state dict", path=path)
         if not ordered:
             raise NoStateDictError(f"holds no state dict: {_shape_of(root)}", path=path)
         chosen = ordered[0]

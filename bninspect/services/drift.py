@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bninspect.atomic import atomic_write
 from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
 from bninspect import runner
 from bninspect.runner import DataSource, LoadedModel, ModelState
@@ -531,22 +531,6 @@ def _original_state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def _atomic_write(out: str, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
-    os.close(fd)
-    # mkstemp creates the file 0600; the result gets the permissions any new file would get
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
                        stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[str, int, dict[str, str]]:
     """Write the checkpoint with ``stats`` as running statistics; returns (format, tensors, model key → file key)."""
@@ -565,7 +549,7 @@ def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
     if out_abs.lower().endswith(".safetensors"):
         from safetensors.torch import save_file
 
-        _atomic_write(out_abs, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+        atomic_write(out_abs, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
                                                      metadata={"format": "pt"}))
         return "safetensors", len(state), key_map
     checkpoint = loaded.checkpoint
@@ -574,9 +558,9 @@ def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
         obj, target = container
         for key in replaced:
             target[key] = state[key]
-        _atomic_write(out_abs, lambda tmp: torch.save(obj, tmp))
+        atomic_write(out_abs, lambda tmp: torch.save(obj, tmp))
     else:
-        _atomic_write(out_abs, lambda tmp: torch.save(state, tmp))
+        atomic_write(out_abs, lambda tmp: torch.save(state, tmp))
     return "torch-zip", len(state), key_map
 
 

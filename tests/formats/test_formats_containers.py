@@ -101,8 +101,9 @@ def test_deeply_nested_container_does_not_recurse(tmp_path):
     root: dict = leaf
     for _ in range(5000):
         root = {"state_dict": root}
-    # Deeper than any real checkpoint: the walk stops without RecursionError and says so.
-    with pytest.raises(InvalidFileError, match="holds no state dict"):
+    # Deeper than any real checkpoint: the walk stops without RecursionError and says why it
+    # found nothing (not "no state dict", which would be a guess).
+    with pytest.raises(InvalidFileError, match="nested more than 64 levels deep"):
         build_checkpoint(root, path="deep.pt", format="torch-zip", key=None)
     # A real file of such depth still loads (torch's pickler recurses; keep it within its reach).
     nested = {"w": torch.zeros(2)}

@@ -91,8 +91,6 @@ def test_verify_output_replaces_the_old_file_by_rename(verify_output):
     assert {n: snapshot(folder)[n] for n in inputs} == inputs
 
 
-@pytest.mark.xfail(strict=True, reason="activations.py:write_activations: the output keeps mkstemp's mode 0600 "
-                                       "instead of the umask's (0644 under umask 022), unlike drift's _atomic_write")
 def test_verify_output_gets_ordinary_permissions(verify_output):
     folder, run, _ = verify_output
     assert run.code == 0, run.err

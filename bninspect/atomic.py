@@ -1,0 +1,39 @@
+"""Writing a file the safe way: a temporary file in the target directory, then a rename.
+
+A reader of the target sees the old file or the new one, never half of one; a failed run
+leaves no partial file; and the rename replaces the directory entry, so a hard link to the
+old file keeps the old bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+from bninspect.errors import PathProblemError
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as exc:
+        raise PathProblemError(f"cannot write here ({exc.strerror or 'error'})", path=path) from None
+    os.close(fd)
+    # mkstemp creates the file 0600; the result gets the permissions any new file would get.
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
