@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in benches():  # goals look every benchmark up; the unselected ones read "not measured"
         results.setdefault(b.name, Result(b, status="not measured"))
     verify_text = run_verify_bench(log) if not args.only or any("verify" in o for o in args.only) else "bench_verify.py: not run (--only)"
-    warm_note = f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads, verify, --jobs and the 1k/10k-layer files)"
+    warm_note = f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads, verify, --jobs and the 10k-layer files)"
     cold_note = f"{warm_note} after one warm-up" + (", and 3 cold runs after drop_caches" if cold else "; no cold runs")
     ceiling = parallel_ceiling() if results["bninspect check DIR(50) --jobs 2"].status == "ok" else None
     goal_rows = goals(results, facts, ceiling)
