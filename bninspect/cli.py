@@ -9,7 +9,6 @@ import os
 import sys
 from typing import List, Optional
 
-import click
 import typer
 
 from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError
@@ -261,24 +260,27 @@ def _fail(line: str, code: int) -> int:
     return code
 
 
-def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """(Exit, NoArgsIsHelp, UsageError, ClickException) classes of the click typer uses.
-
-    Typer 0.29 vendors click as ``typer._click``; older typer raises click's own classes.
-    """
-    mods = [click.exceptions]
+def _click():
+    """The click that typer runs on: typer >= 0.28 bundles its own as ``typer._click`` (the
+    standalone package is then not installed at all); older typer depends on click."""
     try:
-        import typer._click.exceptions as vendored  # type: ignore[import-not-found]
+        import typer._click as bundled  # type: ignore[import-not-found]
 
-        mods.append(vendored)
+        return bundled
     except ImportError:
-        pass
+        import click
+
+        return click
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(Exit, NoArgsIsHelp, UsageError, ClickException) classes of the click typer uses."""
+    exc = _click().exceptions
 
     def grab(*names: str) -> tuple[type, ...]:
-        return tuple({getattr(m, n) for m in mods for n in names if hasattr(m, n)})
+        return tuple(getattr(exc, n) for n in names if hasattr(exc, n))
 
-    exits = tuple({*grab("Exit"), typer.Exit})
-    return exits, grab("NoArgsIsHelpError", "NoArgsIsHelp"), grab("UsageError"), grab("ClickException")
+    return (*grab("Exit"), typer.Exit), grab("NoArgsIsHelpError", "NoArgsIsHelp"), grab("UsageError"), grab("ClickException")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -296,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except exits as exc:
         code = getattr(exc, "exit_code", 0)
     except no_args:
-        typer.echo(click.Context(typer.main.get_command(app), info_name="bninspect").get_help())
+        typer.echo(_click().Context(typer.main.get_command(app), info_name="bninspect").get_help())
         code = 0
     except usage_errors as exc:
         msg = " ".join(exc.format_message().split())
@@ -307,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if _state["debug"]:
             raise
         code = _fail(exc.line(), exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         code = _fail("interrupted", 130)
     except BrokenPipeError:
         # The reader of our output went away (`bninspect show x | head`): not an error of ours.
