@@ -42,6 +42,14 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+
+def _emit(result: object, renderer: object, as_json: bool) -> None:
+    """Hand a service's result to its renderer module: the JSON document, or tables and text."""
+    if as_json:
+        typer.echo(renderer.to_json(result))  # type: ignore[attr-defined]
+    else:
+        renderer.render(result)  # type: ignore[attr-defined]
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show a traceback for unexpected errors."),
@@ -68,10 +76,7 @@ def show(
     from bninspect.services.show import show as show_service
 
     result = show_service(ckpt, layers=layer, channels=channels, key=key, eps=eps, limit=limit, trust=trust, strict=strict)
-    if as_json:
-        typer.echo(render_show.to_json(result))
-    else:
-        render_show.render(result)
+    _emit(result, render_show, as_json)
     return 0
 
 
@@ -91,10 +96,7 @@ def explain(
     from bninspect.services.explain import explain as explain_service
 
     result = explain_service(ckpt, layer, channel=channel, key=key, eps=eps, trust=trust, strict=strict)
-    if as_json:
-        typer.echo(render_explain.to_json(result))
-    else:
-        render_explain.render(result)
+    _emit(result, render_explain, as_json)
     return 0
 
 
@@ -129,10 +131,7 @@ def verify(
     result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
                         input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
                         batch=batch, spatial=spatial, train_batches=batches, seed=seed)
-    if as_json:
-        typer.echo(render_verify.to_json(result))
-    else:
-        render_verify.render(result)
+    _emit(result, render_verify, as_json)
     return result.exit_code
 
 
@@ -220,10 +219,7 @@ def drift(
                            synthetic=synthetic, batch_sizes=batch_sizes, device=device, max_drift=max_drift,
                            batch_tolerance=batch_tolerance, min_agreement=min_agreement,
                            write_recalibrated=write_recalibrated, progress=progress)
-    if as_json:
-        typer.echo(render_drift.to_json(result))
-    else:
-        render_drift.render(result)
+    _emit(result, render_drift, as_json)
     return result.exit_code
 
 
@@ -244,10 +240,7 @@ def diff(
     from bninspect.services.diff import diff as diff_service
 
     result = diff_service(a, b, layers=layer, trust=trust, key=key, key_b=key_b, eps=eps, run=run)
-    if as_json:
-        typer.echo(render_diff.to_json(result))
-    else:
-        render_diff.render(result)
+    _emit(result, render_diff, as_json)
     return result.exit_code
 
 
