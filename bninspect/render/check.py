@@ -7,13 +7,16 @@ parsed for markup) with control characters made visible.
 from __future__ import annotations
 
 import sys
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from bninspect.render.common import console, safe, text
 from bninspect.render.jsondoc import dumps, plain
 from bninspect.services.check import SCHEMA, CheckReport, FileResult
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+# rich is imported only by the functions that draw: `check --json` never loads it.
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -43,6 +46,8 @@ def errors(report: CheckReport) -> None:
 
 
 def _summary(report: CheckReport) -> Text:
+    from rich.text import Text
+
     c = report.counts
     total = sum(c.values())
     loaded = sum(1 for f in report.files if not f.error)
@@ -75,6 +80,9 @@ def _file_header(f: FileResult) -> Text:
 
 def render_table(report: CheckReport) -> None:
     """Per file: a header line, then a table of findings (code, severity, layer, message, fix)."""
+    from rich.table import Table
+    from rich.text import Text
+
     out = console()
     for f in report.files:
         out.print(_file_header(f))

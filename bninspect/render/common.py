@@ -8,15 +8,21 @@ printed literally.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
 
-from rich.console import Console
-from rich.markup import escape as markup_escape
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from bninspect.numfmt import num  # noqa: F401  (re-exported for renderers)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+# rich is imported inside the functions that build terminal output: a --json run never needs it
+# (~40 ms of start-up).
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -28,18 +34,29 @@ def safe(name: str) -> str:
 
 def markup(name: str) -> str:
     """A name ready to embed in a rich markup string: control chars visible, brackets escaped."""
+    from rich.markup import escape as markup_escape
+
     return markup_escape(safe(name))
 
 
 def text(name: str, style: str = "") -> Text:
     """A rich Text of a name from a file; Text is never parsed for markup."""
+    from rich.text import Text
+
     return Text(safe(name), style=style)
 
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        # rich exits with status 1 here; the CLI maps a closed pipe to its own exit status.
-        raise BrokenPipeError
+@functools.lru_cache(maxsize=None)
+def _console_class() -> type[Console]:
+    """rich's Console with broken-pipe handling of ours; built on first use so rich loads late."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits with status 1 here; the CLI maps a closed pipe to its own exit status.
+            raise BrokenPipeError
+
+    return _Console
 
 
 def console(stderr: bool = False) -> Console:
@@ -47,4 +64,4 @@ def console(stderr: bool = False) -> Console:
     width = None
     if not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ:
         width = 160
-    return _Console(stderr=stderr, highlight=False, width=width, emoji=False)
+    return _console_class()(stderr=stderr, highlight=False, width=width, emoji=False)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from bninspect.render.common import console, markup, num, safe, text
 from bninspect.render.jsondoc import dumps
 from bninspect.services.show import LayerSummary, ShowResult
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# rich is imported only by the functions that draw: `show --json` never loads it.
 
 SCHEMA = "bninspect.show/1"
 _SHORT = {"weight": "γ", "bias": "β", "running_mean": "μ", "running_var": "σ²", "num_batches_tracked": "n"}
@@ -54,6 +58,9 @@ def _header(result: ShowResult) -> list[str]:
 
 
 def _table(result: ShowResult) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(header_style="bold", pad_edge=False)
     table.add_column("layer", overflow="fold")
     for col, justify in (("kind", "left"), ("C", "right"), ("tensors", "left"), ("dtype", "left"),
@@ -75,6 +82,9 @@ def _table(result: ShowResult) -> Table:
 
 
 def _channel_table(layer: LayerSummary) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=Text(f"{layer.name}: entry i of each tensor belongs to channel i"), header_style="bold",
                   title_justify="left")
     for col in ("i", "γ weight", "β bias", "μ running_mean", "σ² running_var", "scale γ/√(σ²+ε)", "shift β−μ·scale"):
