@@ -5,6 +5,7 @@ No domain logic here. Errors become one stderr line and an exit code in ``main``
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import List, Optional
@@ -284,6 +285,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     _state["debug"] = "--debug" in args
     if _state["debug"]:
         args = ["--debug"] + [a for a in args if a != "--debug"]
+    # A run builds hundreds of thousands of small objects that all live until it exits (a
+    # 10,000-layer file: ~300,000 for the state dict, more for layers and findings), and few of
+    # them form cycles. At the default threshold (700) the cyclic collector walks the growing
+    # heap again every few hundred allocations for nothing: discovery at 10,000 layers took
+    # 590 ms, 167 ms at 50,000. Reference counting still frees everything that is not a cycle,
+    # and a process that exits soon needs no more than that.
+    gc.set_threshold(50_000, 20, 20)
     exits, no_args, usage_errors, click_errors = _click_exceptions()
     try:
         rv = app(args=args, prog_name="bninspect", standalone_mode=False)

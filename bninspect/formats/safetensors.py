@@ -19,7 +19,6 @@ import numpy as np
 from bninspect.checkpoint import Checkpoint, TensorRef, decode
 from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
-from bninspect.formats.gcpause import paused_gc
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 
 # safetensors dtype code -> (torch dtype name, numpy code of the stored bytes, itemsize).
@@ -128,8 +127,7 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
     file = SharedFile(path, open_regular(path))
     size = os.fstat(file.fd).st_size
     header, data_start = _header(file.fd, path, size, strict)
-    with paused_gc():
-        return _checkpoint(file, header, data_start, size - data_start, key)
+    return _checkpoint(file, header, data_start, size - data_start, key)
 
 
 def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_len: int, key: str | None) -> Checkpoint:

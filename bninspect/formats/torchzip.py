@@ -34,7 +34,6 @@ from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRe
 from bninspect.errors import InvalidFileError, UnsafeFileError
 from bninspect.formats import containers
 from bninspect.formats.containers import ModuleNode
-from bninspect.formats.gcpause import paused_gc
 from bninspect.formats.paths import SharedFile, open_regular
 from bninspect.formats.pickles import (
     DTYPE_GLOBALS,
@@ -416,8 +415,7 @@ def _read_archive(file: SharedFile, zf: zipfile.ZipFile, *, trust: bool, key: st
     # One pass of the C unpickler (a static opcode scan in Python costs 20x more on a
     # 10,000-layer file); refused globals are only recorded, so all of them get named.
     try:
-        with paused_gc():
-            root = unpickler.load()
+        root = unpickler.load()
     except InvalidFileError as exc:
         error = exc
     except RecursionError:
