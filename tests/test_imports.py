@@ -19,11 +19,13 @@ import pytest
 
 from tests.conftest import bninspect_command
 
-# Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded.
-# atexit fires after main()'s sys.exit, so every module the command pulled in is counted.
+# Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded, and
+# which of numpy and rich. atexit fires after main()'s sys.exit, so every module the command
+# pulled in is counted.
 _PROBE = (
     "import atexit, sys\n"
-    "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\n' % ('torch' in sys.modules)))\n"
+    "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\nLOADED=%s\\n' % ('torch' in sys.modules,\n"
+    "    ','.join(m for m in ('numpy', 'rich') if m in sys.modules))))\n"
     "from bninspect.cli import main\n"
     "main(sys.argv[1:])\n"
 )
@@ -51,6 +53,12 @@ def probe(*args: str) -> tuple[int, bool, str]:
     marks = [ln for ln in proc.stderr.splitlines() if ln.startswith("TORCH_IMPORTED=")]
     assert marks, proc.stderr
     return proc.returncode, marks[-1] == "TORCH_IMPORTED=True", proc.stderr
+
+
+def loaded(stderr: str) -> set[str]:
+    """Which of numpy and rich the probed command imported, from probe()'s stderr."""
+    line = [ln for ln in stderr.splitlines() if ln.startswith("LOADED=")][-1]
+    return set(filter(None, line.removeprefix("LOADED=").split(",")))
 
 
 def require_command(name: str) -> None:
@@ -120,6 +128,23 @@ def test_rules_does_not_import_torch():
     code, torch_imported, err = probe("rules")
     assert code == 0, err
     assert not torch_imported
+
+
+@pytest.mark.parametrize("args", [("rules",), ("rules", "BN101"), ("rules", "--json")], ids=["table", "one", "json"])
+def test_rules_does_not_import_numpy(args):
+    """Listing the registry does no arithmetic: numpy (~80 ms of start-up) loads only when a
+    rule computes, so `rules` can stay within 2x of importing typer and rich (issue 8)."""
+    code, _, err = probe(*args)
+    assert code == 0, err
+    assert "numpy" not in loaded(err)
+
+
+@pytest.mark.parametrize("command", ["show", "check"])
+def test_json_does_not_import_rich(safetensors_file, command):
+    """A JSON document needs no terminal rendering: rich loads only where tables are drawn."""
+    code, _, err = probe(command, "--json", str(safetensors_file))
+    assert code == 0, err
+    assert "rich" not in loaded(err)
 
 
 @pytest.mark.parametrize("fixture", ["safetensors_file", "zip_pt_file", "lightning_file"])

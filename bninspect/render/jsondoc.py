@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from typing import Any
-
-import numpy as np
 
 
 def plain(obj: Any) -> Any:
@@ -23,9 +22,11 @@ def plain(obj: Any) -> Any:
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
+    # No value is a numpy one unless numpy is loaded, and `bninspect rules` never loads it.
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.ndarray):
         return [plain(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
+    if np is not None and isinstance(obj, np.generic):
         return plain(obj.item())
     if isinstance(obj, float):
         if math.isnan(obj):

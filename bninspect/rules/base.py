@@ -11,13 +11,17 @@ documentation cannot drift apart. Rules use numpy only: ``check`` on a safetenso
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import numpy as np
+# numpy and the layer types only in annotations here, and numpy inside the functions that
+# compute in the rule modules: `bninspect rules` lists the registry without importing numpy.
+if TYPE_CHECKING:
+    import numpy as np
 
-from bninspect.checkpoint import Checkpoint
-from bninspect.layers import BNLayer
+    from bninspect.checkpoint import Checkpoint
+    from bninspect.layers import BNLayer
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
 FAMILIES = {"BN0": "integrity", "BN1": "statistics", "BN2": "mode", "BN3": "deployment"}
@@ -63,7 +67,7 @@ class Context:
     checkpoint: Checkpoint | None = None
 
 
-LayerCheck = Callable[[BNLayer, Context], Iterable[Finding]]
+LayerCheck = Callable[["BNLayer", Context], Iterable[Finding]]
 ModelCheck = Callable[[Context], Iterable[Finding]]
 
 
@@ -151,6 +155,6 @@ def aligned(layer: BNLayer, *tensors: str) -> list[np.ndarray] | None:
 def sig(x: float) -> float:
     """A number rounded to 6 significant digits for evidence (exact enough, stable in JSON)."""
     x = float(x)
-    if not np.isfinite(x) or x == 0:
+    if not math.isfinite(x) or x == 0:
         return x
     return float(f"{x:.6g}")

@@ -6,10 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from bninspect.layers import BNLayer
 from bninspect.rules.base import KERAS_EPS, TORCH_EPS, Context, aligned, channel_list, rule, sig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bninspect.layers import BNLayer
 
 LOW_PRECISION = {
     # dtype: (significand bits stored, smallest normal number) — IEEE 754 binary16; bfloat16
@@ -89,6 +93,8 @@ def eps_sensitivity(var: np.ndarray, gamma: np.ndarray, eps: float,
     with var_c ≤ 0 or non-finite values are left out (NaN): a constant or broken channel has no
     input spread to change, and BN105/BN002/BN001 report those.
     """
+    import numpy as np
+
     ok = np.isfinite(var) & (var > 0) & np.isfinite(gamma)
     nan = np.full(var.shape, np.nan)
     if not ok.any():
@@ -132,6 +138,8 @@ def eps_sensitive(layer: BNLayer, ctx: Context):
     with a state dict, record it); check with `bninspect check --expect-eps` and `bninspect
     diff` against the exported model.
     """
+    import numpy as np
+
     stats = aligned(layer, "running_var")
     gamma = layer.gamma()
     if stats is None or gamma.shape[0] != layer.channels:
@@ -183,6 +191,8 @@ def low_precision(layer: BNLayer, ctx: Context):
     `bn.float()` per BatchNorm, or save before converting); re-estimate the statistics if
     they were updated in half precision.
     """
+    import numpy as np
+
     dtypes = {n: layer.tensors[n].dtype for n in ("running_mean", "running_var") if n in layer.tensors}
     low = {n: d for n, d in dtypes.items() if d in LOW_PRECISION}
     if not low:
@@ -225,6 +235,8 @@ def redundant_bias(layer: BNLayer, ctx: Context):
     Build the conv with `bias=False`. For an existing checkpoint, fold it: running_mean ← running_mean − b,
     then drop the bias (the eval output is unchanged).
     """
+    import numpy as np
+
     producer = layer.producer
     if producer is None or producer.bias is None:
         return

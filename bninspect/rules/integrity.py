@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from bninspect.layers import BNLayer
 from bninspect.rules.base import Context, channel_list, rule, sig
+
+if TYPE_CHECKING:
+    from bninspect.layers import BNLayer
 
 FLOAT_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
@@ -30,6 +32,8 @@ def non_finite(layer: BNLayer, ctx: Context):
     Restore the layer from an earlier checkpoint, or re-estimate its running statistics on
     training data (`bninspect drift --write-recalibrated`), and find why training diverged.
     """
+    import numpy as np
+
     bad_channels: set[int] = set()
     parts, evidence = [], {}
     for name in FLOAT_TENSORS:
@@ -71,6 +75,8 @@ def negative_variance(layer: BNLayer, ctx: Context):
     Re-estimate the running statistics on training data (`bninspect drift
     --write-recalibrated`) or restore them from the checkpoint you converted from.
     """
+    import numpy as np
+
     var = layer.values("running_var")
     if var is None:
         return

@@ -7,8 +7,12 @@ these rules stay silent, except where the tensors themselves show the fact (BN20
 
 from __future__ import annotations
 
-from bninspect.layers import BNLayer
+from typing import TYPE_CHECKING
+
 from bninspect.rules.base import Context, name_list, rule
+
+if TYPE_CHECKING:
+    from bninspect.layers import BNLayer
 
 # Exported graphs keep no batch counter at all (ONNX BatchNormalization and OpenVINO
 # BatchNormInference take only scale, bias, mean and variance): its absence says nothing there.

@@ -8,16 +8,19 @@ converted from another framework has trained statistics and a count of 0.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from bninspect.layers import DEFAULT_MOMENTUM, BNLayer
 from bninspect.rules.base import Context, aligned, channel_list, name_list, rule, sig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bninspect.layers import BNLayer
 
 # Largest finite float16 (IEEE 754 binary16: (2 − 2^-10)·2^15).
 FLOAT16_MAX = 65504.0
 # Smallest normal float32: a running_var at or below it is zero to float32 precision.
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+FLOAT32_TINY = 2.0**-126  # np.finfo(np.float32).tiny
 # A robust z-score needs enough channels for the median and MAD to mean something.
 MIN_CHANNELS_FOR_OUTLIERS = 8
 
@@ -25,6 +28,8 @@ MIN_CHANNELS_FOR_OUTLIERS = 8
 def is_default(layer: BNLayer) -> bool:
     """running_mean exactly 0 and running_var exactly 1 in every channel: PyTorch's initial values
     (``_NormBase.reset_running_stats``), untouched by any train-mode forward pass."""
+    import numpy as np
+
     stats = aligned(layer, "running_mean", "running_var")
     if stats is None or layer.channels == 0:
         return False
@@ -66,6 +71,8 @@ def default_statistics(layer: BNLayer, ctx: Context):
 
 
 def _momentum_phrase(layer: BNLayer) -> str:
+    from bninspect.layers import DEFAULT_MOMENTUM
+
     if layer.momentum_source == "module":
         return f"momentum {layer.momentum:g}"
     return f"momentum {layer.momentum if layer.momentum is not None else DEFAULT_MOMENTUM:g} (PyTorch's default; not stored in this file)"
@@ -101,6 +108,8 @@ def few_updates(layer: BNLayer, ctx: Context):
         how = ("momentum=None: a cumulative average, so the initial values weigh 0, "
                f"but the statistics average only {n} batches")
     else:
+        from bninspect.layers import DEFAULT_MOMENTUM
+
         m = DEFAULT_MOMENTUM if layer.momentum is None else layer.momentum
         # new = (1 − m)·old + m·batch, n times: the initial value keeps weight (1 − m)^n.
         weight = (1.0 - m) ** n
@@ -185,6 +194,8 @@ def imported_statistics(layer: BNLayer, ctx: Context):
     Look up the source model's eps and momentum and set them on the PyTorch modules
     (`bn.eps = 1e-3`); check with `bninspect check --expect-eps`.
     """
+    import numpy as np
+
     if layer.num_batches_tracked != 0 or aligned(layer, "running_mean", "running_var") is None or is_default(layer):
         return
     mean, var = layer.values("running_mean"), layer.values("running_var")
@@ -218,6 +229,8 @@ def zero_variance(layer: BNLayer, ctx: Context):
     Prune the channel (and the matching producer filter), or set its `weight` to 0 so it
     outputs the constant `β` it produced in training.
     """
+    import numpy as np
+
     var = layer.values("running_var")
     if var is None or var.shape[0] != layer.channels:
         return
@@ -254,6 +267,8 @@ def extreme_scale(layer: BNLayer, ctx: Context):
     Check where the tiny variance or huge γ comes from (a near-dead channel, weight decay
     missing on γ, a bad conversion); run this layer in float32, or prune the channel.
     """
+    import numpy as np
+
     stats = aligned(layer, "running_var")
     gamma = layer.gamma()
     if stats is None or gamma.shape[0] != layer.channels:
@@ -293,6 +308,8 @@ def dead_channels(layer: BNLayer, ctx: Context):
     Prune the channel: remove the producer filter and the BN entry, and fold the constant
     β into the next layer's bias.
     """
+    import numpy as np
+
     w = aligned(layer, "weight")
     if w is None:
         return
@@ -311,6 +328,8 @@ def dead_channels(layer: BNLayer, ctx: Context):
 
 def _median(x: np.ndarray) -> float:
     # np.median's generic machinery costs ~50 µs a call; a sort of a few hundred values, ~3 µs.
+    import numpy as np
+
     s = np.sort(x)
     n = s.shape[0]
     return float(0.5 * (s[(n - 1) // 2] + s[n // 2]))
@@ -321,6 +340,8 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     Outliers", 1993). Where the MAD is 0 (over half the values equal), the mean absolute deviation
     stands in: (x − median)/(1.253314·MeanAD), 1.253314 = √(π/2) makes it a σ estimate for
     normal data. All zeros when the values do not vary."""
+    import numpy as np
+
     med = _median(x)
     dev = np.abs(x - med)
     mad = _median(dev)
@@ -355,6 +376,8 @@ def outlier_channels(layer: BNLayer, ctx: Context):
     Compare with an earlier checkpoint; if the weights are fine, re-estimate the statistics
     (`bninspect drift --write-recalibrated`).
     """
+    import numpy as np
+
     stats = aligned(layer, "running_mean", "running_var")
     if stats is None or layer.channels < MIN_CHANNELS_FOR_OUTLIERS:
         return
