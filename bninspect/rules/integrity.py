@@ -41,8 +41,6 @@ def non_finite(layer: BNLayer, ctx: Context):
         if v is None or np.isfinite(v).all():
             continue
         nan, inf = np.flatnonzero(np.isnan(v)), np.flatnonzero(np.isinf(v))
-        if nan.size == 0 and inf.size == 0:
-            continue
         idx = np.union1d(nan, inf)
         bad_channels.update(int(i) for i in idx)
         kinds = "/".join(k for k, n in (("NaN", nan.size), ("Inf", inf.size)) if n)
