@@ -9,6 +9,7 @@ no mmap (mmap read-ahead pulls in far more than the BN ranges on a cold cache).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -155,9 +156,23 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
     return checkpoint
 
 
-def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+def natural_key(name: str) -> tuple[str, ...]:
     """Sort key per dotted component, numeric components as numbers: "features.2" < "features.10"."""
-    return tuple((0, int(c), "") if c.isdigit() else (1, 0, c) for c in name.split("."))
+    return tuple(map(_component_key, name.split(".")))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _component_key(part: str) -> str:
+    """One component as a string that sorts naturally: numbers by value, before names.
+
+    "\\x00" + chr(number of digits) + digits puts numbers in numeric order. Flat strings compare
+    in half the time of (kind, int, str) tuples, and components repeat across keys (weight,
+    bn, block numbers), hence the cache, bounded so that a hostile header cannot grow it.
+    """
+    if part.isdigit():
+        digits = str(int(part))  # "007" sorts as 7, as int() does
+        return "\x00" + chr(len(digits)) + digits
+    return "\x01" + part
 
 
 def _lazy(file: SharedFile, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
