@@ -12,7 +12,6 @@ import functools
 import os
 import re
 import sys
-
 from typing import TYPE_CHECKING
 
 from bninspect.numfmt import num  # noqa: F401  (re-exported for renderers)
@@ -46,7 +45,7 @@ def text(name: str, style: str = "") -> Text:
     return Text(safe(name), style=style)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _console_class() -> type[Console]:
     """rich's Console with broken-pipe handling of ours; built on first use so rich loads late."""
     from rich.console import Console
