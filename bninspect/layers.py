@@ -87,6 +87,16 @@ class BNLayer:
             return None
         return int(np.asarray(ref.numpy()).reshape(-1)[0])
 
+    def shape_problem(self) -> str | None:
+        """Why this layer's tensors cannot be used together (lengths differ from C), or None."""
+        shapes = {n: list(self.tensors[n].shape) for n in ("weight", "bias", "running_mean", "running_var")
+                  if n in self.tensors}
+        if all(shape == [self.channels] for shape in shapes.values()):
+            return None
+        listed = ", ".join(f"{n} {shape}" for n, shape in shapes.items())
+        return (f"{self.name}: its tensors disagree in length ({listed}); BatchNorm needs 1-D weight, bias, "
+                "running_mean and running_var of one length C")
+
     def gamma(self) -> np.ndarray:
         """γ, with the affine=False identity (ones) where the layer has no weight."""
         w = self.values("weight")
@@ -287,7 +297,10 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             producers.append((pos, prod))
             prev_width = prod.out_channels
             continue
-        if (_has_stats(t) or _is_bn_module(info)) and not _consistent(t):
+        # Running statistics of one length C make a BN layer even when weight or bias disagree
+        # (check's BN003 reports that); without such statistics, a module that says BatchNorm
+        # but carries tensors of other shapes is named as malformed instead.
+        if not _has_stats(t) and _is_bn_module(info) and not _consistent(t):
             display = checkpoint.display(prefix) or "(root)"
             malformed[display] = _malformed(display, t)
             continue

@@ -169,6 +169,9 @@ def explain(path: str, layer_name: str, *, channel: int | None = None, key: str 
     if layer_name in found.malformed:  # there is such a layer, but its tensors do not fit together
         raise InvalidFileError(found.malformed[layer_name], path=path)
     layer = find_layer(found.layers + found.possible, layer_name)
+    problem = layer.shape_problem()
+    if problem:  # the numbers cannot be explained channel by channel when their lengths differ
+        raise InvalidFileError(problem, path=path)
     walk = None
     if channel is not None:
         if not 0 <= channel < layer.channels:

@@ -177,5 +177,6 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         total_parameters=sum(l.tensors[n].numel for l in chosen for n in ("weight", "bias") if n in l.tensors),
         total_buffer_values=sum(l.tensors[n].numel for l in chosen
                                 for n in ("running_mean", "running_var", "num_batches_tracked") if n in l.tensors),
-        notes=list(ck.notes) + list(found.malformed.values()),
+        notes=list(ck.notes) + list(found.malformed.values())
+        + [problem for l in chosen if (problem := l.shape_problem())],
     )

@@ -272,9 +272,10 @@ def test_malformed_bn_is_named_by_every_command(corpus):
     case = next(c for c in corpus.cases if c.name == "weight_mismatch_bn")
     explain = _run(["explain", case.path, "bn", "--channel", "2"], corpus.folder)
     assert explain is not None
-    assert_one_line_error(explain, 4, "bn is not listed as a BatchNorm layer", "running_mean [7]")
-    check = _run(["check", case.path], corpus.folder)
-    assert check is not None and check.code in (0, 1) and not check.err.strip(), check.err
+    assert_one_line_error(explain, 4, "bn: its tensors disagree in length", "running_mean [7]")
+    check = _run(["check", case.path, "--json"], corpus.folder)
+    assert check is not None and check.code == 1 and not check.err.strip(), check.err
+    assert "BN003" in [f["code"] for f in json.loads(check.out)["findings"]]
 
 
 def test_check_scans_a_folder_of_special_files_without_blocking(tmp_path):
