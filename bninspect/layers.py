@@ -232,8 +232,10 @@ def _kind(info: ModuleInfo | None, producer: Producer | None) -> tuple[str, str]
 
 
 def _natural(prefix: str) -> list[tuple[int, int, str]]:
-    """Sort key that puts features.10 after features.9."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in prefix.split(".")]
+    """Sort key that puts features.10 after features.9 (numbers compared by length, then digits:
+    no int(), which Unicode digits and 5000-digit names from a hostile file would break)."""
+    return [(0, len(d), d) if p.isascii() and p.isdigit() and (d := p.lstrip("0") or "0") else (1, 0, p)
+            for p in prefix.split(".")]
 
 
 def _digits(name: str) -> str:

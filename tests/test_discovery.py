@@ -141,3 +141,15 @@ def test_folded_form_matches_torch_eval():
     scale, shift = layer.folded()
     ours = x * torch.from_numpy(scale)[None, :, None, None] + torch.from_numpy(shift)[None, :, None, None]
     torch.testing.assert_close(ours, bn.double()(x), rtol=1e-12, atol=1e-12)
+
+
+def test_unusual_numeric_names_sort_without_crashing(tmp_path):
+    """Unicode digits pass str.isdigit() but not int(); 5000-digit names pass int() only under
+    Python's conversion limit. Neither may crash discovery of a file whose keys are sorted."""
+    from safetensors.numpy import save_file
+
+    names = ["a.²", "a." + "9" * 5000, "a.10", "a.9"]
+    save_file({f"{n}.{k}": np.ones(2, np.float32) for n in names for k in ("running_mean", "running_var")},
+              str(tmp_path / "odd.safetensors"))
+    d = discover(open_checkpoint(str(tmp_path / "odd.safetensors")))
+    assert [l.name for l in d.layers] == ["a.9", "a.10", names[1], "a.²"]

@@ -169,8 +169,10 @@ def _component_key(part: str) -> str:
     in half the time of (kind, int, str) tuples, and components repeat across keys (weight,
     bn, block numbers), hence the cache, bounded so that a hostile header cannot grow it.
     """
-    if part.isdigit():
-        digits = str(int(part))  # "007" sorts as 7, as int() does
+    # isascii: "²" and other Unicode digits pass isdigit() but are no numbers to int(); and
+    # no int() at all, so a 5000-digit component cannot hit Python's conversion limit.
+    if part.isascii() and part.isdigit():
+        digits = part.lstrip("0") or "0"  # "007" sorts as 7
         return "\x00" + chr(len(digits)) + digits
     return "\x01" + part
 
