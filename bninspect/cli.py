@@ -23,6 +23,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help imports rich's markdown, syntax and traceback (~125 ms)
+    # before printing a line, which alone broke --help's start-up goal (issue 8).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -60,7 +63,7 @@ def _root(
     _state["debug"] = debug
 
 
-@app.command()
+@app.command(short_help='List every BatchNorm layer: tensors, statistics, producer.')
 def show(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file (.pt .pth .bin .ckpt .safetensors TorchScript ...)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
@@ -81,7 +84,7 @@ def show(
     return 0
 
 
-@app.command()
+@app.command(short_help="Explain one layer's numbers: channels, inference, training.")
 def explain(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file."),
     layer: str = typer.Argument(..., metavar="LAYER", help="BN layer name as `show` prints it (or its original key prefix)."),
@@ -101,7 +104,7 @@ def explain(
     return 0
 
 
-@app.command()
+@app.command(short_help="Recompute BN inference and check it (or this machine's kernels).")
 def verify(
     ckpt: Optional[str] = typer.Argument(None, metavar="CKPT", help="Checkpoint file; without it, check this machine's BN kernels."),
     device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda, cuda:N, or all (CPU and CUDA side by side)."),
@@ -136,20 +139,20 @@ def verify(
     return result.exit_code
 
 
-@app.command()
+@app.command(short_help='Lint BatchNorm layers with coded rules (CI gate).')
 def check(
     paths: List[str] = typer.Argument(..., metavar="PATH", help="Checkpoint files or folders (folders: every checkpoint inside, recursively, chosen by content)."),
-    select: Optional[List[str]] = typer.Option(None, "--select", metavar="CODE", help="Only these rules: codes or prefixes such as BN1 (repeatable or comma-separated) \\[default: all]."),
+    select: Optional[List[str]] = typer.Option(None, "--select", metavar="CODE", help="Only these rules: codes or prefixes such as BN1 (repeatable or comma-separated) [default: all]."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", metavar="CODE", help="Skip these rules: codes or prefixes (repeatable or comma-separated)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", metavar="LEVEL", help="Exit 1 on findings at or above: error, warning, info or never \\[default: error]."),
-    fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT", help="table or concise (one line per finding) \\[default: table]."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", metavar="N", help="Check files in N processes (0 = one per CPU) \\[default: 1]."),
-    min_updates: Optional[int] = typer.Option(None, "--min-updates", metavar="N", help="BN102: num_batches_tracked below N counts as few updates \\[default: 200]."),
-    count_ratio: Optional[float] = typer.Option(None, "--count-ratio", metavar="X", help="BN103: flag layers whose num_batches_tracked differs from the most common count by X times \\[default: 10]."),
-    max_scale: Optional[float] = typer.Option(None, "--max-scale", metavar="X", help="BN106: flag channels whose |γ|/√(σ²+ε) exceeds X \\[default: 1000]."),
-    dead_gamma: Optional[float] = typer.Option(None, "--dead-gamma", metavar="X", help="BN107: flag channels whose |γ| is at most X \\[default: 1e-6]."),
-    outlier_z: Optional[float] = typer.Option(None, "--outlier-z", metavar="Z", help="BN108: flag channels whose robust z-score (running_mean, log running_var) exceeds Z \\[default: 20]."),
-    eps_tolerance: Optional[float] = typer.Option(None, "--eps-tolerance", metavar="X", help="BN302: flag layers whose output changes by more than X of its scale between eps 1e-5 and 1e-3 \\[default: 0.05]."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", metavar="LEVEL", help="Exit 1 on findings at or above: error, warning, info or never [default: error]."),
+    fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT", help="table or concise (one line per finding) [default: table]."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", metavar="N", help="Check files in N processes (0 = one per CPU) [default: 1]."),
+    min_updates: Optional[int] = typer.Option(None, "--min-updates", metavar="N", help="BN102: num_batches_tracked below N counts as few updates [default: 200]."),
+    count_ratio: Optional[float] = typer.Option(None, "--count-ratio", metavar="X", help="BN103: flag layers whose num_batches_tracked differs from the most common count by X times [default: 10]."),
+    max_scale: Optional[float] = typer.Option(None, "--max-scale", metavar="X", help="BN106: flag channels whose |γ|/√(σ²+ε) exceeds X [default: 1000]."),
+    dead_gamma: Optional[float] = typer.Option(None, "--dead-gamma", metavar="X", help="BN107: flag channels whose |γ| is at most X [default: 1e-6]."),
+    outlier_z: Optional[float] = typer.Option(None, "--outlier-z", metavar="Z", help="BN108: flag channels whose robust z-score (running_mean, log running_var) exceeds Z [default: 20]."),
+    eps_tolerance: Optional[float] = typer.Option(None, "--eps-tolerance", metavar="X", help="BN302: flag layers whose output changes by more than X of its scale between eps 1e-5 and 1e-3 [default: 0.05]."),
     expect_eps: Optional[float] = typer.Option(None, "--expect-eps", metavar="EPS", help="BN301: every layer's eps must be EPS (module eps, or --eps); a difference is an error."),
     eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
     key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
@@ -157,7 +160,7 @@ def check(
     trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> int:
-    """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from \\[tool.bninspect] in pyproject.toml."""
+    """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from [tool.bninspect] in pyproject.toml."""
     from bninspect.render import check as render_check
     from bninspect.services.check import resolve_options, run_check
 
@@ -175,7 +178,7 @@ def check(
     return report.exit_code
 
 
-@app.command()
+@app.command(short_help="The check rules: the table, or one rule's documentation.")
 def rules(
     code: Optional[str] = typer.Argument(None, metavar="[CODE]", help="A rule code (BN101) for its full text, or a prefix (BN1) for a shorter table."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -194,14 +197,14 @@ def rules(
     return 0
 
 
-@app.command()
+@app.command(short_help='Run the model on data: statistics drift, eval/train mismatch.')
 def drift(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint (with --arch) or a TorchScript/pickled model (with --trust)."),
     arch: Optional[str] = typer.Option(None, "--arch", metavar="MODULE:CALLABLE", help="Builds the model, e.g. torchvision.models:resnet18; imported from your environment, the current directory first (like python -m)."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", metavar="JSON", help="Keyword arguments for --arch as a JSON object."),
     data: Optional[str] = typer.Option(None, "--data", metavar="FILE", help="Inputs (.pt, .npy, .safetensors); first dimension = samples."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", metavar="SHAPE", help="Seeded N(0,1) inputs, e.g. 16x3x64x64: measures mechanics, not fitness."),
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", metavar="B,B,...", help="Batch sizes for small-batch drift and the eval/train gap \\[default: 1,2,4,8,16,32]."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", metavar="B,B,...", help="Batch sizes for small-batch drift and the eval/train gap [default: 1,2,4,8,16,32]."),
     device: str = typer.Option("cpu", "--device", "-d", help="cpu or cuda."),
     max_drift: float = typer.Option(0.1, "--max-drift", help="Exit 1 when a layer's drift score (RMS error of its normalized output, in σ) exceeds this; not applied to --synthetic."),
     batch_tolerance: float = typer.Option(0.1, "--batch-tolerance", help="Train-mode error (in σ) a batch size may cause and still count as large enough (min B)."),
@@ -224,7 +227,7 @@ def drift(
     return result.exit_code
 
 
-@app.command()
+@app.command(short_help='Compare the BatchNorm behaviour of two artifacts (incl. ONNX, IR).')
 def diff(
     a: str = typer.Argument(..., metavar="A", help="First artifact: checkpoint, safetensors, TorchScript, ONNX (.onnx) or OpenVINO IR (.xml)."),
     b: str = typer.Argument(..., metavar="B", help="Second artifact, any of the same formats."),
