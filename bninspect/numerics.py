@@ -308,6 +308,15 @@ def infer_groups(weight_shape: tuple[int, ...], channels: int, groups: int | Non
     return 1
 
 
+def fuse_reference(weight: np.ndarray, bias: np.ndarray | None, mean: np.ndarray, var: np.ndarray, eps: float,
+                   gamma: np.ndarray, beta: np.ndarray, transpose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """torch's own conv-BN fusion, in float64: W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β."""
+    t = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
+    w, b = fuse_conv_bn_weights(t(weight), t(bias) if bias is not None else None, t(mean), t(var), eps,
+                                t(gamma), t(beta), transpose=transpose)
+    return w.detach().numpy(), b.detach().numpy()
+
+
 @dataclass
 class FusedCheck:
     """conv → BN in float64 against the fused conv on the device: arrays ready for :func:`compare`."""

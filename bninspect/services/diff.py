@@ -294,14 +294,11 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
 
 
 def _fuse(weight: np.ndarray, bias: np.ndarray | None, layer: BNLayer, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
-    """torch's own conv-BN fusion, in float64: W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β."""
-    import torch
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    """The layer fused into its producer's ``weight``/``bias`` by :func:`numerics.fuse_reference`, float64."""
+    from bninspect.numerics import fuse_reference
 
-    t = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
-    w, b = fuse_conv_bn_weights(t(weight), t(bias) if bias is not None else None, t(_stat(layer, "running_mean")),
-                                t(_stat(layer, "running_var")), layer.eps, t(layer.gamma()), t(layer.beta()), transpose=transpose)
-    return w.detach().numpy(), b.detach().numpy()
+    return fuse_reference(weight, bias, _stat(layer, "running_mean"), _stat(layer, "running_var"), layer.eps,
+                          layer.gamma(), layer.beta(), transpose)
 
 
 @dataclass
