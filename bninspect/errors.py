@@ -6,9 +6,7 @@ the CLI prints ``bninspect: error: FILE: message`` as one line and exits with ``
 
 from __future__ import annotations
 
-import re
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from bninspect.textfmt import visible
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -37,7 +35,7 @@ class BNInspectError(Exception):
         """
         text = f"{self.path}: {self.message}" if self.path else self.message
         text = " ".join(text.split())
-        return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+        return visible(text)
 
 
 class UsageError(BNInspectError):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from typing import TYPE_CHECKING
 
-from bninspect.numfmt import num  # noqa: F401  (re-exported for renderers)
+# Re-exported for renderers: numbers, and names with control characters made visible.
+from bninspect.textfmt import num  # noqa: F401
+from bninspect.textfmt import visible as safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,14 +23,6 @@ if TYPE_CHECKING:
 
 # rich is imported inside the functions that build terminal output: a --json run never needs it
 # (~40 ms of start-up).
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def safe(name: str) -> str:
-    """A name with every control character shown as an escape (``\\x1b``, ``\\n``)."""
-    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(name))
-
 
 def markup(name: str) -> str:
     """A name ready to embed in a rich markup string: control chars visible, brackets escaped."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from bninspect.errors import InvalidFileError, UsageError
 from bninspect.layers import DEFAULT_MOMENTUM, BNLayer
-from bninspect.numfmt import num
+from bninspect.textfmt import num
 from bninspect.services.common import find_layer, open_layers
 from bninspect.services.show import LayerSummary, summarize
 
