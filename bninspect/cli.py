@@ -124,14 +124,11 @@ def verify(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> int:
     """Recompute BN inference (reference, F.batch_norm, folded, fused conv) and check it; without CKPT, check the kernels."""
-    from bninspect.errors import UsageError
     from bninspect.render import verify as render_verify
+    from bninspect.services.common import parse_sizes
     from bninspect.services.verify import run_verify
 
-    try:
-        batches = tuple(int(b) for b in train_batch.split(",") if b.strip())
-    except ValueError:
-        raise UsageError(f"--train-batch wants comma-separated integers, not '{train_batch}'") from None
+    batches = tuple(parse_sizes(train_batch, "--train-batch"))
     result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
                         input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
                         batch=batch, spatial=spatial, train_batches=batches, seed=seed)

@@ -53,3 +53,9 @@ def test_terminal_escapes_in_a_file_name_are_printed_escaped(cli, tmp_path):
 def test_debug_is_accepted_after_the_command(cli):
     run = cli("show", str(SAMPLES / "resnet_tiny.pt"), "--debug", "--limit", "1")
     assert run.code == 0 and "bn1" in run.out
+
+
+def test_size_lists_are_checked_in_one_place(cli):
+    for bad in ("1,x", "0", ","):
+        assert_one_line_error(cli("verify", str(SAMPLES / "resnet_tiny.pt"), "--train-batch", bad), 2,
+                              "--train-batch must be positive integers separated by commas", repr(bad))

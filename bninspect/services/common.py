@@ -50,3 +50,15 @@ def find_layer(layers: list[BNLayer], name: str) -> BNLayer:
         if name in (layer.name, layer.key_prefix):
             return layer
     raise UsageError(f"no BatchNorm layer named '{name}'; {_suggest(name, [l.name for l in layers])}")
+
+
+def parse_sizes(text: str, option: str) -> list[int]:
+    """``"1,2,8,32"`` → [1, 2, 8, 32] (sorted, duplicates dropped); a usage error naming
+    ``option`` for anything but positive integers separated by commas."""
+    try:
+        sizes = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise UsageError(f"{option} must be positive integers separated by commas (e.g. 1,2,8,32), not '{text}'")
+    return sizes
