@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, decode
+from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
 from bninspect.errors import InvalidFileError, UsageError
 
 INSTALL_HINT = "reading ONNX models needs the onnx package: pip install 'bninspect[onnx]'"
@@ -78,7 +78,7 @@ def _external_loader(tensor: Any, model_path: str, shape: tuple[int, ...], dtype
     if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != os.path.realpath(base):
         raise InvalidFileError(f"tensor '{tensor.name}': external data location '{location}' is outside the model's directory", path=model_path)
     offset = int(info.get("offset", 0) or 0)
-    np_dtype, itemsize = _np_dtype(dtype)
+    np_dtype, itemsize = STORED_DTYPES[dtype]
     count = int(np.prod(shape)) if shape else 1
     length = int(info.get("length", count * itemsize) or count * itemsize)
     if length != count * itemsize:
@@ -96,12 +96,6 @@ def _external_loader(tensor: Any, model_path: str, shape: tuple[int, ...], dtype
         return decode(np.frombuffer(raw, dtype=np_dtype), dtype).reshape(shape)
 
     return load
-
-
-def _np_dtype(dtype: str) -> tuple[str, int]:
-    from bninspect.checkpoint import STORED_DTYPES
-
-    return STORED_DTYPES[dtype]
 
 
 def tensor_ref(tensor: Any, model_path: str) -> TensorRef:
