@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from rich.table import Table
-from rich.text import Text
-
 from bninspect.render.common import console
 from bninspect.render.jsondoc import dumps
 from bninspect.rules import Rule
+
+# rich is imported only by the functions that draw: `rules --json` never loads it.
 
 SCHEMA = "bninspect.rules/1"
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -28,6 +27,9 @@ def to_json(rules: list[Rule]) -> str:
 
 def render_table(rules: list[Rule]) -> None:
     """One row per rule: code, default severity, family, name, title."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(header_style="bold", pad_edge=False)
     for col in ("code", "severity", "family", "name", "title"):
         table.add_column(col, overflow="fold")
@@ -40,6 +42,8 @@ def render_table(rules: list[Rule]) -> None:
 
 def render_rule(rule: Rule) -> None:
     """One rule's full documentation (what, why, example, fix), as written next to its code."""
+    from rich.text import Text
+
     out = console()
     head = Text(f"{rule.code} ", style="bold")
     head.append(f"({rule.name}) ")
