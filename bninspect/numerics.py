@@ -366,10 +366,8 @@ def fused_conv_check(op: str, conv_weight: np.ndarray, conv_bias: np.ndarray | N
         pre_mag = conv(zt.float().abs(), wt.float().abs(), None if bt_ is None else bt_.float().abs(), groups=groups)
         pre_mag = pre_mag.double().numpy() * (1 + 1e-5)
     ref = eval_reference(pre, mean, var, g, bt, eps)
-    scale, _ = fold(mean, var, g, bt, eps)
-    n = pre.ndim
-    # terms of y = scale·(Σ w·z + b − μ) + β
-    magnitude = np.abs(per_channel(scale, n)) * (pre_mag + np.abs(per_channel(mean, n))) + np.abs(per_channel(bt, n))
+    # terms of y = scale·(Σ w·z + b − μ) + β: eval_magnitude with Σ|w|·|z| + |b| in place of |x|
+    magnitude = eval_magnitude(pre_mag, mean, var, g, bt, eps)
 
     with torch.no_grad(), _no_tf32():
         fw, fb = fuse_conv_bn_weights(wt.to(device), None if bt_ is None else bt_.to(device), _tensor(mean, dtype, device),

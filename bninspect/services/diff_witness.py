@@ -78,7 +78,7 @@ def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tup
     import torch
     import torch.nn.functional as F
 
-    from bninspect.numerics import eval_reference, fold, per_channel
+    from bninspect.numerics import eval_magnitude, eval_reference
 
     prod = ref.producer
     assert prod is not None
@@ -101,10 +101,8 @@ def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tup
             pre = conv(xt, wt, bt, **kw).numpy()
             pre_mag = conv(xt.abs(), wt.abs(), None if bt is None else bt.abs(), **kw).numpy()
     mean, var, gamma, beta = ref.values("running_mean"), ref.values("running_var"), ref.gamma(), ref.beta()
-    scale, _ = fold(mean, var, gamma, beta, ref.eps)
-    n = pre.ndim
-    # terms of y = scale·(Σ w·x + b − μ) + β
-    magnitude = np.abs(per_channel(scale, n)) * (pre_mag + np.abs(per_channel(mean, n))) + np.abs(per_channel(beta, n))
+    # terms of y = scale·(Σ w·x + b − μ) + β: eval_magnitude with Σ|w|·|x| + |b| in place of |x|
+    magnitude = eval_magnitude(pre_mag, mean, var, gamma, beta, ref.eps)
     return eval_reference(pre, mean, var, gamma, beta, ref.eps), magnitude, int(np.prod(w0.shape[1:]))
 
 
