@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING
 
 from bninspect.render.common import console, safe, text
 from bninspect.render.jsondoc import dumps, plain
+from bninspect.render.rules import STYLE
 from bninspect.services.check import SCHEMA, CheckReport, FileResult
 
 if TYPE_CHECKING:
     from rich.text import Text
 
 # rich is imported only by the functions that draw: `check --json` never loads it.
-
-STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def to_json(report: CheckReport) -> str:

@@ -11,6 +11,7 @@ from bninspect.rules import Rule
 # rich is imported only by the functions that draw: `rules --json` never loads it.
 
 SCHEMA = "bninspect.rules/1"
+# One colour per severity, for the rule table and check's findings alike.
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
