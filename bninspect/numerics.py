@@ -179,12 +179,18 @@ def train_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: flo
     return eval_reference(x, stats.mean, stats.var_biased, gamma, beta, eps), stats
 
 
+def momentum_factor(momentum: float | None, count: int) -> float:
+    """The batch's weight m in running = (1 − m)·running + m·batch: momentum, or 1/count when momentum is None."""
+    # count is num_batches_tracked after this batch: momentum=None is a cumulative average
+    return 1.0 / count if momentum is None else momentum
+
+
 def running_update(mean: np.ndarray, var: np.ndarray, stats: BatchStats, momentum: float | None,
                    num_batches_tracked: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The running statistics after one train-mode step: (running_mean, running_var, num_batches_tracked)."""
     # num_batches_tracked += 1 happens first; momentum=None then averages over all batches seen
     count = num_batches_tracked + 1
-    factor = 1.0 / count if momentum is None else momentum
+    factor = momentum_factor(momentum, count)
     # running = (1 − m)·running + m·batch, with the UNBIASED batch variance for running_var
     new_mean = (1.0 - factor) * mean + factor * stats.mean
     new_var = (1.0 - factor) * var + factor * stats.var_unbiased

@@ -254,7 +254,7 @@ def run_case(case: Case, device: str, seed: int) -> CaseResult:
     ref, stats = nx.train_reference(x, g, b, case.eps)
     mag = nx.eval_magnitude(x, stats.mean, stats.var_biased, g, b, case.eps)
     ref_mean, ref_var, ref_count = nx.running_update(mean, var, stats, case.momentum, case.num_batches_tracked)
-    factor = 1.0 / ref_count if case.momentum is None else case.momentum
+    factor = nx.momentum_factor(case.momentum, ref_count)
     # running = (1 − m)·old + m·batch: its terms' magnitudes bound the rounding
     comps = [
         nx.compare(y, ref, mag, tol),
