@@ -150,6 +150,11 @@ def _module_name(node: Any, index: int, initializer_name: str, suffix: str, used
         name = scope_path(node.name)
     else:
         name = node.name or f"{node.op_type}_{index}"
+    return unique_name(name, used)
+
+
+def unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name#2``, ``name#3``… if taken; recorded in ``used``."""
     # Two nodes may claim one name (a module called twice); keys must stay unique.
     unique, n = name, 1
     while unique in used:

@@ -30,7 +30,7 @@ import numpy as np
 
 from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
 from bninspect.errors import InvalidFileError, PathProblemError, UsageError
-from bninspect.formats.onnx import scope_path
+from bninspect.formats.onnx import scope_path, unique_name
 
 # IR element_type -> torch dtype name.
 IR_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16", "i64": "int64",
@@ -167,12 +167,7 @@ class _Reader:
         return node, self.bin.ref(node)
 
     def unique(self, name: str) -> str:
-        out, n = name, 1
-        while out in self.used:
-            n += 1
-            out = f"{name}#{n}"
-        self.used.add(out)
-        return out
+        return unique_name(name, self.used)
 
     def per_channel(self, layer: _Layer, channels: int) -> TensorRef | None:
         """The constant operand of an elementwise Multiply/Add if it holds one value per channel."""
