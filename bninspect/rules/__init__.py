@@ -19,10 +19,12 @@ __all__ = ["RULES", "SEVERITIES", "Context", "Finding", "Rule", "Thresholds", "f
 
 
 def _matching(pattern: str) -> list[str]:
+    """The codes ``pattern`` (a code, a prefix or "ALL") names; a usage error when none."""
     p = pattern.strip().upper()
-    if p == "ALL":
-        return list(RULES)
-    return [code for code in RULES if code.startswith(p)]
+    hits = list(RULES) if p == "ALL" else [code for code in RULES if code.startswith(p)]
+    if not hits:
+        raise _unknown(pattern)
+    return hits
 
 
 def _unknown(pattern: str) -> UsageError:
@@ -38,16 +40,8 @@ def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | No
     """
     chosen: list[str] = []
     for pattern in select or ["ALL"]:
-        hits = _matching(pattern)
-        if not hits:
-            raise _unknown(pattern)
-        chosen.extend(c for c in hits if c not in chosen)
-    dropped: set[str] = set()
-    for pattern in ignore or []:
-        hits = _matching(pattern)
-        if not hits:
-            raise _unknown(pattern)
-        dropped.update(hits)
+        chosen.extend(c for c in _matching(pattern) if c not in chosen)
+    dropped = {c for pattern in ignore or [] for c in _matching(pattern)}
     return [RULES[c] for c in sorted(chosen) if c not in dropped]
 
 
