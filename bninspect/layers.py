@@ -142,6 +142,7 @@ _CONV_TYPES = re.compile(r"^(Lazy)?(Conv|ConvTranspose)([123])d$|^Linear$|^LazyL
 _BN_NAME = re.compile(r"(^|[._])(bn\d*|batch_?norm\d*(d)?|syncbn)($|[._])", re.IGNORECASE)
 _GN_NAME = re.compile(r"(^|[._])(gn\d*|group_?norm\d*)($|[._])", re.IGNORECASE)
 _LN_NAME = re.compile(r"(^|[._])(ln\d*|layer_?norm\d*)($|[._])", re.IGNORECASE)
+_SCALE_SHIFT = "other per-channel scale/shift"  # 1-D weight/bias with no sign of a norm layer
 _TRANSPOSED_NAME = re.compile(r"transpose|deconv|convt|upconv", re.IGNORECASE)
 
 
@@ -289,30 +290,30 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     other: dict[str, int] = {}
     malformed: dict[str, str] = {}
     prev_width: int | None = None
+    names: dict[str, str] = {}  # prefix → display name
     for pos, prefix in enumerate(order):
         t, info = groups[prefix], modules.get(prefix)
+        display = names[prefix] = checkpoint.display(prefix) or "(root)"
         if info is not None and _OTHER_NORMS.match(info.type_name):
             other[info.type_name] = other.get(info.type_name, 0) + 1
             continue
         if _is_weight_layer(t, info):
-            prod = _producer(prefix, t, info, prev_width, checkpoint.display(prefix) or "(root)")
+            prod = _producer(prefix, t, info, prev_width, display)
             producers.append((pos, prod))
             prev_width = prod.out_channels
             continue
-        # Running statistics of one length C make a BN layer even when weight or bias disagree
-        # (check's BN003 reports that); without such statistics, a module that says BatchNorm
-        # but carries tensors of other shapes is named as malformed instead.
-        if not _has_stats(t) and _is_bn_module(info) and not _consistent(t):
-            display = checkpoint.display(prefix) or "(root)"
-            malformed[display] = _malformed(display, t)
-            continue
-        if _has_stats(t) or _is_bn_module(info):
+        if _has_stats(t) or (_is_bn_module(info) and _consistent(t) and "running_mean" not in t
+                             and "running_var" not in t):
+            # Running statistics of one length C make a BN layer even when weight or bias
+            # disagree (check's BN003 reports that), and so does a module that says BatchNorm
+            # and has no statistics (track_running_stats=False).
             channels = _channels(t, info)
             entries.append(("bn", prefix, channels))
             prev_width = channels
             continue
-        if "running_mean" in t or "running_var" in t:
-            display = checkpoint.display(prefix) or "(root)"
+        if "running_mean" in t or "running_var" in t or _is_bn_module(info):
+            # Statistics that are not 1-D of one length, or a BatchNorm module with tensors of
+            # other shapes: named as malformed, never guessed at.
             malformed[display] = _malformed(display, t)
             continue
         w, b = t.get("weight"), t.get("bias")
@@ -325,7 +326,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
         # GroupNorm or similar. Counted for the "no BatchNorm here" message, never reported as BN.
         guess = ("GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix)
-                 else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else "other per-channel scale/shift")
+                 else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else _SCALE_SHIFT)
         other[guess] = other.get(guess, 0) + 1
 
     # Pass 2: match each BN with its producer.
@@ -349,9 +350,9 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         else:
             producer = tree.match(prefix, channels, at)
         if role == "maybe" and producer is None:
-            other["other per-channel scale/shift"] = other.get("other per-channel scale/shift", 0) + 1
+            other[_SCALE_SHIFT] = other.get(_SCALE_SHIFT, 0) + 1
             continue
-        layer = _layer(prefix, checkpoint.display(prefix) or "(root)", groups[prefix], modules.get(prefix),
+        layer = _layer(prefix, names[prefix], groups[prefix], modules.get(prefix),
                        channels, producer, window, eps, checkpoint.ordered)
         if role == "bn":
             layers.append(layer)
