@@ -78,7 +78,7 @@ def _channel_walk(layer: BNLayer, i: int) -> ChannelWalk:
     return ChannelWalk(i, g, b, m, v, e, scale, shift, examples)
 
 
-def _sections(layer: BNLayer, s: LayerSummary, walk: ChannelWalk | None) -> list[Section]:
+def _sections(layer: BNLayer, walk: ChannelWalk | None) -> list[Section]:
     c = layer.channels
     name = layer.name
     p = layer.producer
@@ -180,6 +180,6 @@ def explain(path: str, layer_name: str, *, channel: int | None = None, key: str 
             raise UsageError(f"{layer.name} has no running statistics, so there is no fixed inference formula to work through")
         walk = _channel_walk(layer, channel)
     summary = summarize(layer)
-    return ExplainResult(file=path, layer=summary, sections=_sections(layer, summary, walk), channel=walk,
+    return ExplainResult(file=path, layer=summary, sections=_sections(layer, walk), channel=walk,
                          numbers={"channels": layer.channels, "eps": layer.eps, "momentum": layer.momentum,
                                   "num_batches_tracked": layer.num_batches_tracked})
