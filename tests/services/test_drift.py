@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bninspect import runner
+from bninspect import numerics, runner
 from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
 from bninspect.formats import open_checkpoint
 from bninspect.services import drift
@@ -75,10 +75,8 @@ def assert_unchanged(model: torch.nn.Module, before: tuple[dict, list]) -> None:
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread: on a shared CI machine torch's default pool oversubscribes (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with numerics.one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
