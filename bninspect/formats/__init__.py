@@ -13,6 +13,7 @@ asked, so opening a safetensors file imports neither torch nor the ONNX reader.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from bninspect.checkpoint import Checkpoint
 from bninspect.errors import InvalidFileError
@@ -34,11 +35,19 @@ def open_checkpoint(path: str, *, trust: bool = False, key: str | None = None, s
     path = str(path)
     st = check_path(path)
     head = read_head(path, HEAD_SIZE)
+    reader = reader_for(head)
+    if reader is None:
+        raise InvalidFileError(f"not a checkpoint bninspect can read: {describe(head, st.st_size)}", path=path)
+    return reader.read(path, trust=trust, key=key, strict=strict)
+
+
+def reader_for(head: bytes) -> ModuleType | None:
+    """The first reader in ``READERS`` whose ``sniff`` accepts ``head``, or None; imports only those asked."""
     for name in READERS:
         reader = importlib.import_module(f"bninspect.formats.{name}")
         if reader.sniff(head):
-            return reader.read(path, trust=trust, key=key, strict=strict)
-    raise InvalidFileError(f"not a checkpoint bninspect can read: {describe(head, st.st_size)}", path=path)
+            return reader
+    return None
 
 
 _MAGIC = (

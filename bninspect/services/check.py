@@ -170,21 +170,16 @@ def _validate(opts: CheckOptions) -> None:
 
 def _is_checkpoint(path: str) -> bool:
     """Does a file found in a folder look like something a reader can open? (content, not name)"""
-    import importlib
-
-    from bninspect.formats import HEAD_SIZE, READERS
+    from bninspect.formats import HEAD_SIZE, reader_for
     from bninspect.formats.paths import read_head
 
     try:
         head = read_head(path, HEAD_SIZE)
     except BNInspectError:
         return True  # unreadable: report it rather than skip it silently
-    for name in READERS:
-        if importlib.import_module(f"bninspect.formats.{name}").sniff(head):
-            if head[:4] == b"PK\x03\x04":
-                return _torch_zip(path)
-            return True
-    return False
+    if reader_for(head) is None:
+        return False
+    return _torch_zip(path) if head[:4] == b"PK\x03\x04" else True
 
 
 def _torch_zip(path: str) -> bool:
