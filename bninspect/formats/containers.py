@@ -28,6 +28,16 @@ MAX_DEPTH = 64
 MAX_NODES = 200_000
 
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def is_simple_fact(value: Any, sequences: tuple[type, ...] = (tuple,)) -> bool:
+    """A module attribute worth keeping as a fact: a plain scalar, or a short sequence of them."""
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, sequences) and len(value) <= 16 and all(isinstance(v, _SCALARS) for v in value)
+
+
 @dataclass
 class ModuleNode:
     """A module found in a file (TorchScript, trusted pickle): its state-dict tensors and module facts."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from bninspect.checkpoint import ModuleInfo, TensorRef
 from bninspect.errors import InvalidFileError
-from bninspect.formats.containers import MAX_DEPTH, ModuleNode
+from bninspect.formats.containers import MAX_DEPTH, ModuleNode, is_simple_fact
 
 # Module attributes worth keeping: BN's (constructor arguments and mode), and what producer
 # matching needs from convs and linears. All are plain Python values on the module.
@@ -23,8 +23,6 @@ MODULE_ATTRIBUTES = (
     "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
     "transposed", "in_features", "out_features",
 )
-
-_SIMPLE = (bool, int, float, str, type(None))
 
 
 def tensor_ref(tensor: Any, path: str) -> TensorRef:
@@ -48,12 +46,6 @@ def tensor_ref(tensor: Any, path: str) -> TensorRef:
     return TensorRef(tuple(tensor.shape), dtype, load)
 
 
-def _simple(value: Any) -> bool:
-    if isinstance(value, _SIMPLE):
-        return True
-    return isinstance(value, tuple) and len(value) <= 16 and all(isinstance(v, _SIMPLE) for v in value)
-
-
 def module_node(module: Any, path: str) -> ModuleNode:
     """A ModuleNode from an ``nn.Module`` (or TorchScript module): state dict and per-module facts."""
     tensors = {k: tensor_ref(v, path) for k, v in module.state_dict().items()}
@@ -63,7 +55,7 @@ def module_node(module: Any, path: str) -> ModuleNode:
         for attr in MODULE_ATTRIBUTES:
             if hasattr(sub, attr):
                 value = getattr(sub, attr)
-                if _simple(value):
+                if is_simple_fact(value):
                     attributes[attr] = value
         type_name = getattr(sub, "original_name", None) or type(sub).__name__
         modules[name] = ModuleInfo(path=name, type_name=str(type_name), attributes=attributes)

@@ -33,7 +33,7 @@ import numpy as np
 from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
 from bninspect.errors import InvalidFileError, UnsafeFileError
 from bninspect.formats import containers
-from bninspect.formats.containers import ModuleNode
+from bninspect.formats.containers import ModuleNode, is_simple_fact
 from bninspect.formats.paths import SharedFile, open_regular
 from bninspect.formats.pickles import (
     DTYPE_GLOBALS,
@@ -513,15 +513,6 @@ class _CodeIndex:
         return facts
 
 
-_SIMPLE = (bool, int, float, str, type(None))
-
-
-def _simple(value: Any) -> bool:
-    if isinstance(value, _SIMPLE):
-        return True
-    return isinstance(value, (tuple, list)) and len(value) <= 16 and all(isinstance(v, _SIMPLE) for v in value)
-
-
 def _torchscript_checkpoint(path: str, zf: zipfile.ZipFile, prefix: str, root: Any, key: str | None) -> Checkpoint:
     if not isinstance(root, ScriptObject):
         raise InvalidFileError("TorchScript archive whose data.pkl does not hold a module", path=path)
@@ -546,7 +537,7 @@ def _torchscript_checkpoint(path: str, zf: zipfile.ZipFile, prefix: str, root: A
         attributes: dict[str, Any] = {}
         for name, value in state.items():
             # Parameter/buffer slots that hold None (affine=False, no running stats) are not facts.
-            if isinstance(name, str) and not name.startswith("_") and name not in slots and _simple(value):
+            if isinstance(name, str) and not name.startswith("_") and name not in slots and is_simple_fact(value, (tuple, list)):
                 attributes[name] = tuple(value) if isinstance(value, list) else value
         attributes.update(facts["constants"])
         modules[mpath] = ModuleInfo(path=mpath, type_name=obj.qualname.rsplit(".", 1)[-1], attributes=attributes)
