@@ -46,6 +46,7 @@ from bninspect.atomic import atomic_write
 from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
 from bninspect import runner
 from bninspect.runner import DataSource, LoadedModel, ModelState
+from bninspect.services.common import parse_sizes
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 DEFAULT_MAX_DRIFT = 0.1
@@ -606,16 +607,8 @@ def _stats_from_file(out: str, key_map: dict[str, str], names: list[str]) -> dic
 
 
 def parse_batch_sizes(text: str | None) -> list[int]:
-    """``1,2,8,32`` → [1, 2, 8, 32] (sorted, unique); usage error for anything else."""
-    if not text:
-        return list(DEFAULT_BATCH_SIZES)
-    try:
-        sizes = sorted({int(p) for p in text.split(",") if p.strip()})
-    except ValueError:
-        sizes = []
-    if not sizes or sizes[0] < 1:
-        raise UsageError(f"--batch-sizes must be positive integers separated by commas (e.g. 1,2,8,32), not '{text}'")
-    return sizes
+    """``1,2,8,32`` → [1, 2, 8, 32] (sorted, unique); the defaults when not given."""
+    return parse_sizes(text, "--batch-sizes") if text else list(DEFAULT_BATCH_SIZES)
 
 
 def _pass_batch_size(batch_sizes: list[int]) -> int:
