@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bninspect.atomic import atomic_write
+from bninspect.atomic import atomic_write, same_file
 from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
 
 FORMATS = {".npy": "npy", ".pt": "pt", ".pth": "pt", ".safetensors": "safetensors"}
@@ -122,17 +122,10 @@ def read_activations(path: str) -> Activations:
     return _from_torch(tensor, path, key, "safetensors")
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def write_activations(path: str, values: np.ndarray, like: Activations, protected: list[str]) -> None:
     """Write ``values`` in ``like``'s format and dtype (same key), atomically; never over a ``protected`` file."""
     for other in protected:
-        if other and os.path.exists(path) and _same_file(path, other):
+        if other and same_file(path, other):
             raise UsageError("--output would overwrite an input file; choose another name", path=path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):

@@ -14,6 +14,19 @@ from typing import Callable
 from bninspect.errors import PathProblemError
 
 
+def same_file(a: str, b: str) -> bool:
+    """Do ``a`` and ``b`` name one file: the same path after symlinks, or a hard link to it.
+
+    Outputs are refused when this is true for an input, whatever the names look like.
+    """
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))

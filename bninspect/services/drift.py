@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bninspect.atomic import atomic_write
+from bninspect.atomic import atomic_write, same_file
 from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
 from bninspect import runner
 from bninspect.runner import DataSource, LoadedModel, ModelState
@@ -503,13 +503,7 @@ def _check_output_path(out: str, input_path: str) -> str:
     parent = os.path.dirname(out_abs)
     if not os.path.isdir(parent):
         raise PathProblemError("its directory does not exist", path=out)
-    same = os.path.realpath(out_abs) == os.path.realpath(input_path)
-    if not same and os.path.exists(out_abs):
-        try:
-            same = os.path.samefile(out_abs, input_path)
-        except OSError:
-            pass
-    if same:
+    if same_file(out_abs, input_path):
         raise UsageError("--write-recalibrated must not overwrite the input checkpoint; choose another file",
                          path=out)
     lower = out_abs.lower()
