@@ -73,10 +73,18 @@ class CheckReport:
     files: list[FileResult]
     rules: list[str]
     fail_on: str
-    exit_code: int
-    counts: dict[str, int]  # findings by severity
     config: str | None = None
     skipped: list[str] = field(default_factory=list)  # files in folders that hold no state dict
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code for ``fail_on`` (see :func:`exit_code`)."""
+        return exit_code(self.files, self.fail_on)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Findings by severity over all files."""
+        return count(self.files)
 
 
 # ── configuration ───────────────────────────────────────────────────────────────────────────
@@ -280,8 +288,7 @@ def run_check(paths: list[str], opts: CheckOptions) -> CheckReport:
     skipped = [r.path for r in results if r.no_state_dict and r.path not in named]
     results = [r for r in results if not (r.no_state_dict and r.path not in named)]
     results.extend(problems)
-    return CheckReport(files=results, rules=[r.code for r in rules], fail_on=opts.fail_on,
-                       exit_code=exit_code(results, opts.fail_on), counts=count(results), config=opts.config,
+    return CheckReport(files=results, rules=[r.code for r in rules], fail_on=opts.fail_on, config=opts.config,
                        skipped=skipped)
 
 
