@@ -112,13 +112,23 @@ class BNLayer:
 
         scale = γ / √(σ² + ε), shift = β − μ·scale (needs running statistics).
         """
-        e = self.eps if eps is None else eps
         mean, var = self.values("running_mean"), self.values("running_var")
         if mean is None or var is None:
             raise ValueError(f"layer {self.name} has no running statistics")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = self.gamma() / np.sqrt(var + e)
-        return scale, self.beta() - mean * scale
+        return fold(mean, var, self.gamma(), self.beta(), self.eps if eps is None else eps)
+
+
+def fold(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inference as one multiply-add per channel: (scale, shift), float64.
+
+    Here rather than in numerics so that show and check, which must not import torch, use
+    the same definition as verify.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # scale = γ / √(σ² + ε)
+        scale = gamma / np.sqrt(var + eps)
+    # shift = β − μ·scale
+    return scale, beta - mean * scale
 
 
 @dataclass

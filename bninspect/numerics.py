@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from bninspect.errors import UsageError
+from bninspect.layers import fold  # noqa: F401  (the one definition; numerics.fold for callers here)
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -124,15 +125,6 @@ def per_channel(values: np.ndarray, ndim: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- float64 reference (numpy)
-
-def fold(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Inference as one multiply-add per channel: (scale, shift), float64."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # scale = γ / √(σ² + ε)
-        scale = gamma / np.sqrt(var + eps)
-    # shift = β − μ·scale
-    return scale, beta - mean * scale
-
 
 def eval_reference(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                    eps: float) -> np.ndarray:
