@@ -24,6 +24,7 @@ from bninspect.formats.pickles import TRUST_HINT, refuse_globals, scan_globals
 # torch/serialization.py: MAGIC_NUMBER = 0x1950a86a20f9469cfc6c, pickled first as a LONG1.
 MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 MIN_TORCH = (2, 6)
+CORRUPT = "a legacy torch.save file that is corrupt or truncated"
 
 
 def sniff(head: bytes) -> bool:
@@ -59,7 +60,7 @@ def _leading_globals(f, path: str) -> list[str]:
             found, _end = scan_globals(f)
             names.extend(n for n in found if n not in names)
     except Exception:  # a malformed pickle: let the reader say so below
-        raise InvalidFileError("a legacy torch.save file that is corrupt or truncated", path=path) from None
+        raise InvalidFileError(CORRUPT, path=path) from None
     return names
 
 
@@ -95,14 +96,14 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
                 # e.g. FRAME (protocol 4) in a legacy file: valid, but torch's safe unpickler lacks it.
                 reason = "torch's weights-only loader does not support this file's pickle opcodes"
             else:
-                raise InvalidFileError("a legacy torch.save file that is corrupt or truncated", path=path) from None
+                raise InvalidFileError(CORRUPT, path=path) from None
             if trust:
                 from bninspect.formats import trusted
 
                 return trusted.read(path, trust=trust, key=key, strict=strict)
             raise UnsafeFileError(f"refused: {reason}; {TRUST_HINT}", path=path) from None
         except Exception:
-            raise InvalidFileError("a legacy torch.save file that is corrupt or truncated", path=path) from None
+            raise InvalidFileError(CORRUPT, path=path) from None
     from bninspect.formats.torchobj import to_tree
 
     return containers.build_checkpoint(to_tree(obj, path), path=path, format="torch-legacy", key=key)
