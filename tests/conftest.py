@@ -59,3 +59,14 @@ def assert_one_line_error(run: Run, code: int, *needles: str) -> None:
     assert run.err_lines[0].startswith("bninspect: error: "), run.err
     for n in needles:
         assert n in run.err_lines[0], (n, run.err)
+
+
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory):
+    """The sample MobileNet and its two ONNX exports, made once per test run: (model, unfolded
+    path, folded path). Modules using it call pytest.importorskip("onnx") first."""
+    from tests.exports import export_onnx, sample_model
+
+    model = sample_model()
+    d = tmp_path_factory.mktemp("onnx")
+    return model, export_onnx(model, d / "plain.onnx", fold=False), export_onnx(model, d / "folded.onnx", fold=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -14,19 +15,19 @@ from bninspect.formats import onnx as onnx_reader  # noqa: E402
 from bninspect.formats import open_checkpoint  # noqa: E402
 from bninspect.layers import discover  # noqa: E402
 from tests.conftest import SAMPLES, assert_one_line_error  # noqa: E402
-from tests.exports import BN_LAYERS, export_onnx, sample_model  # noqa: E402
+from tests.exports import BN_LAYERS, export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model():
-    return sample_model()
+def model(onnx_exports):
+    # A copy: tests here may change the model (to make a tampered export), the exports stay as made.
+    return copy.deepcopy(onnx_exports[0])
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    """(unfolded export, folded export) of the sample MobileNet, made once for this module."""
-    d = tmp_path_factory.mktemp("onnx")
-    return export_onnx(model, d / "plain.onnx", fold=False), export_onnx(model, d / "folded.onnx", fold=True)
+def exported(onnx_exports):
+    """(unfolded export, folded export) of the sample MobileNet."""
+    return onnx_exports[1:]
 
 
 def test_sniff_by_content(exported):

@@ -21,16 +21,16 @@ PT = str(CKPT)
 
 
 @pytest.fixture(scope="module")
-def model():
-    return sample_model()
+def model(onnx_exports):
+    # A copy: tests here may change the model (to make a tampered export), the exports stay as made.
+    return copy.deepcopy(onnx_exports[0])
 
 
 @pytest.fixture(scope="module")
-def exports(model, tmp_path_factory):
-    """The sample MobileNet exported once: ONNX unfolded and folded, OpenVINO IR float32 and float16."""
+def exports(onnx_exports, tmp_path_factory):
+    """The sample MobileNet exported: ONNX unfolded and folded, OpenVINO IR float32 and float16."""
     d = tmp_path_factory.mktemp("diff")
-    plain = export_onnx(model, d / "plain.onnx", fold=False)
-    folded = export_onnx(model, d / "folded.onnx", fold=True)
+    _, plain, folded = onnx_exports
     out = {"dir": d, "plain": plain, "folded": folded}
     if _has("openvino"):
         out["ir32"] = export_ir(plain, d / "ir32.xml", fp16=False)
