@@ -7,6 +7,7 @@ dtype (free) and for its values (a read of just that tensor's bytes).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -124,3 +125,24 @@ FORMAT_NAMES: dict[str, str] = {
     "onnx": "ONNX model",
     "openvino-ir": "OpenVINO IR",
 }
+
+
+def natural_key(name: str) -> tuple[str, ...]:
+    """Sort key per dotted component, numeric components as numbers: "features.2" < "features.10"."""
+    return tuple(map(_component_key, name.split(".")))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _component_key(part: str) -> str:
+    """One component as a string that sorts naturally: numbers by value, before names.
+
+    "\\x00" + chr(number of digits) + digits puts numbers in numeric order. Flat strings compare
+    in half the time of (kind, int, str) tuples, and components repeat across keys (weight,
+    bn, block numbers), hence the cache, bounded so that a hostile header cannot grow it.
+    """
+    # isascii: "²" and other Unicode digits pass isdigit() but are no numbers to int(); and
+    # no int() at all, so a 5000-digit component cannot hit Python's conversion limit.
+    if part.isascii() and part.isdigit():
+        digits = part.lstrip("0") or "0"  # "007" sorts as 7
+        return "\x00" + chr(len(digits)) + digits
+    return "\x01" + part

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
+from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, natural_key
 
 # PyTorch's defaults for nn.BatchNorm*d (torch/nn/modules/batchnorm.py: eps=1e-5, momentum=0.1).
 DEFAULT_EPS = 1e-5
@@ -242,13 +242,6 @@ def _kind(info: ModuleInfo | None, producer: Producer | None) -> tuple[str, str]
     return "BatchNorm", "unknown"
 
 
-def _natural(prefix: str) -> list[tuple[int, int, str]]:
-    """Sort key that puts features.10 after features.9 (numbers compared by length, then digits:
-    no int(), which Unicode digits and 5000-digit names from a hostile file would break)."""
-    return [(0, len(d), d) if p.isascii() and p.isdigit() and (d := p.lstrip("0") or "0") else (1, 0, p)
-            for p in prefix.split(".")]
-
-
 def _digits(name: str) -> str:
     m = re.search(r"(\d+)$", name.rpartition(".")[2])
     return m.group(1) if m else ""
@@ -292,7 +285,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             groups[path] = {}
             order.append(path)
     if not checkpoint.ordered:
-        order.sort(key=_natural)
+        order.sort(key=natural_key)
 
     # Pass 1: classify every module prefix in order.
     entries: list[tuple[str, str, int]] = []  # (role, prefix, channels) with role bn | maybe

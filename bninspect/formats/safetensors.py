@@ -9,7 +9,6 @@ no mmap (mmap read-ahead pulls in far more than the BN ranges on a cold cache).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import struct
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, TensorRef, decode
+from bninspect.checkpoint import Checkpoint, TensorRef, decode, natural_key
 from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
@@ -154,27 +153,6 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
     checkpoint = containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
     checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
     return checkpoint
-
-
-def natural_key(name: str) -> tuple[str, ...]:
-    """Sort key per dotted component, numeric components as numbers: "features.2" < "features.10"."""
-    return tuple(map(_component_key, name.split(".")))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _component_key(part: str) -> str:
-    """One component as a string that sorts naturally: numbers by value, before names.
-
-    "\\x00" + chr(number of digits) + digits puts numbers in numeric order. Flat strings compare
-    in half the time of (kind, int, str) tuples, and components repeat across keys (weight,
-    bn, block numbers), hence the cache, bounded so that a hostile header cannot grow it.
-    """
-    # isascii: "²" and other Unicode digits pass isdigit() but are no numbers to int(); and
-    # no int() at all, so a 5000-digit component cannot hit Python's conversion limit.
-    if part.isascii() and part.isdigit():
-        digits = part.lstrip("0") or "0"  # "007" sorts as 7
-        return "\x00" + chr(len(digits)) + digits
-    return "\x01" + part
 
 
 def _lazy(file: SharedFile, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
