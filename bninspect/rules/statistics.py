@@ -71,11 +71,11 @@ def default_statistics(layer: BNLayer, ctx: Context):
 
 
 def _momentum_phrase(layer: BNLayer) -> str:
-    from bninspect.layers import DEFAULT_MOMENTUM
-
+    # Only for a numeric momentum: discovery sets None only from a module (cumulative
+    # average), and a state dict gets PyTorch's default with momentum_source "default".
     if layer.momentum_source == "module":
         return f"momentum {layer.momentum:g}"
-    return f"momentum {layer.momentum if layer.momentum is not None else DEFAULT_MOMENTUM:g} (PyTorch's default; not stored in this file)"
+    return f"momentum {layer.momentum:g} (PyTorch's default; not stored in this file)"
 
 
 @rule("BN102", "few-updates", "warning", "running statistics from few updates")
@@ -103,14 +103,12 @@ def few_updates(layer: BNLayer, ctx: Context):
     n = layer.num_batches_tracked
     if n is None or not 0 < n < ctx.thresholds.min_updates or is_default(layer):
         return
-    if layer.momentum is None and layer.momentum_source == "module":
+    if layer.momentum is None:
         weight = 0.0
         how = ("momentum=None: a cumulative average, so the initial values weigh 0, "
                f"but the statistics average only {n} batches")
     else:
-        from bninspect.layers import DEFAULT_MOMENTUM
-
-        m = DEFAULT_MOMENTUM if layer.momentum is None else layer.momentum
+        m = layer.momentum
         # new = (1 − m)·old + m·batch, n times: the initial value keeps weight (1 − m)^n.
         weight = (1.0 - m) ** n
         how = f"with {_momentum_phrase(layer)} the initial values (mean 0, var 1) still weigh (1 − {m:g})^{n} = {weight:.3g}"

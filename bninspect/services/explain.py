@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bninspect.errors import InvalidFileError, UsageError
-from bninspect.layers import DEFAULT_MOMENTUM, BNLayer
+from bninspect.layers import BNLayer
 from bninspect.textfmt import num
 from bninspect.services.common import find_layer, open_layers
 from bninspect.services.show import LayerSummary, summarize
@@ -115,11 +115,11 @@ def _sections(layer: BNLayer, walk: ChannelWalk | None) -> list[Section]:
             "batch's own mean and variance even in eval mode: outputs depend on batch size and batch content.",
         ]))
     m = layer.momentum
-    if layer.momentum_source == "module" and m is None:
+    if m is None:  # only a saved module says None (discovery gives state dicts the default)
         mom_text = ("momentum=None (stored in the module): the running statistics are a cumulative average, "
                     "new = old + (batch − old)/k after the k-th batch, with k = num_batches_tracked.")
     else:
-        mval = DEFAULT_MOMENTUM if m is None else m
+        mval = m
         src = "stored in the module" if layer.momentum_source == "module" else "PyTorch's default; not stored in a state dict"
         mom_text = (f"m = momentum = {mval:g} ({src}). After k updates the initial value (μ = 0, σ² = 1) still weighs "
                     f"(1−m)^k: {(1 - mval) ** 100:.3g} after 100 batches, {(1 - mval) ** 1000:.3g} after 1000.")
