@@ -182,14 +182,9 @@ def rules(
 ) -> int:
     """The check rules: a table of codes, or one rule's documentation."""
     from bninspect.render import rules as render_rules
-    from bninspect.rules import find_rule, select_rules
+    from bninspect.rules import lookup
 
-    if code is None:
-        chosen, one = select_rules(), False
-    elif len(code.strip()) == 5:
-        chosen, one = [find_rule(code)], True
-    else:
-        chosen, one = select_rules([code]), False
+    chosen, one = lookup(code)
     render_rules.render(chosen, one, as_json)
     return 0
 

@@ -45,6 +45,18 @@ def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | No
     return [RULES[c] for c in sorted(chosen) if c not in dropped]
 
 
+def lookup(code: str | None) -> tuple[list[Rule], bool]:
+    """What `bninspect rules [CODE]` shows: (rules, whether it is one rule's full text).
+
+    A full code (BN101) is one rule; a prefix (BN1) or nothing is a table.
+    """
+    if code is None:
+        return select_rules(), False
+    if len(code.strip()) == 5:  # codes are BN + three digits
+        return [find_rule(code)], True
+    return select_rules([code]), False
+
+
 def find_rule(code: str) -> Rule:
     """One rule by exact code (case-insensitive); a usage error suggesting close codes otherwise."""
     r = RULES.get(code.strip().upper())
