@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import stat
 from dataclasses import dataclass
 
 import numpy as np
 
 from bninspect.atomic import atomic_write, same_file
 from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
+from bninspect.formats.paths import check_path
 
 FORMATS = {".npy": "npy", ".pt": "pt", ".pth": "pt", ".safetensors": "safetensors"}
 
@@ -30,21 +30,6 @@ class Activations:
     values: np.ndarray  # float64, in the file's layout
     dtype: str  # torch-style name of the stored dtype ("float32", "bfloat16", ...)
     key: str | None = None  # safetensors tensor name, or the dict key a .pt held it under
-
-
-def _check_path(path: str) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise PathProblemError("no such file", path=path) from None
-    except OSError as exc:
-        raise PathProblemError(f"cannot read ({exc.strerror or 'error'})", path=path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise PathProblemError("is a directory, expected an array file", path=path)
-    if not stat.S_ISREG(st.st_mode):
-        raise PathProblemError("not a regular file", path=path)
-    if not os.access(path, os.R_OK):
-        raise PathProblemError("permission denied", path=path)
 
 
 def sniff(path: str) -> str:
@@ -82,7 +67,7 @@ def _single(items: dict, path: str):
 
 def read_activations(path: str) -> Activations:
     """One floating-point array from a .npy, .pt or .safetensors file, as float64."""
-    _check_path(path)
+    check_path(path, "an array file")
     fmt = sniff(path)
     if fmt == "npy":
         try:

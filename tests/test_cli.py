@@ -59,3 +59,15 @@ def test_size_lists_are_checked_in_one_place(cli):
     for bad in ("1,x", "0", ","):
         assert_one_line_error(cli("verify", str(SAMPLES / "resnet_tiny.pt"), "--train-batch", bad), 2,
                               "--train-batch must be positive integers separated by commas", repr(bad))
+
+
+def test_activation_files_get_the_same_path_checks_as_checkpoints(cli, tmp_path):
+    import os
+
+    ckpt = str(SAMPLES / "resnet_tiny.pt")
+    assert_one_line_error(cli("verify", ckpt, "--layer", "bn1", "--input", str(tmp_path)), 5, "not an array file")
+    os.mkfifo(tmp_path / "x.npy")
+    assert_one_line_error(cli("verify", ckpt, "--layer", "bn1", "--input", str(tmp_path / "x.npy"), timeout=60),
+                          5, "FIFO")
+    os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
+    assert_one_line_error(cli("verify", ckpt, "--layer", "bn1", "--input", str(tmp_path / "loop.npy")), 5, "symlink loop")

@@ -15,7 +15,7 @@ import weakref
 from bninspect.errors import PathProblemError
 
 _KINDS = (
-    (stat.S_ISDIR, "is a directory, not a checkpoint file"),
+    (stat.S_ISDIR, "is a directory, not {what}"),
     (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file; bninspect does not read from it"),
     (stat.S_ISCHR, "is a character device, not a regular file"),
     (stat.S_ISBLK, "is a block device, not a regular file"),
@@ -23,15 +23,16 @@ _KINDS = (
 )
 
 
-def _not_regular(mode: int) -> str:
+def _not_regular(mode: int, what: str = "a checkpoint file") -> str:
     for test, text in _KINDS:
         if test(mode):
-            return text
+            return text.format(what=what)
     return "is not a regular file"
 
 
-def check_path(path: str) -> os.stat_result:
-    """The stat of ``path`` if it is a readable regular file; PathProblemError saying why not."""
+def check_path(path: str, what: str = "a checkpoint file") -> os.stat_result:
+    """The stat of ``path`` if it is a readable regular file; PathProblemError saying why not
+    (``what`` names the kind of file expected, for the directory case)."""
     try:
         link = os.lstat(path)
     except FileNotFoundError:
@@ -51,7 +52,7 @@ def check_path(path: str) -> os.stat_result:
             raise PathProblemError("is a dangling symlink (its target does not exist)", path=path) from None
         raise PathProblemError(f"cannot be accessed ({os.strerror(exc.errno or 0)})", path=path) from None
     if not stat.S_ISREG(st.st_mode):
-        raise PathProblemError(_not_regular(st.st_mode), path=path)
+        raise PathProblemError(_not_regular(st.st_mode, what), path=path)
     if not os.access(path, os.R_OK):
         raise PathProblemError("cannot be read (permission denied)", path=path)
     return st
