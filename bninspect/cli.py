@@ -272,6 +272,62 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type,
     return (*grab("Exit"), typer.Exit), grab("NoArgsIsHelpError", "NoArgsIsHelp"), grab("UsageError"), grab("ClickException")
 
 
+def _plain_conversions() -> None:
+    """Convert option values with int()/float()/str() instead of typer's pydantic adapters.
+
+    typer >= 0.29 converts every parameter through a pydantic TypeAdapter, and building the
+    first one imports pydantic: ~170 ms on this machine, more than half of `bninspect rules`
+    and more than `show` spends on a 2 GB file (issue 8). Every parameter here (typer's own
+    --help included) is a str, int, float, bool or list of str, which need no schema. typer's
+    ``RuntimeParam.coerce`` still handles missing values and multi-value checks; only the
+    conversion of a present value is ours. Another annotation keeps typer's conversion, and a
+    typer without ``typer._coercion`` (< 0.29 converts with click's types) is left as it is.
+    """
+    try:
+        from dataclasses import dataclass
+
+        from typer._coercion import RuntimeParam  # type: ignore[import-not-found]
+        from typer.core import _TyperParameter  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    typer_build = _TyperParameter.get_runtime_param
+    if getattr(typer_build, "_plain", False):
+        return
+    click = _click()
+
+    def to_bool(value: object) -> object:
+        return value if isinstance(value, bool) else click.types.BOOL.convert(value, None, None)
+
+    kinds = {str: ("text", str), int: ("integer", int), float: ("number", float), bool: ("boolean", to_bool),
+             List[str]: ("text", str)}
+
+    @dataclass(frozen=True)
+    class PlainConversion(RuntimeParam):  # type: ignore[misc,valid-type]
+        kind: str
+        convert: object
+
+        def _coerce_value(self, value, param, ctx):  # type: ignore[no-untyped-def]
+            def one(item: object) -> object:
+                try:
+                    return self.convert(item)  # type: ignore[operator]
+                except (TypeError, ValueError, click.exceptions.BadParameter):
+                    raise click.exceptions.BadParameter(
+                        f"{item!r} is not a valid {self.kind}.", ctx=ctx, param=param) from None
+
+            return [one(v) for v in value] if isinstance(value, (list, tuple)) else one(value)
+
+    def get_runtime_param(self):  # type: ignore[no-untyped-def]
+        desc = self.type_descriptor
+        kind = kinds.get(desc.annotation)
+        if self._runtime_param is None and kind is not None:
+            self._runtime_param = PlainConversion(
+                parameter_info=desc.parameter_info, annotation=desc.annotation, kind=kind[0], convert=kind[1])
+        return typer_build(self)
+
+    get_runtime_param._plain = True  # type: ignore[attr-defined]
+    _TyperParameter.get_runtime_param = get_runtime_param
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turn every failure into one line on stderr and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -288,13 +344,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     # and a process that exits soon needs no more than that.
     gc.set_threshold(50_000, 20, 20)
     exits, no_args, usage_errors, click_errors = _click_exceptions()
+    command = typer.main.get_command(app)
+    _plain_conversions()
     try:
-        rv = app(args=args, prog_name="bninspect", standalone_mode=False)
+        rv = command.main(args=args, prog_name="bninspect", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except exits as exc:
         code = getattr(exc, "exit_code", 0)
     except no_args:
-        typer.echo(_click().Context(typer.main.get_command(app), info_name="bninspect").get_help())
+        typer.echo(_click().Context(command, info_name="bninspect").get_help())
         code = 0
     except usage_errors as exc:
         msg = " ".join(exc.format_message().split())

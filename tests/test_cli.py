@@ -32,6 +32,19 @@ def test_unknown_command_and_option_are_one_line_usage_errors(cli):
     assert_one_line_error(cli("show", str(SAMPLES / "resnet_tiny.pt"), "--bogus"), 2, "--bogus")
 
 
+def test_option_values_are_converted_and_bad_ones_are_usage_errors(cli):
+    """Values are converted by cli._plain_conversions, not typer's pydantic adapters: a number
+    that is not one is exit 2 naming the option, and good values reach the command."""
+    sample = str(SAMPLES / "resnet_tiny.pt")
+    assert_one_line_error(cli("show", sample, "--limit", "x"), 2, "'--limit': 'x' is not a valid integer")
+    assert_one_line_error(cli("show", sample, "--eps", "1e-3e"), 2, "'--eps': '1e-3e' is not a valid number")
+    assert_one_line_error(cli("check", sample, "--jobs", "1.5"), 2, "'--jobs'")
+    run = cli("show", sample, "--limit", " 2 ", "--eps", "1e-3", "--layer", "bn1", "--layer", "layer1.*")
+    assert run.code == 0, run.err
+    assert "eps: 0.001 (from --eps)" in run.out
+    assert "3 BatchNorm layers" in run.out and "showing the first 2" in run.out  # both --layer globs, --limit 2
+
+
 def test_closed_output_pipe_is_not_a_traceback():
     proc = subprocess.Popen([*bninspect_command(), "show", str(SAMPLES / "mobilenet_v1_tiny.pt"), "--channels"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
