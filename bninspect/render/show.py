@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bninspect.render.common import console, markup, num, safe, text
+from bninspect.render.common import Column, console, markup, num, print_table, safe, table, text
 from bninspect.render.jsondoc import dumps
 from bninspect.services.show import LayerSummary, ShowResult
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from rich.text import Text
 
 # rich is imported only by the functions that draw: `show --json` never loads it.
 
@@ -57,16 +57,17 @@ def _header(result: ShowResult) -> list[str]:
     return lines
 
 
-def _table(result: ShowResult) -> Table:
-    from rich.table import Table
+_COLUMNS = (Column("layer", fold=True), Column("kind"), Column("C", "right"), Column("tensors"), Column("dtype"),
+            Column("batches", "right"), Column("running_mean", "right"), Column("running_var", "right"),
+            Column("|γ| min", "right"), Column("producer", fold=True))
+_CHANNEL_COLUMNS = (*(Column(h, "right") for h in ("i", "γ weight", "β bias", "μ running_mean", "σ² running_var",
+                                                  "scale γ/√(σ²+ε)", "shift β−μ·scale")), Column("fed by", fold=True))
+
+
+def _table(result: ShowResult, width: int) -> Text:
     from rich.text import Text
 
-    table = Table(header_style="bold", pad_edge=False)
-    table.add_column("layer", overflow="fold")
-    for col, justify in (("kind", "left"), ("C", "right"), ("tensors", "left"), ("dtype", "left"),
-                         ("batches", "right"), ("running_mean", "right"), ("running_var", "right"), ("|γ| min", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)
-    table.add_column("producer", overflow="fold")
+    rows = []
     for layer in result.layers:
         s = layer.stats
         mean = f"{num(s.running_mean_min, 3)}…{num(s.running_mean_max, 3)}" if s.running_mean_min is not None else "—"
@@ -75,25 +76,17 @@ def _table(result: ShowResult) -> Table:
                 if layer.producer else Text("none matched", style="dim"))
         kind = layer.kind + ("*" if layer.kind_source == "producer" else "") + (" train" if layer.training else "")
         names, dtypes = _tensors_cell(layer)
-        table.add_row(text(layer.name, "cyan"), text(kind), str(layer.channels), names, dtypes,
-                      "—" if layer.num_batches_tracked is None else str(layer.num_batches_tracked),
-                      mean, var, num(s.weight_abs_min, 3), prod)
-    return table
+        rows.append((text(layer.name, "cyan"), safe(kind), str(layer.channels), names, dtypes,
+                     "—" if layer.num_batches_tracked is None else str(layer.num_batches_tracked),
+                     mean, var, num(s.weight_abs_min, 3), prod))
+    return table(_COLUMNS, rows, width=width)
 
 
-def _channel_table(layer: LayerSummary) -> Table:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(f"{layer.name}: entry i of each tensor belongs to channel i"), header_style="bold",
-                  title_justify="left")
-    for col in ("i", "γ weight", "β bias", "μ running_mean", "σ² running_var", "scale γ/√(σ²+ε)", "shift β−μ·scale"):
-        table.add_column(col, justify="right")
-    table.add_column("fed by", overflow="fold")
-    for r in layer.per_channel or []:
-        table.add_row(str(r.index), num(r.weight), num(r.bias), num(r.running_mean), num(r.running_var),
-                      num(r.scale), num(r.shift), text(r.producer_channel or "—"))
-    return table
+def _channel_table(layer: LayerSummary, width: int) -> Text:
+    rows = [(str(r.index), num(r.weight), num(r.bias), num(r.running_mean), num(r.running_var),
+             num(r.scale), num(r.shift), safe(r.producer_channel or "—")) for r in layer.per_channel or []]
+    return table(_CHANNEL_COLUMNS, rows, width=width,
+                 title=text(f"{layer.name}: entry i of each tensor belongs to channel i"))
 
 
 def render(result: ShowResult) -> None:
@@ -106,14 +99,14 @@ def render(result: ShowResult) -> None:
         out.print(f"No BatchNorm layers in this file ({others or 'no normalization layers'}; 0 BatchNorm).")
         return
     if result.layers:
-        out.print(_table(result))
+        print_table(out, _table(result, out.width))
     if any(l.kind_source == "producer" for l in result.layers):
         out.print("[dim]* kind inferred from the producer's weight rank (a state dict does not name module classes)[/]")
     if result.layers:
         out.print("[dim]tensors: γ weight, β bias, μ running_mean, σ² running_var, n num_batches_tracked (shape [C] unless shown)[/]")
     for layer in result.layers:
         if layer.per_channel is not None:
-            out.print(_channel_table(layer))
+            print_table(out, _channel_table(layer, out.width))
     if result.possible:
         out.print(f"[bold]Possible BatchNorm with track_running_stats=False[/] ({len(result.possible)}):")
         for p in result.possible:
