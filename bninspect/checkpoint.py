@@ -43,8 +43,11 @@ def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
 class TensorRef:
     """A tensor known by shape and dtype; its values are read only when :meth:`numpy` is called."""
 
+    # A 10,000-layer file has 60,000 of these: slots make them smaller and quicker to build.
+    __slots__ = ("shape", "dtype", "_loader", "_value")
+
     def __init__(self, shape: tuple[int, ...], dtype: str, loader: Callable[[], np.ndarray]) -> None:
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = tuple(map(int, shape))
         self.dtype = dtype
         self._loader = loader
         self._value: np.ndarray | None = None

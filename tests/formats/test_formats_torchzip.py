@@ -124,6 +124,26 @@ def test_pickle_of_wrong_shapes_is_invalid(tmp_path):
         open_checkpoint(path)
 
 
+@pytest.mark.parametrize("size, stride, message", [
+    ((4,), (-1,), "stride is not a tuple"),
+    ((True,), (1,), "size is not a tuple"),  # a bool is an int to Python, but no size
+    ((4,), (1.0,), "stride is not a tuple"),
+    ((4,), (1, 1), "differ in length"),
+    ([4, 1], [1], "differ in length"),
+])
+def test_each_malformed_size_or_stride_is_named(tmp_path, size, stride, message):
+    pkl = dumps({"w": Tensor(Storage("0", 4), 0, size, stride)})
+    path = write_zip(tmp_path / "badview.pt", pkl, {"0": bytes(16)})
+    with pytest.raises(InvalidFileError, match=message):
+        open_checkpoint(path)
+
+
+def test_size_and_stride_may_be_lists(tmp_path):
+    pkl = dumps({"w": Tensor(Storage("0", 4), 0, [2, 2], [2, 1])})
+    path = write_zip(tmp_path / "lists.pt", pkl, {"0": struct.pack("<4f", 1, 2, 3, 4)})
+    np.testing.assert_array_equal(open_checkpoint(path).tensors["w"].numpy(), [[1, 2], [3, 4]])
+
+
 def test_truncated_zip(tmp_path):
     src = tmp_path / "net.pt"
     torch.save(trained_net().state_dict(), src)
