@@ -224,3 +224,37 @@ def test_reads_the_bn_bytes_not_the_file(big_conv_file, args):
     read = int(marks[-1].split("=")[1])
     # ~3 MB of lazily imported modules are read too; the conv weight alone would be 32 MiB.
     assert read < big_conv_file.stat().st_size // 4, (read, big_conv_file.stat().st_size)
+
+
+@pytest.fixture(params=["safetensors", "pt"])
+def many_wide_layers(request, tmp_path: Path) -> Path:
+    """20 BN layers of 65,536 channels: 1 MiB of statistics each, 20 MiB in all."""
+    c, state = 65536, {}
+    for i in range(20):
+        state[f"block{i}.conv.weight"] = np.zeros((c, 1, 1, 1), np.float32)
+        state.update({f"block{i}.bn.weight": np.ones(c, np.float32), f"block{i}.bn.bias": np.zeros(c, np.float32),
+                      f"block{i}.bn.running_mean": np.zeros(c, np.float32),
+                      f"block{i}.bn.running_var": np.ones(c, np.float32)})
+    path = tmp_path / f"wide.{request.param}"
+    if request.param == "safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(state, str(path))
+    else:
+        import torch
+
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_show_limit_reads_only_the_layers_it_shows(many_wide_layers):
+    """`show --limit N` summarizes N layers, so it reads their bytes and no others: what keeps
+    `show --limit 20` on a 10,000-layer file fast (issue 8). Totals come from shapes alone."""
+    proc = subprocess.run([sys.executable, "-c", _READ_PROBE, "show", "--limit", "1", str(many_wide_layers)],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "20 BatchNorm layers, 1310720 channels" in proc.stdout
+    read = int([ln for ln in proc.stderr.splitlines() if ln.startswith("READ_BYTES=")][-1].split("=")[1])
+    # One layer's statistics are 1 MiB and lazily imported modules ~3 MB; all twenty would be 20 MiB.
+    assert read < 8 * 2**20, read
