@@ -95,3 +95,13 @@ def test_legacy_payload_in_the_storage_keys_pickle(tmp_path):
     with pytest.raises(UnsafeFileError, match="builtins.exec"):
         open_checkpoint(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("state", [b"}X\x04\x00\x00\x00evilK\x01s", b"N}X\x05\x00\x00\x00_nameX\x04\x00\x00\x00evils\x86"],
+                         ids=["dict", "slots"])
+def test_a_pickle_cannot_change_a_stand_in(tmp_path, state):
+    # BUILD on the OrderedDict stand-in, then a state dict made with it.
+    pkl = b"\x80\x02ccollections\nOrderedDict\nq\x00" + state + b"b0h\x00)Rq\x01."
+    path = write_zip(tmp_path / "build.pt", pkl, {})
+    with pytest.raises(InvalidFileError, match="data.pkl is corrupt"):
+        open_checkpoint(path)
