@@ -1,9 +1,11 @@
 """The static reader for torch.save zip archives and TorchScript archives. No torch import.
 
 Both formats are a zip archive ``<name>/data.pkl`` + ``<name>/data/<key>`` records (torch
-writes the records uncompressed). We unpickle ``data.pkl`` with an Unpickler whose
-``find_class`` only hands out inert stand-ins for a short allow-list (see ``pickles``), after
-a static scan has named every global the pickle wants. Tensors become lazy
+writes the records uncompressed); ``zipdir`` lists the members of archives as plain as torch
+writes them, zipfile those of all others. We unpickle ``data.pkl`` with an Unpickler whose
+``find_class`` only hands out inert stand-ins for a short allow-list (see ``pickles``) and
+records every other global, so that a refusal names them all; a static pass before it
+refuses memo indices that would make the C unpickler allocate gigabytes. Tensors become lazy
 :class:`TensorRef`s that ``pread`` just their bytes from the record; each record's size is
 checked against the storage size the pickle claims before anything is read.
 
@@ -29,13 +31,14 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
 from bninspect.errors import InvalidFileError, UnsafeFileError
-from bninspect.formats import containers
+from bninspect.formats import containers, zipdir
 from bninspect.formats.containers import ModuleNode, is_simple_fact
 from bninspect.formats.paths import SharedFile, open_regular
 from bninspect.formats.pickles import (
@@ -76,7 +79,7 @@ class _Record:
 
     __slots__ = ("file", "info", "name", "size", "_data_offset")
 
-    def __init__(self, file: SharedFile, info: zipfile.ZipInfo) -> None:
+    def __init__(self, file: SharedFile, info: zipfile.ZipInfo | zipdir.Member) -> None:
         self.file = file
         self.info = info
         self.name = info.filename
@@ -210,15 +213,28 @@ def _view(size: Any, stride: Any, path: str) -> tuple[tuple[int, ...], tuple[int
     return shape, strides
 
 
+@dataclass
+class _Archive:
+    """An open archive: its members by name, and how to read one whole.
+
+    Plain archives (all torch writes) are listed by ``zipdir``, others by zipfile; either way
+    ``read`` raises zipfile's exceptions (ZIP_ERRORS) on a damaged member.
+    """
+
+    infos: dict[str, zipfile.ZipInfo | zipdir.Member]
+    read: Callable[[Any], bytes]
+    strict: zipfile.ZipFile | None = None  # with --strict: zipfile's view, to check every member's CRC
+
+
 class _Reader:
     """State of one archive read: records, storages, and the stand-ins handed to the unpickler."""
 
-    def __init__(self, file: SharedFile, zf: zipfile.ZipFile, prefix: str, torchscript: bool) -> None:
+    def __init__(self, file: SharedFile, archive: _Archive, prefix: str, torchscript: bool) -> None:
         path = self.path = file.path
         self.file = file
         self.prefix = prefix
         self.torchscript = torchscript
-        self.infos = {i.filename: i for i in zf.infolist()}
+        self.infos = archive.infos
         self.storages: dict[tuple[str, str], _Storage] = {}
         self.np_dtypes: dict[str, np.dtype] = {}
         self.classes: dict[str, type] = {}
@@ -226,7 +242,7 @@ class _Reader:
         order = self.infos.get(f"{prefix}byteorder")
         if order is not None and order.file_size <= 16:
             try:
-                text = zf.read(order).decode("ascii", "replace").strip()
+                text = archive.read(order).decode("ascii", "replace").strip()
             except ZIP_ERRORS:
                 raise InvalidFileError("the archive's byteorder record cannot be read", path=path) from None
             if text not in ("little", "big"):
@@ -397,12 +413,12 @@ class _Unpickler(pickle.Unpickler):
         return self.reader.find(full)
 
 
-def _archive_prefix(zf: zipfile.ZipFile, path: str) -> str:
-    for name in zf.namelist():
+def _archive_prefix(names: dict[str, Any], path: str) -> str:
+    for name in names:
         head, sep, tail = name.partition("/")
         if tail == "data.pkl" and sep:
             return head + "/"
-    if "data.pkl" in zf.namelist():
+    if "data.pkl" in names:
         return ""
     raise InvalidFileError(
         "a zip archive without data.pkl: not a torch.save or TorchScript archive", path=path
@@ -428,14 +444,22 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
     fd = open_regular(path)
     try:
         with os.fdopen(fd, "rb") as fh:
+            # The lazy tensors read through their own copy of this descriptor.
+            shared = SharedFile(path, os.dup(fd))
+            members = None
+            if not strict:  # --strict reads every member through zipfile
+                size = os.fstat(fd).st_size
+                with contextlib.suppress(OSError):
+                    members = zipdir.directory(fd, size)
+            if members is not None:
+                return _read_archive(shared, _Archive(members, functools.partial(zipdir.read, fd, size)), key=key)
             try:
                 zf = zipfile.ZipFile(fh)
             except ZIP_ERRORS:
                 raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
             with zf:
-                # The lazy tensors read through their own copy of this descriptor.
-                shared = SharedFile(path, os.dup(fd))
-                return _read_archive(shared, zf, trust=trust, key=key, strict=strict)
+                archive = _Archive({i.filename: i for i in zf.infolist()}, zf.read, zf if strict else None)
+                return _read_archive(shared, archive, key=key)
     except UnsafeFileError:
         if not trust:
             raise
@@ -444,26 +468,26 @@ def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint
         return trusted.read(path, trust=trust, key=key, strict=strict)
 
 
-def _read_archive(file: SharedFile, zf: zipfile.ZipFile, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Checkpoint:
     path = file.path
-    prefix = _archive_prefix(zf, path)
-    names = set(zf.namelist())
-    torchscript = any(n.startswith(f"{prefix}code/") for n in names) or f"{prefix}constants.pkl" in names
-    if strict:
-        _check_crcs(zf, path)
-    info = zf.getinfo(f"{prefix}data.pkl")
+    members = archive.infos
+    prefix = _archive_prefix(members, path)
+    torchscript = any(n.startswith(f"{prefix}code/") for n in members) or f"{prefix}constants.pkl" in members
+    if archive.strict is not None:
+        _check_crcs(archive.strict, path)
+    info = members[f"{prefix}data.pkl"]
     if info.file_size > MAX_PICKLE_BYTES:
         # The size comes from the zip directory; a compressed entry could claim anything.
         raise InvalidFileError(f"data.pkl claims {info.file_size} bytes; bninspect reads at most {MAX_PICKLE_BYTES}", path=path)
     try:
-        data = zf.read(info)
+        data = archive.read(info)
     except ZIP_ERRORS:
         raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
     try:
         check_memo_indices(data)
     except ValueError as exc:
         raise InvalidFileError(f"data.pkl is corrupt ({exc})", path=path) from None
-    reader = _Reader(file, zf, prefix, torchscript)
+    reader = _Reader(file, archive, prefix, torchscript)
     unpickler = _Unpickler(data, reader)
     error: InvalidFileError | None = None
     # One pass of the C unpickler (a static opcode scan in Python costs 20x more on a
@@ -486,7 +510,7 @@ def _read_archive(file: SharedFile, zf: zipfile.ZipFile, *, trust: bool, key: st
     if error is not None:
         raise error
     if torchscript:
-        return _torchscript_checkpoint(path, zf, prefix, root, key)
+        return _torchscript_checkpoint(path, archive, prefix, root, key)
     return containers.build_checkpoint(root, path=path, format="torch-zip", key=key)
 
 
@@ -541,8 +565,8 @@ class _CodeIndex:
 
     MAX_CODE_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, zf: zipfile.ZipFile, prefix: str) -> None:
-        self.zf = zf
+    def __init__(self, archive: _Archive, prefix: str) -> None:
+        self.archive = archive
         self.prefix = prefix
         self.files: dict[str, dict[str, dict[str, Any]]] = {}
         self.unreadable: list[str] = []
@@ -553,9 +577,9 @@ class _CodeIndex:
         if name not in self.files:
             parsed: dict[str, dict[str, Any]] = {}
             try:
-                info = self.zf.getinfo(name)
+                info = self.archive.infos[name]
                 if info.file_size <= self.MAX_CODE_BYTES:
-                    parsed = parse_class_code(self.zf.read(info).decode("utf-8", "replace"))
+                    parsed = parse_class_code(self.archive.read(info).decode("utf-8", "replace"))
             except (KeyError, *ZIP_ERRORS):
                 pass
             self.files[name] = parsed
@@ -565,10 +589,10 @@ class _CodeIndex:
         return facts
 
 
-def _torchscript_checkpoint(path: str, zf: zipfile.ZipFile, prefix: str, root: Any, key: str | None) -> Checkpoint:
+def _torchscript_checkpoint(path: str, archive: _Archive, prefix: str, root: Any, key: str | None) -> Checkpoint:
     if not isinstance(root, ScriptObject):
         raise InvalidFileError("TorchScript archive whose data.pkl does not hold a module", path=path)
-    code = _CodeIndex(zf, prefix)
+    code = _CodeIndex(archive, prefix)
     tensors: dict[str, TensorRef] = {}
     modules: dict[str, ModuleInfo] = {}
     seen: set[int] = set()
