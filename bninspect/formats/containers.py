@@ -91,7 +91,8 @@ def _walk(root: Any) -> tuple[list[_Candidate], bool]:
         cand = _as_candidate(node, path, depth)
         if cand is not None:
             candidates.append(cand)
-        if isinstance(node, dict):
+        # Nested dicts are among the values that are not tensors: a state dict has none to look at.
+        if isinstance(node, dict) and (cand is None or len(cand.tensors) < len(node)):
             for k, v in node.items():
                 if isinstance(k, str) and isinstance(v, (dict, ModuleNode)):
                     if depth >= MAX_DEPTH:

@@ -363,7 +363,7 @@ def lazy_tensor(storage: _Storage, offset: int, shape: tuple[int, ...], strides:
                 path=path,
             )
         span = last - offset + 1
-    return TensorRef(shape, storage.dtype, functools.partial(_load, storage, offset, shape, strides, numel, span, path))
+    return TensorRef(shape, storage.dtype, _load, storage, offset, shape, strides, numel, span, path)
 
 
 def _load(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], numel: int, span: int,
