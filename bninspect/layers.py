@@ -158,15 +158,14 @@ _TRANSPOSED_NAME = re.compile(r"transpose|deconv|convt|upconv", re.IGNORECASE)
 
 def _groups(tensors: dict[str, TensorRef]) -> tuple[list[str], dict[str, dict[str, TensorRef]]]:
     """Keys grouped by module prefix ("features.2.bn.running_mean" → "features.2.bn"), in key order."""
-    order: list[str] = []
     groups: dict[str, dict[str, TensorRef]] = {}
     for key, ref in tensors.items():
         prefix, _, leaf = key.rpartition(".")
-        if prefix not in groups:
-            groups[prefix] = {}
-            order.append(prefix)
-        groups[prefix][leaf] = ref
-    return order, groups
+        group = groups.get(prefix)
+        if group is None:
+            group = groups[prefix] = {}
+        group[leaf] = ref
+    return list(groups), groups
 
 
 def _is_bn_module(info: ModuleInfo | None) -> bool:
@@ -193,7 +192,7 @@ def _is_weight_layer(t: dict[str, TensorRef], info: ModuleInfo | None) -> bool:
 
 
 def _kernel(shape: tuple[int, ...]) -> str:
-    return "×".join(str(k) for k in shape[2:])
+    return "×".join(map(str, shape[2:]))
 
 
 def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, prev_width: int | None,
@@ -242,8 +241,11 @@ def _kind(info: ModuleInfo | None, producer: Producer | None) -> tuple[str, str]
     return "BatchNorm", "unknown"
 
 
+_TRAILING_DIGITS = re.compile(r"(\d+)$")
+
+
 def _digits(name: str) -> str:
-    m = re.search(r"(\d+)$", name.rpartition(".")[2])
+    m = _TRAILING_DIGITS.search(name.rpartition(".")[2])
     return m.group(1) if m else ""
 
 
@@ -265,6 +267,8 @@ class _TreeIndex:
         for k in range(len(parts), -1, -1):
             candidates = self.buckets.get((parts[:k], channels))
             if candidates:
+                if len(candidates) == 1:
+                    return candidates[0][1]
                 digits = _digits(prefix)
                 return max(candidates, key=lambda c: (digits != "" and _digits(c[1].key_prefix) == digits,
                                                       -abs(c[0] - at), c[0] < at))[1]
