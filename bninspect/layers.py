@@ -18,7 +18,10 @@ saved module has (class, eps, momentum, training, conv groups) from ``Checkpoint
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +32,8 @@ DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
 
 TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_TENSOR_SET = frozenset(TENSOR_NAMES)
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})  # the facts of a prefix no module describes
 
 
 @dataclass
@@ -199,7 +204,7 @@ def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, pre
               display: str) -> Producer:
     """Describe a conv/linear layer: its op, output width and, where evident, its groups."""
     w = t["weight"]
-    attrs = info.attributes if info else {}
+    attrs = info.attributes if info else _NO_ATTRIBUTES
     if w.ndim == 2:
         return Producer(display, prefix, "linear", "linear", w.shape[0], w.shape[1], 1, w, t.get("bias"))
     dims = w.ndim - 2
@@ -224,7 +229,7 @@ def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, pre
         kind = f"depthwise conv {k}"
     elif groups and groups > 1:
         kind = f"grouped conv {k} (groups={groups})"
-    elif all(s == 1 for s in w.shape[2:]):
+    elif w.shape[2:].count(1) == dims:
         kind = "pointwise conv 1×1" if dims == 2 else f"pointwise conv {k}"
     else:
         kind = f"conv {k}"
@@ -251,21 +256,31 @@ def _digits(name: str) -> str:
 
 class _TreeIndex:
     """Producers bucketed by (ancestor path, width), so the structural match of one BN looks
-    only at convs that share its parent path (linear time for the usual model shapes)."""
+    only at convs that share its parent path (linear time for the usual model shapes).
+
+    Each depth of ancestor path is bucketed when first asked for: most BNs find their conv
+    under their own parent, and the shallower buckets are then never built.
+    """
 
     def __init__(self, producers: list[tuple[int, Producer]]) -> None:
-        self.buckets: dict[tuple[tuple[str, ...], int], list[tuple[int, Producer]]] = {}
-        for pos, prod in producers:
-            parts = tuple(prod.key_prefix.split(".")[:-1])
-            for k in range(len(parts) + 1):
-                self.buckets.setdefault((parts[:k], prod.out_channels), []).append((pos, prod))
+        self.producers = [(tuple(prod.key_prefix.split(".")[:-1]), pos, prod) for pos, prod in producers]
+        self.depths: dict[int, dict[tuple[tuple[str, ...], int], list[tuple[int, Producer]]]] = {}
+
+    def _buckets(self, depth: int) -> dict[tuple[tuple[str, ...], int], list[tuple[int, Producer]]]:
+        buckets = self.depths.get(depth)
+        if buckets is None:
+            buckets = self.depths[depth] = {}
+            for parts, pos, prod in self.producers:
+                if len(parts) >= depth:
+                    buckets.setdefault((parts[:depth], prod.out_channels), []).append((pos, prod))
+        return buckets
 
     def match(self, prefix: str, channels: int, at: int) -> Producer | None:
         """The conv/linear of width C closest in the module tree: longest shared parent path,
         then the same trailing number (bn1↔conv1), then the nearest, earlier first."""
         parts = tuple(prefix.split(".")[:-1])
         for k in range(len(parts), -1, -1):
-            candidates = self.buckets.get((parts[:k], channels))
+            candidates = self._buckets(k).get((parts[:k], channels))
             if candidates:
                 if len(candidates) == 1:
                     return candidates[0][1]
@@ -345,14 +360,15 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     cursor = 0  # producers before `cursor` are behind the previous BN: each is looked at once
     for role, prefix, channels in entries:
         at = position[prefix]
-        # Ordered files: conv/linear layers after the previous BN and before this one.
-        while cursor < len(producers) and producers[cursor][0] <= last_bn:
-            cursor += 1
-        end = cursor
-        while end < len(producers) and producers[end][0] < at:
-            end += 1
-        window = [p for _, p in producers[cursor:end]]
+        window: list[Producer] = []
         if tree is None:
+            # Ordered files: conv/linear layers after the previous BN and before this one.
+            while cursor < len(producers) and producers[cursor][0] <= last_bn:
+                cursor += 1
+            end = cursor
+            while end < len(producers) and producers[end][0] < at:
+                end += 1
+            window = [p for _, p in producers[cursor:end]]
             producer = next((p for p in reversed(window) if p.out_channels == channels), None)
         else:
             producer = tree.match(prefix, channels, at)
@@ -396,7 +412,7 @@ def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:
 
 def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo | None, channels: int,
            producer: Producer | None, window: list[Producer], eps: float | None, ordered: bool) -> BNLayer:
-    attrs = info.attributes if info is not None else {}
+    attrs = info.attributes if info is not None else _NO_ATTRIBUTES
     if eps is not None:
         eps_value, eps_source = float(eps), "user"
     elif isinstance(attrs.get("eps"), (int, float)):
@@ -420,7 +436,7 @@ def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo 
         note = f"no conv/linear with {channels} outputs since the previous BN layer (nearest: {widths}); it may normalize a sum or a concatenation"
     else:
         note = "no conv/linear layer before it since the previous BN layer"
-    tensors = {k: v for k, v in t.items() if k in TENSOR_NAMES}
+    tensors = dict(t) if _TENSOR_SET.issuperset(t) else {k: v for k, v in t.items() if k in _TENSOR_SET}
     affine = attrs.get("affine")
     if affine is None and kind_source != "module":
         affine = "weight" in tensors or "bias" in tensors
