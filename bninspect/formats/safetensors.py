@@ -143,8 +143,14 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidFileError("safetensors __metadata__ is not an object", path=path)
-    entries = {name: _entry(name, e, data_len, path) for name, e in header.items()}
-    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
+    refs: dict[str, TensorRef] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        dtype, shape, begin, end = _entry(name, entry, data_len, path)
+        refs[name] = TensorRef(shape, DTYPES[dtype][0], _load, file, data_start + begin, end - begin, dtype, shape)
+        if end > begin:
+            spans.append((begin, end, name))
+    spans.sort()
     covered = 0
     for begin, end, name in spans:
         if begin < covered:
@@ -155,16 +161,12 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
         notes.append(f"the data area has {data_len - covered} bytes after the last tensor")
     # safetensors keeps no module order (the writer sorts by dtype alignment, then name), so
     # keys come in natural order: "features.2" before "features.10", as nn.Sequential numbers them.
-    tensors = {name: _lazy(file, data_start, *entries[name]) for name in sorted(entries, key=natural_key)}
+    tensors = {name: refs[name] for name in sorted(refs, key=natural_key)}
     if not tensors:
         raise NoStateDictError("safetensors file holds no tensors", path=path)
     checkpoint = containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
     checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
     return checkpoint
-
-
-def _lazy(file: SharedFile, data_start: int, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorRef:
-    return TensorRef(shape, DTYPES[dtype][0], _load, file, data_start + begin, end - begin, dtype, shape)
 
 
 def _load(file: SharedFile, start: int, length: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
