@@ -307,15 +307,14 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         order.sort(key=natural_key)
 
     # Pass 1: classify every module prefix in order.
-    entries: list[tuple[str, str, int]] = []  # (role, prefix, channels) with role bn | maybe
+    entries: list[tuple[str, int, str, str, int]] = []  # (role, position, prefix, display, channels), role bn | maybe
     producers: list[tuple[int, Producer]] = []  # (position in order, producer)
     other: dict[str, int] = {}
     malformed: dict[str, str] = {}
     prev_width: int | None = None
-    names: dict[str, str] = {}  # prefix → display name
     for pos, prefix in enumerate(order):
         t, info = groups[prefix], modules.get(prefix)
-        display = names[prefix] = checkpoint.display(prefix) or "(root)"
+        display = checkpoint.display(prefix) or "(root)"
         if info is not None and _OTHER_NORMS.match(info.type_name):
             other[info.type_name] = other.get(info.type_name, 0) + 1
             continue
@@ -330,7 +329,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             # disagree (check's BN003 reports that), and so does a module that says BatchNorm
             # and has no statistics (track_running_stats=False).
             channels = _channels(t, info)
-            entries.append(("bn", prefix, channels))
+            entries.append(("bn", pos, prefix, display, channels))
             prev_width = channels
             continue
         if "running_mean" in t or "running_var" in t or _is_bn_module(info):
@@ -342,7 +341,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):
             continue
         if w is not None and b is not None and w.shape == b.shape and _BN_NAME.search(prefix):
-            entries.append(("maybe", prefix, w.shape[0]))
+            entries.append(("maybe", pos, prefix, display, w.shape[0]))
             prev_width = w.shape[0]
             continue
         # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
@@ -352,14 +351,12 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         other[guess] = other.get(guess, 0) + 1
 
     # Pass 2: match each BN with its producer.
-    position = {prefix: pos for pos, prefix in enumerate(order)}
     tree = None if checkpoint.ordered else _TreeIndex(producers)
     layers: list[BNLayer] = []
     possible: list[BNLayer] = []
     last_bn = -1
     cursor = 0  # producers before `cursor` are behind the previous BN: each is looked at once
-    for role, prefix, channels in entries:
-        at = position[prefix]
+    for role, at, prefix, display, channels in entries:
         window: list[Producer] = []
         if tree is None:
             # Ordered files: conv/linear layers after the previous BN and before this one.
@@ -375,7 +372,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         if role == "maybe" and producer is None:
             other[_SCALE_SHIFT] = other.get(_SCALE_SHIFT, 0) + 1
             continue
-        layer = _layer(prefix, names[prefix], groups[prefix], modules.get(prefix),
+        layer = _layer(prefix, display, groups[prefix], modules.get(prefix),
                        channels, producer, window, eps, checkpoint.ordered)
         if role == "bn":
             layers.append(layer)
