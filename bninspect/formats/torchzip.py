@@ -346,14 +346,11 @@ def _rebuild_from_type(path: str, func: Any, new_type: Any, args: Any, state: An
 
 
 def _rebuild_tensor(path: str, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> TensorRef:
+    """For _rebuild_tensor_v2: a TensorRef over ``storage`` viewed as torch's as_strided(size, stride,
+    offset); checked now, read later."""
     if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0:
         raise InvalidFileError("corrupt data.pkl: malformed tensor", path=path)
     shape, strides = _view(size, stride, path)
-    return lazy_tensor(storage, offset, shape, strides, path)
-
-
-def lazy_tensor(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], path: str) -> TensorRef:
-    """A TensorRef over ``storage`` viewed as torch's as_strided(shape, strides, offset); checked now, read later."""
     numel = math.prod(shape)
     span = 0
     if numel:
@@ -371,7 +368,7 @@ def lazy_tensor(storage: _Storage, offset: int, shape: tuple[int, ...], strides:
 
 def _load(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], numel: int, span: int,
           path: str) -> np.ndarray:
-    """The values of a tensor ``lazy_tensor`` checked: its span of the record, read and laid out."""
+    """The values of a tensor ``_rebuild_tensor`` checked: its span of the record, read and laid out."""
     if numel == 0:
         return decode(np.empty(shape, dtype=storage.np_dtype), storage.dtype)
     if numel > span and numel * storage.itemsize > MAX_EXPANDED_BYTES:
