@@ -189,7 +189,8 @@ def refuse_globals(names: list[str], *, torchscript: bool = False, path: str | N
 # length is never legitimate; refusing those caps the memo at 16 bytes per pickle byte (the
 # earlier rule, "at most 65,536 beyond the entries so far", had the same worst case plus 1 MiB,
 # but needed a count of entries, hence a Python loop over every opcode: 330 ms at 10,000 layers).
-# BINPUT (one-byte index) and MEMOIZE (the next free index) cannot grow the array past 512.
+# BINPUT's one-byte index cannot grow the array past 512 entries, nor MEMOIZE (the next free
+# index) by more than one entry per opcode.
 #
 # The walk decodes lengths only; nothing is built. A regular expression takes runs of
 # well-formed opcodes in C (about 50 ns each); what it leaves (STOP, PUT, long strings, a
