@@ -59,6 +59,10 @@ MAX_EXPANDED_BYTES = 256 * 1024 * 1024
 # data.pkl holds structure, not tensor bytes: real ones are kilobytes to a few megabytes
 # (a 10,000-layer state dict: 5 MB). More than this is not a checkpoint we should unpickle.
 MAX_PICKLE_BYTES = 1 << 30
+# torch writes data.pkl stored, so its size is bytes the file really holds. A compressed one
+# (re-zipped, or made to hurt) can inflate a 1 MB file into 1 GiB of opcodes, and the unpickler
+# turns each byte of, say, EMPTY_LIST into ~64 bytes of objects: 64 GiB. Far fewer, then.
+MAX_COMPRESSED_PICKLE_BYTES = 32 << 20
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
@@ -466,9 +470,11 @@ def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Ch
     if archive.strict is not None:
         _check_crcs(archive.strict, path)
     info = members[f"{prefix}data.pkl"]
-    if info.file_size > MAX_PICKLE_BYTES:
+    limit = MAX_PICKLE_BYTES if info.compress_type == zipfile.ZIP_STORED else MAX_COMPRESSED_PICKLE_BYTES
+    if info.file_size > limit:
         # The size comes from the zip directory; a compressed entry could claim anything.
-        raise InvalidFileError(f"data.pkl claims {info.file_size} bytes; bninspect reads at most {MAX_PICKLE_BYTES}", path=path)
+        kind = "" if info.compress_type == zipfile.ZIP_STORED else "compressed "
+        raise InvalidFileError(f"{kind}data.pkl claims {info.file_size} bytes; bninspect reads at most {limit}", path=path)
     try:
         data = archive.read(info)
     except ZIP_ERRORS:

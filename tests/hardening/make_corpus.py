@@ -333,6 +333,16 @@ def _invalid(d: Path) -> list[Case]:
     add("zip_head_only", "zip_head.pt", raw[:40], "truncated or corrupt zip")
     _replace_data_pkl(real, d / "corrupt_data_pkl.pt", b"\x80\x02}q\x00(X\x01\x00\x00\x00a\xff\xfe garbage")
     cases.append(Case("corrupt_data_pkl", "corrupt_data_pkl.pt", INVALID, "data.pkl", group="invalid"))
+    # A pickle bomb: 40 MiB of EMPTY_LIST (each ~64 bytes of objects once unpickled) deflated
+    # to ~40 KB. torch never compresses data.pkl; a compressed one is held to 32 MiB.
+    with zipfile.ZipFile(real) as zin, zipfile.ZipFile(d / "deflated_pickle_bomb.pt", "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("/data.pkl"):
+                zout.writestr(info.filename, b"\x80\x02" + b"]" * (40 << 20) + b".", compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info.filename, zin.read(info))
+    cases.append(Case("deflated_pickle_bomb", "deflated_pickle_bomb.pt", INVALID, "compressed data.pkl claims",
+                      group="invalid"))
     _replace_data_pkl(real, d / "no_data_pkl.pt", None)
     cases.append(Case("missing_data_pkl", "no_data_pkl.pt", INVALID, "without data.pkl", group="invalid"))
     # A record four bytes shorter than the storage the pickle describes.
