@@ -187,12 +187,17 @@ def _is_checkpoint(path: str) -> bool:
         return True  # unreadable: report it rather than skip it silently
     if reader_for(head) is None:
         return False
-    return _torch_zip(path) if head[:4] == b"PK\x03\x04" else True
+    return _torch_zip(path, head) if head[:4] == b"PK\x03\x04" else True
 
 
-def _torch_zip(path: str) -> bool:
+def _torch_zip(path: str, head: bytes) -> bool:
     """torch.save and torch.jit.save archives hold ``<name>/data.pkl``; other zips are not ours.
     A zip whose directory cannot be read is kept: it may be a truncated checkpoint to report."""
+    # torch.save writes data.pkl first: its name in the first local header settles it without
+    # reading the directory (the folder walk runs before --jobs splits the work).
+    first = head[30:30 + int.from_bytes(head[26:28], "little")]
+    if first == b"data.pkl" or first.endswith(b"/data.pkl"):
+        return True
     try:
         with zipfile.ZipFile(path) as zf:
             return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())

@@ -120,6 +120,7 @@ def _folder(tmp_path: Path) -> Path:
     (root / ".git").mkdir()
     shutil.copy(SAMPLES / "mobilenet_v1_tiny.pt", root / "a.pt")
     shutil.copy(FAULTY / "zero_var.pt", root / "nested" / "b.bin")  # extension does not matter
+    shutil.copy(SAMPLES / "mobilenet_v1_tiny.ts", root / "model.ts")  # data.pkl is not its first member
     data = (SAMPLES / "resnet_tiny.pt").read_bytes()
     (root / "broken.pt").write_bytes(data[: len(data) // 2])
     shutil.copy(SAMPLES / "resnet_tiny.pt", root / ".git" / "hidden.pt")  # hidden folders are skipped
@@ -136,7 +137,7 @@ def _folder(tmp_path: Path) -> Path:
 def test_folder_scan_reports_the_broken_file_and_checks_the_rest(tmp_path):
     root = _folder(tmp_path)
     files, problems = collect_files([str(root)])
-    assert [Path(f).relative_to(root).as_posix() for f in files] == ["a.pt", "broken.pt", "nested/b.bin"]
+    assert [Path(f).relative_to(root).as_posix() for f in files] == ["a.pt", "broken.pt", "model.ts", "nested/b.bin"]
     assert problems == []
     r = run_cli("check", str(root), "--json")
     assert r.code == 1, r.err  # a file could not be checked
