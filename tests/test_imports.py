@@ -187,6 +187,19 @@ def test_check_does_not_import_torch(request, fixture):
     assert not torch_imported
 
 
+def _write(state: dict[str, np.ndarray], path: Path) -> Path:
+    """A state dict saved as .safetensors or with torch.save, by the path's suffix."""
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(state, str(path))
+    else:
+        import torch  # only this test process imports torch, to write the file
+
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
 @pytest.fixture(params=["safetensors", "pt"])
 def big_conv_file(request, tmp_path: Path) -> Path:
     """32 MiB of conv weight next to 32 KiB of BN tensors."""
@@ -195,16 +208,7 @@ def big_conv_file(request, tmp_path: Path) -> Path:
     c = 2048
     state.update({"bn.weight": np.ones(c, np.float32), "bn.bias": np.zeros(c, np.float32),
                   "bn.running_mean": np.zeros(c, np.float32), "bn.running_var": np.ones(c, np.float32)})
-    path = tmp_path / f"big.{request.param}"
-    if request.param == "safetensors":
-        from safetensors.numpy import save_file
-
-        save_file(state, str(path))
-    else:
-        import torch
-
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-    return path
+    return _write(state, tmp_path / f"big.{request.param}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
@@ -235,16 +239,7 @@ def many_wide_layers(request, tmp_path: Path) -> Path:
         state.update({f"block{i}.bn.weight": np.ones(c, np.float32), f"block{i}.bn.bias": np.zeros(c, np.float32),
                       f"block{i}.bn.running_mean": np.zeros(c, np.float32),
                       f"block{i}.bn.running_var": np.ones(c, np.float32)})
-    path = tmp_path / f"wide.{request.param}"
-    if request.param == "safetensors":
-        from safetensors.numpy import save_file
-
-        save_file(state, str(path))
-    else:
-        import torch
-
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-    return path
+    return _write(state, tmp_path / f"wide.{request.param}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")

@@ -13,12 +13,11 @@ import zipfile
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from bninspect.errors import BNInspectError
 from bninspect.formats import open_checkpoint
-from tests.formats.craft import trained_net
+from tests.formats.craft import mutate, mutation, trained_net
 
 
 _ORIGINALS: dict[str, bytes] = {}
@@ -36,27 +35,6 @@ def original(name: str, tmp_path_factory) -> bytes:
         torch.jit.save(torch.jit.script(trained_net()), d / "a.ts")
         _ORIGINALS.update({n: (d / n).read_bytes() for n in ("a.pt", "legacy.pt", "a.safetensors", "a.ts")})
     return _ORIGINALS[name]
-
-
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 255)), min_size=1, max_size=8)),
-    st.tuples(st.just("cut"), st.integers(0, 10**7)),
-    st.tuples(st.just("splice"), st.tuples(st.integers(0, 10**7), st.binary(min_size=1, max_size=16))),
-)
-
-
-def mutate(data: bytes, how) -> bytes:
-    kind, arg = how
-    if kind == "flip":
-        out = bytearray(data)
-        for pos, mask in arg:
-            out[pos % len(out)] ^= mask
-        return bytes(out)
-    if kind == "cut":
-        return data[: arg % len(data)]
-    pos, chunk = arg
-    pos %= len(data)
-    return data[:pos] + chunk + data[pos + len(chunk):]
 
 
 # Peak RSS of this process may not pass this: a file that makes a reader allocate gigabytes

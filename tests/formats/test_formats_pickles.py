@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bninspect.formats import pickles
-from tests.formats.craft import trained_net
+from tests.formats.craft import mutate, mutation, trained_net
 
 _NOTHING = re.compile(b"")
 
@@ -85,31 +85,10 @@ def test_the_regex_bound_and_the_python_step_agree_around_powers_of_two(index, m
     assert _verdict(data) == _stepped(data, monkeypatch)
 
 
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=6)),
-    st.tuples(st.just("cut"), st.integers(0, 10**6)),
-    st.tuples(st.just("splice"), st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=12))),
-)
-
-
-def _mutate(data: bytes, how) -> bytes:
-    kind, arg = how
-    if kind == "flip":
-        out = bytearray(data)
-        for pos, mask in arg:
-            out[pos % len(out)] ^= mask
-        return bytes(out)
-    if kind == "cut":
-        return data[: arg % len(data)]
-    pos, chunk = arg
-    pos %= len(data)
-    return data[:pos] + chunk + data[pos + len(chunk):]
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(which=st.integers(0, len(PICKLES) - 1), how=mutation)
 def test_the_fast_path_reaches_the_python_steps_verdict(which, how, monkeypatch):
-    data = _mutate(PICKLES[which], how)
+    data = mutate(PICKLES[which], how)
     assert _verdict(data) == _stepped(data, monkeypatch)
 
 
