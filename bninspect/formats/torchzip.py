@@ -64,8 +64,6 @@ MAX_PICKLE_BYTES = 1 << 30
 # turns each byte of, say, EMPTY_LIST into ~64 bytes of objects: 64 GiB. Far fewer, then.
 MAX_COMPRESSED_PICKLE_BYTES = 32 << 20
 
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
-
 # What zipfile raises on a damaged archive: bad CRC or magic (BadZipFile), truncation
 # (EOFError, OSError), bad deflate data (zlib.error), flag bits for encryption (RuntimeError)
 # or an unknown compression method (NotImplementedError), nonsense sizes (ValueError, struct.error).
@@ -100,11 +98,12 @@ class _Storage:
     def data_offset(self) -> int:
         if self._data_offset is None:
             path = self.file.path
-            raw = self.file.pread(_LOCAL_HEADER.size, self.info.header_offset, f"zip record {self.name}")
-            fields = _LOCAL_HEADER.unpack(raw)
-            if fields[0] != b"PK\x03\x04":
+            raw = self.file.pread(zipdir.LOCAL_HEADER_SIZE, self.info.header_offset, f"zip record {self.name}")
+            fields = zipdir.local_header(raw)
+            if fields is None:
                 raise InvalidFileError(f"corrupt zip archive: bad local header for {self.name}", path=path)
-            self._data_offset = self.info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            _flags, name_len, extra_len = fields
+            self._data_offset = self.info.header_offset + zipdir.LOCAL_HEADER_SIZE + name_len + extra_len
         return self._data_offset
 
     def read(self, start: int, length: int) -> bytes:

@@ -116,14 +116,25 @@ def _name(raw: bytes, flags: int) -> str | None:
     return name
 
 
+LOCAL_HEADER_SIZE = _LOCAL.size
+
+
+def local_header(raw: bytes) -> tuple[int, int, int] | None:
+    """(flags, name length, extra length) from a local file header's fixed part, or None if
+    ``raw`` is not one. A member's data starts LOCAL_HEADER_SIZE + both lengths past it."""
+    sig, _v, _s, flags, *_rest, name_len, extra_len = _LOCAL.unpack(raw)
+    return (flags, name_len, extra_len) if sig == b"PK\x03\x04" else None
+
+
 def read(fd: int, size: int, member: Member) -> bytes:
     """A member's bytes, checked as ``ZipFile.read`` checks them; BadZipFile or EOFError if damaged."""
     header = os.pread(fd, _LOCAL.size, member.header_offset)
     if len(header) != _LOCAL.size:
         raise BadZipFile("Truncated file header")
-    sig, _v, _s, flags, *_rest, name_len, extra_len = _LOCAL.unpack(header)
-    if sig != b"PK\x03\x04":
+    fields = local_header(header)
+    if fields is None:
         raise BadZipFile("Bad magic number for file header")
+    flags, name_len, extra_len = fields
     raw = os.pread(fd, name_len, member.header_offset + _LOCAL.size)
     if raw.decode("utf-8" if flags & _UTF8_NAME else "cp437") != member.filename:
         raise BadZipFile(f"File name in directory {member.filename!r} and header {raw!r} differ.")
