@@ -17,25 +17,26 @@ def plain(obj: Any) -> Any:
     a checkpoint with NaN statistics must still produce a valid document).
     Fields whose name starts with "_" are private and left out.
     """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.name.startswith("_")}
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
-    # No value is a numpy one unless numpy is loaded, and `bninspect rules` never loads it.
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.ndarray):
-        return [plain(v) for v in obj.tolist()]
-    if np is not None and isinstance(obj, np.generic):
-        return plain(obj.item())
     if isinstance(obj, float):
         if math.isnan(obj):
             return "NaN"
         if math.isinf(obj):
             return "Infinity" if obj > 0 else "-Infinity"
         return obj
-    return obj
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    try:
+        return plain(_default(obj))
+    except TypeError:
+        return obj
+
+
+def _is_dataclass_instance(obj: Any) -> bool:
+    return hasattr(type(obj), "__dataclass_fields__")
 
 
 @functools.cache
@@ -49,8 +50,10 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def _default(obj: Any) -> Any:
-    """What the C encoder cannot write itself: dataclasses and numpy values."""
-    if hasattr(type(obj), "__dataclass_fields__"):
+    """One step towards JSON types for what neither JSON nor ``plain`` knows: a dataclass
+    becomes its public fields, a numpy array a list, a numpy scalar a Python one. No value is a
+    numpy one unless numpy is loaded, and `bninspect rules` never loads it."""
+    if _is_dataclass_instance(obj):
         return _fields(obj)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(obj, np.ndarray):
@@ -84,7 +87,7 @@ def _layout(value: Any, depth: int) -> str:
     An indent-everywhere document (``json.dumps(indent=2)``) goes through the pure-Python
     encoder: 0.7 s of a 10,000-layer `show --json`, 4x the C encoder, and 600,000 lines.
     """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if _is_dataclass_instance(value):
         value = _fields(value)
     if depth >= _EXPANDED_DEPTH or not value or not isinstance(value, (dict, list, tuple)):
         return _one_line(value)
