@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, TensorRef, decode, natural_key
+from bninspect.checkpoint import Checkpoint, TensorRef, are_sizes, decode, natural_key
 from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
@@ -100,9 +100,9 @@ def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise InvalidFileError(f"safetensors entry {name!r} has unknown dtype {dtype!r}", path=path)
-    if not isinstance(shape, list) or not _sizes(shape):
+    if not isinstance(shape, list) or not are_sizes(shape):
         raise InvalidFileError(f"safetensors entry {name!r} has an invalid shape", path=path)
-    if not isinstance(offsets, list) or len(offsets) != 2 or not _sizes(offsets) or offsets[0] > offsets[1]:
+    if not isinstance(offsets, list) or len(offsets) != 2 or not are_sizes(offsets) or offsets[0] > offsets[1]:
         raise InvalidFileError(f"safetensors entry {name!r} has invalid data_offsets", path=path)
     begin, end = offsets
     # Python integers do not overflow: an absurd shape simply fails to match its byte range.
@@ -119,14 +119,6 @@ def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[
             path=path,
         )
     return dtype, tuple(shape), begin, end
-
-
-def _sizes(values: list[Any]) -> bool:
-    """Every item a non-negative int (not a bool)."""
-    for v in values:
-        if type(v) is not int or v < 0:
-            return False
-    return True
 
 
 def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
