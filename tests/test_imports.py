@@ -10,6 +10,7 @@ are noisy).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +20,14 @@ import pytest
 
 from tests.conftest import bninspect_command
 
-# Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded, and
-# which of numpy, rich and pydantic. atexit fires after main()'s sys.exit, so every module the command
-# pulled in is counted.
+# Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded,
+# which of numpy, rich and pydantic, and how many threads the process has (Linux). atexit fires
+# after main()'s sys.exit, so every module the command pulled in is counted.
 _PROBE = (
-    "import atexit, sys\n"
-    "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\nLOADED=%s\\n' % ('torch' in sys.modules,\n"
-    "    ','.join(m for m in ('numpy', 'rich', 'pydantic') if m in sys.modules))))\n"
+    "import atexit, os, sys\n"
+    "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\nLOADED=%s\\nTHREADS=%s\\n' % ('torch' in sys.modules,\n"
+    "    ','.join(m for m in ('numpy', 'rich', 'pydantic') if m in sys.modules),\n"
+    "    len(os.listdir('/proc/self/task')) if os.path.isdir('/proc/self/task') else -1)))\n"
     "from bninspect.cli import main\n"
     "main(sys.argv[1:])\n"
 )
@@ -145,6 +147,19 @@ def test_json_does_not_import_rich(safetensors_file, command):
     code, _, err = probe(command, "--json", str(safetensors_file))
     assert code == 0, err
     assert "rich" not in loaded(err)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux /proc")
+def test_numpy_starts_no_blas_threads(safetensors_file):
+    """numpy's wheels start one OpenBLAS thread per core at import, and they spin: on a 2-core
+    machine ~110 ms of CPU taken from the core `check --jobs 2` needs. A BN layer's arrays need
+    no BLAS pool, so the command runs single-threaded (a user's OPENBLAS_NUM_THREADS is kept)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, "check", str(safetensors_file)], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, env=env)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "numpy" in loaded(proc.stderr)
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("THREADS=")][-1] == "THREADS=1"
 
 
 def _typer_converts_with_pydantic() -> bool:
