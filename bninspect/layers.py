@@ -94,10 +94,15 @@ class BNLayer:
 
     def shape_problem(self) -> str | None:
         """Why this layer's tensors cannot be used together (lengths differ from C), or None."""
-        shapes = {n: list(self.tensors[n].shape) for n in ("weight", "bias", "running_mean", "running_var")
-                  if n in self.tensors}
-        if all(shape == [self.channels] for shape in shapes.values()):
+        # The common answer without building anything: `show` asks it of every layer (10,000).
+        expected, tensors = (self.channels,), self.tensors
+        for n in ("weight", "bias", "running_mean", "running_var"):
+            ref = tensors.get(n)
+            if ref is not None and ref.shape != expected:
+                break
+        else:
             return None
+        shapes = {n: list(tensors[n].shape) for n in ("weight", "bias", "running_mean", "running_var") if n in tensors}
         listed = ", ".join(f"{n} {shape}" for n, shape in shapes.items())
         return (f"{self.name}: its tensors disagree in length ({listed}); BatchNorm needs 1-D weight, bias, "
                 "running_mean and running_var of one length C")

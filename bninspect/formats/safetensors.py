@@ -156,7 +156,10 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
     tensors = {name: refs[name] for name in sorted(refs, key=natural_key)}
     if not tensors:
         raise NoStateDictError("safetensors file holds no tensors", path=path)
-    checkpoint = containers.build_checkpoint(tensors, path=path, format="safetensors", key=key, notes=notes)
+    # Every value is a tensor already: as a ModuleNode (with no module facts) the state dict is
+    # taken as it is, not copied key by key through the search for tensors among other values.
+    node = containers.ModuleNode(tensors=tensors)
+    checkpoint = containers.build_checkpoint(node, path=path, format="safetensors", key=key, notes=notes)
     checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
     return checkpoint
 

@@ -459,7 +459,8 @@ def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Ch
     path = file.path
     members = archive.infos
     prefix = _archive_prefix(members, path)
-    torchscript = any(n.startswith(f"{prefix}code/") for n in members) or f"{prefix}constants.pkl" in members
+    code = f"{prefix}code/"  # once, not per member: a 10,000-layer archive has 60,006
+    torchscript = f"{prefix}constants.pkl" in members or any(n.startswith(code) for n in members)
     if archive.strict is not None:
         _check_crcs(archive.strict, path)
     info = members[f"{prefix}data.pkl"]

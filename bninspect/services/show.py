@@ -95,6 +95,10 @@ class ShowResult:
 
 
 
+_PARAMETERS = ("weight", "bias")  # γ and β
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _stats(layer: BNLayer) -> Stats:
     s = Stats()
     mean, var, w = layer.values("running_mean"), layer.values("running_var"), layer.values("weight")
@@ -165,6 +169,22 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
     chosen = select(found.layers, layers)
     shown = chosen if limit is None or limit <= 0 else chosen[:limit]
     ck = found.checkpoint
+    # One pass over every selected layer (10,000 in a big file), shapes only: no values are read
+    # for the layers --limit leaves out.
+    channels_total = parameters = buffer_values = 0
+    problems = []
+    for l in chosen:
+        channels_total += l.channels
+        tensors = l.tensors
+        for n in _PARAMETERS:
+            if n in tensors:
+                parameters += tensors[n].numel
+        for n in _BUFFERS:
+            if n in tensors:
+                buffer_values += tensors[n].numel
+        problem = l.shape_problem()
+        if problem:
+            problems.append(problem)
     return ShowResult(
         file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),
         container=ck.container, alternatives=list(ck.alternatives), prefix=ck.prefix,
@@ -173,10 +193,6 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         possible=[summarize(l) for l in found.possible] if not layers else [],
         other_norms=dict(found.other_norms),
         total_layers=len(chosen), omitted=len(chosen) - len(shown),
-        total_channels=sum(l.channels for l in chosen),
-        total_parameters=sum(l.tensors[n].numel for l in chosen for n in ("weight", "bias") if n in l.tensors),
-        total_buffer_values=sum(l.tensors[n].numel for l in chosen
-                                for n in ("running_mean", "running_var", "num_batches_tracked") if n in l.tensors),
-        notes=list(ck.notes) + list(found.malformed.values())
-        + [problem for l in chosen if (problem := l.shape_problem())],
+        total_channels=channels_total, total_parameters=parameters, total_buffer_values=buffer_values,
+        notes=list(ck.notes) + list(found.malformed.values()) + problems,
     )

@@ -99,6 +99,35 @@ def test_limit_says_what_was_left_out(cli):
     assert len(doc["layers"]) == 2 and doc["summary"]["omitted"] == 4
 
 
+def test_layer_globs_take_each_layer_once_by_identity(monkeypatch):
+    """Overlapping globs keep file order without duplicates, and never compare layers field by field
+    (that was quadratic in the layers chosen)."""
+    from bninspect.layers import BNLayer
+    from bninspect.services.common import open_layers, select
+
+    layers = open_layers(str(SAMPLES / "mobilenet_v1_tiny.pt")).layers
+
+    def refuse(self, other):
+        raise AssertionError("layers compared with ==")
+
+    monkeypatch.setattr(BNLayer, "__eq__", refuse)
+    chosen = select(layers, ["features.[23].bn", "features.3.*", "features.5.bn"])
+    assert [l.name for l in chosen] == ["features.2.bn", "features.3.bn", "features.5.bn"]
+
+
+def test_limit_reads_no_values_of_the_layers_it_leaves_out(monkeypatch):
+    """Totals and notes for the layers --limit leaves out come from shapes: their values are never read."""
+    from bninspect.checkpoint import TensorRef
+
+    read: list[tuple[int, ...]] = []
+    numpy = TensorRef.numpy
+    monkeypatch.setattr(TensorRef, "numpy", lambda self: read.append(self.shape) or numpy(self))
+    result = show(str(SAMPLES / "mobilenet_v1_tiny.pt"), limit=1)
+    assert result.total_layers == 4 and result.omitted == 3 and result.total_channels == 288
+    # Only features.2.bn (32 channels; the others are wider): its statistics, |γ| and batch count.
+    assert sorted(read) == [(), (32,), (32,), (32,)]
+
+
 def test_layer_glob_matching_nothing_is_a_usage_error_with_suggestions(cli):
     run = cli("show", str(SAMPLES / "mobilenet_v1_tiny.pt"), "--layer", "features.2.bm")
     assert_one_line_error(run, 2, "no BatchNorm layer matches 'features.2.bm'", "features.2.bn")
