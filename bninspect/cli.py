@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError
+from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError, OutputClosed
 
 # 128 + SIGPIPE, what a shell reports for a program whose output pipe closed early.
 EXIT_BROKEN_PIPE = 141
@@ -50,7 +50,9 @@ def _print_version(value: bool) -> None:
 def _emit(result: object, renderer: object, as_json: bool) -> None:
     """Hand a service's result to its renderer module: the JSON document, or tables and text."""
     if as_json:
-        typer.echo(renderer.to_json(result))  # type: ignore[attr-defined]
+        from bninspect.render.common import write_document
+
+        write_document(renderer.to_json(result))  # type: ignore[attr-defined]
     else:
         renderer.render(result)  # type: ignore[attr-defined]
 
@@ -371,7 +373,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         code = _fail(exc.line(), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         code = _fail("interrupted", 130)
-    except BrokenPipeError:
+    except (OutputClosed, BrokenPipeError):
         # The reader of our output went away (`bninspect show x | head`): not an error of ours.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -16,6 +16,11 @@ EXIT_INVALID = 4
 EXIT_PATH = 5
 
 
+class OutputClosed(Exception):
+    """The reader of our output went away (`bninspect show x | head`). Not an OSError on
+    purpose: typer turns an EPIPE OSError into a silent exit 1 before the CLI sees it."""
+
+
 class BNInspectError(Exception):
     """Base class: a failure the user caused or must act on, reported in one line."""
 

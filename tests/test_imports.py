@@ -21,12 +21,12 @@ import pytest
 from tests.conftest import bninspect_command
 
 # Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded,
-# which of numpy, rich and pydantic, and how many threads the process has (Linux). atexit fires
+# which of numpy, rich, rich.console and pydantic, and how many threads the process has (Linux). atexit fires
 # after main()'s sys.exit, so every module the command pulled in is counted.
 _PROBE = (
     "import atexit, os, sys\n"
     "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\nLOADED=%s\\nTHREADS=%s\\n' % ('torch' in sys.modules,\n"
-    "    ','.join(m for m in ('numpy', 'rich', 'pydantic') if m in sys.modules),\n"
+    "    ','.join(m for m in ('numpy', 'rich', 'rich.console', 'pydantic') if m in sys.modules),\n"
     "    len(os.listdir('/proc/self/task')) if os.path.isdir('/proc/self/task') else -1)))\n"
     "from bninspect.cli import main\n"
     "main(sys.argv[1:])\n"
@@ -160,6 +160,18 @@ def test_numpy_starts_no_blas_threads(safetensors_file):
     assert proc.returncode in (0, 1), proc.stderr
     assert "numpy" in loaded(proc.stderr)
     assert [ln for ln in proc.stderr.splitlines() if ln.startswith("THREADS=")][-1] == "THREADS=1"
+
+
+@pytest.mark.parametrize("args", [("show",), ("show", "--channels"), ("check",), ("check", "--format", "concise"),
+                                  ("rules", "BN101")], ids=["show", "channels", "check", "concise", "rules"])
+def test_output_into_a_pipe_does_not_load_rich_console(safetensors_file, args):
+    """Where nothing shows styles (a pipe, a CI log) tables and lines are written without rich's
+    console (~40 ms of a ~230 ms `show`); its width tables (rich.cells) may still load."""
+    if args[0] != "rules":
+        args = (*args, str(safetensors_file))
+    code, _, err = probe(*args)
+    assert code in (0, 1), err
+    assert "rich.console" not in loaded(err)
 
 
 def _typer_converts_with_pydantic() -> bool:

@@ -7,17 +7,14 @@ parsed for markup) with control characters made visible.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
-from bninspect.render.common import console, safe, text
+from bninspect.render.common import Column, Out, Styled, safe, table, write_document
 from bninspect.render.jsondoc import dumps, plain
 from bninspect.render.rules import STYLE
 from bninspect.services.check import SCHEMA, CheckReport, FileResult
 
-if TYPE_CHECKING:
-    from rich.text import Text
-
-# rich is imported only by the functions that draw: `check --json` never loads it.
+# rich is imported only where the output is a terminal (render.common.Out): `check --json`, and
+# `check` in CI logs and pipes, never load it.
 
 
 def to_json(report: CheckReport) -> str:
@@ -44,14 +41,12 @@ def errors(report: CheckReport) -> None:
     sys.stderr.flush()
 
 
-def _summary(report: CheckReport) -> Text:
-    from rich.text import Text
-
+def _summary(report: CheckReport) -> Styled:
     c = report.counts
     total = sum(c.values())
     loaded = sum(1 for f in report.files if not f.error)
     failed = len(report.files) - loaded
-    line = Text(f"{total} finding{'s' if total != 1 else ''} ")
+    line = Styled(f"{total} finding{'s' if total != 1 else ''} ")
     line.append(f"({c['error']} error{'s' if c['error'] != 1 else ''}, {c['warning']} warning{'s' if c['warning'] != 1 else ''}, "
                 f"{c['info']} info) in {loaded} file{'s' if loaded != 1 else ''}")
     if failed:
@@ -64,8 +59,8 @@ def _summary(report: CheckReport) -> Text:
     return line
 
 
-def _file_header(f: FileResult) -> Text:
-    head = text(f.path, "bold")
+def _file_header(f: FileResult) -> Styled:
+    head = Styled(safe(f.path), "bold")
     if f.error:
         head.append(f"  could not be checked (exit class {f.exit_code}; the error is on stderr)", style="bold red")
         return head
@@ -73,55 +68,43 @@ def _file_header(f: FileResult) -> Text:
     if f.possible:
         head.append(f" (+{f.possible} possible)")
     n = len(f.findings)
-    head.append(f", {n} finding{'s' if n != 1 else ''}" if n else ", no findings", style="" if n else "green")
+    head.append(f", {n} finding{'s' if n != 1 else ''}" if n else ", no findings", "" if n else "green")
     return head
+
+
+_COLUMNS = (Column("code"), Column("severity"), Column("layer", wrap=True), Column("finding / fix", wrap=True))
 
 
 def render_table(report: CheckReport) -> None:
     """Per file: a header line, then a table of findings (code, severity, layer, message, fix)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    out = console()
+    out = Out()
     for f in report.files:
         out.print(_file_header(f))
         if f.error or not f.findings:
             continue
-        table = Table(header_style="bold", pad_edge=False, show_lines=False)
-        table.add_column("code", no_wrap=True)
-        table.add_column("severity", no_wrap=True)
-        table.add_column("layer", overflow="fold")
-        table.add_column("finding / fix", overflow="fold", ratio=1)
-        for item in f.findings:
-            cell = text(item.message)
-            cell.append("\nfix: ", style="dim")
-            cell.append(safe(item.fix), style="dim")
-            table.add_row(item.code, Text(item.severity, style=STYLE[item.severity]), text(item.layer), cell)
-        out.print(table)
+        rows = [(item.code, Styled(item.severity, STYLE[item.severity]), safe(item.layer),
+                 Styled(safe(item.message)).append("\nfix: " + safe(item.fix), "dim")) for item in f.findings]
+        out.print(table(_COLUMNS, rows, width=out.width), wrap=False)
     out.print(_summary(report))
 
 
 def render_concise(report: CheckReport) -> None:
     """One line per finding, ruff-style: ``path:layer: CODE [severity] message`` (load errors
     are on stderr only, and counted in the summary)."""
-    out = console()
+    out = Out()
     for f in report.files:
         for item in f.findings:
-            line = text(f"{f.path}:{item.layer}: ")
-            line.append(item.code, style="bold")
-            line.append(" ")
-            line.append(f"[{item.severity}]", style=STYLE[item.severity])
-            line.append(" ")
-            line.append(safe(item.message))
-            out.print(line, soft_wrap=True)
-    out.print(_summary(report), soft_wrap=True)
+            line = Styled(safe(f"{f.path}:{item.layer}: ")).append(item.code, "bold").append(" ")
+            line.append(f"[{item.severity}]", STYLE[item.severity]).append(" " + safe(item.message))
+            out.print(line, wrap=False)
+    out.print(_summary(report), wrap=False)
 
 
 def render(report: CheckReport, fmt: str, as_json: bool) -> None:
     """Print the report in the chosen form; load failures also go to stderr, one line each."""
     errors(report)
     if as_json:
-        sys.stdout.write(to_json(report) + "\n")
+        write_document(to_json(report))
     elif fmt == "concise":
         render_concise(report)
     else:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
-from bninspect.render.common import console
+from bninspect.render.common import Column, Out, Styled, table, write_document
 from bninspect.render.jsondoc import dumps
 from bninspect.rules import Rule
 
-# rich is imported only by the functions that draw: `rules --json` never loads it.
+# rich is imported only where the output is a terminal (render.common.Out).
 
 SCHEMA = "bninspect.rules/1"
 # One colour per severity, for the rule table and check's findings alike.
@@ -26,43 +24,34 @@ def to_json(rules: list[Rule]) -> str:
     return dumps(SCHEMA, {"rules": [as_data(r) for r in rules]})
 
 
+_COLUMNS = tuple(Column(h, wrap=True) for h in ("code", "severity", "family", "name", "title"))
+
+
 def render_table(rules: list[Rule]) -> None:
     """One row per rule: code, default severity, family, name, title."""
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(header_style="bold", pad_edge=False)
-    for col in ("code", "severity", "family", "name", "title"):
-        table.add_column(col, overflow="fold")
-    for r in rules:
-        table.add_row(r.code, Text(r.severity, style=STYLE[r.severity]), r.family, r.name, r.title)
-    out = console()
-    out.print(table)
-    out.print(Text("Details: bninspect rules CODE. Select with check --select/--ignore (codes or prefixes such as BN1).", style="dim"))
+    out = Out()
+    rows = [(r.code, Styled(r.severity, STYLE[r.severity]), r.family, r.name, r.title) for r in rules]
+    out.print(table(_COLUMNS, rows, width=out.width), wrap=False)
+    out.print(Styled("Details: bninspect rules CODE. Select with check --select/--ignore (codes or prefixes such as BN1).",
+                     "dim"))
 
 
 def render_rule(rule: Rule) -> None:
     """One rule's full documentation (what, why, example, fix), as written next to its code."""
-    from rich.text import Text
-
-    out = console()
-    head = Text(f"{rule.code} ", style="bold")
-    head.append(f"({rule.name}) ")
-    head.append(rule.severity, style=STYLE[rule.severity])
+    out = Out()
+    head = Styled(f"{rule.code} ({rule.name}) ").append(rule.severity, STYLE[rule.severity])
     head.append(f", {rule.family}: {rule.title}")
+    head.spans.insert(0, (0, len(head.plain), "bold"))
     out.print(head)
     out.print()
     for line in rule.doc.splitlines():
-        if line.startswith("## "):
-            out.print(Text(line[3:], style="bold"))
-        else:
-            out.print(Text(line))
+        out.print(Styled(line[3:], "bold") if line.startswith("## ") else line)
 
 
 def render(rules: list[Rule], one: bool, as_json: bool) -> None:
     """The table, one rule's text, or JSON."""
     if as_json:
-        sys.stdout.write(to_json(rules) + "\n")
+        write_document(to_json(rules))
     elif one:
         render_rule(rules[0])
     else:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from bninspect.render.common import Column, console, markup, num, print_table, safe, table, text
+from bninspect.render.common import Column, Out, Styled, num, safe, table
 from bninspect.render.jsondoc import dumps
 from bninspect.services.show import LayerSummary, ShowResult
 
-if TYPE_CHECKING:
-    from rich.text import Text
-
-# rich is imported only by the functions that draw: `show --json` never loads it.
+# rich is imported only where the output is a terminal (render.common.Out): `show --json` and
+# `show` into a pipe never load it.
 
 SCHEMA = "bninspect.show/1"
 _SHORT = {"weight": "γ", "bias": "β", "running_mean": "μ", "running_var": "σ²", "num_batches_tracked": "n"}
@@ -42,56 +38,54 @@ def _tensors_cell(layer: LayerSummary) -> tuple[str, str]:
     return (" ".join(names) if names else "none"), "/".join(dtypes) or "—"
 
 
-def _header(result: ShowResult) -> list[str]:
-    lines = [f"[bold]{markup(result.file)}[/]  {markup(result.format_name)}"]
+def _header(result: ShowResult) -> list[Styled | str]:
+    lines: list[Styled | str] = [Styled(safe(result.file), "bold").append(f"  {safe(result.format_name)}")]
     if result.container:
-        alt = f" (also: {', '.join(markup(a) for a in result.alternatives)}; pick one with --key)" if result.alternatives else ""
-        lines.append(f"state dict: {markup(result.container)}{alt}")
+        alt = f" (also: {', '.join(safe(a) for a in result.alternatives)}; pick one with --key)" if result.alternatives else ""
+        lines.append(f"state dict: {safe(result.container)}{alt}")
     elif result.alternatives:
-        lines.append(f"other state dicts: {', '.join(markup(a) for a in result.alternatives)} (pick one with --key)")
+        lines.append(f"other state dicts: {', '.join(safe(a) for a in result.alternatives)} (pick one with --key)")
     if result.prefix:
-        lines.append(f"wrapper prefix '{markup(result.prefix)}' stripped from names (JSON keeps the original keys)")
+        lines.append(f"wrapper prefix '{safe(result.prefix)}' stripped from names (JSON keeps the original keys)")
     if result.eps_note:
-        lines.append(markup(result.eps_note))
-    lines.extend(markup(n) for n in result.notes)
+        lines.append(safe(result.eps_note))
+    lines.extend(safe(n) for n in result.notes)
     return lines
 
 
-_COLUMNS = (Column("layer", fold=True), Column("kind"), Column("C", "right"), Column("tensors"), Column("dtype"),
+_COLUMNS = (Column("layer", wrap=True), Column("kind"), Column("C", "right"), Column("tensors"), Column("dtype"),
             Column("batches", "right"), Column("running_mean", "right"), Column("running_var", "right"),
-            Column("|γ| min", "right"), Column("producer", fold=True))
+            Column("|γ| min", "right"), Column("producer", wrap=True))
 _CHANNEL_COLUMNS = (*(Column(h, "right") for h in ("i", "γ weight", "β bias", "μ running_mean", "σ² running_var",
-                                                  "scale γ/√(σ²+ε)", "shift β−μ·scale")), Column("fed by", fold=True))
+                                                  "scale γ/√(σ²+ε)", "shift β−μ·scale")), Column("fed by", wrap=True))
 
 
-def _table(result: ShowResult, width: int) -> Text:
-    from rich.text import Text
-
+def _table(result: ShowResult, width: int) -> Styled:
     rows = []
     for layer in result.layers:
         s = layer.stats
         mean = f"{num(s.running_mean_min, 3)}…{num(s.running_mean_max, 3)}" if s.running_mean_min is not None else "—"
         var = f"{num(s.running_var_min, 3)}…{num(s.running_var_max, 3)}" if s.running_var_min is not None else "—"
-        prod = (Text(safe(layer.producer.name)) + Text(f" ({layer.producer.kind})", style="dim")
-                if layer.producer else Text("none matched", style="dim"))
+        prod = (Styled(safe(layer.producer.name)).append(f" ({layer.producer.kind})", "dim")
+                if layer.producer else Styled("none matched", "dim"))
         kind = layer.kind + ("*" if layer.kind_source == "producer" else "") + (" train" if layer.training else "")
         names, dtypes = _tensors_cell(layer)
-        rows.append((text(layer.name, "cyan"), safe(kind), str(layer.channels), names, dtypes,
+        rows.append((Styled(safe(layer.name), "cyan"), safe(kind), str(layer.channels), names, dtypes,
                      "—" if layer.num_batches_tracked is None else str(layer.num_batches_tracked),
                      mean, var, num(s.weight_abs_min, 3), prod))
     return table(_COLUMNS, rows, width=width)
 
 
-def _channel_table(layer: LayerSummary, width: int) -> Text:
+def _channel_table(layer: LayerSummary, width: int) -> Styled:
     rows = [(str(r.index), num(r.weight), num(r.bias), num(r.running_mean), num(r.running_var),
              num(r.scale), num(r.shift), safe(r.producer_channel or "—")) for r in layer.per_channel or []]
     return table(_CHANNEL_COLUMNS, rows, width=width,
-                 title=text(f"{layer.name}: entry i of each tensor belongs to channel i"))
+                 title=Styled(safe(f"{layer.name}: entry i of each tensor belongs to channel i")))
 
 
 def render(result: ShowResult) -> None:
     """Print the header, the layer table (or the no-BatchNorm answer), per-channel tables and a footer."""
-    out = console()
+    out = Out()
     for line in _header(result):
         out.print(line)
     if not result.layers and not result.possible:
@@ -99,18 +93,19 @@ def render(result: ShowResult) -> None:
         out.print(f"No BatchNorm layers in this file ({others or 'no normalization layers'}; 0 BatchNorm).")
         return
     if result.layers:
-        print_table(out, _table(result, out.width))
+        out.print(_table(result, out.width), wrap=False)
     if any(l.kind_source == "producer" for l in result.layers):
-        out.print("[dim]* kind inferred from the producer's weight rank (a state dict does not name module classes)[/]")
+        out.print(Styled("* kind inferred from the producer's weight rank (a state dict does not name module classes)", "dim"))
     if result.layers:
-        out.print("[dim]tensors: γ weight, β bias, μ running_mean, σ² running_var, n num_batches_tracked (shape [C] unless shown)[/]")
+        out.print(Styled("tensors: γ weight, β bias, μ running_mean, σ² running_var, n num_batches_tracked (shape [C] unless shown)",
+                         "dim"))
     for layer in result.layers:
         if layer.per_channel is not None:
-            print_table(out, _channel_table(layer, out.width))
+            out.print(_channel_table(layer, out.width), wrap=False)
     if result.possible:
-        out.print(f"[bold]Possible BatchNorm with track_running_stats=False[/] ({len(result.possible)}):")
+        out.print(Styled("Possible BatchNorm with track_running_stats=False", "bold").append(f" ({len(result.possible)}):"))
         for p in result.possible:
-            out.print(f"  {markup(p.name)}: {markup(p.evidence)}")
+            out.print(f"  {safe(p.name)}: {safe(p.evidence)}")
     footer = (f"{result.total_layers} BatchNorm layers, {result.total_channels} channels, "
               f"{result.total_parameters} parameters (γ, β), {result.total_buffer_values} buffer values")
     if result.omitted:

@@ -1,15 +1,19 @@
-"""render.common.table: the hand-laid tables of `show` (rich's Table took 190 ms for 155 rows)."""
+"""render.common: the hand-laid tables of `show` and `check` (rich's Table took 190 ms for 155
+rows), and output that needs rich only on a terminal."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from rich.cells import cell_len
-from rich.text import Text
 
-from bninspect.render.common import Column, table
+from bninspect.render.common import Column, Styled, _wrap, table
+from tests.conftest import SAMPLES, run_cli
 
-COLUMNS = (Column("layer", fold=True), Column("C", "right"), Column("producer", fold=True))
-ROWS = [(Text("layer4.2.bn3", style="cyan"), "2048", "layer4.2.conv3 (conv 1×1)"),
-        (Text("bn1", style="cyan"), "64", "conv1 (conv 7×7 stride 2)")]
+COLUMNS = (Column("layer", wrap=True), Column("C", "right"), Column("producer", wrap=True))
+ROWS = [(Styled("layer4.2.bn3", "cyan"), "2048", "layer4.2.conv3 (conv 1×1)"),
+        (Styled("bn1", "cyan"), "64", "conv1 (conv 7×7 stride 2)")]
 
 
 def cells(line: str) -> list[str]:
@@ -30,20 +34,64 @@ def test_rows_are_aligned_and_numbers_right_justified():
 
 def test_styles_cover_exactly_their_cells():
     drawn = table(COLUMNS, ROWS, width=200)
-    styled = {drawn.plain[s.start:s.end]: str(s.style) for s in drawn.spans}
+    styled = {drawn.plain[a:b]: style for a, b, style in drawn.spans}
     assert styled["layer4.2.bn3"] == "cyan" and styled["bn1"] == "cyan"
     assert styled["layer"] == "bold" and styled["producer"] == "bold"
 
 
-def test_names_fold_to_fit_a_narrow_terminal_and_lose_nothing():
-    drawn = table(COLUMNS, ROWS, width=36)
+def test_long_cells_wrap_between_words_to_fit_a_narrow_terminal_and_lose_nothing():
+    drawn = table(COLUMNS, ROWS, width=40)
     lines = drawn.plain.split("\n")
-    assert all(cell_len(line) <= 36 for line in lines)
+    assert all(cell_len(line) <= 40 for line in lines)
     body = [cells(line) for line in lines[3:-1]]
-    assert "".join(row[2] for row in body[:len(body) // 2]).replace(" ", "") == "layer4.2.conv3(conv1×1)"
-    assert any(row[0] == "" for row in body)  # a folded row continues under an empty name cell
+    assert [row[2] for row in body[:2]] == ["layer4.2.conv3", "(conv 1×1)"]  # broken at a space
+    assert body[1][0] == ""  # a wrapped row continues under an empty name cell
+    narrow = [cells(line) for line in table(COLUMNS, ROWS, width=30).plain.split("\n")[3:-1]]
+    assert "".join(row[2] for row in narrow[:3]).replace(" ", "") == "layer4.2.conv3(conv1×1)"  # a long word is cut
+
+
+def test_cells_keep_their_own_lines():
+    drawn = table((Column("code"), Column("finding / fix", wrap=True)),
+                  [("BN105", Styled("running_var is 0").append("\nfix: recompute", "dim"))], width=80)
+    body = [cells(line) for line in drawn.plain.split("\n")[3:-1]]
+    assert body == [["BN105", "running_var is 0"], ["", "fix: recompute"]]
+    assert {drawn.plain[a:b] for a, b, style in drawn.spans if style == "dim"} == {"fix: recompute"}
 
 
 def test_a_title_goes_above_the_box():
-    drawn = table(COLUMNS[:2], [("a", "1")], width=80, title=Text("bn1: entry i of each tensor belongs to channel i"))
+    drawn = table(COLUMNS[:2], [("a", "1")], width=80, title=Styled("bn1: entry i of each tensor belongs to channel i"))
     assert drawn.plain.split("\n")[0] == "bn1: entry i of each tensor belongs to channel i"
+
+
+@pytest.mark.parametrize("text", ["aaa bbb ccc", "a" * 25 + " b", "  lead and trailing  ", "x" * 7,
+                                  "wide 漢字漢字漢字 words", "one\ntwo three four", "fix: prune these channels"])
+@pytest.mark.parametrize("width", [3, 7, 10])
+def test_lines_break_where_rich_breaks_them(text, width):
+    from rich.text import Text
+
+    ours = [text[a:b] for a, b in _wrap(text, width)]
+    theirs = [line.plain for line in Text(text).wrap(_console(width), width, overflow="fold")]
+    assert [s.rstrip() for s in ours] == [s.rstrip() for s in theirs]
+
+
+def _console(width: int):
+    from rich.console import Console
+
+    return Console(width=width)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.parametrize("args", [("show", "resnet_tiny_lightning.ckpt"), ("show", "mobilenet_v1_tiny.pt", "--channels"),
+                                  ("check", "faulty"), ("check", "faulty", "--format", "concise")],
+                         ids=["show", "channels", "check", "concise"])
+@pytest.mark.parametrize("columns", ["200", "70", "40"])
+def test_a_pipe_gets_the_terminal_text_without_styles(args, columns):
+    """Off a terminal the text is written without rich; on one (TTY_COMPATIBLE=1, what rich
+    honours) rich styles it. Without the styles both are the same characters."""
+    argv = (args[0], str(SAMPLES / args[1]), *args[2:])
+    plain = run_cli(*argv, env={"COLUMNS": columns})
+    styled = run_cli(*argv, env={"COLUMNS": columns, "TTY_COMPATIBLE": "1"})
+    assert plain.code == styled.code and "\x1b[" not in plain.out and "\x1b[" in styled.out
+    assert plain.out == _ANSI.sub("", styled.out)

@@ -193,7 +193,7 @@ def test_a_dead_job_fails_its_files_not_the_run(tmp_path, monkeypatch):
     a, b = report.files
     assert not a.error and [x.code for x in a.findings] == ["BN105"]
     assert b.error == f"{tmp_path / 'b.pt'}: the process checking this file stopped (signal 9); rerun with --jobs 1"
-    assert b.exit_code == 4 and report.exit_code == 4
+    assert b.exit_code == 4 and report.exit_code == 1  # one file failed among others
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the children are forked")
