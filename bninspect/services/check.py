@@ -266,51 +266,73 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
 def _in_processes(files: list[str], opts: CheckOptions, jobs: int) -> list[FileResult]:
     """Check ``files`` in ``jobs`` processes: this one and ``jobs - 1`` forked children.
 
-    Child k checks files k, k + jobs, k + 2·jobs, ... and sends its results back pickled
-    through a pipe; this process checks its own share meanwhile. Forked children start in
-    about a millisecond with every module already imported, and nothing travels per file:
-    a process pool (its import, a feeder thread, a message per file and per result) got 1.5x
-    on the benchmark folder's work from 1 to 2 jobs on 2 cores. The split is fixed, not a
-    queue: a check reads a file's BN tensors, not the file, so files of one folder take
-    similar time, and nothing has to coordinate. Without ``os.fork`` (Windows) a process
-    pool does the same work.
+    Every process takes the next file's index from a shared pipe (4 bytes each, so each read
+    takes one whole index) until the pipe is empty; a child then sends its results back
+    pickled through a pipe of its own. Forked children start in about a millisecond with every
+    module imported, and only one message per child travels back. A process pool (its
+    import, a feeder thread, a message per file and per result) got 1.54x on the benchmark
+    folder's work from 1 to 2 jobs on 2 cores; a fixed split of the files was worse where a
+    folder alternates .safetensors and .pt (one process got all the slower .pt files).
+    Without ``os.fork`` (Windows) a process pool does the work.
     """
     if not hasattr(os, "fork"):
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             return list(pool.map(check_file, files, [opts] * len(files)))
-    children: dict[int, tuple[int, int]] = {}  # pid → (its share, the read end of its pipe)
+    queue_read, queue_write = os.pipe()
+    children: dict[int, int] = {}  # pid → the read end of the pipe its results come back through
     try:
-        for share in range(1, jobs):
+        for _ in range(jobs - 1):
             read_end, write_end = os.pipe()
             pid = os.fork()
             if pid == 0:
-                _child(files[share::jobs], opts, read_end, write_end)
+                os.close(queue_write)  # else the queue never ends for this child
+                _child(files, opts, queue_read, read_end, write_end)
             os.close(write_end)
-            children[pid] = (share, read_end)
-        results: list[Any] = [None] * len(files)
-        results[::jobs] = [check_file(f, opts) for f in files[::jobs]]
-        for pid, (share, read_end) in list(children.items()):
+            children[pid] = read_end
+        with os.fdopen(queue_write, "wb") as queue:  # blocks while the children take indices
+            queue_write = -1
+            queue.write(b"".join(i.to_bytes(4, "little") for i in range(len(files))))
+        results = _take(files, opts, queue_read)
+        stopped = None
+        for pid, read_end in list(children.items()):
             del children[pid]
-            results[share::jobs] = _collect(pid, read_end, files[share::jobs])
-        return results
+            theirs, why = _collect(pid, read_end)
+            results.update(theirs)
+            stopped = stopped or why
+        return [results[i] if i in results else
+                FileResult(path=f, error=f"{f}: the process checking this file stopped ({stopped}); rerun with --jobs 1",
+                           exit_code=InvalidFileError.exit_code) for i, f in enumerate(files)]
     finally:  # an error or Ctrl-C in this process: leave no child behind
-        for pid, (_, read_end) in children.items():
+        os.close(queue_read)
+        if queue_write >= 0:
+            os.close(queue_write)
+        for pid, read_end in children.items():
             os.close(read_end)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
 
 
-def _child(files: list[str], opts: CheckOptions, read_end: int, write_end: int) -> NoReturn:
-    """A forked child: check ``files``, write the results (or --debug's error) to the pipe, exit."""
+def _take(files: list[str], opts: CheckOptions, queue: int) -> dict[int, FileResult]:
+    """Check the files whose indices this process reads from the queue, until it is empty."""
+    done: dict[int, FileResult] = {}
+    while index := os.read(queue, 4):
+        i = int.from_bytes(index, "little")
+        done[i] = check_file(files[i], opts)
+    return done
+
+
+def _child(files: list[str], opts: CheckOptions, queue: int, read_end: int, write_end: int) -> NoReturn:
+    """A forked child: check files from the queue, write the results (or --debug's error) to
+    its pipe, exit."""
     import pickle
 
     code = 1
     try:
         os.close(read_end)
         try:
-            payload: object = [check_file(f, opts) for f in files]
+            payload: object = _take(files, opts, queue)
         except Exception as exc:  # only with --debug does a file's error get out of check_file
             payload = exc
         with os.fdopen(write_end, "wb") as pipe:
@@ -320,8 +342,8 @@ def _child(files: list[str], opts: CheckOptions, read_end: int, write_end: int) 
         os._exit(code)  # no atexit handlers, no flush of output buffers inherited from the parent
 
 
-def _collect(pid: int, read_end: int, files: list[str]) -> list[FileResult]:
-    """A child's results; each of its files as failed, named, if the child died before sending them."""
+def _collect(pid: int, read_end: int) -> tuple[dict[int, FileResult], str | None]:
+    """A child's results by file index, and why it stopped if it died before sending them."""
     import pickle
 
     with os.fdopen(read_end, "rb") as pipe:
@@ -335,10 +357,8 @@ def _collect(pid: int, read_end: int, files: list[str]) -> list[FileResult]:
         raise payload
     if payload is None:  # killed (out of memory, a signal) or failed to send
         code = os.waitstatus_to_exitcode(status)
-        why = f"signal {-code}" if code < 0 else f"exit status {code}"
-        return [FileResult(path=f, error=f"{f}: the process checking this file stopped ({why}); rerun with --jobs 1",
-                           exit_code=InvalidFileError.exit_code) for f in files]
-    return payload
+        return {}, f"signal {-code}" if code < 0 else f"exit status {code}"
+    return payload, None
 
 
 def run_check(paths: list[str], opts: CheckOptions) -> CheckReport:

@@ -156,27 +156,29 @@ def test_jobs_give_the_same_report(tmp_path):
     assert one.code == two.code == 1 and json.loads(one.out) == json.loads(two.out)
 
 
-def test_jobs_split_files_over_processes_in_order(tmp_path):
-    """Three jobs over five files: every file is checked once, by a process of its own share, and
-    the report keeps the folder's order."""
-    for i in range(5):
-        shutil.copy(FAULTY / "zero_var.pt", tmp_path / f"m{i}.pt")
+def _copies(folder: Path, n: int) -> list[str]:
+    for i in range(n):
+        shutil.copy(FAULTY / "zero_var.pt", folder / f"m{i}.pt")
+    return [f"m{i}.pt" for i in range(n)]
+
+
+def test_jobs_share_files_over_processes_in_order(tmp_path):
+    """Three jobs over five files: every file is checked once and the report keeps the folder's order."""
+    names = _copies(tmp_path, 5)
     report = run_check([str(tmp_path)], CheckOptions(jobs=3))
-    assert [Path(f.path).name for f in report.files] == [f"m{i}.pt" for i in range(5)]
+    assert [Path(f.path).name for f in report.files] == names
     assert all([x.code for x in f.findings] == ["BN105"] and not f.error for f in report.files)
 
 
-def _dies_on(name: str):
-    """A check_file that kills its own process on the file called ``name`` (as the OOM killer would)."""
-    import signal
-
+def _in_a_child(action):
+    """A check_file that does ``action`` in a forked --jobs child and checks normally here."""
     from bninspect.services import check
 
-    real = check.check_file
+    real, parent = check.check_file, os.getpid()
 
     def check_file(path: str, opts: CheckOptions):
-        if Path(path).name == name:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if os.getpid() != parent:
+            action()
         return real(path, opts)
 
     return check_file
@@ -184,35 +186,32 @@ def _dies_on(name: str):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the children are forked")
 def test_a_dead_job_fails_its_files_not_the_run(tmp_path, monkeypatch):
-    """A child process killed mid-run (out of memory): its files are reported as not checked,
-    with the signal and what to do; the parent's files are checked as usual."""
-    for name in ("a.pt", "b.pt"):
-        shutil.copy(FAULTY / "zero_var.pt", tmp_path / name)
-    monkeypatch.setattr("bninspect.services.check.check_file", _dies_on("b.pt"))  # b.pt is the child's share
+    """A child process killed mid-run (out of memory): the file it held is reported as not
+    checked, with the signal and what to do; the files this process took are checked as usual."""
+    import signal
+
+    names = _copies(tmp_path, 6)
+    monkeypatch.setattr("bninspect.services.check.check_file",
+                        _in_a_child(lambda: os.kill(os.getpid(), signal.SIGKILL)))
     report = run_check([str(tmp_path)], CheckOptions(jobs=2))
-    a, b = report.files
-    assert not a.error and [x.code for x in a.findings] == ["BN105"]
-    assert b.error == f"{tmp_path / 'b.pt'}: the process checking this file stopped (signal 9); rerun with --jobs 1"
-    assert b.exit_code == 4 and report.exit_code == 1  # one file failed among others
+    assert [Path(f.path).name for f in report.files] == names
+    failed = [f for f in report.files if f.error]
+    assert len(failed) == 1  # the child died on the first file it took
+    assert failed[0].error == f"{failed[0].path}: the process checking this file stopped (signal 9); rerun with --jobs 1"
+    assert failed[0].exit_code == 4 and report.exit_code == 1  # one file failed among others
+    assert all([x.code for x in f.findings] == ["BN105"] for f in report.files if not f.error)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the children are forked")
 def test_debug_error_in_a_job_reaches_the_parent(tmp_path, monkeypatch):
     """With --debug a file's unexpected error is raised (for its traceback), from a child too."""
-    for name in ("a.pt", "b.pt"):
-        shutil.copy(FAULTY / "zero_var.pt", tmp_path / name)
+    _copies(tmp_path, 6)
 
-    from bninspect.services import check
+    def bug():
+        raise RuntimeError("rule bug in a child")
 
-    real = check.check_file
-
-    def broken(path: str, opts: CheckOptions):
-        if Path(path).name == "b.pt":  # the child's share
-            raise RuntimeError("rule bug on b.pt")
-        return real(path, opts)
-
-    monkeypatch.setattr("bninspect.services.check.check_file", broken)
-    with pytest.raises(RuntimeError, match="rule bug on b.pt"):
+    monkeypatch.setattr("bninspect.services.check.check_file", _in_a_child(bug))
+    with pytest.raises(RuntimeError, match="rule bug in a child"):
         run_check([str(tmp_path)], CheckOptions(jobs=2, debug=True))
 
 
