@@ -32,6 +32,14 @@ def test_unknown_command_and_option_are_one_line_usage_errors(cli):
     assert_one_line_error(cli("show", str(SAMPLES / "resnet_tiny.pt"), "--bogus"), 2, "--bogus")
 
 
+def test_a_misspelt_command_gets_a_suggestion_and_a_command_its_own_help(cli):
+    """A run builds only the command it names (cli._app_for); the others still count for
+    suggestions, and a command's help and usage name the program and the command."""
+    assert_one_line_error(cli("shw", "x.pt"), 2, "No such command 'shw'. Did you mean 'show'?")
+    assert cli("show", "--help").out.startswith("Usage: bninspect show [OPTIONS]")
+    assert_one_line_error(cli("show"), 2, "Missing argument 'CKPT'")
+
+
 def test_option_values_are_converted_and_bad_ones_are_usage_errors(cli):
     """Values are converted by cli._plain_conversions, not typer's pydantic adapters: a number
     that is not one is exit 2 naming the option, and good values reach the command."""
