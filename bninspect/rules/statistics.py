@@ -351,6 +351,19 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x)
 
 
+def max_abs_robust_z(x: np.ndarray) -> float:
+    """The largest |robust_z(x)|, from the largest deviation alone: dividing by a positive
+    scale (and rounding) keeps the order, so this is exactly robust_z's maximum, without
+    building z for a layer that has no outlier (almost every layer)."""
+    med = _median(x)
+    dev = abs(x - med)
+    mad = _median(dev)
+    if mad > 0:
+        return float(0.6745 * dev.max() / mad)
+    mean_ad = dev.mean()
+    return float(dev.max() / (1.253314 * mean_ad)) if mean_ad > 0 else 0.0
+
+
 @rule("BN108", "outlier-channels", "info", "running statistics far from the layer's other channels")
 def outlier_channels(layer: BNLayer, ctx: Context):
     """
@@ -383,19 +396,25 @@ def outlier_channels(layer: BNLayer, ctx: Context):
     flagged: dict[int, float] = {}
     evidence: dict[str, float] = {}
     usable_var = np.isfinite(var) & (var > FLOAT32_TINY)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    all_usable = bool(usable_var.all())
+    if all_usable:
         log_var = np.log(var)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_var = np.log(var)
     for name, values, ok in (("running_mean", mean, np.isfinite(mean)), ("log_running_var", log_var, usable_var)):
+        whole = all_usable if ok is usable_var else bool(ok.all())
+        kept = values if whole else values[ok]
+        if kept.size < MIN_CHANNELS_FOR_OUTLIERS or not max_abs_robust_z(kept) > ctx.thresholds.outlier_z:
+            continue  # the common case: nothing to report
         idx = np.flatnonzero(ok)
-        if idx.size < MIN_CHANNELS_FOR_OUTLIERS:
-            continue
-        z = robust_z(values[idx])
+        z = robust_z(kept)
         hits = np.abs(z) > ctx.thresholds.outlier_z
         for i, score in zip(idx[hits], z[hits]):
             flagged[int(i)] = max(flagged.get(int(i), 0.0), abs(float(score)))
         if hits.any():
             evidence[f"{name}_max_z"] = sig(np.abs(z).max())
-            evidence[f"{name}_median"] = sig(np.median(values[idx]))
+            evidence[f"{name}_median"] = sig(np.median(kept))
     if not flagged:
         return
     channels = sorted(flagged)

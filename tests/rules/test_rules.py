@@ -13,7 +13,7 @@ from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Producer
 from bninspect.rules import RULES, Context, Thresholds, find_rule, run_rules, select_rules
 from bninspect.rules.deployment import channel_change_bound, eps_sensitivity
-from bninspect.rules.statistics import robust_z
+from bninspect.rules.statistics import max_abs_robust_z, robust_z
 
 C = 16
 
@@ -176,6 +176,19 @@ def test_bn108_outliers_robust_z():
     var = np.exp(np.random.default_rng(1).normal(0, 1, 64))
     assert run(layer(mean=np.zeros(64) + 0.1, var=var, weight=np.ones(64), bias=np.zeros(64)), codes=["BN108"]) == []
     assert robust_z(np.ones(10)).tolist() == [0.0] * 10
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(40))
+def test_bn108_gate_is_exactly_the_largest_z(seed, dtype):
+    """BN108 skips a layer when max_abs_robust_z is within the threshold; that number must be
+    robust_z's own maximum, to the last bit (MAD > 0, MAD = 0, constant values)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 3000))
+    kind = seed % 4
+    x = {0: rng.normal(0, 1, n), 1: np.exp(rng.normal(-1, 2, n)), 2: np.where(rng.random(n) < 0.7, 0.25, rng.normal(0, 5, n)),
+         3: np.full(n, 0.5)}[kind].astype(dtype)
+    assert max_abs_robust_z(x) == float(np.abs(robust_z(x)).max())
 
 
 # ── mode ──
