@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
+from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, natural_key
 from bninspect.formats import open_checkpoint
 from bninspect.layers import discover
 from tests.conftest import SAMPLES
@@ -153,3 +153,13 @@ def test_unusual_numeric_names_sort_without_crashing(tmp_path):
               str(tmp_path / "odd.safetensors"))
     d = discover(open_checkpoint(str(tmp_path / "odd.safetensors")))
     assert [l.name for l in d.layers] == ["a.9", "a.10", names[1], "a.²"]
+
+
+def test_names_are_listed_in_natural_order():
+    """Numbers sort by value ("2" before "10", "007" as 7), numbers before names, a module
+    before its children, component by component (a safetensors file keeps no module order)."""
+    names = ["features.10.bn", "features.2.bn.weight", "features.2", "features.2.bn", "features.2a", "layer1.10",
+             "layer1.007", "layer1.8", "bn10", "bn2", "bn", "b", "features", "features.2.bn.bias", "x.²"]
+    assert sorted(names, key=natural_key) == [
+        "b", "bn", "bn10", "bn2", "features", "features.2", "features.2.bn", "features.2.bn.bias",
+        "features.2.bn.weight", "features.10.bn", "features.2a", "layer1.007", "layer1.8", "layer1.10", "x.²"]
