@@ -195,8 +195,8 @@ def torch_imported(args: list[str]) -> bool | None:
     return None
 
 
-def run_bench(b: Bench, runs: int | None, cold: bool, log) -> Result:
-    """Warm runs (after one unmeasured warm-up), then cold runs if asked and permitted."""
+def prepare(b: Bench) -> Result:
+    """Whether the benchmark can run (command, files), then one unmeasured warm-up run."""
     r = Result(b)
     if b.needs is not None and not available(b.needs):
         r.status = "not available"
@@ -205,22 +205,41 @@ def run_bench(b: Bench, runs: int | None, cold: bool, log) -> Result:
     if missing:
         r.status = f"missing file {missing[0].name} (run make_files.py)"
         return r
-    n = runs or b.runs
     wall, cpu, rss, read, rc, tail = measure(b.argv)  # warm-up: loads the page cache, writes .pyc files
     if rc not in b.ok_codes:
         r.status = f"failed: rc={rc} {tail}"
-        return r
-    for _ in range(n):
-        wall, cpu, rss, read, rc, tail = measure(b.argv)
-        if rc not in b.ok_codes:  # a file being edited mid-run: no number from a broken run
-            r.status = f"failed: rc={rc} {tail}"
-            return r
-        r.wall.append(wall)
-        r.cpu.append(cpu)
-        r.rss.append(rss)
-        r.read.append(read)
+    return r
+
+
+def run_warm(results: list[Result], runs: int | None) -> None:
+    """The warm runs, in rounds: each round runs every benchmark once, in table order.
+
+    On a shared machine other jobs come and go: five runs of one command in a row can all
+    land in a busy minute, and a ratio of two commands measured minutes apart says as much
+    about the minutes as about the commands. Rounds spread that noise over every row (as
+    ab.py does for a few commands)."""
+    for k in range(max((runs or r.bench.runs for r in results), default=0)):
+        for r in results:
+            if r.status != "ok" or k >= (runs or r.bench.runs):
+                continue
+            wall, cpu, rss, read, rc, tail = measure(r.bench.argv)
+            if rc not in r.bench.ok_codes:  # a file being edited mid-run: no number from a broken run
+                r.status = f"failed: rc={rc} {tail}"
+                continue
+            r.wall.append(wall)
+            r.cpu.append(cpu)
+            r.rss.append(rss)
+            r.read.append(read)
+
+
+def finish(r: Result, runs: int | None, cold: bool, log) -> None:
+    """Cold runs if asked and permitted, whether torch got imported, and the log line."""
+    b = r.bench
+    if r.status != "ok":
+        log(f"  {b.name:<44} {r.status}")
+        return
     if cold and b.cold:
-        for _ in range(min(n, 3)):
+        for _ in range(min(runs or b.runs, 3)):
             if not drop_caches():
                 break
             wall, cpu, rss, read, rc, tail = measure(b.argv)
@@ -230,7 +249,6 @@ def run_bench(b: Bench, runs: int | None, cold: bool, log) -> Result:
     if b.needs is not None and b.argv[:len(BNI)] == BNI:
         r.torch_imported = torch_imported(b.argv[len(BNI):])
     log(f"  {b.name:<44} {fmt_s(r.med('wall')):>8} cpu {fmt_s(r.med('cpu')):>8} {fmt_mib(r.med('rss')):>10}  cold {fmt_s(r.med('cold_wall')):>8}")
-    return r
 
 
 def fmt_s(x: float | None) -> str:
@@ -264,7 +282,9 @@ def benches() -> list[Bench]:
     for n in (100, 1000, 10000):
         for ext in ("safetensors", "pt"):
             f = DATA / f"layers_{n}.{ext}"
-            runs = 3 if n == 10000 else 5  # 10k takes seconds per run: 3 runs keep the whole run under 15 min
+            # 10k takes seconds per run: 3 runs keep the whole run under 15 min. The 100- and
+            # 1,000-layer runs stand for the fixed cost the linearity check subtracts: 7 of each.
+            runs = 3 if n == 10000 else 7
             b.append(Bench(f"bninspect show --json {n} layers {ext}", BNI + ["show", "--json", str(f)], needs="show", runs=runs, files=(f,)))
             b.append(Bench(f"bninspect check {n} layers {ext}", BNI + ["check", str(f)], needs="check", runs=runs, ok_codes=(0, 1), files=(f,)))
     for ext in ("safetensors", "pt"):
@@ -514,13 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     selected = [b for b in benches() if (not args.only or any(o in b.name for o in args.only)) and not (args.quick and b.slow)]
-    results = {}
-    for b in selected:
-        results[b.name] = run_bench(b, runs, cold, log)
+    log(f"warm-up of {len(selected)} benchmarks, then warm runs in rounds (every benchmark once per round)")
+    results = {b.name: prepare(b) for b in selected}
+    run_warm(list(results.values()), runs)
+    for r in results.values():
+        finish(r, runs, cold, log)
     for b in benches():  # goals look every benchmark up; the unselected ones read "not measured"
         results.setdefault(b.name, Result(b, status="not measured"))
     verify_text = run_verify_bench(log) if not args.only or any("verify" in o for o in args.only) else "bench_verify.py: not run (--only)"
-    warm_note = f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads, verify, --jobs and the 10k-layer files)"
+    warm_note = (f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads, verify, --jobs and the 10k-layer files, "
+                 "7 for the 100- and 1,000-layer files)") + ", taken in rounds (every benchmark once per round)"
     cold_note = f"{warm_note} after one warm-up" + (", and 3 cold runs after drop_caches" if cold else "; no cold runs")
     ceiling = parallel_ceiling() if results["bninspect check DIR(50) --jobs 2"].status == "ok" else None
     goal_rows = goals(results, facts, ceiling)
