@@ -318,6 +318,8 @@ def _take(files: list[str], opts: CheckOptions, queue: int) -> dict[int, FileRes
     """Check the files whose indices this process reads from the queue, until it is empty."""
     done: dict[int, FileResult] = {}
     while index := os.read(queue, 4):
+        if len(index) != 4:  # never seen: every write and read of the queue is a multiple of 4 bytes
+            raise RuntimeError("the --jobs queue handed out part of a file index")
         i = int.from_bytes(index, "little")
         done[i] = check_file(files[i], opts)
     return done
