@@ -173,3 +173,27 @@ def test_names_with_markup_and_escapes_are_printed_literally(cli, tmp_path):
     assert run.code == 0, run.err
     assert "[bold red]evil\\x1b[31m" in run.out
     assert "\x1b" not in run.out
+
+
+def test_loading_leaves_the_collector_on_and_the_loaded_objects_out_of_its_walks(tmp_path):
+    """open_layers pauses the cyclic collector while a load makes its objects and freezes them
+    after (a 10,000-layer .pt: 1.15 -> 1.01 s); the collector must be on again either way, and a
+    failed load must not freeze its leftovers (they may be cycles a hostile file built)."""
+    import gc
+
+    from bninspect.errors import InvalidFileError
+    from bninspect.services.common import open_layers
+
+    gc.unfreeze()
+    try:
+        before = gc.get_freeze_count()
+        assert open_layers(str(SAMPLES / "resnet_tiny.pt")).layers
+        assert gc.isenabled() and gc.get_freeze_count() > before
+        gc.unfreeze()
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+        with pytest.raises(InvalidFileError):
+            open_layers(str(bad))
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
