@@ -5,8 +5,8 @@ with ANSI escapes or newlines must not drive the terminal), and rich only ever r
 names inside ``Text`` objects or via ``markup_escape`` so ``[bold red]`` in a key is
 printed literally.
 
-`show`, `check` and `rules` print through ``Out`` with ``Styled`` text and hand-laid ``table``s,
-which need rich only when the output is a terminal: in a pipe, a log file or CI, where nothing shows
+`show`, `check`, `explain` and `rules` print through ``Out`` with ``Styled`` text and hand-laid
+``table``s, which need rich only when the output is a terminal: in a pipe, a log file or CI, where nothing shows
 styles, rich is never imported (~40 ms of a ~230 ms run, issue 8). The other renderers print
 rich tables of prose through ``console()``.
 """
@@ -122,7 +122,7 @@ class Styled:
 
 
 class Out:
-    """Where `show`, `check` and `rules` print: rich's console on a terminal, else the stream itself.
+    """Where `show`, `check`, `explain` and `rules` print: rich's console on a terminal, else the stream.
 
     Off a terminal rich would drop every style anyway; writing the characters directly gives
     the same text (long lines wrap between words where rich wraps them) without importing rich.

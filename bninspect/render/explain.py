@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-
-from bninspect.render.common import console, safe
+from bninspect.render.common import Out, Styled, safe
 from bninspect.render.jsondoc import dumps
 from bninspect.services.explain import ExplainResult
 
@@ -19,10 +17,10 @@ def to_json(result: ExplainResult) -> str:
 
 def render(result: ExplainResult) -> None:
     """Print each section as wrapped paragraphs (names from the file printed literally)."""
-    out = console()
-    out.print(Text(f"{safe(result.layer.name)} in {safe(result.file)}", style="bold"))
+    out = Out()
+    out.print(Styled(f"{safe(result.layer.name)} in {safe(result.file)}", "bold"))
     for section in result.sections:
         out.print()
-        out.print(Text(section.title, style="bold underline"))
+        out.print(Styled(section.title, "bold underline"))
         for para in section.paragraphs:
-            out.print(Text(safe(para)))
+            out.print(safe(para))

@@ -84,8 +84,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.mark.parametrize("args", [("show", "resnet_tiny_lightning.ckpt"), ("show", "mobilenet_v1_tiny.pt", "--channels"),
-                                  ("check", "faulty"), ("check", "faulty", "--format", "concise")],
-                         ids=["show", "channels", "check", "concise"])
+                                  ("check", "faulty"), ("check", "faulty", "--format", "concise"),
+                                  ("explain", "resnet_tiny.pt", "bn1", "--channel", "3")],
+                         ids=["show", "channels", "check", "concise", "explain"])
 @pytest.mark.parametrize("columns", ["200", "70", "40"])
 def test_a_pipe_gets_the_terminal_text_without_styles(args, columns):
     """Off a terminal the text is written without rich; on one (TTY_COMPATIBLE=1, what rich
