@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from bninspect import process
 from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError, OutputClosed
 
 # 128 + SIGPIPE, what a shell reports for a program whose output pipe closed early.
@@ -361,6 +362,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     # 590 ms, 167 ms at 50,000. Reference counting still frees everything that is not a cycle,
     # and a process that exits soon needs no more than that.
     gc.set_threshold(50_000, 20, 20)
+    # And what a checkpoint load made is frozen out of the collector's walks altogether
+    # (services.common.open_layers); a library caller's process is left as it is.
+    process.freeze_loaded_objects = True
     # numpy's pip wheels start an OpenBLAS thread per core at import, and those threads spin for
     # a while: +110 ms of CPU on a 2-core machine for `check` on one file, taken from the other
     # core that `check --jobs 2` needs. Our arrays are a few thousand values; numpy calls here

@@ -14,15 +14,19 @@ def open_layers(path: str, *, trust: bool = False, key: str | None = None, stric
     """Open a checkpoint safely and discover its BN layers (``eps`` overrides every layer's eps).
 
     A load makes a few objects per tensor (300,000 for a 10,000-layer .pt) that live as long
-    as the command and form no reference cycles. The cyclic collector is paused while they are
-    made and then told to leave them be (gc.freeze): it would otherwise walk them again and
-    again for nothing (`show --limit 20` on the 10,000-layer .pt: 1.15 -> 1.01 s, ab.py). A
-    load that fails is left to the collector as usual.
+    as the command and form no reference cycles. Under the CLI (``process.freeze_loaded_objects``)
+    the cyclic collector is paused while they are made and then told to leave them be
+    (gc.freeze): it would otherwise walk them again and again for nothing (`show --limit 20`
+    on the 10,000-layer .pt: 1.15 -> 1.01 s, ab.py). A load that fails is left to the
+    collector as usual.
     """
     import gc
 
+    from bninspect import process
     from bninspect.formats import open_checkpoint
 
+    if not process.freeze_loaded_objects:
+        return discover(open_checkpoint(path, trust=trust, key=key, strict=strict), eps=eps)
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -175,16 +175,22 @@ def test_names_with_markup_and_escapes_are_printed_literally(cli, tmp_path):
     assert "\x1b" not in run.out
 
 
-def test_loading_leaves_the_collector_on_and_the_loaded_objects_out_of_its_walks(tmp_path):
-    """open_layers pauses the cyclic collector while a load makes its objects and freezes them
-    after (a 10,000-layer .pt: 1.15 -> 1.01 s); the collector must be on again either way, and a
-    failed load must not freeze its leftovers (they may be cycles a hostile file built)."""
+def test_loading_leaves_the_collector_on_and_the_loaded_objects_out_of_its_walks(tmp_path, monkeypatch):
+    """Under the CLI, open_layers pauses the cyclic collector while a load makes its objects and
+    freezes them after (a 10,000-layer .pt: 1.15 -> 1.01 s); the collector must be on again
+    either way, and a failed load must not freeze its leftovers (they may be cycles a hostile
+    file built). A library caller's process is not frozen at all."""
     import gc
 
+    from bninspect import process
     from bninspect.errors import InvalidFileError
     from bninspect.services.common import open_layers
 
     gc.unfreeze()
+    monkeypatch.setattr(process, "freeze_loaded_objects", False)
+    assert open_layers(str(SAMPLES / "resnet_tiny.pt")).layers
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    monkeypatch.setattr(process, "freeze_loaded_objects", True)
     try:
         before = gc.get_freeze_count()
         assert open_layers(str(SAMPLES / "resnet_tiny.pt")).layers
