@@ -333,6 +333,20 @@ def _median(x: np.ndarray) -> float:
     return float(0.5 * (s[(n - 1) // 2] + s[n // 2]))
 
 
+def _robust_scale(x: np.ndarray) -> tuple[float, np.ndarray, float, float]:
+    """(median, |x − median|, factor, scale) with robust z = factor·(x − median)/scale; factor 0
+    when the values do not vary."""
+    med = _median(x)
+    dev = abs(x - med)
+    mad = _median(dev)
+    if mad > 0:
+        return med, dev, 0.6745, mad
+    mean_ad = dev.mean()
+    if mean_ad > 0:
+        return med, dev, 1.0, 1.253314 * mean_ad
+    return med, dev, 0.0, 1.0
+
+
 def robust_z(x: np.ndarray) -> np.ndarray:
     """Modified z-scores 0.6745·(x − median)/MAD (Iglewicz & Hoaglin, "How to Detect and Handle
     Outliers", 1993). Where the MAD is 0 (over half the values equal), the mean absolute deviation
@@ -340,28 +354,16 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     normal data. All zeros when the values do not vary."""
     import numpy as np
 
-    med = _median(x)
-    dev = np.abs(x - med)
-    mad = _median(dev)
-    if mad > 0:
-        return 0.6745 * (x - med) / mad
-    mean_ad = dev.mean()
-    if mean_ad > 0:
-        return (x - med) / (1.253314 * mean_ad)
-    return np.zeros_like(x)
+    med, _, factor, scale = _robust_scale(x)
+    return factor * (x - med) / scale if factor else np.zeros_like(x)
 
 
 def max_abs_robust_z(x: np.ndarray) -> float:
     """The largest |robust_z(x)|, from the largest deviation alone: dividing by a positive
     scale (and rounding) keeps the order, so this is exactly robust_z's maximum, without
     building z for a layer that has no outlier (almost every layer)."""
-    med = _median(x)
-    dev = abs(x - med)
-    mad = _median(dev)
-    if mad > 0:
-        return float(0.6745 * dev.max() / mad)
-    mean_ad = dev.mean()
-    return float(dev.max() / (1.253314 * mean_ad)) if mean_ad > 0 else 0.0
+    _, dev, factor, scale = _robust_scale(x)
+    return float(factor * dev.max() / scale) if factor else 0.0
 
 
 @rule("BN108", "outlier-channels", "info", "running statistics far from the layer's other channels")
