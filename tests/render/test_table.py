@@ -3,6 +3,8 @@ rows), and output that needs rich only on a terminal."""
 
 from __future__ import annotations
 
+import io
+import random
 import re
 
 import pytest
@@ -78,6 +80,53 @@ def _console(width: int):
     from rich.console import Console
 
     return Console(width=width)
+
+
+_WORDS = ["a", "bn", "layer4.2.bn3", "0.001", "σ²", "漢字", "漢字漢字漢字", "x" * 30, "—", "↔", "…",
+          "model.backbone.stage_three_with_a_long_name"]
+
+
+def _random_cell(rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) + rng.choice([" ", " ", "  ", "\n"]) for _ in range(rng.choice([0, 1, 1, 2, 3, 5, 8]))]
+    return (" " if rng.random() < 0.1 else "") + "".join(words)[:-1]
+
+
+def _drawn_by_rich(columns, rows, width, title) -> str:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    drawn = Table(header_style="bold", pad_edge=False, title=title, title_justify="left")
+    for c in columns:
+        drawn.add_column(c.header, justify=c.justify, no_wrap=not c.wrap)
+    for row in rows:
+        drawn.add_row(*map(Text, row))
+    out = io.StringIO()
+    Console(file=out, width=width, highlight=False, emoji=False, color_system=None).print(drawn)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rich_fit_lays_out_what_rich_would(seed):
+    """verify, diff and drift printed rich tables; with rich_fit their text is what rich drew at
+    any width: columns narrowed as rich narrows them, "…" where rich cuts, headers at the bottom,
+    the title wrapped and padded, lines cropped at the terminal (random tables, fixed seeds)."""
+    rng = random.Random(seed)
+    for _ in range(60):
+        n = rng.randint(1, 7)
+        columns = [Column(rng.choice(["layer", "C", "max rel. difference per tensor", "Δ if eps were"]),
+                          rng.choice(["left", "right"]), rng.random() < 0.7) for _ in range(n)]
+        rows = [[_random_cell(rng) for _ in range(n)] for _ in range(rng.randint(0, 4))]
+        width = rng.choice([3, 8, 12, 20, 30, 40, 55, 70, 100, 200])
+        title = rng.choice([None, "Running statistics vs the data (drift = RMS error of the normalized output, in σ)"])
+        ours = table(columns, rows, width=width, title=title, rich_fit=True).plain + "\n"
+        assert ours == _drawn_by_rich(columns, rows, width, title), (columns, rows, width, title)
+
+
+def test_rich_fit_styles_what_it_cuts():
+    drawn = table((Column("layer"), Column("x")), [(Styled("features.3.bn", "cyan"), "1")], width=12, rich_fit=True)
+    assert "│featur… │" in drawn.plain
+    assert {drawn.plain[a:b] for a, b, style in drawn.spans if style == "cyan"} == {"featur", "…"}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
