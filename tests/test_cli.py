@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+
+import pytest
 
 from tests.conftest import SAMPLES, assert_one_line_error, bninspect_command
 
@@ -61,6 +64,22 @@ def test_closed_output_pipe_is_not_a_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and err == ""
+
+
+@pytest.mark.parametrize("args", [("verify", SAMPLES / "resnet_tiny.pt"),
+                                  ("diff", SAMPLES / "mobilenet_v1_tiny.pt", SAMPLES / "mobilenet_v1_tiny_train.ts"),
+                                  ("drift", SAMPLES / "mobilenet_v1_tiny.ts", "--trust", "--synthetic", "4x3x16x16",
+                                   "--batch-sizes", "2")], ids=["verify", "diff", "drift"])
+def test_output_into_a_closed_pipe_is_exit_141(args):
+    """The reader is gone before the first line: the first write fails, deterministically."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([*bninspect_command(), *map(str, args)], stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()
 
 
 def test_terminal_escapes_in_a_file_name_are_printed_escaped(cli, tmp_path):

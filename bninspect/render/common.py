@@ -2,14 +2,13 @@
 
 Names come from files we do not trust. ``safe`` makes control characters visible (a name
 with ANSI escapes or newlines must not drive the terminal), and rich only ever receives
-names inside ``Text`` objects or via ``markup_escape`` so ``[bold red]`` in a key is
-printed literally.
+names inside ``Text`` objects (``Styled.to_rich``) or via ``markup_escape`` so ``[bold red]``
+in a key is printed literally.
 
-`show`, `check`, `explain` and `rules` print through ``Out`` with ``Styled`` text and hand-laid
-``table``s, which need rich only when the output is a terminal: in a pipe, a log file or CI,
-where nothing shows styles, rich is never imported (~25 ms of a ~220 ms run, issue 8). The
-other renderers print rich tables of prose through ``console()``; rich is imported inside the
-functions that build them, so a --json run never loads it.
+Every command prints through ``Out`` with ``Styled`` text and hand-laid ``table``s, which need
+rich only when the output is a terminal: in a pipe, a log file or CI, where nothing shows
+styles, rich's console is never imported (~25 ms of a ~220 ms run, issue 8), and a --json run
+loads no rich at all. Only drift's progress bar, drawn where stderr is a terminal, is rich's own.
 """
 
 from __future__ import annotations
@@ -34,17 +33,11 @@ if TYPE_CHECKING:
 
 
 def markup(name: str) -> str:
-    """A name ready to embed in a rich markup string: control chars visible, brackets escaped."""
+    """A name ready to embed in a rich markup string (drift's progress bar): control chars
+    visible, brackets escaped."""
     from rich.markup import escape as markup_escape
 
     return markup_escape(safe(name))
-
-
-def text(name: str, style: str = "") -> Text:
-    """A rich Text of a name from a file; Text is never parsed for markup."""
-    from rich.text import Text
-
-    return Text(safe(name), style=style)
 
 
 @functools.cache
@@ -61,7 +54,8 @@ def _console_class() -> type[Console]:
 
 
 def console(stderr: bool = False) -> Console:
-    """A console that does not guess highlights in our output (numbers, paths)."""
+    """The rich console behind ``Out`` on a terminal (and drift's progress bar); it does not
+    guess highlights in our output (numbers, paths)."""
     width = None
     if not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ:
         width = _PIPE_WIDTH
@@ -122,7 +116,7 @@ class Styled:
 
 
 class Out:
-    """Where `show`, `check`, `explain` and `rules` print: rich's console on a terminal, else the stream.
+    """Where every command prints: rich's console on a terminal, else the stream itself.
 
     Off a terminal rich would drop every style anyway; writing the characters directly gives
     the same text (long lines wrap between words where rich wraps them) without importing rich.

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-from rich.text import Text
-
-from bninspect.render.common import console, markup, num, text
+from bninspect.render.common import Column, Out, Styled, num, safe, table
 from bninspect.render.jsondoc import dumps
 from bninspect.services.diff import SCHEMA, DiffResult, LayerDiff
 
@@ -24,8 +21,8 @@ def to_json(result: DiffResult) -> str:
     return dumps(SCHEMA, body)
 
 
-def _tensor_cell(d: LayerDiff) -> Text:
-    out = Text()
+def _tensor_cell(d: LayerDiff) -> Styled:
+    out = Styled()
     for i, t in enumerate(d.tensors):
         if i:
             out.append("  ")
@@ -34,73 +31,71 @@ def _tensor_cell(d: LayerDiff) -> Text:
             out.append(f"{label} =", style="dim")
             continue
         dtype = f" {t.dtype_a}→{t.dtype_b}" if t.dtype_a != t.dtype_b else ""
-        style = "" if t.within else "red"
         where = f"@{t.channel}" if t.channel is not None and not t.within else ""
-        out.append(f"{label} {num(t.max_rel, 2)}{where}{dtype}", style=style)
+        out.append(f"{label} {num(t.max_rel, 2)}{where}{dtype}", style="" if t.within else "red")
     return out
 
 
-def _output_cell(d: LayerDiff) -> Text:
+def _output_cell(d: LayerDiff) -> Styled:
     if d.output is None:
-        return Text("—")
+        return Styled("—")
     o = d.output
     where = f" @{o.channel}" if o.channel is not None and o.max_abs > 0 else ""
-    return Text(f"{num(o.max_abs, 3)}{where}", style="" if o.within else "red")
+    return Styled(f"{num(o.max_abs, 3)}{where}", "" if o.within else "red")
 
 
-def _witness_cell(d: LayerDiff) -> Text:
+def _witness_cell(d: LayerDiff) -> Styled:
     w = d.witness
     if w is None:
-        return Text("—")
-    return Text(f"{num(w.max_abs, 3)} {'ok' if w.within else 'DIFFERS'}", style="" if w.within else "red")
+        return Styled("—")
+    return Styled(f"{num(w.max_abs, 3)} {'ok' if w.within else 'DIFFERS'}", "" if w.within else "red")
+
+
+def _table(result: DiffResult, width: int) -> Styled:
+    """One row per matched pair; a runtime column where the other side's runtime was run (--run)."""
+    has_witness = any(d.witness is not None for d in result.layers)
+    columns = (Column("layer", wrap=True), Column("matched", wrap=True), Column("C", "right", wrap=True),
+               Column("status", wrap=True), Column("max rel. difference per tensor", wrap=True),
+               Column("output Δ", "right", wrap=True), *([Column("runtime Δ", "right", wrap=True)] if has_witness else []))
+    rows = []
+    for d in result.layers:
+        name = safe(d.name) + (f" ↔ {safe(d.name_b)}" if d.name_b != d.name else "")
+        row = [name, safe(d.matched_by), str(d.channels), Styled(d.status, _STYLE[d.status]), _tensor_cell(d),
+               _output_cell(d)]
+        if has_witness:
+            row.append(_witness_cell(d))
+        rows.append(row)
+    return table(columns, rows, width=width, rich_fit=True)
 
 
 def render(result: DiffResult) -> None:
     """Print both sides, the per-layer table, causes of each differing layer and the verdict."""
-    out = console()
-    out.print(f"[bold]A[/] {markup(result.a.path)}  {markup(result.a.format_name)}, {result.a.layers} BN layer(s)")
-    out.print(f"[bold]B[/] {markup(result.b.path)}  {markup(result.b.format_name)}, {result.b.layers} BN layer(s)")
-    for n in result.a.notes:
-        out.print(f"  A: {markup(n)}", style="dim")
-    for n in result.b.notes:
-        out.print(f"  B: {markup(n)}", style="dim")
+    out = Out()
+    for label, side in (("A", result.a), ("B", result.b)):
+        out.print(Styled(label, "bold").append(f" {safe(side.path)}  {safe(side.format_name)}, {side.layers} BN layer(s)"))
+    for label, side in (("A", result.a), ("B", result.b)):
+        for n in side.notes:
+            out.print(Styled(f"  {label}: {safe(n)}", "dim"))
     if result.layers:
-        has_witness = any(d.witness is not None for d in result.layers)
-        table = Table(header_style="bold", pad_edge=False)
-        for col, kw in (("layer", {}), ("matched", {}), ("C", {"justify": "right"}), ("status", {}),
-                        ("max rel. difference per tensor", {}), ("output Δ", {"justify": "right"})):
-            table.add_column(col, **kw)
-        if has_witness:
-            table.add_column("runtime Δ", justify="right")
-        for d in result.layers:
-            name = text(d.name)
-            if d.name_b != d.name:
-                name.append(" ↔ ")
-                name.append_text(text(d.name_b))
-            row = [name, text(d.matched_by), str(d.channels), Text(d.status, style=_STYLE[d.status]),
-                   _tensor_cell(d), _output_cell(d)]
-            if has_witness:
-                row.append(_witness_cell(d))
-            table.add_row(*row)
-        out.print(table)
+        out.print(_table(result, out.width), wrap=False)
     for d in result.layers:
         if d.status == "different" and d.causes:
-            out.print(f"[bold]{markup(d.name)}[/]:")
+            out.print(Styled(safe(d.name), "bold").append(":"))
             for line in d.causes:
-                out.print(f"  - {markup(line)}")
+                out.print(f"  - {safe(line)}")
     shown = set()
     for d in result.layers:  # notes said once, not once per layer
         for s in d.settings:
             if s.severity == "note" and s.setting not in shown:
                 shown.add(s.setting)
-                out.print(f"note: {markup(s.message)}", style="dim")
+                out.print(Styled(f"note: {safe(s.message)}", "dim"))
     if result.only_a:
-        out.print(f"only in A: {', '.join(markup(n) for n in result.only_a)}")
+        out.print(f"only in A: {', '.join(safe(n) for n in result.only_a)}")
     if result.only_b:
-        out.print(f"only in B: {', '.join(markup(n) for n in result.only_b)}")
+        out.print(f"only in B: {', '.join(safe(n) for n in result.only_b)}")
     for n in result.notes:
-        out.print(f"note: {markup(n)}", style="dim")
+        out.print(Styled(f"note: {safe(n)}", "dim"))
     verdict = {"identical": "identical", "equivalent": "equivalent within tolerance", "different": "different"}[result.verdict]
-    out.print(f"[{_STYLE[result.verdict]}]{verdict}[/]" + (":" if result.causes else ""))
+    out.print(Styled(verdict, _STYLE[result.verdict]).append(":" if result.causes else ""))
     for c in result.causes:
-        out.print(f"  - {markup(c)}")
+        out.print(f"  - {safe(c)}")

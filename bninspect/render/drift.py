@@ -6,10 +6,7 @@ import contextlib
 import sys
 from typing import Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from bninspect.render.common import console, markup, num, text
+from bninspect.render.common import Column, Out, Styled, console, markup, num, safe, table
 from bninspect.render.jsondoc import dumps
 from bninspect.services.drift import DriftResult, ProgressHook
 
@@ -22,6 +19,8 @@ def progress_bar(enabled: bool) -> Iterator[ProgressHook | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console(stderr=True), transient=True)
     tasks: dict[str, int] = {}
@@ -59,89 +58,85 @@ def to_json(result: DriftResult) -> str:
     return dumps(SCHEMA, body)
 
 
-def _layer_table(result: DriftResult) -> Table:
-    table = Table(header_style="bold", pad_edge=False,
-                  title="Running statistics vs the data (drift = RMS error of the normalized output, in σ)",
-                  title_justify="left")
-    table.add_column("layer")
-    table.add_column("C", justify="right")
-    table.add_column("drift", justify="right")
-    table.add_column("worst ch", justify="right")
-    table.add_column("mean shift σ", justify="right")
-    table.add_column("var ratio", justify="right")
-    for b in result.batch_sizes:
-        table.add_column(f"B={b}", justify="right")
-    table.add_column("min B", justify="right")
+def _layer_table(result: DriftResult, width: int) -> Styled:
     recal = result.recalibration is not None
-    if recal:
-        table.add_column("after", justify="right")
+    columns = (Column("layer", wrap=True),
+               *(Column(h, "right", wrap=True) for h in ("C", "drift", "worst ch", "mean shift σ", "var ratio")),
+               *(Column(f"B={b}", "right", wrap=True) for b in result.batch_sizes), Column("min B", "right", wrap=True),
+               *([Column("after", "right", wrap=True)] if recal else []))
+    rows: list[list[str | Styled]] = []
     for layer in result.layers:
+        name = Styled(safe(layer.name), "cyan")
         if not layer.reached:
-            row = [text(layer.name, "cyan"), str(layer.channels), "not called", "", "", ""]
-            row += [""] * len(result.batch_sizes) + [""] + ([""] if recal else [])
-            table.add_row(*row)
+            rows.append([name, str(layer.channels), "not called", "", "", "",
+                         *[""] * len(result.batch_sizes), "", *([""] if recal else [])])
             continue
         style = "bold red" if layer.exceeds and not result.synthetic else ""
-        row = [text(layer.name, "cyan"), str(layer.channels), text(num(layer.drift_score), style),
-               str(layer.worst_channel), num(layer.worst_mean_shift), num(layer.worst_var_ratio)]
-        for b in layer.by_batch_size:
-            row.append(num(b.output_error) if not b.skipped else "—")
+        row: list[str | Styled] = [name, str(layer.channels), Styled(num(layer.drift_score), style),
+                                   str(layer.worst_channel), num(layer.worst_mean_shift), num(layer.worst_var_ratio)]
+        row += [num(b.output_error) if not b.skipped else "—" for b in layer.by_batch_size]
         row.append(str(layer.min_batch_size) if layer.min_batch_size is not None else f">{max(result.batch_sizes)}")
         if recal:
             row.append(num(layer.drift_after))
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    return table(columns, rows, width=width, rich_fit=True,
+                 title=Styled("Running statistics vs the data (drift = RMS error of the normalized output, in σ)"))
 
 
-def _mismatch_table(result: DriftResult) -> Table:
-    table = Table(header_style="bold", pad_edge=False, title_justify="left",
-                  title=f"Output with BN in eval vs train mode ({markup(result.output_kind)})")
-    for col in ("batch size", "batches", "max |Δ|", "max |eval|", "top-1 agreement"):
-        table.add_column(col, justify="right")
+_MISMATCH_COLUMNS = tuple(Column(h, "right", wrap=True)
+                          for h in ("batch size", "batches", "max |Δ|", "max |eval|", "top-1 agreement"))
+
+
+def _mismatch_table(result: DriftResult, width: int) -> Styled:
+    rows: list[tuple[str | Styled, ...]] = []
     for row in result.mismatch:
         if row.skipped:
-            table.add_row(str(row.batch_size), str(row.batches), text(row.skipped, "dim"), "", "")
+            rows.append((str(row.batch_size), str(row.batches), Styled(safe(row.skipped), "dim"), "", ""))
             continue
         agree = f"{row.top1_agreement:.1%}" if row.top1_agreement is not None else "—"
-        table.add_row(str(row.batch_size), str(row.batches), num(row.max_abs_diff), num(row.output_scale), agree)
-    return table
+        rows.append((str(row.batch_size), str(row.batches), num(row.max_abs_diff), num(row.output_scale), agree))
+    return table(_MISMATCH_COLUMNS, rows, width=width, rich_fit=True,
+                 title=Styled(f"Output with BN in eval vs train mode ({safe(result.output_kind)})"))
 
 
 def render(result: DriftResult) -> None:
     """Print the header, the per-layer and eval/train tables, recalibration and the verdict."""
-    out = console()
-    out.print(f"[bold]{markup(result.path)}[/]  model: {markup(result.model)} ({result.model_source}), "
-              f"device {result.device}")
-    out.print(f"data: {markup(result.data)}, {result.samples} samples; batch sizes {', '.join(map(str, result.batch_sizes))}")
+    out = Out()
+    out.print(Styled(safe(result.path), "bold")
+              .append(f"  model: {safe(result.model)} ({result.model_source}), device {result.device}"))
+    out.print(f"data: {safe(result.data)}, {result.samples} samples; batch sizes {', '.join(map(str, result.batch_sizes))}")
     if result.synthetic:
-        out.print("[yellow]synthetic input: this measures the mechanics of BN, not whether the statistics fit "
-                  "your data[/]")
+        out.print(Styled("synthetic input: this measures the mechanics of BN, not whether the statistics fit your data",
+                         "yellow"))
     if result.loaded_in_train_mode is not None:
-        mode = (f"[bold red]train mode[/] ({len(result.train_mode_layers)} BN layers)"
-                if result.loaded_in_train_mode else "eval mode")
-        out.print(f"as loaded, the model is in {mode}")
+        line = Styled("as loaded, the model is in ")
+        if result.loaded_in_train_mode:
+            line.append("train mode", "bold red").append(f" ({len(result.train_mode_layers)} BN layers)")
+        else:
+            line.append("eval mode")
+        out.print(line)
     if result.layers:
-        out.print(_layer_table(result))
-        out.print(f"[dim]B=…: RMS error of train-mode normalization at that batch size vs eval mode with the data's "
-                  f"statistics; min B: smallest batch size from which it stays ≤ {result.batch_tolerance:g}[/]")
+        out.print(_layer_table(result, out.width), wrap=False)
+        out.print(Styled(f"B=…: RMS error of train-mode normalization at that batch size vs eval mode with the data's "
+                         f"statistics; min B: smallest batch size from which it stays ≤ {result.batch_tolerance:g}", "dim"))
         if result.min_batch_size is not None:
             out.print(f"train-mode BN stays within {result.batch_tolerance:g} from batch size {result.min_batch_size} "
-                      f"(set by {markup(result.min_batch_size_layer)})")
+                      f"(set by {safe(result.min_batch_size_layer)})")
         elif result.min_batch_size_layer:
             out.print(f"train-mode BN exceeds {result.batch_tolerance:g} at every measured batch size in "
-                      f"{markup(result.min_batch_size_layer)} (largest measured: {max(result.batch_sizes)})")
-    out.print(_mismatch_table(result))
+                      f"{safe(result.min_batch_size_layer)} (largest measured: {max(result.batch_sizes)})")
+    out.print(_mismatch_table(result, out.width), wrap=False)
     if result.recalibration:
         r = result.recalibration
-        out.print(f"wrote {markup(r.path)} ({r.format}): running statistics of {r.layers} layers replaced by the "
+        out.print(f"wrote {safe(r.path)} ({r.format}): running statistics of {r.layers} layers replaced by the "
                   f"data's, {r.tensors_written} tensors; worst drift {num(r.drift_before)} → {num(r.drift_after)}")
     for note in result.notes:
-        out.print(f"[dim]note: {markup(note)}[/]")
+        out.print(Styled(f"note: {safe(note)}", "dim"))
     if result.problems:
-        out.print(f"[bold red]DRIFT[/] ({len(result.problems)}):")
+        out.print(Styled("DRIFT", "bold red").append(f" ({len(result.problems)}):"))
         for problem in result.problems:
-            out.print(f"  {markup(problem)}")
+            out.print(f"  {safe(problem)}")
     else:
         worst = max((l.drift_score for l in result.layers if l.drift_score is not None), default=None)
         detail = f"worst layer drift {num(worst)} ≤ {result.max_drift:g}" if worst is not None else "no layer statistics"
-        out.print(f"[bold green]OK[/]: {detail}")
+        out.print(Styled("OK", "bold green").append(f": {detail}"))

@@ -1,5 +1,5 @@
-"""render.common: the hand-laid tables of `show` and `check` (rich's Table took 190 ms for 155
-rows), and output that needs rich only on a terminal."""
+"""render.common: the hand-laid tables of every command (rich's Table took 190 ms for 155 rows),
+and output that needs rich only on a terminal."""
 
 from __future__ import annotations
 
@@ -130,18 +130,25 @@ def test_rich_fit_styles_what_it_cuts():
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DRIFT = (str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs2.pt"), "--arch", "sample_models:mobilenet_v1_tiny",
+          "--data", str(SAMPLES / "drift" / "calib.pt"), "--batch-sizes", "2,32")
 
 
-@pytest.mark.parametrize("args", [("show", "resnet_tiny_lightning.ckpt"), ("show", "mobilenet_v1_tiny.pt", "--channels"),
-                                  ("check", "faulty"), ("check", "faulty", "--format", "concise"),
-                                  ("explain", "resnet_tiny.pt", "bn1", "--channel", "3")],
-                         ids=["show", "channels", "check", "concise", "explain"])
+@pytest.mark.parametrize("args", [("show", SAMPLES / "resnet_tiny_lightning.ckpt"),
+                                  ("show", SAMPLES / "mobilenet_v1_tiny.pt", "--channels"),
+                                  ("check", SAMPLES / "faulty"), ("check", SAMPLES / "faulty", "--format", "concise"),
+                                  ("explain", SAMPLES / "resnet_tiny.pt", "bn1", "--channel", "3"),
+                                  ("verify", SAMPLES / "mobilenet_v1_tiny_train.ts"),
+                                  ("diff", SAMPLES / "mobilenet_v1_tiny.pt", SAMPLES / "mobilenet_v1_tiny_train.ts"),
+                                  ("drift", *_DRIFT)],
+                         ids=["show", "channels", "check", "concise", "explain", "verify", "diff", "drift"])
 @pytest.mark.parametrize("columns", ["200", "70", "40"])
 def test_a_pipe_gets_the_terminal_text_without_styles(args, columns):
     """Off a terminal the text is written without rich; on one (TTY_COMPATIBLE=1, what rich
     honours) rich styles it. Without the styles both are the same characters."""
-    argv = (args[0], str(SAMPLES / args[1]), *args[2:])
-    plain = run_cli(*argv, env={"COLUMNS": columns})
-    styled = run_cli(*argv, env={"COLUMNS": columns, "TTY_COMPATIBLE": "1"})
+    argv = [str(a) for a in args]
+    env = {"COLUMNS": columns, "OMP_NUM_THREADS": "1"}
+    plain = run_cli(*argv, env=env, cwd=SAMPLES)
+    styled = run_cli(*argv, env={**env, "TTY_COMPATIBLE": "1"}, cwd=SAMPLES)
     assert plain.code == styled.code and "\x1b[" not in plain.out and "\x1b[" in styled.out
     assert plain.out == _ANSI.sub("", styled.out)
