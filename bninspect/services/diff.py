@@ -284,7 +284,13 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         side = "B" if stats[0] else "A"
         d.settings.append(SettingDiff("track_running_stats", stats[0], stats[1], "error",
                                       f"{side} has no running statistics: it normalizes with batch statistics at inference"))
-    if all(stats):
+    problems = [p for p in (la.shape_problem(), lb.shape_problem()) if p]
+    if problems:
+        # Tensors of different lengths (check's BN003) cannot be folded into one scale/shift;
+        # the tensors themselves are still compared above.
+        d.settings.append(SettingDiff("shapes", bool(problems[0]), bool(problems[-1]), "note",
+                                      f"output effect not computed: {problems[0]}"))
+    elif all(stats):
         lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
         sa, ta = la.folded()
         sb, tb = lb.folded()
@@ -342,6 +348,11 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent",
                   _pair=(layer, target))
     prod = layer.producer
+    problem = layer.shape_problem()
+    if problem:
+        d.status = "different"
+        d.causes.append(f"cannot fold it to compare with {target.name}: {problem}")
+        return d
     if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
         d.status = "different"
         shape = list(prod.weight.shape) if prod is not None else None
@@ -421,7 +432,9 @@ def _judge(d: LayerDiff) -> None:
     causes = [s.message for s in d.settings if s.severity == "error"]
     causes += [s.message for s in d.settings if s.severity == "difference"]
     for t in d.tensors:
-        if not t.within:
+        if not t.within and t.shape_a != t.shape_b and math.isinf(t.max_abs) and t.channel is None:  # not comparable
+            causes.append(f"{t.tensor}: shape {t.shape_a} vs {t.shape_b}")
+        elif not t.within:
             where = f" channel {t.channel}" if t.channel is not None else ""
             vals = f" ({_num(t.value_a)} vs {_num(t.value_b)})" if t.value_a is not None else ""
             causes.append(f"{t.tensor}{where}{vals}: rel. difference {_num(t.max_rel)}, beyond {t.dtype_a}/{t.dtype_b} rounding"

@@ -56,6 +56,20 @@ def test_state_dict_vs_its_safetensors_copy_is_identical():
     assert [(d.name, d.matched_by, d.status) for d in r.layers] == [(n, "name", "identical") for n in BN_LAYERS]
 
 
+def test_tensors_of_different_lengths_are_compared_not_folded():
+    # faulty/length_mismatch.pt: features.5.bn has weight [127] beside statistics of 128. Folding
+    # it into scale/shift once raised a numpy broadcast error ("a bug in bninspect").
+    bad = str(SAMPLES / "faulty" / "length_mismatch.pt")
+    same = diff(bad, bad)
+    assert same.verdict == "identical" and same.exit_code == 0
+    last = same.layers[-1]
+    assert last.name == "features.5.bn" and last.output is None
+    assert any(s.severity == "note" and "weight [127]" in s.message for s in last.settings)
+    other = diff(bad, PT)
+    last = other.layers[-1]
+    assert other.exit_code == 1 and last.status == "different" and last.causes == ["weight: shape [127] vs [128]"]
+
+
 def test_unfolded_onnx_is_identical_and_momentum_is_not_flagged(exports):
     r = diff(PT, str(exports["plain"]))
     assert r.verdict == "identical", r.causes
