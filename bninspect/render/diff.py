@@ -84,10 +84,10 @@ def render(result: DiffResult) -> None:
             for line in d.causes:
                 out.print(f"  - {safe(line)}")
     shown = set()
-    for d in result.layers:  # notes said once, not once per layer
+    for d in result.layers:  # a note is said once, not once per layer that has it
         for s in d.settings:
-            if s.severity == "note" and s.setting not in shown:
-                shown.add(s.setting)
+            if s.severity == "note" and s.message not in shown:
+                shown.add(s.message)
                 out.print(Styled(f"note: {safe(s.message)}", "dim"))
     if result.only_a:
         out.print(f"only in A: {', '.join(safe(n) for n in result.only_a)}")

@@ -284,12 +284,12 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         side = "B" if stats[0] else "A"
         d.settings.append(SettingDiff("track_running_stats", stats[0], stats[1], "error",
                                       f"{side} has no running statistics: it normalizes with batch statistics at inference"))
-    problems = [p for p in (la.shape_problem(), lb.shape_problem()) if p]
-    if problems:
+    problem_a, problem_b = la.shape_problem(), lb.shape_problem()
+    if problem_a or problem_b:
         # Tensors of different lengths (check's BN003) cannot be folded into one scale/shift;
-        # the tensors themselves are still compared above.
-        d.settings.append(SettingDiff("shapes", bool(problems[0]), bool(problems[-1]), "note",
-                                      f"output effect not computed: {problems[0]}"))
+        # the tensors themselves are still compared above. a/b: whether each side has them.
+        d.settings.append(SettingDiff("shapes", problem_a is not None, problem_b is not None, "note",
+                                      f"output effect not computed: {problem_a or problem_b}"))
     elif all(stats):
         lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
         sa, ta = la.folded()

@@ -70,6 +70,23 @@ def test_tensors_of_different_lengths_are_compared_not_folded():
     assert other.exit_code == 1 and last.status == "different" and last.causes == ["weight: shape [127] vs [128]"]
 
 
+def test_each_layers_shape_note_is_printed(tmp_path, capsys):
+    # Notes are said once per text, not once per setting: two malformed layers, two notes.
+    from bninspect.render.diff import render
+
+    sd = torch.load(PT, weights_only=True)
+    for name in ("features.2.bn", "features.5.bn"):
+        sd[f"{name}.weight"] = sd[f"{name}.weight"][:-1].clone()
+    bad = tmp_path / "two_bad.pt"
+    torch.save(sd, bad)
+    r = diff(PT, str(bad))
+    shapes = [s for d in r.layers for s in d.settings if s.setting == "shapes"]
+    assert [(s.a, s.b) for s in shapes] == [(False, True), (False, True)]
+    render(r)
+    notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith("note: output effect not computed")]
+    assert [n.split(":")[2].strip() for n in notes] == ["features.2.bn", "features.5.bn"]
+
+
 def test_unfolded_onnx_is_identical_and_momentum_is_not_flagged(exports):
     r = diff(PT, str(exports["plain"]))
     assert r.verdict == "identical", r.causes
