@@ -183,6 +183,10 @@ def low_precision(layer: BNLayer, ctx: Context):
     buffers in float32 for this reason; a half-precision checkpoint has already lost that
     precision.
 
+    A layer stored in low precision as a whole (γ and β too), as YOLO-style checkpoints
+    are saved after training, is reported as info unless variances fell below float16's
+    normal range: its statistics were updated in float32 and only rounded for storage.
+
     ## Example
     `model.half()` before `torch.save(model.state_dict())`.
 
@@ -209,10 +213,20 @@ def low_precision(layer: BNLayer, ctx: Context):
         if channels:
             detail = f"; running_var below {smallest:.2g} (subnormal or zero) in {channel_list(channels, var.shape[0])}"
     stored = " and ".join(f"{n} in {d}" for n, d in low.items())
+    # A layer stored in half precision as a whole (γ and β too) is a checkpoint converted for
+    # storage after training, as YOLO-style .pt files are: the statistics were updated in
+    # float32 and only rounded, which matters where small variances were lost (warning) and
+    # otherwise is worth knowing (info). Statistics in half beside float32 γ/β were converted
+    # on their own or updated in half: a warning.
+    affine = [layer.tensors[n].dtype for n in ("weight", "bias") if n in layer.tensors]
+    whole = bool(affine) and all(d in LOW_PRECISION for d in affine)
+    evidence["whole_layer_low_precision"] = whole
     yield low_precision.finding(
-        layer, f"{layer.name}: {stored}: {bits} significand bits (steps of {2.0**-bits:.2g} relative){detail}",
-        channels=channels, evidence=evidence,
-        fix="keep BatchNorm buffers in float32 (save before model.half(), or .float() the BN modules); re-estimate if updated in half")
+        layer, f"{layer.name}: {stored}: {bits} significand bits (steps of {2.0**-bits:.2g} relative){detail}"
+               + ("; the whole layer is in low precision, as in a checkpoint converted for storage" if whole else ""),
+        channels=channels, evidence=evidence, severity="info" if whole and not channels else None,
+        fix="keep BatchNorm buffers in float32 (save before model.half(), or .float() the BN modules); re-estimate if updated in half"
+            if not whole else "load it as float32 before inference (model.float()), and never train on in half precision")
 
 
 @rule("BN304", "redundant-producer-bias", "info", "producer conv has a bias that BatchNorm cancels")
