@@ -104,11 +104,38 @@ class TensorRef:
 
 @dataclass
 class ModuleInfo:
-    """Facts a saved module carries and a state dict does not (TorchScript, trusted pickles)."""
+    """Facts a saved module carries and a state dict does not (TorchScript, pickled modules)."""
 
     path: str  # module path as in the state-dict keys, without trailing dot; "" for the root
     type_name: str  # short class name: "BatchNorm2d", "Conv2d", "FrozenBatchNorm2d", ...
     attributes: dict[str, Any] = field(default_factory=dict)  # eps, momentum, training, groups, ...
+    # How a pickled module is known to be a BatchNorm: "class" (its name), "state" (a subclass
+    # named otherwise, with BatchNorm's attributes and running statistics); "" = not known to be.
+    bn: str = ""
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def is_simple_fact(value: Any, sequences: tuple[type, ...] = (tuple,)) -> bool:
+    """A module attribute worth keeping as a fact: a plain scalar, or a short sequence of them."""
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, sequences) and len(value) <= 16 and all(isinstance(v, _SCALARS) for v in value)
+
+
+@dataclass
+class ModuleNode:
+    """A module found in a file (TorchScript, pickled or trusted-loaded): its state-dict tensors
+    and module facts, before a state dict is chosen."""
+
+    tensors: dict[str, TensorRef]
+    modules: dict[str, ModuleInfo] = field(default_factory=dict)
+    # The wrapper prefix its keys carry, known from the wrappers' classes ("module." under
+    # DataParallel); None where only the key names can tell (TorchScript, trusted loads).
+    prefix: str | None = None
+    class_name: str = ""  # the root module's class, for notes ("ultralytics.nn.tasks.DetectionModel")
+    bn_by_state: list[str] = field(default_factory=list)  # BatchNorm modules recognised by their state
 
 
 @dataclass
@@ -126,6 +153,9 @@ class Checkpoint:
     # True where key order is module-definition order (torch.save, TorchScript keep it);
     # safetensors sorts its keys, so discovery must match producers by structure instead.
     ordered: bool = True
+    # What a real load of this file would do (formats.verdict.Verdict), for pickle-based
+    # formats; None where loading runs nothing (safetensors, ONNX, OpenVINO IR).
+    verdict: Any = None
 
     def display(self, key: str) -> str:
         """A key (or module path) as shown to the user: the wrapper prefix removed."""

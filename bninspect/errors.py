@@ -25,6 +25,9 @@ class BNInspectError(Exception):
     """Base class: a failure the user caused or must act on, reported in one line."""
 
     exit_code = EXIT_INVALID
+    # The file's safety verdict (formats.verdict.Verdict) where the file was read before the
+    # failure: a pickle with no state dict may still hold a payload that `check` must report.
+    verdict: object | None = None
 
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)

@@ -179,7 +179,8 @@ def _groups(tensors: dict[str, TensorRef]) -> tuple[list[str], dict[str, dict[st
 
 
 def _is_bn_module(info: ModuleInfo | None) -> bool:
-    return info is not None and bool(_BN_TYPES.search(info.type_name))
+    """A module class named like a BatchNorm, or a pickled subclass recognised by its state."""
+    return info is not None and (bool(info.bn) or bool(_BN_TYPES.search(info.type_name)))
 
 
 def _has_stats(t: dict[str, TensorRef]) -> bool:

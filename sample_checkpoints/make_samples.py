@@ -414,6 +414,67 @@ def faulty_conv_bias(path: Path) -> None:
     _save_faulty(dict([*((k, sd[k]) for k in keys[:at]), bias, *((k, sd[k]) for k in keys[at:])]), path)
 
 
+# ── Safety samples (BN4xx): what a real load would run, each harmless if loaded for real ──────
+# Every call in them is inert (the process id, a square root, attributes restored): they show
+# the rules firing without being payloads. The hostile ones are made at test time only
+# (tests/hardening/make_corpus.py).
+
+
+class _CallOnLoad:
+    """Pickles as ``func(*args)``: what a real ``torch.load(weights_only=False)`` calls."""
+
+    def __init__(self, func: Callable[..., object], *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (self.func, self.args)
+
+
+@sample(FAULTY + "getpid_on_load.pt")
+def faulty_getpid_on_load(path: Path) -> None:
+    """BN401: a healthy state dict plus ``os.getpid()`` (pickled as posix.getpid), a call from a
+    module whose functions run processes and touch the system."""
+    import os
+
+    _save_faulty({**state_dict("mobilenet_v1_tiny"), "pid": _CallOnLoad(os.getpid)}, path)  # type: ignore[dict-item]
+
+
+@sample(FAULTY + "unreviewed_call.pt")
+def faulty_unreviewed_call(path: Path) -> None:
+    """BN402: a healthy state dict plus ``math.sqrt(2.0)``, a function outside the reviewed list."""
+    import math
+
+    _save_faulty({**state_dict("mobilenet_v1_tiny"), "norm": _CallOnLoad(math.sqrt, 2.0)}, path)  # type: ignore[dict-item]
+
+
+class _Restored(nn.Module):
+    """A module with scripted __getstate__/__setstate__, which torch.jit.load runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[float, bool]:
+        return (self.scale, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[float, bool]) -> None:
+        self.scale = state[0]
+        self.training = state[1]
+
+
+@sample(FAULTY + "setstate.ts")
+def faulty_setstate(path: Path) -> None:
+    """BN403: the MobileNet scripted after a module whose ``__setstate__`` runs on torch.jit.load."""
+    model = nn.Sequential(sample_models.mobilenet_v1_tiny(), _Restored())
+    model[0].load_state_dict(state_dict("mobilenet_v1_tiny"))
+    _script_faulty(model.eval(), path)
+
+
 # ── Drift samples for `bninspect drift` (drift/) ─────────────────────────────────────────────
 # Two MobileNetV1Tiny trained for 120 steps with a decaying learning rate (so the weights settle
 # and the running statistics, momentum 0.1, catch up), at batch size 64 and at batch size 2.

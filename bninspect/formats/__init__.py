@@ -4,10 +4,12 @@ The format is sniffed from the file's first bytes, never from its extension. Eac
 a module in this package with two functions (the plug-in contract):
 
 - ``sniff(head: bytes) -> bool``: does this look like my format? (``head`` = first 4 KiB)
-- ``read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint``
+- ``read(path: str, *, key: str | None, strict: bool) -> Checkpoint``: read it statically,
+  running nothing from it; pickle-based formats also give the file's safety verdict.
 
 Readers are listed in ``READERS`` in the order they are asked and imported only when
-asked, so opening a safetensors file imports neither torch nor the ONNX reader.
+asked, so opening a safetensors file imports neither torch nor the ONNX reader. What a
+verdict means for the caller, and ``--trust``, are decided here, once, for every reader.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import importlib
 from types import ModuleType
 
 from bninspect.checkpoint import Checkpoint
-from bninspect.errors import InvalidFileError
+from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
 from bninspect.formats.paths import check_path, read_head
 
 # Order matters only where two sniffers could both say yes; the content checks are disjoint today.
@@ -25,12 +27,17 @@ READERS: tuple[str, ...] = ("torchzip", "safetensors", "legacy", "onnx", "openvi
 HEAD_SIZE = 4096
 
 
-def open_checkpoint(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False) -> Checkpoint:
+def open_checkpoint(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False,
+                    refuse_unsafe: bool = True) -> Checkpoint:
     """Open ``path`` with the reader its content calls for; never runs code from it unless ``trust``.
 
     ``key`` picks one state dict of a nested checkpoint ("/"-joined path); ``strict`` adds
-    integrity checks (zip CRCs, safetensors duplicate keys). Raises PathProblemError,
-    InvalidFileError, UnsafeFileError or UsageError with a one-line message.
+    integrity checks (zip CRCs, safetensors duplicate keys). A file whose real load would run
+    code or call unreviewed functions (its verdict's ``refused`` uses) is refused with
+    UnsafeFileError, unless ``trust`` (then torch.load(weights_only=False) loads it, which runs
+    that code) or not ``refuse_unsafe`` (``check``: the verdict is the finding). Raises
+    PathProblemError, InvalidFileError, UnsafeFileError or UsageError with a one-line message;
+    a read that failed after its pickles were judged carries the verdict (``exc.verdict``).
     """
     path = str(path)
     st = check_path(path)
@@ -38,7 +45,41 @@ def open_checkpoint(path: str, *, trust: bool = False, key: str | None = None, s
     reader = reader_for(head)
     if reader is None:
         raise InvalidFileError(f"not a checkpoint bninspect can read: {describe(head, st.st_size)}", path=path)
-    return reader.read(path, trust=trust, key=key, strict=strict)
+    try:
+        checkpoint = reader.read(path, key=key, strict=strict)
+    except BNInspectError as exc:
+        if exc.verdict is None or not exc.verdict.refused:  # type: ignore[attr-defined]
+            raise
+        return _unsafe(path, exc.verdict, trust=trust, key=key, strict=strict, refuse=refuse_unsafe, error=exc)
+    if checkpoint.verdict is not None and checkpoint.verdict.refused:
+        return _unsafe(path, checkpoint.verdict, trust=trust, key=key, strict=strict, refuse=refuse_unsafe,
+                       checkpoint=checkpoint)
+    if checkpoint.verdict is not None:
+        note = checkpoint.verdict.note()
+        if note:
+            checkpoint.notes.append(note)
+    return checkpoint
+
+
+def _unsafe(path: str, verdict: object, *, trust: bool, key: str | None, strict: bool, refuse: bool,
+            checkpoint: Checkpoint | None = None, error: BNInspectError | None = None) -> Checkpoint:
+    """What to do with a file a real load would run code from: for ``check`` (not ``refuse``) the
+    statically read checkpoint or its error as they are, never a load that runs code; else the
+    trusted load where the user passed ``trust``, and the refusal where not."""
+    from bninspect.formats import verdict as judging
+
+    if not refuse:
+        if error is not None:
+            raise error
+        assert checkpoint is not None
+        return checkpoint
+    if trust:
+        from bninspect.formats import trusted
+
+        return trusted.read(path, key=key, strict=strict)
+    unsafe = UnsafeFileError(judging.refusal(verdict), path=path)  # type: ignore[arg-type]
+    unsafe.verdict = verdict
+    raise unsafe
 
 
 def reader_for(head: bytes) -> ModuleType | None:

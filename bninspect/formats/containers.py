@@ -2,19 +2,24 @@
 
 Training frameworks wrap the weights: Lightning saves ``{"state_dict": ..., "optimizer_states":
 ..., "callbacks": ...}``, timm adds ``state_dict_ema``, many scripts save ``{"model": ...,
-"epoch": ...}``. A candidate is any dict reached through string keys whose values include
-tensors (or a module, for trusted pickles). The main one is the largest non-EMA candidate;
-the others are listed as alternatives the user can pick with ``--key``.
+"epoch": ...}``, YOLO-style detectors pickle whole models under ``model`` and ``ema``. A
+candidate is any dict reached through string keys whose values include tensors, or a module
+(TorchScript, pickled, trusted-loaded). The main one is the largest non-EMA candidate, except
+among pickled models, where the EMA model is what a deployment loads; the others are listed
+as alternatives the user can pick with ``--key``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
+from bninspect.checkpoint import Checkpoint, ModuleInfo, ModuleNode, TensorRef
 from bninspect.errors import InvalidFileError, NoStateDictError, UsageError
+from bninspect.formats import pymodules
+from bninspect.formats.unpickler import Opaque
+from bninspect.textfmt import visible
 
 # Where frameworks put the weights (Lightning, timm, torchvision references, DeepSpeed-style scripts).
 KNOWN_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "state_dict_ema", "model_ema", "ema")
@@ -28,30 +33,14 @@ MAX_DEPTH = 64
 MAX_NODES = 200_000
 
 
-_SCALARS = (bool, int, float, str, type(None))
-
-
-def is_simple_fact(value: Any, sequences: tuple[type, ...] = (tuple,)) -> bool:
-    """A module attribute worth keeping as a fact: a plain scalar, or a short sequence of them."""
-    if isinstance(value, _SCALARS):
-        return True
-    return isinstance(value, sequences) and len(value) <= 16 and all(isinstance(v, _SCALARS) for v in value)
-
-
-@dataclass
-class ModuleNode:
-    """A module found in a file (TorchScript, trusted pickle): its state-dict tensors and module facts."""
-
-    tensors: dict[str, TensorRef]
-    modules: dict[str, ModuleInfo] = field(default_factory=dict)
-
-
 @dataclass
 class _Candidate:
     path: str
     tensors: dict[str, TensorRef]
     modules: dict[str, ModuleInfo]
     depth: int
+    node: ModuleNode | None = None  # where the candidate is a module
+    pickled: bool = False  # a pickled nn.Module read statically
 
     @property
     def is_ema(self) -> bool:
@@ -59,9 +48,12 @@ class _Candidate:
         return last in EMA_KEYS or last.endswith("_ema") or last.startswith("ema_")
 
 
-def _as_candidate(node: Any, path: str, depth: int) -> _Candidate | None:
+def _as_candidate(node: Any, path: str, depth: int, file: str) -> _Candidate | None:
+    if pymodules.is_module(node):
+        found = pymodules.module_node(node, file)
+        return _Candidate(path, found.tensors, found.modules, depth, found, pickled=True)
     if isinstance(node, ModuleNode):
-        return _Candidate(path, node.tensors, node.modules, depth)
+        return _Candidate(path, node.tensors, node.modules, depth, node)
     if isinstance(node, dict):
         tensors = {k: v for k, v in node.items() if isinstance(k, str) and isinstance(v, TensorRef)}
         if tensors:
@@ -69,7 +61,7 @@ def _as_candidate(node: Any, path: str, depth: int) -> _Candidate | None:
     return None
 
 
-def _walk(root: Any) -> tuple[list[_Candidate], bool]:
+def _walk(root: Any, file: str) -> tuple[list[_Candidate], bool]:
     """Breadth-first over dicts (string keys only), iteratively, without recursion.
 
     Returns the candidates and whether the search was cut short (too deep or too many nodes).
@@ -88,13 +80,13 @@ def _walk(root: Any) -> tuple[list[_Candidate], bool]:
         if visited > MAX_NODES:
             cut = True
             break
-        cand = _as_candidate(node, path, depth)
+        cand = _as_candidate(node, path, depth, file)
         if cand is not None:
             candidates.append(cand)
         # Nested dicts are among the values that are not tensors: a state dict has none to look at.
         if isinstance(node, dict) and (cand is None or len(cand.tensors) < len(node)):
             for k, v in node.items():
-                if isinstance(k, str) and isinstance(v, (dict, ModuleNode)):
+                if isinstance(k, str) and (isinstance(v, (dict, ModuleNode)) or pymodules.is_module(v)):
                     if depth >= MAX_DEPTH:
                         cut = True
                         break
@@ -112,9 +104,17 @@ def _main_first(candidates: list[_Candidate]) -> list[_Candidate]:
     Where some sit under known keys (``state_dict``, ``model``, ...) only those count: a
     Lightning callback's ``best_model_score`` tensor is not a state dict. Otherwise (unknown
     wrappers such as ``generator``/``discriminator``) every tensor dict is a candidate.
+    Pickled models are the exception to EMA last: YOLO-style checkpoints hold ``model`` and
+    ``ema``, and their loaders deploy the EMA one (ultralytics' ``attempt_load_one_weight``
+    takes ``ckpt.get("ema") or ckpt["model"]``), so that is the one shown.
     """
     known = [c for c in candidates if _known(c)]
-    return sorted(known or candidates, key=lambda c: (1 if c.is_ema else 0, -len(c.tensors), c.depth))
+
+    def rank(c: _Candidate) -> tuple[int, int, int]:
+        ema_last = (0 if c.is_ema else 1) if c.pickled else (1 if c.is_ema else 0)
+        return ema_last, -len(c.tensors), c.depth
+
+    return sorted(known or candidates, key=rank)
 
 
 def common_prefix(keys: list[str]) -> str:
@@ -142,7 +142,7 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
     Non-tensor values are ignored. An unknown ``key`` is a usage error listing the candidates;
     a file with no tensors at all is not a checkpoint (NoStateDictError, an InvalidFileError).
     """
-    found, cut = _walk(root)
+    found, cut = _walk(root, path)
     ordered = _main_first(found)
     if key is not None:
         wanted = key.strip("/")
@@ -159,26 +159,39 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
             raise NoStateDictError(f"holds no state dict: {_shape_of(root)}", path=path)
         chosen = ordered[0]
     tensors = chosen.tensors
-    keys = list(tensors)
+    node = chosen.node
+    notes = list(notes or [])
+    if chosen.pickled and node is not None:
+        notes.append(f"read statically from a pickled model of class {node.class_name}: eps, momentum and mode "
+                     "come from its modules")
+        if node.bn_by_state:
+            shown = ", ".join(node.bn_by_state[:3]) + (f" and {len(node.bn_by_state) - 3} more" if len(node.bn_by_state) > 3 else "")
+            notes.append(f"BatchNorm recognised by its state (BatchNorm's attributes and running statistics in a "
+                         f"class named otherwise): {shown}")
     return Checkpoint(
         path=path,
         format=format,
         tensors=tensors,
         container=chosen.path,
         alternatives=[c.path for c in ordered if c is not chosen],
-        prefix=common_prefix(keys),
+        prefix=node.prefix if node is not None and node.prefix is not None else common_prefix(list(tensors)),
         modules=chosen.modules,
-        notes=list(notes or []),
+        notes=notes,
     )
 
 
 def _shape_of(root: Any) -> str:
     if isinstance(root, dict):
-        names = [repr(k) for k in list(root)[:6]]
+        # Keys come from the file: only strings are shown, shortened (a tuple key may be nested
+        # a million deep, a string key megabytes long).
+        names = [repr(k[:40]) + ("…" if len(k) > 40 else "") if isinstance(k, str) else f"<a {type(k).__name__}>"
+                 for k in list(root)[:6]]
         more = f", ... ({len(root)} in all)" if len(root) > 6 else ""
         return f"a dict with keys {', '.join(names)}{more}" if names else "an empty dict"
     if isinstance(root, TensorRef):
         return f"a single tensor of shape {list(root.shape)}, not a state dict"
     if isinstance(root, (list, tuple)):
         return f"a {type(root).__name__} of {len(root)} items, not a dict of tensors"
+    if isinstance(root, Opaque):
+        return f"an object of class {visible(type(root).qualname)} (read as data), not a dict of tensors or a model"
     return f"a {type(root).__name__}, not a dict of tensors"

@@ -1,30 +1,41 @@
-"""The pre-1.6 non-zip torch.save format, through ``torch.load(weights_only=True)``.
+"""The pre-1.6 non-zip torch.save format, read statically like the zip format. No torch import.
 
-The format is a run of pickles (magic number, protocol version, system info, the object,
-the storage keys) followed by raw storage bytes. We first list the globals of the leading
-pickles statically (``pickles.scan_globals``) so a refusal names all of them; then torch's
-own weights-only unpickler loads it. That second line of defence is only sound on torch
->= 2.6: before it, weights_only=True could be bypassed (CVE-2025-32434), so older torch is
-refused outright. A refused load is never retried unsafely; only ``--trust`` goes further.
+torch's ``_legacy_load`` reads the file as five pickles and then raw storage bytes:
+
+1. the magic number (``MAGIC``), 2. the protocol version (1001), 3. system information (a dict
+with the byte order), 4. the saved object, whose persistent ids name storages as
+``('storage', storage_type, key, location, numel, view_metadata)`` (and pickled modules' classes
+as ``('module', class, source_file, source)``), 5. the list of storage keys;
+
+then, for each key in that list, an 8-byte element count and the storage's bytes. Every pickle
+goes through the static unpickler (:mod:`bninspect.formats.unpickler`) with the same stand-ins
+as the zip reader, so a pickled model, a training script's extras or a payload read and are
+judged exactly as in a zip archive. Storage offsets follow from the counts the pickle states,
+each checked against the count written before the storage's bytes when it is first read.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import warnings
+from typing import Any
 
 from bninspect.checkpoint import Checkpoint
-from bninspect.errors import InvalidFileError, UnsafeFileError
-from bninspect.formats import containers
-from bninspect.formats.paths import open_regular
-from bninspect.formats.pickles import TRUST_HINT, refuse_globals, scan_globals
+from bninspect.errors import BNInspectError, InvalidFileError
+from bninspect.formats import containers, unpickler, verdict, zipdir
+from bninspect.formats.paths import SharedFile, open_regular, pread_exact
+from bninspect.formats.pickles import check_memo_indices
+from bninspect.formats.torchzip import MAX_PICKLE_BYTES, TorchReader, _Storage, _StorageType
 
-# torch/serialization.py: MAGIC_NUMBER = 0x1950a86a20f9469cfc6c, pickled first as a LONG1.
+# torch/serialization.py: MAGIC_NUMBER = 0x1950a86a20f9469cfc6c, pickled first as a LONG1;
+# PROTOCOL_VERSION = 1001.
 MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-MIN_TORCH = (2, 6)
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
 CORRUPT = "a legacy torch.save file that is corrupt or truncated"
+_FIRST_READ = 64 << 10
+_PICKLES = ("the magic number", "the protocol version", "the system information", "the saved object",
+            "the storage keys")
+_WHERE = "the legacy file's pickles"
 
 
 def sniff(head: bytes) -> bool:
@@ -37,73 +48,137 @@ def sniff(head: bytes) -> bool:
     return head[i:i + 12] == b"\x8a\x0a" + MAGIC
 
 
-def require_safe_torch(path: str) -> None:
-    """UnsafeFileError on torch < 2.6, whose weights_only=True could be bypassed (CVE-2025-32434)."""
-    import torch
+class _LegacyStorage(_Storage):
+    """A storage in the legacy file's data area: its bytes follow an 8-byte element count,
+    which must be the count the pickle states (checked on the first read)."""
 
-    parts = re.match(r"(\d+)\.(\d+)", torch.__version__)
-    version = (int(parts.group(1)), int(parts.group(2))) if parts else (0, 0)
-    if version < MIN_TORCH:
-        raise UnsafeFileError(
-            f"refused: torch {torch.__version__} is installed, and before 2.6 torch.load(weights_only=True) "
-            "can be tricked into running code (CVE-2025-32434); upgrade torch to 2.6 or later",
-            path=path,
-        )
+    __slots__ = ("header",)
 
+    def __init__(self, file: SharedFile, key: str, dtype: str, numel: int, np_dtype: Any, header: int = -1) -> None:
+        member = zipdir.Member(f"storage {key}", 0, numel * np_dtype.itemsize, 0)
+        super().__init__(file, member, dtype, numel, np_dtype)
+        self.header = header  # offset of the element count; set once the data area is laid out
 
-def _leading_globals(f, path: str) -> list[str]:
-    names: list[str] = []
-    try:
-        # magic, protocol version, system info, the saved object, the storage keys: torch
-        # unpickles all five, so a payload in any of them must be named here.
-        for _ in range(5):
-            found, _end = scan_globals(f)
-            names.extend(n for n in found if n not in names)
-    except Exception:  # a malformed pickle: let the reader say so below
-        raise InvalidFileError(CORRUPT, path=path) from None
-    return names
+    def data_offset(self) -> int:
+        if self._data_offset is None:
+            if self.header < 0:
+                raise InvalidFileError(f"{CORRUPT} (storage {self.name} is not among the stored keys)", path=self.file.path)
+            count = int.from_bytes(self.file.pread(8, self.header, self.name), "little", signed=True)
+            if count != self.numel:
+                raise InvalidFileError(f"{CORRUPT} ({self.name} holds {count} elements where the pickle says "
+                                       f"{self.numel})", path=self.file.path)
+            self._data_offset = self.header + 8
+        return self._data_offset
 
 
-def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
-    """Load with torch.load(weights_only=True) after a static scan; trusted load only with ``trust``."""
+class _LegacyReader(TorchReader):
+    """The storages one legacy file's object pickle names, by key; views of them where old
+    files stored storage views."""
+
+    def __init__(self, file: SharedFile, log: unpickler.Log) -> None:
+        super().__init__(file.path, False, log)
+        self.file = file
+        self.roots: dict[str, _LegacyStorage] = {}
+        self.views: list[tuple[_LegacyStorage, str, int]] = []  # (view, root key, element offset)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid:
+            raise InvalidFileError(f"{CORRUPT} (an unexpected persistent id)", path=self.path)
+        kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
+        if kind == "module" and len(pid) == 4:
+            return pid[1]  # a pickled module's class (read as data), with its source text
+        if kind != "storage" or len(pid) != 6:
+            raise InvalidFileError(f"{CORRUPT} (an unexpected persistent id)", path=self.path)
+        _, stype, key, _location, numel, view = pid
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise InvalidFileError(f"{CORRUPT} (a malformed storage reference)", path=self.path)
+        root = self.roots.get(key)
+        if root is None:
+            root = self.roots[key] = _LegacyStorage(self.file, key, stype.dtype, numel, self.np_dtype(stype.dtype))
+        if view is None:
+            return root
+        if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
+                and all(type(v) is int and v >= 0 for v in view[1:]) and view[1] + view[2] <= root.numel):
+            raise InvalidFileError(f"{CORRUPT} (a storage view outside its storage)", path=self.path)
+        part = _LegacyStorage(self.file, view[0], root.dtype, view[2], root.np_dtype)
+        self.views.append((part, key, view[1]))
+        return part
+
+    def lay_out(self, keys: Any, start: int, size: int) -> None:
+        """Place each storage in the data area that starts at ``start``: keys in the order the
+        file lists them, each an 8-byte count and its bytes."""
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise InvalidFileError(f"{CORRUPT} (the storage key list is not a list of names)", path=self.path)
+        offset = start
+        for key in keys:
+            root = self.roots.get(key)
+            if root is None:
+                raise InvalidFileError(f"{CORRUPT} (storage {key!r} is stored but never used)", path=self.path)
+            root.header = offset
+            offset += 8 + root.info.file_size
+        if offset > size:
+            raise InvalidFileError(f"{CORRUPT} (its storages need {offset} bytes, the file has {size})", path=self.path)
+        for part, key, element in self.views:
+            root = self.roots[key]
+            if root.header >= 0:
+                part._data_offset = root.header + 8 + element * root.itemsize
+
+
+def _next_pickle(fd: int, start: int, size: int, path: str, what: str) -> bytes:
+    """The bytes of the pickle that starts at ``start``: read in growing pieces until its STOP
+    (the memo check finds it), never more than MAX_PICKLE_BYTES."""
+    want = _FIRST_READ
+    while True:
+        data = pread_exact(fd, min(want, size - start), start, path, what) if start < size else b""
+        if not data:
+            raise InvalidFileError(f"{CORRUPT} ({what} is missing)", path=path)
+        try:
+            return data[:check_memo_indices(data)]
+        except ValueError as exc:
+            if start + len(data) >= size or len(data) >= MAX_PICKLE_BYTES:
+                if len(data) >= MAX_PICKLE_BYTES:
+                    raise InvalidFileError(f"{what} is larger than {MAX_PICKLE_BYTES >> 20} MiB; bninspect reads no "
+                                           "more", path=path) from None
+                raise InvalidFileError(f"{CORRUPT} ({what}: {exc})", path=path) from None
+        want = min(want * 4, MAX_PICKLE_BYTES)
+
+
+def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
+    """Read a legacy torch.save file without running anything from it (no torch import)."""
     fd = open_regular(path)
-    with os.fdopen(fd, "rb") as f:
+    try:
+        size = os.fstat(fd).st_size
+        log = unpickler.Log(path)
+        reader = _LegacyReader(SharedFile(path, os.dup(fd)), log)
+        values: list[Any] = []
+        position = 0
         try:
-            refuse_globals(_leading_globals(f, path), path=path)
-        except UnsafeFileError:
-            if not trust:
-                raise
-            from bninspect.formats import trusted
+            for index, what in enumerate(_PICKLES):
+                data = _next_pickle(fd, position, size, path, what)
+                position += len(data)
+                values.append(verdict.load_judged(data, path=path, what=what, find=reader.find, log=log,
+                                                  persistent_load=reader.persistent_load if index == 3 else None))
+                if index == 2:
+                    _check_header(values, reader, path)
+        except BNInspectError as exc:
+            # A payload in an early pickle, then a file that is otherwise broken: still named.
+            partial = verdict.judge(log, values[3] if len(values) > 3 else None, where=_WHERE)
+            if exc.verdict is None and partial.refused:
+                exc.verdict = partial
+            raise
+        judged = verdict.judge(log, values[3], where=_WHERE)
+        with verdict.attached(judged):
+            reader.lay_out(values[4], position, size)
+            checkpoint = containers.build_checkpoint(values[3], path=path, format="torch-legacy", key=key)
+    finally:
+        os.close(fd)
+    checkpoint.verdict = judged
+    return checkpoint
 
-            return trusted.read(path, trust=trust, key=key, strict=strict)
-        require_safe_torch(path)
-        import torch
 
-        f.seek(0)
-        try:
-            # torch warns on stderr (e.g. about pickle protocols); our output is one line at most.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                obj = torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # torch names the global it stopped at ("GLOBAL builtins.exec was not an allowed
-            # global"); we keep only the names, never its multi-line advice.
-            text = str(exc)
-            refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
-            if refused:
-                reason = f"torch's weights-only loader rejects globals ({', '.join(refused)})"
-            elif "Unsupported operand" in text:
-                # e.g. FRAME (protocol 4) in a legacy file: valid, but torch's safe unpickler lacks it.
-                reason = "torch's weights-only loader does not support this file's pickle opcodes"
-            else:
-                raise InvalidFileError(CORRUPT, path=path) from None
-            if trust:
-                from bninspect.formats import trusted
-
-                return trusted.read(path, trust=trust, key=key, strict=strict)
-            raise UnsafeFileError(f"refused: {reason}; {TRUST_HINT}", path=path) from None
-        except Exception:
-            raise InvalidFileError(CORRUPT, path=path) from None
-    from bninspect.formats.torchobj import to_tree
-
-    return containers.build_checkpoint(to_tree(obj, path), path=path, format="torch-legacy", key=key)
+def _check_header(values: list[Any], reader: _LegacyReader, path: str) -> None:
+    """The magic number, the protocol version and the byte order, as torch's loader checks them."""
+    if values[0] != MAGIC_NUMBER or values[1] != PROTOCOL_VERSION or not isinstance(values[2], dict):
+        raise InvalidFileError(f"{CORRUPT} (bad magic number, protocol version or system information)", path=path)
+    if values[2].get("little_endian") is False:
+        reader.byteorder = "big"

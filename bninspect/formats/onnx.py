@@ -192,8 +192,8 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False) -> Checkpoint:
-    """Read an ONNX model's BN and producer nodes into a Checkpoint (no code runs; ``trust`` is moot)."""
+def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoint:
+    """Read an ONNX model's BN and producer nodes into a Checkpoint (no code runs)."""
     if key is not None:
         raise UsageError("--key applies to nested checkpoints, not to ONNX models", path=path)
     model = load_model(path)

@@ -193,7 +193,7 @@ def _weights_path(path: str) -> str:
     return os.path.splitext(path)[0] + ".bin"
 
 
-def read(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False) -> Checkpoint:
+def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoint:
     """Read BatchNormInference layers and (folded) producers of an OpenVINO IR into a Checkpoint."""
     if key is not None:
         raise UsageError("--key applies to nested checkpoints, not to OpenVINO IR", path=path)

@@ -1,14 +1,14 @@
-"""The pickle allow-list and a static scan that names every global a pickle would import.
+"""What torch's pickles may name, and two opcode-level passes that run before or beside the unpickler.
 
-A pickle runs code only through the globals it imports (``GLOBAL``, ``STACK_GLOBAL``, ``INST``,
-``EXT*`` opcodes all end in ``find_class``), so a refusal can name every offending global,
-not just the first one torch would stop at. The zip reader records them in ``find_class``
-while unpickling (one fast C pass, refused globals become inert placeholders); the static
-scan here (``pickletools.genops``: decodes opcodes, executes nothing) lists them for the
-legacy reader before torch sees the file, and completes the zip reader's list when a
-refused load stopped early.
-The allow-list is deliberately short: an allow-list, not a deny-list, because deny-lists
-miss globals such as ``builtins.exec``, ``operator.attrgetter`` or ``torch.load`` itself.
+- The allow-list: the globals the static unpickler (:mod:`bninspect.formats.unpickler`) maps
+  to inert stand-ins (tensor rebuilds, storages, dtypes, a few containers). Everything else
+  becomes an opaque record there and is judged by :mod:`bninspect.formats.verdict`. An
+  allow-list, not a deny-list: deny-lists miss globals such as ``builtins.exec``,
+  ``operator.attrgetter`` or ``torch.load`` itself, and here nothing outside it even
+  becomes callable.
+- ``check_memo_indices``: lengths only, before the C unpickler sees a byte (memo bombs).
+- ``scan_globals``: the globals a pickle names, from its opcodes alone (``pickletools.genops``
+  decodes, executes nothing), for the verdict on a pickle too malformed to load.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pickletools
 import re
 from collections.abc import Callable
 
-from bninspect.errors import UnsafeFileError
 
 # torch's storage classes (the typed-storage names torch.save still writes in persistent ids)
 # and the dtype of one element of each.
@@ -67,6 +66,7 @@ DTYPE_GLOBALS: dict[str, str] = {
 # Each is mapped to an inert stand-in by the reader; none of the real callables is ever called.
 TENSOR_GLOBALS = frozenset({
     "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor",  # torch < 1.0 (legacy files)
     "torch._utils._rebuild_parameter",
     "torch._utils._rebuild_parameter_with_state",
     "torch._tensor._rebuild_from_type_v2",
@@ -91,9 +91,6 @@ TORCHSCRIPT_GLOBALS = frozenset({
 })
 TORCHSCRIPT_CLASS_PREFIX = "__torch__."
 
-TRUST_HINT = "pass --trust to load it with torch.load(weights_only=False), which runs code from the file"
-
-
 def allowed(name: str, *, torchscript: bool = False) -> bool:
     """Whether the reader maps the global ``module.name`` to an inert stand-in."""
     if name in TENSOR_GLOBALS or name in STORAGE_DTYPES or name in DTYPE_GLOBALS:
@@ -105,11 +102,15 @@ def allowed(name: str, *, torchscript: bool = False) -> bool:
 
 def normalize(module: str, name: str) -> str:
     """``module.name`` as Python 3 resolves it: protocol 0-2 pickles say ``__builtin__.set``."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    elif module in _compat_pickle.IMPORT_MAPPING:
-        module = _compat_pickle.IMPORT_MAPPING[module]
+    module, name = resolve(module, name)
     return f"{module}.{name}"
+
+
+def resolve(module: str, name: str) -> tuple[str, str]:
+    """(module, name) as Python 3's unpickler maps Python 2 names (``__builtin__``, ``copy_reg``)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 _STRING_OPS = frozenset({
@@ -167,17 +168,6 @@ def scan_globals(stream: io.BufferedIOBase | io.BytesIO) -> tuple[list[str], int
         if len(recent) > 64:
             del recent[:-8]
     return names, end
-
-
-def refuse_globals(names: list[str], *, torchscript: bool = False, path: str | None = None) -> None:
-    """UnsafeFileError naming every global outside the allow-list; nothing when all are allowed."""
-    refused = [n for n in names if not allowed(n, torchscript=torchscript)]
-    if refused:
-        shown = ", ".join(refused[:12]) + (f", ... ({len(refused)} in all)" if len(refused) > 12 else "")
-        raise UnsafeFileError(
-            f"refused: unpickling it would import globals outside bninspect's allow-list ({shown}); {TRUST_HINT}",
-            path=path,
-        )
 
 
 # -- structure check before the C unpickler -----------------------------------------------------
@@ -280,8 +270,9 @@ def _run_matcher(bits: int) -> Callable[[bytes, int], re.Match[bytes]]:
     return re.compile(b"(?:" + b"|".join(branches) + b")*+", re.DOTALL).match
 
 
-def check_memo_indices(data: bytes) -> None:
-    """ValueError when a PUT names a memo index as large as the pickle, or the pickle is malformed.
+def check_memo_indices(data: bytes) -> int:
+    """The offset just past the pickle's STOP; ValueError when a PUT names a memo index as large
+    as the pickle, or the pickle is malformed (or ends without STOP).
 
     Lengths only, nothing is built: about 10 ms per MB of pickle.
     """
@@ -302,7 +293,7 @@ def check_memo_indices(data: bytes) -> None:
                 if index >= end:
                     raise ValueError(f"memo index {index} in a pickle of {end} bytes")
             elif op == _STOP:
-                return
+                return i
             i += sizes[op]
         elif kind == 2:
             size = sizes[op]

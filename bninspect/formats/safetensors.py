@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, TensorRef, are_sizes, decode, natural_key
+from bninspect.checkpoint import Checkpoint, ModuleNode, TensorRef, are_sizes, decode, natural_key
 from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
@@ -121,7 +121,7 @@ def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[
     return dtype, tuple(shape), begin, end
 
 
-def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
     """Validate the header and return lazy tensors; nothing but the header is read here."""
     # The lazy tensors read through this descriptor (closed with the last of them).
     file = SharedFile(path, open_regular(path))
@@ -158,7 +158,7 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
         raise NoStateDictError("safetensors file holds no tensors", path=path)
     # Every value is a tensor already: as a ModuleNode (with no module facts) the state dict is
     # taken as it is, not copied key by key through the search for tensors among other values.
-    node = containers.ModuleNode(tensors=tensors)
+    node = ModuleNode(tensors=tensors)
     checkpoint = containers.build_checkpoint(node, path=path, format="safetensors", key=key, notes=notes)
     checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
     return checkpoint

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import ModuleInfo, TensorRef
+from bninspect.checkpoint import ModuleInfo, ModuleNode, TensorRef, is_simple_fact
 from bninspect.errors import InvalidFileError
-from bninspect.formats.containers import MAX_DEPTH, ModuleNode, is_simple_fact
+from bninspect.formats.containers import MAX_DEPTH
 
 # Module attributes worth keeping: BN's (constructor arguments and mode), and what producer
 # matching needs from convs and linears. All are plain Python values on the module.

@@ -2,12 +2,14 @@
 
 Both formats are a zip archive ``<name>/data.pkl`` + ``<name>/data/<key>`` records (torch
 writes the records uncompressed); ``zipdir`` lists the members of archives as plain as torch
-writes them, zipfile those of all others. We unpickle ``data.pkl`` with an Unpickler whose
-``find_class`` only hands out inert stand-ins for a short allow-list (see ``pickles``) and
-records every other global, so that a refusal names them all; a static pass before it
-refuses memo indices that would make the C unpickler allocate gigabytes. Tensors become lazy
-:class:`TensorRef`s that ``pread`` just their bytes from the record; each record's size is
-checked against the storage size the pickle claims before anything is read.
+writes them, zipfile those of all others. ``data.pkl`` goes through the static unpickler
+(:mod:`bninspect.formats.unpickler`): this module hands it inert stand-ins for the short
+allow-list of tensor rebuilds, storages and containers (see ``pickles``), every other global
+is read as an opaque record, and :mod:`bninspect.formats.verdict` judges what a real load
+would do. Tensors become lazy :class:`TensorRef`s that ``pread`` just their bytes from the
+record; each record's size is checked against the storage size the pickle claims before
+anything is read. A pickled ``nn.Module`` is read from its module tree
+(:mod:`bninspect.formats.pymodules`).
 
 TorchScript archives (``<name>/code/``) pickle their modules as ``__torch__.*`` objects: we
 keep them as inert objects (class name + attribute dict) and rebuild state-dict-style keys
@@ -21,36 +23,24 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
-import io
 import math
 import operator
 import os
-import pickle
 import re
 import struct
 import zipfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, are_sizes, decode
-from bninspect.errors import InvalidFileError, UnsafeFileError
-from bninspect.formats import containers, zipdir
-from bninspect.formats.containers import ModuleNode, is_simple_fact
+from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, ModuleNode, TensorRef, are_sizes, decode, is_simple_fact
+from bninspect.errors import InvalidFileError
+from bninspect.formats import containers, unpickler, verdict, zipdir
 from bninspect.formats.paths import SharedFile, open_regular
-from bninspect.formats.pickles import (
-    DTYPE_GLOBALS,
-    STORAGE_DTYPES,
-    TORCHSCRIPT_CLASS_PREFIX,
-    allowed,
-    check_memo_indices,
-    normalize,
-    refuse_globals,
-    scan_globals,
-)
+from bninspect.formats.pickles import DTYPE_GLOBALS, STORAGE_DTYPES, TORCHSCRIPT_CLASS_PREFIX, allowed
 
 # An expanded view (stride 0, overlapping strides) is materialised only up to this size: a
 # 16-byte record may legally claim a (10**9, 10**9) shape, and we must not allocate it.
@@ -170,23 +160,6 @@ class ScriptObject:
         self.state = state
 
 
-class _RefusedGlobal:
-    """What a refused global unpickles to while we finish listing them: inert, accepts anything.
-
-    Loading goes on past a refusal only to name every refused global in one error; the
-    result is thrown away. It is a class because NEWOBJ needs one.
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_RefusedGlobal":
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-
 def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not are_sizes(value):
         raise InvalidFileError(f"corrupt data.pkl: a tensor's {what} is not a tuple of non-negative integers", path=path)
@@ -217,33 +190,26 @@ class _Archive:
     strict: zipfile.ZipFile | None = None  # with --strict: zipfile's view, to check every member's CRC
 
 
-class _Reader:
-    """State of one archive read: records, storages, and the stand-ins handed to the unpickler."""
+class TorchReader:
+    """What a torch pickle's allowed globals unpickle to, for one load: storage types, dtype
+    names, TorchScript classes, and the stand-ins of :func:`_stand_ins`. Every other global
+    is left to the static unpickler (``find`` returns None)."""
 
-    def __init__(self, file: SharedFile, archive: _Archive, prefix: str, torchscript: bool) -> None:
-        path = self.path = file.path
-        self.file = file
-        self.prefix = prefix
+    def __init__(self, path: str, torchscript: bool, log: unpickler.Log) -> None:
+        self.path = path
         self.torchscript = torchscript
-        self.infos = archive.infos
-        self.storages: dict[tuple[str, str], _Storage] = {}
+        self.log = log
         self.np_dtypes: dict[str, np.dtype] = {}
         self.classes: dict[str, type] = {}
         self.byteorder = "little"
-        order = self.infos.get(f"{prefix}byteorder")
-        if order is not None and order.file_size <= 16:
-            try:
-                text = archive.read(order).decode("ascii", "replace").strip()
-            except ZIP_ERRORS:
-                raise InvalidFileError("the archive's byteorder record cannot be read", path=path) from None
-            if text not in ("little", "big"):
-                raise InvalidFileError(f"unknown byte order {text!r} in the archive", path=path)
-            self.byteorder = text
-        self.stand_ins = _stand_ins(path)
+        self.stand_ins = _stand_ins(path, log)
         self.found: dict[str, _Inert] = {}
 
     def find(self, name: str) -> Any:
-        """What the allowed global ``name`` unpickles to: a dtype name, a storage type, a class, a stand-in."""
+        """What the allowed global ``name`` unpickles to: a dtype name, a storage type, a class,
+        a stand-in; None for a global outside the allow-list."""
+        if not allowed(name, torchscript=self.torchscript):
+            return None
         if name in STORAGE_DTYPES:
             return _StorageType(STORAGE_DTYPES[name])
         if name in DTYPE_GLOBALS:
@@ -259,6 +225,33 @@ class _Reader:
         if stand_in is None:
             stand_in = self.found[name] = _stand_in(name, self.stand_ins[name])
         return stand_in
+
+    def np_dtype(self, dtype: str) -> np.dtype:
+        found = self.np_dtypes.get(dtype)
+        if found is None:
+            found = self.np_dtypes[dtype] = _np_dtype(dtype, self.byteorder)
+        return found
+
+
+class _Reader(TorchReader):
+    """One archive read: its records and storages, on top of the allowed globals' stand-ins."""
+
+    def __init__(self, file: SharedFile, archive: _Archive, prefix: str, torchscript: bool, log: unpickler.Log) -> None:
+        super().__init__(file.path, torchscript, log)
+        path = file.path
+        self.file = file
+        self.prefix = prefix
+        self.infos = archive.infos
+        self.storages: dict[tuple[str, str], _Storage] = {}
+        order = self.infos.get(f"{prefix}byteorder")
+        if order is not None and order.file_size <= 16:
+            try:
+                text = archive.read(order).decode("ascii", "replace").strip()
+            except ZIP_ERRORS:
+                raise InvalidFileError("the archive's byteorder record cannot be read", path=path) from None
+            if text not in ("little", "big"):
+                raise InvalidFileError(f"unknown byte order {text!r} in the archive", path=path)
+            self.byteorder = text
 
     def storage(self, pid: Any) -> _Storage:
         """The storage named by a persistent id ('storage', type, key, location, numel)."""
@@ -277,9 +270,7 @@ class _Reader:
         info = self.infos.get(f"{self.prefix}data/{key}")
         if info is None:
             raise InvalidFileError(f"record data/{key} that data.pkl refers to is missing from the archive", path=self.path)
-        np_dtype = self.np_dtypes.get(dtype)
-        if np_dtype is None:
-            np_dtype = self.np_dtypes[dtype] = _np_dtype(dtype, self.byteorder)
+        np_dtype = self.np_dtype(dtype)
         claimed = numel * np_dtype.itemsize
         if info.file_size != claimed:
             raise InvalidFileError(
@@ -290,33 +281,45 @@ class _Reader:
         return _Storage(self.file, info, dtype, numel, np_dtype)
 
 
-def _stand_ins(path: str) -> dict[str, Callable[..., Any]]:
-    """What each allowed global a pickle calls does instead (``path`` is for error messages)."""
+def _stand_ins(path: str, log: unpickler.Log) -> dict[str, Callable[..., Any]]:
+    """What each allowed global a pickle calls does instead (``path`` is for error messages).
+
+    Those that build from their arguments charge what they build to ``log``: a memo'd
+    argument can be passed again and again at a few bytes of pickle each time.
+    """
+    def sized(build: Callable[[Any], Any], per_item: int) -> Callable[..., Any]:
+        def stand_in(items: Any = ()) -> Any:
+            log.charge(per_item * len(items) if hasattr(items, "__len__") else per_item)
+            return build(items)
+        return stand_in
+
     return {
         "torch._utils._rebuild_tensor_v2": functools.partial(_rebuild_tensor, path),
+        "torch._utils._rebuild_tensor": functools.partial(_rebuild_tensor, path),  # pre-1.0 legacy files
         "torch._utils._rebuild_parameter": lambda data, *rest: data,
         "torch._utils._rebuild_parameter_with_state": lambda data, *rest: data,
         "torch._tensor._rebuild_from_type_v2": functools.partial(_rebuild_from_type, path),
         "torch.nn.parameter.Parameter": lambda data=None, *rest: data,
         "torch.Tensor": functools.partial(_not_a_constructor, path),
-        "torch.Size": lambda dims=(): tuple(dims),
+        "torch.Size": sized(tuple, 8),
         "torch.device": lambda *args: "device(" + ", ".join(map(str, args)) + ")",
         "collections.OrderedDict": OrderedDict,
-        "_codecs.encode": functools.partial(_encode, path),
-        "builtins.set": set,
-        "builtins.frozenset": frozenset,
+        "_codecs.encode": functools.partial(_encode, path, log),
+        "builtins.set": sized(set, 64),
+        "builtins.frozenset": sized(frozenset, 64),
         "builtins.complex": complex,
-        "torch.jit._pickle.build_intlist": list,
-        "torch.jit._pickle.build_doublelist": list,
-        "torch.jit._pickle.build_boollist": list,
-        "torch.jit._pickle.build_tensorlist": list,
+        "torch.jit._pickle.build_intlist": sized(list, 8),
+        "torch.jit._pickle.build_doublelist": sized(list, 8),
+        "torch.jit._pickle.build_boollist": sized(list, 8),
+        "torch.jit._pickle.build_tensorlist": sized(list, 8),
         "torch.jit._pickle.restore_type_tag": lambda value, *rest: value,
     }
 
 
-def _encode(path: str, text: Any, encoding: str = "utf-8") -> bytes:
+def _encode(path: str, log: unpickler.Log, text: Any, encoding: str = "utf-8") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
         raise InvalidFileError("corrupt data.pkl: unexpected _codecs.encode arguments", path=path)
+    log.charge(len(text))
     return text.encode(encoding)
 
 
@@ -371,35 +374,6 @@ def _load(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple
     return decode(values, storage.dtype)
 
 
-class _WholePickle(io.BytesIO):
-    """data.pkl, handed to the C unpickler in one piece.
-
-    Given ``peek``, the C unpickler reads from what it returns; without it (a plain BytesIO),
-    it calls ``read`` for nearly every opcode: 190 ms instead of 80 at 10,000 layers.
-    """
-
-    def peek(self, size: int = 0) -> bytes:
-        return self.getvalue()[self.tell():]
-
-
-class _Unpickler(pickle.Unpickler):
-    """``find_class`` hands out stand-ins for allowed globals and records every other one."""
-
-    def __init__(self, data: bytes, reader: _Reader) -> None:
-        super().__init__(_WholePickle(data))
-        self.reader = reader
-        self.refused: list[str] = []
-        self.persistent_load = reader.storage  # bound directly: one Python call less per storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = normalize(module, name)
-        if not allowed(full, torchscript=self.reader.torchscript):
-            if full not in self.refused:
-                self.refused.append(full)
-            return _RefusedGlobal
-        return self.reader.find(full)
-
-
 def _archive_prefix(names: dict[str, Any], path: str) -> str:
     for name in names:
         head, sep, tail = name.partition("/")
@@ -426,33 +400,26 @@ def _check_crcs(zf: zipfile.ZipFile, path: str) -> None:
             raise InvalidFileError(f"record {info.filename} cannot be read (truncated or corrupt)", path=path) from None
 
 
-def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
+def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
     """Read a torch.save or TorchScript zip archive without running anything from it."""
     fd = open_regular(path)
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            # The lazy tensors read through their own copy of this descriptor.
-            shared = SharedFile(path, os.dup(fd))
-            members = None
-            if not strict:  # --strict reads every member through zipfile
-                size = os.fstat(fd).st_size
-                with contextlib.suppress(OSError):
-                    members = zipdir.directory(fd, size)
-            if members is not None:
-                return _read_archive(shared, _Archive(members, functools.partial(zipdir.read, fd, size)), key=key)
-            try:
-                zf = zipfile.ZipFile(fh)
-            except ZIP_ERRORS:
-                raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
-            with zf:
-                archive = _Archive({i.filename: i for i in zf.infolist()}, zf.read, zf if strict else None)
-                return _read_archive(shared, archive, key=key)
-    except UnsafeFileError:
-        if not trust:
-            raise
-        from bninspect.formats import trusted
-
-        return trusted.read(path, trust=trust, key=key, strict=strict)
+    with os.fdopen(fd, "rb") as fh:
+        # The lazy tensors read through their own copy of this descriptor.
+        shared = SharedFile(path, os.dup(fd))
+        members = None
+        if not strict:  # --strict reads every member through zipfile
+            size = os.fstat(fd).st_size
+            with contextlib.suppress(OSError):
+                members = zipdir.directory(fd, size)
+        if members is not None:
+            return _read_archive(shared, _Archive(members, functools.partial(zipdir.read, fd, size)), key=key)
+        try:
+            zf = zipfile.ZipFile(fh)
+        except ZIP_ERRORS:
+            raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
+        with zf:
+            archive = _Archive({i.filename: i for i in zf.infolist()}, zf.read, zf if strict else None)
+            return _read_archive(shared, archive, key=key)
 
 
 def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Checkpoint:
@@ -473,35 +440,20 @@ def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Ch
         data = archive.read(info)
     except ZIP_ERRORS:
         raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
-    try:
-        check_memo_indices(data)
-    except ValueError as exc:
-        raise InvalidFileError(f"data.pkl is corrupt ({exc})", path=path) from None
-    reader = _Reader(file, archive, prefix, torchscript)
-    unpickler = _Unpickler(data, reader)
-    error: InvalidFileError | None = None
-    # One pass of the C unpickler (a static opcode scan in Python costs 20x more on a
-    # 10,000-layer file); refused globals are only recorded, so all of them get named.
-    try:
-        root = unpickler.load()
-    except InvalidFileError as exc:
-        error = exc
-    except RecursionError:
-        error = InvalidFileError("data.pkl is nested too deeply to read", path=path)
-    except Exception as exc:  # UnpicklingError, EOFError, TypeError from malformed opcodes...
-        error = InvalidFileError(f"data.pkl is corrupt ({type(exc).__name__} while unpickling)", path=path)
-    if unpickler.refused:
-        names = list(unpickler.refused)
-        if error is not None:
-            # The load stopped early: list the globals it did not reach from the opcodes alone.
-            with contextlib.suppress(Exception):
-                names += [n for n in scan_globals(io.BytesIO(data))[0] if n not in names]
-        refuse_globals(names, torchscript=torchscript, path=path)
-    if error is not None:
-        raise error
+    log = unpickler.Log(path)
+    reader = _Reader(file, archive, prefix, torchscript, log)
+    root = verdict.load_judged(data, path=path, what="data.pkl", find=reader.find, log=log,
+                               persistent_load=reader.storage)
+    judged = verdict.judge(log, root, where="data.pkl")
     if torchscript:
-        return _torchscript_checkpoint(path, archive, prefix, root, key)
-    return containers.build_checkpoint(root, path=path, format="torch-zip", key=key)
+        judged.merge(verdict.script_code(_code_files(archive, prefix), where=f"{prefix}code/"))
+    with verdict.attached(judged):
+        if torchscript:
+            checkpoint = _torchscript_checkpoint(path, archive, prefix, root, key)
+        else:
+            checkpoint = containers.build_checkpoint(root, path=path, format="torch-zip", key=key)
+    checkpoint.verdict = judged
+    return checkpoint
 
 
 # -- TorchScript -------------------------------------------------------------------------------
@@ -577,6 +529,27 @@ class _CodeIndex:
         if facts is None and qualname not in self.unreadable:
             self.unreadable.append(qualname)
         return facts
+
+
+# The code the verdict reads as text: TorchScript code of real models is kilobytes to a few
+# megabytes; past this much, what is left is named in the verdict as not examined.
+MAX_SCRIPT_CODE = 64 << 20
+
+
+def _code_files(archive: _Archive, prefix: str) -> Iterator[tuple[str, bytes | None]]:
+    """The archive's TorchScript code files (path under ``code/``, bytes) for the verdict;
+    None for a file it cannot examine (unreadable, or past the size limits)."""
+    code = f"{prefix}code/"
+    total = 0
+    for name, info in archive.infos.items():
+        if not (name.startswith(code) and name.endswith(".py")):
+            continue
+        total += info.file_size
+        data = None
+        if info.file_size <= _CodeIndex.MAX_CODE_BYTES and total <= MAX_SCRIPT_CODE:
+            with contextlib.suppress(*ZIP_ERRORS):
+                data = archive.read(info)
+        yield name[len(code):], data if data is not None and len(data) == info.file_size else None
 
 
 def _torchscript_checkpoint(path: str, archive: _Archive, prefix: str, root: Any, key: str | None) -> Checkpoint:

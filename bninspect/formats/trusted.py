@@ -68,10 +68,9 @@ def _torch_load(path: str) -> Any:
             raise InvalidFileError(f"torch.load failed on it ({type(exc).__name__})", path=path) from None
 
 
-def read(path: str, *, trust: bool, key: str | None, strict: bool) -> Checkpoint:
-    """Load a torch.save file (zip or legacy) with torch.load(weights_only=False)."""
-    if not trust:
-        raise UnsafeFileError(REFUSED.format(what="loading it with torch.load(weights_only=False)"), path=path)
+def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
+    """Load a torch.save file (zip or legacy) with torch.load(weights_only=False): the user
+    passed --trust (``formats.open_checkpoint`` decides that, and only there)."""
     from bninspect.formats.torchobj import to_tree
 
     obj = _torch_load(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from bninspect.render.common import Column, Out, Styled, safe, table, write_document
-from bninspect.render.jsondoc import dumps, plain
+from bninspect.render.jsondoc import dumps, plain, safety
 from bninspect.render.rules import STYLE
 from bninspect.services.check import SCHEMA, CheckReport, FileResult
 
@@ -18,10 +18,11 @@ from bninspect.services.check import SCHEMA, CheckReport, FileResult
 
 
 def to_json(report: CheckReport) -> str:
-    """The documented JSON document (schema bninspect.check/1)."""
+    """The documented JSON document (schema bninspect.check/2: /1 plus each file's ``safety``)."""
     body = {
         "files": [{"path": f.path, "format": f.format, "layers": f.layers, "possible_batchnorm": f.possible,
-                   "error": f.error, "exit_code": f.exit_code if f.error else None, "findings": f.findings}
+                   "error": f.error, "exit_code": f.exit_code if f.error else None, "findings": f.findings,
+                   "safety": safety(f.safety)}
                   for f in report.files],
         # Every finding once more, flat and with its file, so `jq '.findings[]'` works across files.
         "findings": [{"path": f.path, **plain(x)} for f in report.files for x in f.findings],

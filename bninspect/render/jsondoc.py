@@ -102,3 +102,17 @@ def dumps(schema: str, body: dict[str, Any]) -> str:
     """A JSON document: ``{"schema": schema, ...body}``, strictly valid JSON, its outer levels
     one entry per line and each deeper value (a layer, a finding) on one line."""
     return _layout({"schema": schema, **body}, 0)
+
+
+def safety(verdict: Any) -> dict[str, Any] | None:
+    """A file's safety verdict (formats.verdict.Verdict) as the ``safety`` object of the show and
+    check documents: every global by kind with its count and first place, and the packages a
+    real load imports; None for formats whose load runs nothing (safetensors, ONNX, IR)."""
+    if verdict is None:
+        return None
+    return {
+        "refused": bool(verdict.refused),
+        "packages": list(verdict.packages),
+        "uses": [{"name": u.name, "kind": u.kind, "count": u.count, "where": u.where, "location": u.location,
+                  "example": u.example} for u in verdict.uses],
+    }

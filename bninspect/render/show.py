@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from bninspect.render.common import Column, Out, Styled, num, safe, table
-from bninspect.render.jsondoc import dumps
+from bninspect.render.jsondoc import dumps, safety
 from bninspect.services.show import LayerSummary, ShowResult
 
 # rich is imported only where the output is a terminal (render.common.Out): `show --json` and
 # `show` into a pipe never load it.
 
-SCHEMA = "bninspect.show/1"
+SCHEMA = "bninspect.show/2"
 _SHORT = {"weight": "γ", "bias": "β", "running_mean": "μ", "running_var": "σ²", "num_batches_tracked": "n"}
 
 
 def to_json(result: ShowResult) -> str:
-    """The documented JSON document (schema bninspect.show/1); keys keep the file's original names."""
+    """The documented JSON document (schema bninspect.show/2: /1 plus ``safety``); keys keep the
+    file's original names."""
     body = {
         "file": result.file, "format": result.format, "container": result.container,
         "alternatives": result.alternatives, "prefix": result.prefix, "eps_note": result.eps_note,
         "layers": result.layers, "possible_batchnorm": result.possible, "other_norms": result.other_norms,
         "summary": {"layers": result.total_layers, "omitted": result.omitted, "channels": result.total_channels,
                     "parameters": result.total_parameters, "buffer_values": result.total_buffer_values},
-        "notes": result.notes,
+        "notes": result.notes, "safety": safety(result.safety),
     }
     return dumps(SCHEMA, body)
 

@@ -1,7 +1,7 @@
 """The rule registry: every check rule by code, selection by code or prefix, and the runner.
 
 Rules live one family per module (integrity BN0xx, statistics BN1xx, mode BN2xx, deployment
-BN3xx); importing this package registers them all in :data:`RULES`, ordered by code.
+BN3xx, safety BN4xx); importing this package registers them all in :data:`RULES`, ordered by code.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import difflib
 from typing import Iterable
 
 from bninspect.errors import UsageError
-from bninspect.rules import deployment, integrity, mode, statistics  # noqa: F401  (registration)
+from bninspect.rules import deployment, integrity, mode, safety, statistics  # noqa: F401  (registration)
 from bninspect.rules.base import REGISTRY, SEVERITIES, Context, Finding, Rule, Thresholds
 
 RULES: dict[str, Rule] = dict(sorted(REGISTRY.items()))
@@ -66,9 +66,10 @@ def find_rule(code: str) -> Rule:
 
 
 def run_rules(ctx: Context, rules: Iterable[Rule]) -> list[Finding]:
-    """Every finding of ``rules`` over the layers of ``ctx``, in layer order, then by code."""
+    """Every finding of ``rules`` over the layers of ``ctx``: the file's own (safety) first, then
+    in layer order, then by code."""
     rules = list(rules)
-    order = {layer.name: i for i, layer in enumerate(ctx.layers)}
+    order = {safety.FILE: -1, **{layer.name: i for i, layer in enumerate(ctx.layers)}}
     findings: list[Finding] = []
     for r in rules:
         if r.scope == "model":

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     import numpy as np
 
     from bninspect.checkpoint import Checkpoint
+    from bninspect.formats.verdict import Verdict
     from bninspect.layers import BNLayer
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
-FAMILIES = {"BN0": "integrity", "BN1": "statistics", "BN2": "mode", "BN3": "deployment"}
+FAMILIES = {"BN0": "integrity", "BN1": "statistics", "BN2": "mode", "BN3": "deployment", "BN4": "safety"}
 
 # PyTorch's nn.BatchNorm default eps (torch/nn/modules/batchnorm.py) and the default of
 # Keras/TensorFlow's BatchNormalization (epsilon=1e-3, keras.io/api/layers/normalization_layers).
@@ -65,6 +66,9 @@ class Context:
     layers: list[BNLayer]  # every BN layer of the checkpoint, possible ones included
     thresholds: Thresholds = field(default_factory=Thresholds)
     checkpoint: Checkpoint | None = None
+    # What a real load of the file would run (formats.verdict.Verdict); None where loading
+    # runs nothing (safetensors, ONNX, IR). Set even when no state dict could be read.
+    verdict: Verdict | None = None
 
 
 LayerCheck = Callable[["BNLayer", Context], Iterable[Finding]]

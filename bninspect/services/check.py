@@ -26,7 +26,7 @@ from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules,
 
 FAIL_ON = ("error", "warning", "info", "never")
 FORMATS = ("table", "concise")
-SCHEMA = "bninspect.check/1"
+SCHEMA = "bninspect.check/2"
 
 # [tool.bninspect] keys (dashes or underscores) → CheckOptions/Thresholds fields and their types.
 _CONFIG_KEYS: dict[str, type] = {
@@ -65,6 +65,7 @@ class FileResult:
     error: str | None = None  # one line, our words
     exit_code: int = EXIT_OK  # the error's exit class (3 unsafe, 4 invalid, 5 path, 2 usage)
     no_state_dict: bool = False  # a valid file that holds no state dict (data, not a checkpoint)
+    safety: Any = None  # the file's safety verdict (formats.verdict.Verdict), where it has one
 
 
 @dataclass
@@ -236,19 +237,32 @@ def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
 
 
 def check_file(path: str, opts: CheckOptions) -> FileResult:
-    """Open one file, discover its layers and run the selected rules; load errors become the result."""
+    """Open one file, discover its layers and run the selected rules; load errors become the result.
+
+    Files are read statically and never refused for what a real load would run: that is the
+    safety rules' finding (BN4xx). A file whose pickles were judged but that holds no state
+    dict (a bare payload) or broke afterwards gets those findings instead of its error, when
+    there are any; a clean one keeps its error.
+    """
     from bninspect.services.common import open_layers
 
     result = FileResult(path=path)
+    rules = select_rules(opts.select, opts.ignore)
     try:
-        found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps)
+        found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps, refuse_unsafe=False)
         result.format = found.checkpoint.format
         result.layers, result.possible = len(found.layers), len(found.possible)
-        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
-        result.findings = run_rules(ctx, select_rules(opts.select, opts.ignore))
+        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,
+                      verdict=found.checkpoint.verdict)
+        result.findings = run_rules(ctx, rules)
+        result.safety = found.checkpoint.verdict
     except BNInspectError as exc:
         if opts.debug:
             raise
+        findings = run_rules(Context(layers=[], thresholds=opts.thresholds, verdict=exc.verdict), rules) if exc.verdict else []
+        if any(f.severity != "info" for f in findings):
+            result.findings, result.safety = findings, exc.verdict  # type: ignore[assignment]
+            return result
         result.error, result.exit_code = exc.line() if exc.path else f"{path}: {exc.line()}", exc.exit_code
         result.no_state_dict = isinstance(exc, NoStateDictError)
     except Exception as exc:  # a bug in a reader or a rule must not stop the other files
@@ -259,7 +273,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
                         "rerun with --debug and report it")
         result.exit_code = InvalidFileError.exit_code
     if result.error:
-        result.format, result.layers, result.possible, result.findings = None, 0, 0, []
+        result.format, result.layers, result.possible, result.findings, result.safety = None, 0, 0, [], None
     return result
 
 

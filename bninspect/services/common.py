@@ -10,8 +10,9 @@ from bninspect.layers import BNLayer, Discovery, discover
 
 
 def open_layers(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False,
-                eps: float | None = None) -> Discovery:
-    """Open a checkpoint safely and discover its BN layers (``eps`` overrides every layer's eps).
+                eps: float | None = None, refuse_unsafe: bool = True) -> Discovery:
+    """Open a checkpoint safely and discover its BN layers (``eps`` overrides every layer's eps;
+    ``refuse_unsafe``: see :func:`bninspect.formats.open_checkpoint`).
 
     A load makes a few objects per tensor (300,000 for a 10,000-layer .pt) that live as long
     as the command and form no reference cycles. Under the CLI (``process.freeze_loaded_objects``)
@@ -26,11 +27,11 @@ def open_layers(path: str, *, trust: bool = False, key: str | None = None, stric
     from bninspect.formats import open_checkpoint
 
     if not process.freeze_loaded_objects:
-        return discover(open_checkpoint(path, trust=trust, key=key, strict=strict), eps=eps)
+        return discover(open_checkpoint(path, trust=trust, key=key, strict=strict, refuse_unsafe=refuse_unsafe), eps=eps)
     enabled = gc.isenabled()
     gc.disable()
     try:
-        found = discover(open_checkpoint(path, trust=trust, key=key, strict=strict), eps=eps)
+        found = discover(open_checkpoint(path, trust=trust, key=key, strict=strict, refuse_unsafe=refuse_unsafe), eps=eps)
         gc.freeze()
         return found
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class ShowResult:
     total_parameters: int  # γ and β values
     total_buffer_values: int  # running_mean, running_var and num_batches_tracked values
     notes: list[str] = field(default_factory=list)
-
+    safety: Any = None  # what a real load of the file would run (formats.verdict.Verdict), where it has one
 
 
 _PARAMETERS = ("weight", "bias")  # γ and β
@@ -195,4 +196,5 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         total_layers=len(chosen), omitted=len(chosen) - len(shown),
         total_channels=channels_total, total_parameters=parameters, total_buffer_values=buffer_values,
         notes=list(ck.notes) + list(found.malformed.values()) + problems,
+        safety=ck.verdict,
     )

@@ -1,7 +1,9 @@
-"""The legacy non-zip format, and what only --trust opens: pickled nn.Modules, load_module."""
+"""The legacy non-zip format (read statically, like zip archives), and what only --trust does:
+build the real model (load_module) with torch.load(weights_only=False)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -32,18 +34,20 @@ def test_legacy_format_values(tmp_path):
 
 def test_legacy_sniff_with_protocol_4(tmp_path):
     path = tmp_path / "old4.pt"
-    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
-    # torch's weights-only unpickler has no FRAME opcode: only --trust can read this file.
-    with pytest.raises(UnsafeFileError, match="does not support this file's pickle opcodes.*--trust"):
-        open_checkpoint(path)
-    ckpt = open_checkpoint(path, trust=True)
+    torch.save({"w": torch.arange(2.0)}, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    # torch's weights-only unpickler has no FRAME opcode and refused this file; ours reads it.
+    ckpt = open_checkpoint(path)
     assert ckpt.format == "torch-legacy" and list(ckpt.tensors) == ["w"]
+    assert ckpt.tensors["w"].numpy().tolist() == [0.0, 1.0]
 
 
-def test_old_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(torch, "__version__", "2.5.1")
-    with pytest.raises(UnsafeFileError, match="CVE-2025-32434"):
-        legacy.require_safe_torch("x.pt")
+def test_legacy_reading_does_not_import_torch(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save(trained_net().state_dict(), path, _use_new_zipfile_serialization=False)
+    code = ("import sys; from bninspect.formats import open_checkpoint; "
+            f"c = open_checkpoint({str(path)!r}); c.tensors['bn.running_var'].numpy(); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def _pickled_module(tmp_path, legacy_format: bool):
@@ -70,29 +74,33 @@ def _pickled_module(tmp_path, legacy_format: bool):
 
 
 @pytest.mark.parametrize("legacy_format", [False, True], ids=["zip", "legacy"])
-def test_pickled_module_refused_without_trust_loaded_with_it(tmp_path, legacy_format):
+def test_pickled_module_is_read_statically(tmp_path, legacy_format):
     net, path = _pickled_module(tmp_path, legacy_format)
-    with pytest.raises(UnsafeFileError) as info:
-        open_checkpoint(path)
-    assert "my_models.Net" in info.value.message and "torch.nn.modules.batchnorm.BatchNorm2d" in info.value.message
-    ckpt = open_checkpoint(path, trust=True)
-    assert ckpt.format == "pickled-module"
+    (tmp_path / "my_models.py").unlink()  # nothing to import even if the reader tried
+    ckpt = open_checkpoint(path)
+    assert "my_models" not in sys.modules
+    assert ckpt.format == ("torch-legacy" if legacy_format else "torch-zip")
     assert list(ckpt.tensors) == list(net.state_dict())
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(ckpt.tensors[key].numpy(), value.numpy(), err_msg=key)
     bn = ckpt.modules["bn"]
-    assert bn.type_name == "BatchNorm2d"
+    assert bn.type_name == "BatchNorm2d" and bn.bn == "class"
     assert bn.attributes["eps"] == 1e-3 and bn.attributes["momentum"] is None and bn.attributes["training"] is True
     assert ckpt.modules[""].type_name == "Net" and ckpt.modules["conv"].attributes["groups"] == 1
+    assert {u.name: u.kind for u in ckpt.verdict.uses}["my_models.Net"] == "class"
 
 
-def test_pickled_module_whose_class_is_gone(tmp_path):
+def test_trusted_model_whose_class_is_gone(tmp_path):
+    # Building the real model (drift without --arch) needs the class; the static read does not.
     _, path = _pickled_module(tmp_path, False)
     (tmp_path / "my_models.py").write_text("import torch.nn as nn\nclass Other(nn.Module):\n    pass\n")
     with pytest.raises(InvalidFileError, match="needs class 'my_models.Net', which cannot be imported"):
-        open_checkpoint(path, trust=True)
+        load_module(str(path), trust=True)
     sys.modules.pop("my_models", None)
     (tmp_path / "my_models.py").unlink()
     with pytest.raises(InvalidFileError, match="needs module 'my_models', which cannot be imported"):
-        open_checkpoint(path, trust=True)
+        load_module(str(path), trust=True)
+    assert list(open_checkpoint(path).tensors)[:2] == ["conv.weight", "conv.bias"]
 
 
 def test_load_module_needs_trust(tmp_path):

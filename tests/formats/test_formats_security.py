@@ -1,4 +1,4 @@
-"""Hostile pickles are refused by name, never run; --trust alone runs them (proving they are live)."""
+"""Hostile pickles are read statically and refused by name, never run; --trust alone runs them (proving they are live)."""
 
 from __future__ import annotations
 
@@ -52,11 +52,11 @@ def test_hand_made_zip_with_exec_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_torchscript_classes_are_only_allowed_in_torchscript_archives(tmp_path):
-    # A plain torch.save archive has no business importing __torch__ classes.
+def test_torchscript_classes_are_only_modules_in_torchscript_archives(tmp_path):
+    # In a plain torch.save archive a __torch__ class is just another class, read as data.
     pkl = b"\x80\x02c__torch__\nM\nq\x00)\x81q\x01}q\x02b."
     path = write_zip(tmp_path / "ts_like.pt", pkl, {})
-    with pytest.raises(UnsafeFileError, match="__torch__.M"):
+    with pytest.raises(InvalidFileError, match="holds no state dict: an object of class __torch__.M .read as data."):
         open_checkpoint(path)
 
 

@@ -13,15 +13,18 @@ that for each payload and then that no bninspect command ever creates one.
 
 from __future__ import annotations
 
+import _osx_support
 import builtins
 import functools
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import random
 import runpy
+import shutil
 import stat
 import struct
 import subprocess
@@ -278,7 +281,7 @@ def _hostile(d: Path) -> list[Case]:
     _save({**sd, "x": partial_payload(m("zip_partial"))}, d / "zip_partial.pt", 4)
     add("zip_partial", "zip_partial.pt", "functools.partial")
     _save({**sd, "x": _object_array(exec_payload(m("zip_numpy_reconstruct")))}, d / "zip_numpy_reconstruct.pt", 2)
-    add("zip_numpy_reconstruct", "zip_numpy_reconstruct.pt", "multiarray._reconstruct")
+    add("zip_numpy_reconstruct", "zip_numpy_reconstruct.pt", "builtins.exec")
     # torch.load as the gadget: the outer file loads an inner hostile file with weights_only=False.
     inner = _save(exec_payload(m("zip_torch_load")), d / "inner_payload.bin")
     _save({**sd, "x": torch_load_payload(inner)}, d / "zip_torch_load.pt", 4)
@@ -298,6 +301,45 @@ def _hostile(d: Path) -> list[Case]:
     _replace_data_pkl(real_ts, d / "ts_exec.ts", dumps({"x": exec_payload(m("ts_exec"))}, protocol=2))
     real_ts.unlink()
     add("ts_exec", "ts_exec.ts", "builtins.exec", payload="")
+    # One case per family of calls the verdict refuses (issue 14), live wherever a payload can be
+    # made harmless to prove (a marker file); the rest are hand-written pickles, read never run.
+    live = {
+        "zip_compile": (Call(builtins.exec, Call(builtins.compile, _touch_code(m("zip_compile")), "<x>", "exec")),
+                        "builtins.compile"),
+        "zip_open": (Call(builtins.open, m("zip_open"), "w"), "io.open"),  # builtins.open is io.open
+        "zip_pickle_loads": (Call(pickle.loads, pickle.dumps(exec_payload(m("zip_pickle_loads")), protocol=2)),
+                             "_pickle.loads"),
+        "zip_shutil": (Call(shutil.copyfile, os.devnull, m("zip_shutil")), "shutil.copyfile"),
+        "zip_osx_support": (Call(_osx_support._read_output, f"touch {m('zip_osx_support')}"), "_osx_support._read_output"),
+        "zip_check_output": (Call(subprocess.check_output, ["touch", m("zip_check_output")]), "subprocess.check_output"),
+    }
+    for name, (payload, needle) in live.items():
+        _save({**sd, "x": payload}, d / f"{name}.pt", 4)
+        add(name, f"{name}.pt", needle)
+    inner_ts = _scripted_with_payload(m("zip_jit_load"), d / "inner_payload.ts")
+    _save({**sd, "x": Call(torch.jit.load, str(inner_ts))}, d / "zip_jit_load.pt", 4)
+    add("zip_jit_load", "zip_jit_load.pt", "torch.jit._serialization.load")
+    real = _save(sd, d / "_real.pt")
+    cmd = f"touch {m('crafted_importlib')}".encode()
+    importlib_pickle = (b"\x80\x02cbuiltins\ngetattr\n(cimportlib\nimport_module\n(S'os'\ntRS'system'\ntR(S'" + cmd
+                        + b"'\ntR.")
+    _replace_data_pkl(real, d / "crafted_importlib.pt", importlib_pickle)
+    add("crafted_importlib", "crafted_importlib.pt", "importlib.import_module")
+    for module, name in (("pty", "spawn"), ("socket", "create_connection"), ("webbrowser", "open"), ("nt", "system")):
+        crafted = b"\x80\x02c" + f"{module}\n{name}\n(S'x'\ntR.".encode()
+        _replace_data_pkl(real, d / f"crafted_{module}.pt", crafted)
+        add(f"crafted_{module}", f"crafted_{module}.pt", f"{module}.{name}", payload="")
+    real.unlink()
+    # A function nobody reviewed: not known to be harmful, still refused by the reading commands.
+    _save({**sd, "x": Call(math.sqrt, 2.0)}, d / "zip_unreviewed.pt")
+    add("zip_unreviewed", "zip_unreviewed.pt", "math.sqrt", payload="")
+    # TorchScript code that calls an operator from a library outside torch: read as text, named.
+    real_ts = _scripted_with_payload("unused", d / "_real.ts")
+    _replace_code = (lambda name, data: data.replace(b"torch.from_file(", b"ops.myops.evil(")
+                     if name.endswith(".py") and b"torch.from_file(" in data else data)
+    rewrite_zip(real_ts, d / "ts_custom_op.ts", _replace_code)
+    real_ts.unlink()
+    cases.append(Case("ts_custom_op", "ts_custom_op.ts", OK, "myops::evil", group="unsafe"))
     # Legacy format with the payload in the trailing storage-keys pickle (after the object).
     legacy = _save(sd, d / "_legacy.pt", 2, legacy=True).read_bytes()
     keys_at = legacy.rfind(b"\x80\x02]")  # the storage-key list is the last pickle before raw bytes

@@ -197,6 +197,13 @@ def test_every_command_answers_every_case(corpus, command, case):
     """Exit code, one stderr line naming the problem, no traceback, no escape, no hang."""
     if f"{command}-{case.name}" not in corpus.results:
         pytest.skip(f"bninspect has no '{command}' command in this build")
+    if command == "check" and case.code == UNSAFE:
+        # check reads it statically and reports what a real load would run as a finding.
+        run = corpus.results[f"{command}-{case.name}"]
+        assert run is not None and run.code == 1 and not run.err_lines, run
+        assert "Traceback" not in run.out and "\x1b" not in run.out
+        assert case.needle in run.out and ("BN401" in run.out or "BN402" in run.out), run.out
+        return
     codes = (case.code,)
     if case.code == OK and command in ("check", "verify", "diff"):
         codes = (0, 1)  # findings, failed checks or differences are answers too
@@ -217,6 +224,12 @@ def test_check_batch_reports_every_file(corpus, case):
     entry = next(f for f in doc["files"] if f["path"] == case.path)
     if case.code == OK:
         assert entry["error"] is None, entry
+    elif case.code == UNSAFE:
+        # Not an error for check: the file is read statically, and the verdict is the finding.
+        assert entry["error"] is None, entry
+        refused = [x for x in entry["findings"] if x["code"] in ("BN401", "BN402")]
+        assert refused and any(case.needle in x["message"] for x in refused), entry["findings"]
+        assert entry["safety"]["refused"] is True
     else:
         assert entry["exit_code"] == case.code, entry
         assert case.needle in entry["error"], (case.needle, entry)

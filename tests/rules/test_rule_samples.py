@@ -40,6 +40,11 @@ EXPECTED = {
     "faulty/eps_sensitive.pt": {"BN302"},
     "faulty/half_stats.pt": {"BN303"},
     "faulty/conv_bias.pt": {"BN304"},
+    "faulty/getpid_on_load.pt": {"BN401"},
+    "faulty/unreviewed_call.pt": {"BN402"},
+    "faulty/setstate.ts": {"BN403"},
+    # torch.save(model) of a class from sample_models.py: a real load imports that package.
+    "resnet_tiny_module.pt": {"BN404"},
 }
 HEALTHY = ["mobilenet_v1_tiny.pt", "mobilenet_v1_tiny.safetensors", "mobilenet_v1_tiny.ts", "mobilenet_v1_tiny_legacy.pt",
            "resnet_tiny.pt", "resnet_tiny_lightning.ckpt", "resnet_tiny_dp.pth", "resnet_tiny_compiled.pt", "norms_tiny.pt"]
@@ -76,11 +81,12 @@ def test_healthy_samples_have_no_finding(results, name):
     assert [(f.code, f.layer) for f in result.findings] == []
 
 
-def test_the_pickled_module_sample_is_healthy_with_trust():
-    # Its classes live in sample_models, importable because SAMPLES is on sys.path (above).
-    report = run_check([str(SAMPLES / "resnet_tiny_module.pt")], CheckOptions(trust=True))
-    (f,) = report.files
-    assert f.error is None and f.layers == 6 and f.findings == []
+def test_the_pickled_module_sample_reads_statically_and_is_otherwise_healthy(results):
+    # Its classes live in sample_models; nothing is imported, and BN404 (info) names the package.
+    f = results["resnet_tiny_module.pt"]
+    assert f.error is None and f.layers == 6 and f.format == "torch-zip"
+    (finding,) = f.findings
+    assert finding.severity == "info" and finding.evidence["packages"] == ["sample_models"]
 
 
 def test_bn102_default_threshold_is_silent_on_healthy_samples_and_fires_on_few_updates():

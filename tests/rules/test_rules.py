@@ -291,7 +291,8 @@ def test_bn304_producer_bias():
 
 def test_every_rule_is_documented_in_ruffs_shape():
     assert list(RULES) == ["BN001", "BN002", "BN003", "BN101", "BN102", "BN103", "BN104", "BN105", "BN106", "BN107",
-                           "BN108", "BN201", "BN202", "BN203", "BN204", "BN205", "BN206", "BN301", "BN302", "BN303", "BN304"]
+                           "BN108", "BN201", "BN202", "BN203", "BN204", "BN205", "BN206", "BN301", "BN302", "BN303", "BN304",
+                           "BN401", "BN402", "BN403", "BN404"]
     for rule in RULES.values():
         heads = [ln for ln in rule.doc.splitlines() if ln.startswith("## ")]
         assert heads == ["## What it does", "## Why is this bad?", "## Example", "## Use instead"], rule.code

@@ -12,7 +12,7 @@ from bninspect.services.show import show
 from tests.conftest import SAMPLES, assert_one_line_error
 
 SHOW_KEYS = {"schema", "file", "format", "container", "alternatives", "prefix", "eps_note", "layers",
-             "possible_batchnorm", "other_norms", "summary", "notes"}
+             "possible_batchnorm", "other_norms", "summary", "notes", "safety"}
 LAYER_KEYS = {"name", "key_prefix", "kind", "kind_source", "channels", "tensors", "num_batches_tracked", "eps",
               "eps_source", "momentum", "momentum_source", "affine", "track_running_stats", "training", "producer",
               "producer_note", "stats", "possible", "evidence", "per_channel"}
@@ -34,7 +34,7 @@ def test_json_schema_and_original_keys(cli):
     assert run.code == 0, run.err
     doc = json.loads(run.out)
     assert set(doc) == SHOW_KEYS
-    assert doc["schema"] == "bninspect.show/1" and doc["format"] == "torch-zip" and doc["prefix"] == "module."
+    assert doc["schema"] == "bninspect.show/2" and doc["format"] == "torch-zip" and doc["prefix"] == "module."
     layer = doc["layers"][0]
     assert set(layer) == LAYER_KEYS
     assert layer["name"] == "bn1" and layer["key_prefix"] == "module.bn1"
@@ -137,7 +137,6 @@ def test_layer_glob_matching_nothing_is_a_usage_error_with_suggestions(cli):
     (["show", "/nonexistent/ckpt.pt"], 5, "no such file"),
     (["show", str(SAMPLES)], 5, "directory"),
     (["show", str(SAMPLES / "README.md")], 4, "not a checkpoint"),
-    (["show", str(SAMPLES / "resnet_tiny_module.pt")], 3, "--trust"),
     (["show", str(SAMPLES / "resnet_tiny_lightning.ckpt"), "--key", "nope"], 2, "state_dict_ema"),
     (["show"], 2, "Missing argument"),
     (["show", str(SAMPLES / "resnet_tiny.pt"), "--limit", "x"], 2, "--limit"),
@@ -146,15 +145,16 @@ def test_errors_are_one_line_with_documented_exit_codes(cli, args, code, needle)
     assert_one_line_error(cli(*args), code, needle)
 
 
-def test_unsafe_refusal_names_the_globals_and_trust_opens_it(cli):
-    run = cli("show", str(SAMPLES / "resnet_tiny_module.pt"))
-    assert_one_line_error(run, 3, "sample_models.ResNetTiny")
-    trusted = cli("show", str(SAMPLES / "resnet_tiny_module.pt"), "--trust", "--json",
-                  env={"PYTHONPATH": str(SAMPLES)})
-    assert trusted.code == 0, trusted.err
-    doc = json.loads(trusted.out)
-    assert doc["format"] == "pickled-module"
+def test_pickled_model_is_read_statically_with_its_module_facts(cli):
+    # torch.save(model) of a class from sample_models.py, which is not importable here.
+    run = cli("show", str(SAMPLES / "resnet_tiny_module.pt"), "--json")
+    assert run.code == 0, run.err
+    doc = json.loads(run.out)
+    assert doc["format"] == "torch-zip" and doc["safety"]["refused"] is False
     assert [l["kind_source"] for l in doc["layers"]] == ["module"] * 6
+    assert any("pickled model of class sample_models.ResNetTiny" in n for n in doc["notes"])
+    assert {u["name"]: u["kind"] for u in doc["safety"]["uses"]}["sample_models.ResNetTiny"] == "class"
+    assert doc["safety"]["packages"] == ["sample_models"]
 
 
 def test_fifo_does_not_block(cli, tmp_path):
