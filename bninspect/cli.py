@@ -157,7 +157,7 @@ def check(
     eps: Optional[float] = typer.Option(None, "--eps", metavar="EPS", help=EPS_HELP),
     key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+    trust: bool = typer.Option(False, "--trust", help="No effect, kept for old command lines: check reads every file statically and reports what a real load would run (BN4xx)."),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> int:
     """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from [tool.bninspect] in pyproject.toml."""
@@ -171,7 +171,7 @@ def check(
         "select": codes(select), "ignore": codes(ignore), "fail_on": fail_on, "format": fmt, "jobs": jobs,
         "min_updates": min_updates, "count_ratio": count_ratio, "max_scale": max_scale, "dead_gamma": dead_gamma,
         "outlier_z": outlier_z, "eps_tolerance": eps_tolerance, "expect_eps": expect_eps,
-        "eps": eps, "key": key, "trust": trust or None, "strict": strict or None, "debug": _state["debug"] or None,
+        "eps": eps, "key": key, "strict": strict or None, "debug": _state["debug"] or None,
     })
     report = run_check(paths, opts)
     render_check.render(report, opts.format, as_json)

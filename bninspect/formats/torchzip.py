@@ -48,7 +48,8 @@ MAX_EXPANDED_BYTES = 256 * 1024 * 1024
 
 # data.pkl holds structure, not tensor bytes: real ones are kilobytes to a few megabytes
 # (a 10,000-layer state dict: 5 MB). More than this is not a checkpoint we should unpickle.
-MAX_PICKLE_BYTES = 1 << 30
+# 256 MiB, then: with the unpickler's own 512 MiB budget on top, a read stays within ~1 GiB.
+MAX_PICKLE_BYTES = 256 << 20
 # torch writes data.pkl stored, so its size is bytes the file really holds. A compressed one
 # (re-zipped, or made to hurt) can inflate a 1 MB file into 1 GiB of opcodes, and the unpickler
 # turns each byte of, say, EMPTY_LIST into ~64 bytes of objects: 64 GiB. Far fewer, then.

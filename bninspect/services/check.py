@@ -45,7 +45,6 @@ class CheckOptions:
     format: str = "table"
     thresholds: Thresholds = field(default_factory=Thresholds)
     eps: float | None = None
-    trust: bool = False
     key: str | None = None
     strict: bool = False
     jobs: int = 1
@@ -249,7 +248,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
     result = FileResult(path=path)
     rules = select_rules(opts.select, opts.ignore)
     try:
-        found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps, refuse_unsafe=False)
+        found = open_layers(path, key=opts.key, strict=opts.strict, eps=opts.eps, refuse_unsafe=False)
         result.format = found.checkpoint.format
         result.layers, result.possible = len(found.layers), len(found.possible)
         ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,

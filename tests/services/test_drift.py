@@ -512,6 +512,17 @@ def test_arch_imports_from_the_current_directory(tmp_path: Path, monkeypatch: py
 def test_file_model_needs_trust() -> None:
     with pytest.raises(UnsafeFileError, match="pass --trust"):
         runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=False, key=None)
+    # Running the pickled model itself needs its classes, and so --trust ...
+    with pytest.raises(UnsafeFileError, match="pass --trust"):
+        runner.load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None, trust=False, key=None)
+
+
+def test_arch_takes_the_statically_read_weights_of_a_pickled_model() -> None:
+    # ... but --arch only needs its weights: read statically, nothing from the file runs.
+    loaded = arch_model(str(SAMPLES / "resnet_tiny_module.pt"), RESNET)
+    reference = torch.load(SAMPLES / "resnet_tiny.pt", weights_only=True)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
 
 
 # ── data ────────────────────────────────────────────────────────────────────────────────────
