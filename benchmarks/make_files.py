@@ -4,13 +4,14 @@ Only sizes and layout matter for speed, so the big conv and optimizer tensors ar
 (cheap to make, written as real bytes); the BatchNorm tensors hold realistic statistics,
 because `show` and `check` read and judge exactly those.
 
-    python benchmarks/make_files.py            # everything (~9.5 GB on disk)
-    python benchmarks/make_files.py --small    # everything except the ~2 GB ResNet-152 files
+    python benchmarks/make_files.py            # everything (~12.5 GB on disk)
+    python benchmarks/make_files.py --small    # everything except the 1-4 GB ResNet-152 files
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import math
 import os
@@ -198,6 +199,102 @@ def write_lightning_pt(path: Path, specs: list[Spec]) -> None:
     tmp.replace(path)
 
 
+def write_legacy_pt(path: Path, specs: list[Spec]) -> None:
+    """torch.save of the plain state dict in the pre-1.6 format (a run of pickles, then raw storages)."""
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(_torch_state_dict(specs), tmp, _use_new_zipfile_serialization=False)
+    tmp.replace(path)
+
+
+def _resnet_module(stages: tuple[int, ...], width: float, specs: list[Spec]):
+    """bench_models.ResNet holding ``specs``' values, in eval mode: built without random init
+    (meta device, then uninitialised memory) and then loaded, so a 1 GB model takes seconds."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_models
+
+    with torch.device("meta"):
+        model = bench_models.ResNet(stages, width)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(_torch_state_dict(specs))
+    return model.eval()
+
+
+def write_pickled_model(stages: tuple[int, ...], width: float):
+    """A writer of ``torch.save(model)``: the whole module tree pickled, as YOLO-style files are."""
+
+    def write(path: Path, specs: list[Spec]) -> None:
+        import torch
+
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(_resnet_module(stages, width, specs), tmp)
+        tmp.replace(path)
+
+    return write
+
+
+# The peer folder: 500 small checkpoints of the kinds people download, 100 of each. The payloads
+# are real gadgets with harmless arguments (a shell that runs `true`, exec of `pass`): loaded
+# for real they do nothing, and every scanner must still flag them.
+MIXED_KINDS = ("state_dict", "legacy", "pickled_model", "training_extras", "payload")
+
+
+class Phase(enum.Enum):
+    """A training script's own enum, as scripts keep in their args."""
+
+    TRAIN = "train"
+
+
+class _CallOnLoad:
+    """Pickles as ``func(*args)``: the shape of every pickle payload."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+def _payload(i: int):
+    import builtins
+    import os
+    import runpy
+    import subprocess
+
+    return [_CallOnLoad(os.system, "true"), _CallOnLoad(builtins.exec, "pass"), _CallOnLoad(builtins.eval, "0"),
+            _CallOnLoad(subprocess.call, ["true"]), _CallOnLoad(runpy._run_code, "pass", {})][i % 5]
+
+
+def write_mixed(folder: Path, force: bool) -> None:
+    """The 500 files of the `check` vs picklescan peer benchmark (see MIXED_KINDS)."""
+    import argparse as argparse_module
+    import pathlib
+
+    import torch
+
+    folder.mkdir(exist_ok=True)
+    for i in range(100):
+        specs = chain_specs(16, channels=32, seed=5000 + i)
+        sd = _torch_state_dict(specs)
+        files = {f"state_dict_{i:03d}.pt": lambda p: torch.save(sd, p),
+                 f"legacy_{i:03d}.pt": lambda p: torch.save(sd, p, _use_new_zipfile_serialization=False),
+                 f"pickled_model_{i:03d}.pt": lambda p: torch.save(
+                     _resnet_module(RESNET50_STAGES, 0.125, resnet_specs(RESNET50_STAGES, 0.125, seed=6000 + i)), p),
+                 f"training_extras_{i:03d}.pth": lambda p: torch.save(
+                     {"epoch": 90, "state_dict": sd, "best_acc1": np.float64(76.1), "dtype": np.dtype("float32"),
+                      "args": argparse_module.Namespace(arch="chain", lr=0.1, out=pathlib.PosixPath("/tmp/run"),
+                                                        phase=Phase.TRAIN)}, p),
+                 f"payload_{i:03d}.pt": lambda p: torch.save({**sd, "extra": _payload(i)}, p)}
+        for name, save in files.items():
+            path = folder / name
+            if force or not path.exists():
+                save(path)
+    print(f"  made {folder.relative_to(DATA.parent)}/ (500 files: 100 each of {', '.join(MIXED_KINDS)})", flush=True)
+
+
 def _sanity(st_path: Path, specs: list[Spec]) -> None:
     """Read the hand-written safetensors back with the reference reader: one BN tensor must match."""
     from safetensors import safe_open
@@ -225,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     DATA.mkdir(parents=True, exist_ok=True)
-    need = 0 if args.small else 9_000_000_000
+    need = 0 if args.small else 12_500_000_000
     free = shutil.disk_usage(DATA).free
     if free < need + 2_000_000_000:
         sys.exit(f"only {free / 1e9:.1f} GB free under {DATA}; the big files need about {need / 1e9:.0f} GB")
@@ -240,7 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         _sanity(DATA / "resnet152.safetensors", big)
         _make(DATA / "resnet152.pt", big, write_pt, args.force)
         _make(DATA / "resnet152_lightning.ckpt", big, write_lightning_pt, args.force)
+        _make(DATA / "resnet152_legacy.pt", big, write_legacy_pt, args.force)
         facts["resnet152_bn_bytes"] = bn_bytes(big)
+        # torch.save(model) of ResNet-152 at width ×2: a 1 GB pickled model (issue 14).
+        pickled = resnet_specs(RESNET152_STAGES, width=2, seed=152)
+        _make(DATA / "resnet152_model.pt", pickled, write_pickled_model(RESNET152_STAGES, 2), args.force)
 
     # ResNet-50 (width 1) for verify: 53 BN layers, as the issue's verify goal asks.
     r50 = resnet_specs(RESNET50_STAGES, width=1, seed=50)
@@ -263,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
             _make(folder / f"model_{i:02d}.pt", specs, write_pt, args.force)
         else:
             _make(folder / f"model_{i:02d}.safetensors", specs, write_safetensors, args.force)
+
+    write_mixed(DATA / "mixed", args.force)
 
     facts_path.write_text(json.dumps(facts, indent=1) + "\n")
 

@@ -59,6 +59,14 @@ def naive_load(path: Path, mmap: bool = False) -> list[str]:
     return [PY, "-c", code]
 
 
+def naive_model_load(path: Path) -> list[str]:
+    """torch.load(weights_only=False) of a pickled model (its class importable from this folder),
+    then the BN tensors picked out of its state dict: what a script does with such a file."""
+    code = (f"import sys, torch\nsys.path.insert(0, {str(HERE)!r})\n"
+            f"sd = torch.load({str(path)!r}, map_location='cpu', weights_only=False).state_dict()\n" + _PICK)
+    return [PY, "-c", code]
+
+
 def safe_open_numpy(path: Path) -> list[str]:
     """safetensors' own reader (mmap), numpy framework, BN keys only."""
     code = (
@@ -307,7 +315,14 @@ def benches() -> list[Bench]:
         Bench("bninspect --help", BNI + ["--help"], needs="", cold=True),
         Bench("bninspect rules", BNI + ["rules"], needs="rules"),
     ]
-    for label, path in (("safetensors", st), ("pt", pt), ("Lightning", lt)):
+    legacy, model = DATA / "resnet152_legacy.pt", DATA / "resnet152_model.pt"
+    b += [
+        Bench("naive torch.load legacy .pt + pick BN", naive_load(legacy), runs=3, cold=True, files=(legacy,), slow=True,
+              in_rounds=False),
+        Bench("torch.load(weights_only=False) 1 GB pickled model + pick BN", naive_model_load(model), runs=3, cold=True,
+              files=(model,), slow=True, in_rounds=False),
+    ]
+    for label, path in (("safetensors", st), ("pt", pt), ("Lightning", lt), ("legacy", legacy), ("pickled model", model)):
         for cmd in ("show", "show --json", "check"):
             b.append(Bench(f"bninspect {cmd} 2 GB {label}", BNI + cmd.split() + [str(path)], needs=cmd.split()[0], cold=True,
                            ok_codes=(0, 1), files=(path,)))
@@ -335,6 +350,15 @@ def benches() -> list[Bench]:
     for jobs in (1, 2):
         b.append(Bench(f"bninspect check DIR(50) --jobs {jobs}", BNI + ["check", str(many), "--jobs", str(jobs)],
                        needs="check", runs=JOBS_RUNS, ok_codes=(0, 1), files=(many,)))
+    # The peer: picklescan on the same 500 mixed checkpoints (pip install picklescan). It exits
+    # 1 when it finds something; so does check (the payloads are BN401 errors).
+    mixed = DATA / "mixed"
+    scanner = shutil.which("picklescan")
+    b.append(Bench("picklescan DIR(500 mixed)", [scanner or "picklescan", "-p", str(mixed)], runs=5, ok_codes=(0, 1),
+                   files=(mixed,)) if scanner else Bench("picklescan DIR(500 mixed)", ["false"], files=(DATA / "no picklescan",)))
+    for jobs in (1, 2):
+        b.append(Bench(f"bninspect check DIR(500 mixed) --jobs {jobs}", BNI + ["check", str(mixed), "--jobs", str(jobs)],
+                       needs="check", runs=5, ok_codes=(0, 1), files=(mixed,)))
     return b
 
 
@@ -369,7 +393,9 @@ def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> 
 
     bn_mib = facts.get("resnet152_bn_bytes", 0) / MiB
     for label, ref_name in (("safetensors", "naive torch.load .pt + pick BN"), ("pt", "naive torch.load .pt + pick BN"),
-                            ("Lightning", "naive torch.load Lightning + pick BN")):
+                            ("Lightning", "naive torch.load Lightning + pick BN"),
+                            ("legacy", "naive torch.load legacy .pt + pick BN"),
+                            ("pickled model", "torch.load(weights_only=False) 1 GB pickled model + pick BN")):
         ref, ref_rss = w(ref_name), w(ref_name, "rss")
         for cmd in ("show", "show --json", "check"):
             name = f"bninspect {cmd} 2 GB {label}"
@@ -379,7 +405,7 @@ def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> 
                 rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load, ≤ 10% memory", r.status if t is None else "no baseline", "n/a"))
                 continue
             ok = t * 15 <= ref and m <= 0.10 * ref_rss
-            if label == "safetensors":
+            if label in ("safetensors", "legacy", "pickled model"):
                 ok = ok and r.torch_imported is False
             ref_cpu, c = w(ref_name, "cpu"), w(name, "cpu")
             rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load (wall), ≤ 10% memory"
@@ -440,11 +466,41 @@ def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> 
         text += f"; 2 processes of pure Python on this machine at the time: {ceiling:.2f}×"
     rows.append(("`check DIR --jobs 2` near-linear speed-up over `--jobs 1` on the folder's work (≥ 1.7×)", text,
                  verdict(None if divided is None else divided >= 1.7)))
+    scan, c1, c2 = (w(n) for n in ("picklescan DIR(500 mixed)", "bninspect check DIR(500 mixed) --jobs 1",
+                                   "bninspect check DIR(500 mixed) --jobs 2"))
+    for jobs, t, need in ((1, c1, 1.0), (2, c2, 1.7)):
+        rows.append((f"`check DIR --jobs {jobs}` over 500 mixed checkpoints: ≥ {need:g}× picklescan's files per second "
+                     "(bninspect also lints every BN layer)",
+                     f"{scan / t:.2f}× ({fmt_s(t)} vs picklescan {fmt_s(scan)})" if scan and t else "not measured",
+                     verdict(None if not (scan and t) else scan / t >= need)))
+    rows.append(payload_parity(DATA / "mixed"))
     bare, ver = w("import torch + F.batch_norm × 53 (ResNet-50)"), w("bninspect verify ResNet-50 --device cpu")
     rows.append(("`verify` ResNet-50 on CPU ≤ 2× (import torch + bare F.batch_norm calls), end to end",
                  f"{ver / bare:.2f}× ({fmt_s(ver)} vs {fmt_s(bare)})" if ver and bare else "not measured",
                  verdict(None if not (ver and bare) else ver <= 2 * bare)))
     return rows
+
+
+def payload_parity(folder: Path) -> tuple[str, str, str]:
+    """Whether `check` flags every file picklescan flags in the mixed folder (and what else each flags).
+
+    picklescan prints `PATH:MEMBER: dangerous import 'module name' FOUND` per finding; check's
+    BN401/BN402 findings are its refusals. The payload_*.pt files are the planted ones."""
+    goal = "`check` finds every payload picklescan finds (the folder's payload_*.pt)"
+    scanner = shutil.which("picklescan")
+    if scanner is None or not folder.exists():
+        return goal, "picklescan not installed or no folder", "n/a"
+    out = subprocess.run([scanner, "-p", str(folder)], capture_output=True, text=True).stdout
+    theirs = {Path(line.split(":", 1)[0]).name for line in out.splitlines() if "dangerous import" in line}
+    doc = json.loads(subprocess.run(BNI + ["check", str(folder), "--select", "BN4", "--json"], capture_output=True,
+                                    text=True, env=CHILD_ENV).stdout)
+    ours = {Path(f["path"]).name for f in doc["files"] if any(x["code"] in ("BN401", "BN402") for x in f["findings"])}
+    planted = {p.name for p in folder.glob("payload_*")}
+    missed = theirs - ours
+    text = (f"picklescan flags {len(theirs)} files, check {len(ours)}; planted payloads {len(planted)}: "
+            f"picklescan {len(theirs & planted)}, check {len(ours & planted)}; flagged by picklescan only: "
+            f"{len(missed)}, by check only: {len(ours - theirs)}")
+    return goal, text, "PASS" if not missed and planted <= ours else "MISS"
 
 
 def jobs_ratios(one: Result | None, j1: Result | None, j2: Result | None) -> list[float]:

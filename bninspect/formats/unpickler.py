@@ -29,7 +29,8 @@ Bounded by construction, for every pickle of every format:
   tuple of 48 bytes, so the memory budget bounds the depth (``MAX_GROWTH / 48`` levels, fewer
   for a short pickle: a level costs at least one opcode byte), and the load runs in a thread
   whose stack holds that depth at :data:`STACK_PER_LEVEL` bytes a level (64 measured on
-  CPython 3.10 to 3.13). Only what a deep hash touches is ever resident, and it counts
+  CPython 3.10 to 3.13); a pickle of at most :data:`INLINE_BYTES` cannot nest deep enough to
+  need more than the main thread's stack, and loads there. Only what a deep hash touches is ever resident, and it counts
   against the memory budget at the next chunk: tuples and stack together stay near 1.2 GiB;
 - **memo**: the memo-index check in :mod:`bninspect.formats.pickles` runs first (a single
   ``LONG_BINPUT`` must not make the C unpickler allocate gigabytes);
@@ -59,6 +60,8 @@ CHUNK = 128 << 10
 STACK_PER_LEVEL = 128
 TUPLE_BYTES = 48  # a 1-tuple with its GC header (measured): what one level of nesting costs in memory
 MIN_STACK = 16 << 20
+# Pickles up to this size are loaded on the main thread (see _inline_ok).
+INLINE_BYTES = 32 << 10
 # Distinct globals in one pickle: a torch.save'd model names a few dozen classes.
 MAX_GLOBALS = 10_000
 # What stand-ins may build from their arguments (bytes, sets, sizes) in one pickle: protocol
@@ -296,6 +299,22 @@ class _Unpickler(pickle.Unpickler):
         return found if found is not None else self.log.opaque_class(full, name)
 
 
+def _inline_ok(size: int) -> bool:
+    """Whether a pickle of ``size`` bytes may be loaded on the calling thread: it cannot nest
+    deeper than it has bytes, and at 64 bytes a level a 32 KiB pickle needs at most 2 MiB of the
+    main thread's stack (at least 8 MiB on Linux and macOS). A thread costs ~1-2 ms to start, a
+    third of `check`'s time on a small file, and most pickles are that small."""
+    if size > INLINE_BYTES or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
+    except (ImportError, OSError, ValueError):
+        return False
+    return soft == resource.RLIM_INFINITY or soft >= 8 << 20
+
+
 def _stack_for(size: int) -> int:
     """Stack for a load thread: room for the deepest tuple nesting a pickle of ``size`` bytes
     can build within the memory budget."""
@@ -340,6 +359,8 @@ def load(data: bytes, *, path: str, what: str, find: Callable[[str], Any], log: 
         raise InvalidFileError(f"{what} is corrupt ({exc})", path=path) from None
     unpickler = _Unpickler(_Source(data, path, what), find, log, persistent_load)
     try:
+        if _inline_ok(len(data)):
+            return unpickler.load()
         return _in_thread(unpickler.load, _stack_for(len(data)))
     except BNInspectError:
         raise
