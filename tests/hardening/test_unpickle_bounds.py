@@ -83,6 +83,16 @@ def test_a_deeply_nested_key_is_read_without_a_crash(tmp_path, where):
     assert peak < MAX_PEAK and seconds < MAX_SECONDS, (peak, seconds)
 
 
+def test_a_small_pickle_nested_as_deep_as_its_size_loads_on_the_main_thread(tmp_path):
+    # Pickles up to 32 KiB load without the big-stack thread: 32,000 levels are its worst case.
+    from bninspect.formats.unpickler import INLINE_BYTES
+
+    pkl = b"\x80\x04}" + _deep(INLINE_BYTES - 64) + b"K\x01s."
+    assert len(pkl) <= INLINE_BYTES
+    run, peak, seconds = run_bounded("show", str(_archive(tmp_path / "small_deep.pt", pkl)))
+    _one_error(run, 4, "holds no state dict")
+
+
 def test_a_deeply_nested_key_in_a_legacy_file(tmp_path):
     # The legacy format's third pickle (system information) replaced by a dict whose key is a
     # tuple 200,000 deep: the same unpickler reads every pickle of every format.
