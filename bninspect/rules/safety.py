@@ -74,8 +74,8 @@ def unreviewed_call(ctx: Context):
     known to run code (BN401) nor on bninspect's reviewed list of reconstructors that only
     rebuild data (numpy's `_reconstruct` and `scalar`, `copyreg._reconstructor`,
     `re._compile`, torch's tensor rebuilds, ...), and calls of objects the pickle itself
-    built (a `functools.partial`, the result of another call). Classes are not functions:
-    constructing a class is the BN404 family's business.
+    built (a `functools.partial`, the result of another call). Constructing a class is not
+    such a call: BN404 names the packages whose classes a load constructs.
 
     ## Why is this bad?
     What such a function does is not known. Pickle payloads hide behind harmless-looking
