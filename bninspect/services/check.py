@@ -18,11 +18,14 @@ import stat
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
                               UsageError)
 from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules, select_rules
+
+if TYPE_CHECKING:
+    from bninspect.layers import Discovery
 
 FAIL_ON = ("error", "warning", "info", "never")
 FORMATS = ("table", "concise")
@@ -235,6 +238,12 @@ def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
     return files, problems
 
 
+def findings_for(found: Discovery, opts: CheckOptions) -> list[Finding]:
+    """The selected rules' findings on layers already discovered (possible BatchNorm included)."""
+    ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
+    return run_rules(ctx, select_rules(opts.select, opts.ignore))
+
+
 def check_file(path: str, opts: CheckOptions) -> FileResult:
     """Open one file, discover its layers and run the selected rules; load errors become the result."""
     from bninspect.services.common import open_layers
@@ -244,8 +253,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
         found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps)
         result.format = found.checkpoint.format
         result.layers, result.possible = len(found.layers), len(found.possible)
-        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
-        result.findings = run_rules(ctx, select_rules(opts.select, opts.ignore))
+        result.findings = findings_for(found, opts)
     except BNInspectError as exc:
         if opts.debug:
             raise

@@ -172,6 +172,12 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
          eps: float | None = None, limit: int | None = None, trust: bool = False, strict: bool = False) -> ShowResult:
     """Open ``path`` and summarize its BN layers (filtered by ``layers`` globs, cut at ``limit``)."""
     found: Discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    return describe(found, path, layers=layers, channels=channels, limit=limit)
+
+
+def describe(found: Discovery, path: str, *, layers: list[str] | None = None, channels: bool = False,
+             limit: int | None = None) -> ShowResult:
+    """The ShowResult of layers already discovered in ``path`` (what `show` and `report` print)."""
     chosen = select(found.layers, layers)
     shown = chosen if limit is None or limit <= 0 else chosen[:limit]
     ck = found.checkpoint
