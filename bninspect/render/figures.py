@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from bninspect.services.drift import DriftResult, LayerDrift
     from bninspect.services.report import LayerRow
 
-ENVELOPE_ABOVE = 600
-ENVELOPE_BINS = 300
+ENVELOPE_ABOVE = 400
+ENVELOPE_BINS = 200
+STEPS_UP_TO = 128  # channels drawn as steps (one flat step each); beyond, a plain line
 # A finding that names more channels than this (BN101 names all of them) is not drawn channel by
 # channel: fifty marks say "these", a hundred say only "many", and each costs ~0.1 kB per panel.
 MAX_MARKS = 50
@@ -147,10 +148,8 @@ class _Panel:
         self.note.set_text(note)
         ax = self.ax
         ax.relim()
-        if x.size:
+        if x.size:  # an empty panel keeps the limits its column shares
             ax.set_xlim(-0.5, max(float(np.nanmax(x)), 0.0) + 0.5)
-        else:
-            ax.set_xlim(0, 1)
         finite = y[np.isfinite(y)] if y.size else y
         if finite.size:
             ax.autoscale_view(scalex=False)
@@ -172,9 +171,10 @@ class Figures:
         if self._layer is None:
             from matplotlib.figure import Figure
 
-            fig = Figure(figsize=(9, 8.2))
-            axes = fig.subplots(len(PAGE_ROWS), 2)
-            fig.subplots_adjust(left=0.075, right=0.985, top=0.965, bottom=0.05, hspace=0.42, wspace=0.14)
+            fig = Figure(figsize=(9, 7.6))
+            # Shared channel axes: tick labels on the bottom row only, a fifth of the text to lay out.
+            axes = fig.subplots(len(PAGE_ROWS), 2, sharex="col")
+            fig.subplots_adjust(left=0.075, right=0.985, top=0.965, bottom=0.06, hspace=0.18, wspace=0.14)
             panels = []
             for r, (_, label) in enumerate(PAGE_ROWS):
                 by_index, ranked = _Panel(axes[r][0], drawstyle="steps-mid"), _Panel(axes[r][1], color=SORTED)
@@ -215,6 +215,7 @@ class Figures:
                 ranked_points[severity][0].append(rank[channel])
                 ranked_points[severity][1].append(y[channel])
             note = "" if np.isfinite(y).any() else "no finite values"
+            by_index.line.set_drawstyle("steps-mid" if y.size <= STEPS_UP_TO else "default")
             by_index.show(*_envelope(y), points, note)
             ranked.show(*_envelope(y[order]), ranked_points, note)
         return _svg(fig)
