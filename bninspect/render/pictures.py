@@ -101,12 +101,14 @@ def picture_lines(series: ChannelSeries, width: int, titles: dict[str, str] | No
     present = [(label, getattr(series, attr)) for attr, label in LABELS if getattr(series, attr) is not None]
     if not present:
         return []
-    # Room for "  scale  " before the line and "  -1.23e+04 … -1.23e+04 without ×" after it.
-    cells = max(MIN_CELLS, width - 2 - _LABEL_WIDTH - 1 - 36)
+    # One character per channel where the line has room beside "  scale  " and the widest range.
+    whole = [sparkline(values, series.marks, values.size) for _, values in present]
+    cells = max(MIN_CELLS, width - 2 - _LABEL_WIDTH - 1 - 2 - max(len(_range(line)) for line in whole))
     lines: list[Styled] = []
     per_cell = 1
-    for label, values in present:
-        line = sparkline(values, series.marks, cells)
+    for (label, values), line in zip(present, whole):
+        if values.size > cells:
+            line = sparkline(values, series.marks, cells)
         per_cell = max(per_cell, line.per_cell)
         text = Styled("  " + label.ljust(_LABEL_WIDTH) + " ")
         at = 0

@@ -70,8 +70,10 @@ def test_wide_layers_bin_channels_and_say_so():
     out = terminal("show", str(SAMPLES / "mobilenet_v1_tiny.pt"), "--channels", "--layer", "features.5.bn",
                    env={"COLUMNS": "80"})
     drawn = picture(out, "μ")
-    assert len(drawn) == 32  # 128 channels in 80 columns: 4 a character
-    assert "1 character = 4 channels, drawn by the one farthest from the median" in out
+    # 80 columns less the label (9) and the widest range ("  -0.478 … 0.585", 16): 55 characters,
+    # so 3 of the 128 channels a character.
+    assert len(drawn) == 43
+    assert "1 character = 3 channels, drawn by the one farthest from the median" in out
     assert all(len(line) <= 80 for line in out.splitlines() if line.startswith("  μ"))
 
 
