@@ -215,6 +215,11 @@ def _findings_section(doc: Doc, result: ReportResult, rows_by_name: dict[str, La
 
 
 def _layers_section(doc: Doc, result: ReportResult, figures: Figures) -> None:
+    if not result.rows:  # an answer, as `show` gives it, not an empty figure
+        others = ", ".join(f"{n} {esc(k)}" for k, n in sorted(result.file.other_norms.items()))
+        doc.add('<section id="layers"><h2>Layers</h2>',
+                f"<p>No BatchNorm layers in this file ({others or 'no normalization layers'}; 0 BatchNorm).</p></section>")
+        return
     doc.add('<section id="layers"><h2>Layers</h2>',
             f'<figure class="plot" id="fig-overview">{figures.overview_svg(result.rows)}<figcaption>Each layer in model '
             "order: the range of its channels' running_mean, running_var and |scale|, and the severities of its "

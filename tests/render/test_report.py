@@ -151,6 +151,7 @@ def _many_layers(path: Path, layers: int, channels: int = 64) -> None:
         state[f"blocks.{i}.bn.bias"] = rng.normal(0, 0.1, channels).astype(np.float32)
         state[f"blocks.{i}.bn.running_mean"] = rng.normal(0, 0.5, channels).astype(np.float32)
         state[f"blocks.{i}.bn.running_var"] = np.exp(rng.normal(-1, 1, channels)).astype(np.float32)
+        state[f"blocks.{i}.bn.num_batches_tracked"] = np.array(1000, dtype=np.int64)
     save_file(state, str(path))
 
 
@@ -219,3 +220,35 @@ def test_a_missing_matplotlib_is_a_usage_error_naming_the_install_command(tmp_pa
     assert proc.stderr.strip().splitlines() == [
         "bninspect: error: report draws its plots with matplotlib, which is not installed: pip install 'bninspect[report]'"]
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_file_without_batchnorm_is_an_answer(tmp_path):
+    html, line = write_report(tmp_path, str(SAMPLES / "norms_tiny.pt"))
+    assert "No BatchNorm layers in this file (1 GroupNorm, 1 LayerNorm, 1 LayerNorm/GroupNorm; 0 BatchNorm)." in html
+    assert "<svg" not in html and "0 layers, 0 findings, 0 layer pages" in line
+
+
+def test_a_torchscript_file_shows_its_stored_eps_and_modes(tmp_path):
+    html, _ = write_report(tmp_path, str(SAMPLES / "mobilenet_v1_tiny_train.ts"))
+    assert "TorchScript archive" in html and "eps: 1e-05 (stored in the saved modules)" in html
+    assert html.count("BN202") >= 4  # saved in training mode, every layer: an error each
+    assert "BatchNorm2d train" in html
+
+
+def test_the_file_section_shows_a_safety_verdict_where_there_is_one():
+    result = report(str(SAMPLES / "mobilenet_v1_tiny.pt"))
+    assert result.safety is None and "safety verdict" not in to_html(result)
+    result.safety = "tensor rebuilds only <ok>"
+    assert "<tr><th>safety verdict</th><td>tensor rebuilds only &lt;ok&gt;</td></tr>" in to_html(result)
+
+
+@pytest.mark.slow
+def test_ten_thousand_layers_stay_under_the_stated_size(tmp_path):
+    """The issue's scale: every layer in the overview, 50 pages, the file under SIZE_BOUND (the
+    benchmark measures the time and memory of the same on benchmarks/data/layers_10000.pt)."""
+    f = tmp_path / "ten_thousand.safetensors"
+    _many_layers(f, 10_000, channels=32)
+    html, line = write_report(tmp_path, str(f))
+    assert "10000 layers, 0 findings, 50 layer pages" in line
+    assert html.count('<tr id="row-') == 10_000 and html.count('class="page"') == 50
+    assert len(html.encode("utf-8")) < SIZE_BOUND
