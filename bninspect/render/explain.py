@@ -29,4 +29,4 @@ def render(result: ExplainResult) -> None:
         if i == 0 and pictures:  # on a terminal: the layer's channels at a glance, after what they are
             out.print(f"Channel by channel, low {LEVELS[0]} to high {LEVELS[-1]}:")
             for line in pictures:
-                out.print(line)
+                out.print(line, wrap=False)

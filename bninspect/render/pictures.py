@@ -88,7 +88,8 @@ def sparkline(values: np.ndarray, marks: dict[int, list[str]], cells: int) -> Sp
     return Sparkline("".join(chars.tolist()), marked, per_cell, low, high)
 
 
-def _range(line: Sparkline) -> str:
+def range_text(line: Sparkline) -> str:
+    """The range the levels span, as the line ends it ("-0.302 … 0.328 without ×")."""
     if line.low is None:
         return "no finite values" + (f" besides {MARK}" if line.marked else "")
     return f"{num(line.low, 3)} … {num(line.high, 3)}" + (f" without {MARK}" if line.marked else "")
@@ -103,7 +104,7 @@ def picture_lines(series: ChannelSeries, width: int, titles: dict[str, str] | No
         return []
     # One character per channel where the line has room beside "  scale  " and the widest range.
     whole = [sparkline(values, series.marks, values.size) for _, values in present]
-    cells = max(MIN_CELLS, width - 2 - _LABEL_WIDTH - 1 - 2 - max(len(_range(line)) for line in whole))
+    cells = max(MIN_CELLS, width - 2 - _LABEL_WIDTH - 1 - 2 - max(len(range_text(line)) for line in whole))
     lines: list[Styled] = []
     per_cell = 1
     for (label, values), line in zip(present, whole):
@@ -115,7 +116,7 @@ def picture_lines(series: ChannelSeries, width: int, titles: dict[str, str] | No
         for pos in line.marked:
             text.append(line.text[at:pos]).append(MARK, "bold red")
             at = pos + 1
-        text.append(line.text[at:]).append("  " + _range(line), "dim")
+        text.append(line.text[at:]).append("  " + range_text(line), "dim")
         lines.append(text)
     notes = []
     if series.marks:

@@ -3,8 +3,8 @@
 Every plot is inline SVG drawn by matplotlib (``render.figures``); styles are inline; a
 Content-Security-Policy forbids anything else (scripts, fetches, frames), so the file shows
 the same from a mail attachment, offline. Every name from a file is escaped twice over:
-control and direction characters made visible as the terminal shows them (``textfmt.visible``),
-then HTML-escaped. The overview's sparklines are the terminal's pictures (``render.pictures``).
+made safe as the terminal shows it (``textfmt.visible``, the one escaper: control characters
+shown as ``\x1b``), then HTML-escaped. The overview's sparklines are the terminal's pictures (``render.pictures``).
 Layer pages use CSS ``content-visibility: auto``: the browser lays out a page only when it
 scrolls into view, so a report with hundreds of figures opens at once.
 """
@@ -19,7 +19,7 @@ from bninspect.atomic import atomic_write
 from bninspect.errors import UsageError
 from bninspect.render import figures as plots
 from bninspect.render.figures import MAX_MARKS, drawable_marks
-from bninspect.render.pictures import LABELS, LEVELS, MARK, mark_legend, rule_titles, sparkline
+from bninspect.render.pictures import LABELS, LEVELS, MARK, mark_legend, range_text, rule_titles, sparkline
 from bninspect.rules import SEVERITIES
 from bninspect.textfmt import num, visible
 
@@ -36,13 +36,15 @@ INSTALL = "pip install 'bninspect[report]'"
 SIZE_LIMIT = 32 * 2**20
 SIZE_BOUND = 34 * 2**20
 SPARK_CELLS = 32  # characters per sparkline in the overview
-NAME_CHARS = 200  # a name longer than this is cut in the HTML (the report's size must not follow a name's)
+# Text from a file longer than this is cut in the HTML: the report's size must not follow a name's.
+NAME_CHARS = 200
+MESSAGE_CHARS = 2000  # findings, fixes, notes: our sentences, with names inside
 _SEVERITY_MARK = {"error": "✖", "warning": "▲", "info": "●"}  # the figures' marker shapes, in text
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:0 18px 60px;color:#1d1d1f}
 h1{font-size:22px;margin:22px 0 4px}h2{font-size:18px;margin:34px 0 8px;border-bottom:1px solid #ccc}h3{font-size:15px;margin:0 0 6px}
-code,.mono,.spark{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
+code,.spark{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
 .meta{color:#555;margin:0 0 8px}nav a{margin-right:14px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border-bottom:1px solid #e3e3e3;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f4f4f6;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -92,12 +94,17 @@ def require() -> None:
         raise UsageError(f"report draws its plots with matplotlib, which is not installed: {INSTALL}") from None
 
 
-def esc(text: object) -> str:
-    """A name or message from a file as HTML text: control characters visible, then escaped."""
+def esc(text: object, cut: int = NAME_CHARS) -> str:
+    """A name (or with ``cut=MESSAGE_CHARS`` a message) as HTML text: made safe as the terminal
+    shows it, cut at ``cut`` characters, then HTML-escaped."""
     shown = visible(str(text))
-    if len(shown) > NAME_CHARS:
-        shown = shown[:NAME_CHARS] + f"… ({len(shown) - NAME_CHARS} more characters)"
+    if len(shown) > cut:
+        shown = shown[:cut] + f"… ({len(shown) - cut} more characters)"
     return html.escape(shown, quote=True)
+
+
+def _msg(text: object) -> str:
+    return esc(text, MESSAGE_CHARS)
 
 
 def _row_id(index: int) -> str:
@@ -114,20 +121,19 @@ def _layer_link(row: LayerRow) -> str:
 
 
 def _spark(values, marks: dict[int, list[str]]) -> str:  # type: ignore[no-untyped-def]
-    """A sparkline cell: the terminal's picture, marked channels in <b>, the range as a tooltip-free note."""
+    """A sparkline cell: the terminal's picture (marked channels in <b>) over the range it spans."""
     if values is None:
         return '<td class="note">—</td>'
     line = sparkline(values, marks, SPARK_CELLS)
     text = "".join(f"<b>{MARK}</b>" if ch == MARK else ch for ch in line.text)
-    span = "no finite values" if line.low is None else f"{num(line.low, 3)} … {num(line.high, 3)}"
-    return f'<td><span class="spark">{text}</span><br><span class="note">{html.escape(span)}</span></td>'
+    return f'<td><span class="spark">{text}</span><br><span class="note">{html.escape(range_text(line))}</span></td>'
 
 
 def _findings_cell(findings: list[Finding]) -> str:
     codes: dict[str, str] = {}
     for f in findings:
         codes.setdefault(f.code, f.severity)
-    return " ".join(f'<span class="{s}">{_SEVERITY_MARK[s]} {c}</span>' for c, s in codes.items()) or ""
+    return " ".join(f'<span class="{s}">{_SEVERITY_MARK[s]} {c}</span>' for c, s in codes.items())
 
 
 def _head(result: ReportResult) -> list[str]:
@@ -168,11 +174,11 @@ def _file_section(result: ReportResult) -> list[str]:
     rows.append(("state dict", state))
     if s.prefix:
         rows.append(("wrapper prefix", f"<code>{esc(s.prefix)}</code> stripped from names"))
-    rows.append(("eps", esc(s.eps_note) if s.eps_note else "no BatchNorm layers"))
+    rows.append(("eps", _msg(s.eps_note) if s.eps_note else "no BatchNorm layers"))
     rows.append(("how it was opened", "with --trust: loaders that run code from the file were allowed" if result.trusted
                  else "read by bninspect's static readers: no code from the file ran"))
     if result.safety is not None:
-        rows.append(("safety verdict", esc(result.safety)))
+        rows.append(("safety verdict", _msg(result.safety)))
     if s.other_norms:
         rows.append(("other normalization", ", ".join(f"{n} {esc(k)}" for k, n in sorted(s.other_norms.items()))))
     rows.append(("totals", f"{s.total_layers} BatchNorm layers, {s.total_channels} channels, {s.total_parameters} "
@@ -181,7 +187,7 @@ def _file_section(result: ReportResult) -> list[str]:
     out += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows]
     out.append("</table>")
     if s.notes:
-        out.append("<ul>" + "".join(f'<li class="note">{esc(n)}</li>' for n in s.notes) + "</ul>")
+        out.append("<ul>" + "".join(f'<li class="note">{_msg(n)}</li>' for n in s.notes) + "</ul>")
     out.append("</section>")
     return out
 
@@ -205,7 +211,7 @@ def _findings_section(doc: Doc, result: ReportResult, rows_by_name: dict[str, La
             row = rows_by_name.get(f.layer)
             layer = _layer_link(row) if row is not None else f"<code>{esc(f.layer)}</code>"
             doc.add(f'<tr><td class="{f.severity}">{_SEVERITY_MARK[f.severity]} {f.severity}</td><td>{f.code}</td>'
-                    f"<td>{layer}</td><td>{esc(f.message)}</td><td>{esc(f.fix)}</td></tr>")
+                    f"<td>{layer}</td><td>{_msg(f.message)}</td><td>{_msg(f.fix)}</td></tr>")
         else:
             doc.add("</table>")
     if result.findings_omitted:
@@ -241,7 +247,7 @@ def _layers_section(doc: Doc, result: ReportResult, figures: Figures) -> None:
         kind += " train" if s.training else ""
         batches = "—" if s.num_batches_tracked is None else str(s.num_batches_tracked)
         producer = (f"<code>{esc(s.producer.name)}</code> ({esc(s.producer.kind)})" if s.producer
-                    else f'<span class="note">{esc(s.producer_note) or "none matched"}</span>')
+                    else f'<span class="note">{_msg(s.producer_note) or "none matched"}</span>')
         doc.add(f'<tr id="{_row_id(row.index)}"><td class="num">{row.index}</td><td>{_layer_link(row)}</td>'
                 f'<td>{kind}</td><td class="num">{s.channels}</td>'
                 + "".join(_spark(getattr(series, attr), series.marks) for attr, _ in LABELS)
@@ -266,7 +272,7 @@ def _drift_section(doc: Doc, drift: DriftResult, figures: Figures, rows_by_name:
     if drift.loaded_in_train_mode:
         doc.add(f'<p class="error">As loaded, the model is in train mode ({len(drift.train_mode_layers)} BN layers).</p>')
     if drift.problems:
-        doc.add('<p class="error">Problems:</p><ul>' + "".join(f"<li>{esc(p)}</li>" for p in drift.problems[:20]) + "</ul>")
+        doc.add('<p class="error">Problems:</p><ul>' + "".join(f"<li>{_msg(p)}</li>" for p in drift.problems[:20]) + "</ul>")
     else:
         worst = max((l.drift_score for l in drift.layers if l.drift_score is not None), default=None)
         detail = f"worst layer drift {num(worst)} ≤ {drift.max_drift:g}" if worst is not None else "no layer statistics"
@@ -302,12 +308,12 @@ def _drift_section(doc: Doc, drift: DriftResult, figures: Figures, rows_by_name:
     for m in drift.mismatch:
         if m.skipped:
             doc.add(f'<tr><td class="num">{m.batch_size}</td><td class="num">{m.batches}</td>'
-                    f'<td colspan="3" class="note">{esc(m.skipped)}</td></tr>')
+                    f'<td colspan="3" class="note">{_msg(m.skipped)}</td></tr>')
             continue
         agree = f"{m.top1_agreement:.1%}" if m.top1_agreement is not None else "—"
         doc.add(f'<tr><td class="num">{m.batch_size}</td><td class="num">{m.batches}</td><td class="num">'
                 f'{num(m.max_abs_diff)}</td><td class="num">{num(m.output_scale)}</td><td class="num">{agree}</td></tr>')
-    doc.add("</table>", *(f'<p class="note">note: {esc(n)}</p>' for n in drift.notes[:20]), "</section>")
+    doc.add("</table>", *(f'<p class="note">note: {_msg(n)}</p>' for n in drift.notes[:20]), "</section>")
 
 
 def _tensor_summary(d: LayerDiff) -> str:
@@ -330,7 +336,7 @@ def _diff_section(doc: Doc, diff: DiffResult, rows_by_name: dict[str, LayerRow])
             f"<tr><th>B</th><td><code>{esc(diff.b.path)}</code>: {esc(diff.b.format_name)}, {diff.b.layers} BN layers</td></tr>",
             f'<tr><th>verdict</th><td class="{diff.verdict}">{verdict}</td></tr></table>')
     if diff.causes:
-        doc.add("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in diff.causes) + "</ul>")
+        doc.add("<ul>" + "".join(f"<li>{_msg(c)}</li>" for c in diff.causes) + "</ul>")
     if diff.layers:
         doc.add("<table><tr><th>layer</th><th>in B</th><th>matched by</th><th>C</th><th>status</th>"
                 "<th>largest relative difference per tensor</th><th>output Δ</th></tr>")
@@ -351,7 +357,7 @@ def _diff_section(doc: Doc, diff: DiffResult, rows_by_name: dict[str, LayerRow])
         if names:
             shown = ", ".join(f"<code>{esc(n)}</code>" for n in names[:50])
             doc.add(f"<p>{label} ({len(names)}): {shown}{' …' if len(names) > 50 else ''}</p>")
-    doc.add(*(f'<p class="note">note: {esc(n)}</p>' for n in diff.notes[:20]), "</section>")
+    doc.add(*(f'<p class="note">note: {_msg(n)}</p>' for n in diff.notes[:20]), "</section>")
 
 
 def _facts(row: LayerRow) -> str:
@@ -363,7 +369,7 @@ def _facts(row: LayerRow) -> str:
     if s.training is not None:
         parts.append("train mode" if s.training else "eval mode")
     parts.append(f"fed by <code>{esc(s.producer.name)}</code> ({esc(s.producer.kind)})" if s.producer
-                 else f"producer: {esc(s.producer_note) or 'none matched'}")
+                 else f"producer: {_msg(s.producer_note) or 'none matched'}")
     return " · ".join(parts)
 
 
@@ -372,15 +378,15 @@ def _page(page: LayerPage, row: LayerRow, figures: Figures, titles: dict[str, st
     out = [f'<section class="page" id="{_page_id(row.index)}"><h3>{row.index} · <code>{esc(row.summary.name)}</code> '
            f'<a href="#{_row_id(row.index)}" class="note">(overview row)</a></h3><p>{_facts(row)}</p>']
     if row.summary.possible:
-        out.append(f'<p class="note">possible BatchNorm with track_running_stats=False: {esc(row.summary.evidence)}</p>')
+        out.append(f'<p class="note">possible BatchNorm with track_running_stats=False: {_msg(row.summary.evidence)}</p>')
     if row.findings:
         out.append("<ul>" + "".join(f'<li><span class="{f.severity}">{_SEVERITY_MARK[f.severity]} {f.code}</span> '
-                                    f"{esc(f.message)}<br><span class=\"note\">fix: {esc(f.fix)}</span></li>"
+                                    f"{_msg(f.message)}<br><span class=\"note\">fix: {_msg(f.fix)}</span></li>"
                                     for f in row.findings) + "</ul>")
     drawn, many = drawable_marks(page.marks)
     legend = ""
     if page.marks:
-        legend = f"<br>Named by findings: {esc(mark_legend(page.marks, titles))}."
+        legend = f"<br>Named by findings: {_msg(mark_legend(page.marks, titles))}."
     if many:
         legend += (f" Not marked one by one: {', '.join(many)} (each names more than {MAX_MARKS} channels).")
     out.append(f'<figure class="plot">{figures.layer_svg(page.values, drawn, severities)}<figcaption>Entry i of '
@@ -395,7 +401,7 @@ def _page(page: LayerPage, row: LayerRow, figures: Figures, titles: dict[str, st
     if page.diff is not None:
         d = page.diff
         svg = figures.layer_diff_svg(d)
-        causes = "".join(f"<li>{esc(c)}</li>" for c in d.causes)
+        causes = "".join(f"<li>{_msg(c)}</li>" for c in d.causes)
         text = (f'Diff with B (<code>{esc(d.name_b)}</code>, matched by {esc(d.matched_by)}): '
                 f'<span class="{d.status}">{d.status}</span>' + (f"<ul>{causes}</ul>" if causes else ""))
         if svg is None:

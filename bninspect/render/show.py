@@ -109,7 +109,7 @@ def render(result: ShowResult) -> None:
             if pictures:  # on a terminal: the title, a picture per quantity, then the numbers
                 out.print(_channel_title(layer), wrap=False)
                 for line in pictures:
-                    out.print(line)
+                    out.print(line, wrap=False)
             out.print(_channel_table(layer, out.width, titled=not pictures), wrap=False)
     if result.possible:
         out.print(Styled("Possible BatchNorm with track_running_stats=False", "bold").append(f" ({len(result.possible)}):"))

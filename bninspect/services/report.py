@@ -155,6 +155,8 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
 
     opts = resolve_options({"eps": eps, "key": key, "trust": trust or None, "strict": strict or None})
     found = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    discovered = [*found.layers, *found.possible]
+    wanted = {l.name for l in select(discovered, layers)} if layers else None  # a bad glob fails now
     shown = describe(found, path)
     findings = findings_for(found, opts)
     marks = channel_marks(findings)
@@ -162,7 +164,6 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     for f in findings:
         by_layer.setdefault(f.layer, []).append(f)
 
-    discovered = [*found.layers, *found.possible]
     summaries = [*shown.layers, *shown.possible]
     rows = []
     for i, (layer, summary) in enumerate(zip(discovered[:MAX_ROWS], summaries)):
@@ -186,8 +187,8 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     drifts = {l.name: l for l in drift_result.layers} if drift_result else {}
     diffs = {d.name: d for d in diff_result.layers if d.folded_side != "a"} if diff_result else {}
     different = {name for name, d in diffs.items() if d.status == "different"}
-    different |= {name for name, l in drifts.items() if l.exceeds}
-    wanted = {l.name for l in select(discovered, layers)} if layers else None
+    if drift_result is not None and not drift_result.synthetic:  # thresholds do not apply to synthetic input
+        different |= {name for name, l in drifts.items() if l.exceeds}
     page_rows = _choose_pages(rows, limit, wanted, different)
     pages_out = []
     for row in page_rows:
