@@ -12,7 +12,7 @@ scrolls into view, so a report with hundreds of figures opens at once.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar
 
 from bninspect import __version__
 from bninspect.atomic import atomic_write
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from bninspect.services.drift import DriftResult
     from bninspect.services.report import LayerPage, LayerRow, ReportResult
 
+T = TypeVar("T")
 INSTALL = "pip install 'bninspect[report]'"
 # Once the document reaches this size no more rows or pages are added (each is at most ~0.5 MB),
 # so a report stays under SIZE_BOUND whatever the file holds: 10,000 layers, names of any length.
@@ -81,6 +82,17 @@ class Doc:
         self.add(f'<p class="note">{left} more {what} are left out to keep this file under {SIZE_BOUND // 2**20} MiB; '
                  f"<code>{command}</code> lists them all.</p>")
 
+    def each(self, items: Sequence[T], what: str, command: str, close: str = "</table>") -> Iterator[T]:
+        """``items`` while the document has room; then ``close`` and a note of how many ``what``
+        were left out and which ``command`` lists them."""
+        for i, item in enumerate(items):
+            if self.full:
+                self.add(close)
+                self.cut(len(items) - i, what, command)
+                return
+            yield item
+        self.add(close)
+
     def text(self) -> str:
         """The document so far."""
         return "\n".join(self.parts) + "\n"
@@ -118,6 +130,12 @@ def _page_id(index: int) -> str:
 def _layer_link(row: LayerRow) -> str:
     target = _page_id(row.index) if row.page else _row_id(row.index)
     return f'<a href="#{target}"><code>{esc(row.summary.name)}</code></a>'
+
+
+def _name(name: str, rows_by_name: dict[str, LayerRow]) -> str:
+    """A layer name from another section: a link where the overview has the layer."""
+    row = rows_by_name.get(name)
+    return _layer_link(row) if row is not None else f"<code>{esc(name)}</code>"
 
 
 def _spark(values, marks: dict[int, list[str]]) -> str:  # type: ignore[no-untyped-def]
@@ -203,17 +221,9 @@ def _findings_section(doc: Doc, result: ReportResult, rows_by_name: dict[str, La
             f'{_SEVERITY_MARK["warning"]} warning, {_SEVERITY_MARK["info"]} info.</p>')
     if result.findings:
         doc.add("<table><tr><th>severity</th><th>code</th><th>layer</th><th>finding</th><th>fix</th></tr>")
-        for i, f in enumerate(result.findings):
-            if doc.full:
-                doc.add("</table>")
-                doc.cut(len(result.findings) - i, "findings", "bninspect check")
-                break
-            row = rows_by_name.get(f.layer)
-            layer = _layer_link(row) if row is not None else f"<code>{esc(f.layer)}</code>"
+        for f in doc.each(result.findings, "findings", "bninspect check"):
             doc.add(f'<tr><td class="{f.severity}">{_SEVERITY_MARK[f.severity]} {f.severity}</td><td>{f.code}</td>'
-                    f"<td>{layer}</td><td>{_msg(f.message)}</td><td>{_msg(f.fix)}</td></tr>")
-        else:
-            doc.add("</table>")
+                    f"<td>{_name(f.layer, rows_by_name)}</td><td>{_msg(f.message)}</td><td>{_msg(f.fix)}</td></tr>")
     if result.findings_omitted:
         doc.add(f'<p class="note">{result.findings_omitted} more findings are not listed here '
                 f"(<code>bninspect check</code> lists them all); the counts above include them.</p>")
@@ -237,11 +247,7 @@ def _layers_section(doc: Doc, result: ReportResult, figures: Figures) -> None:
             "<table><tr><th>#</th><th>layer</th><th>kind</th><th>C</th>"
             + "".join(f"<th>{label}</th>" for _, label in LABELS)
             + "<th>batches</th><th>producer</th><th>findings</th></tr>")
-    left = result.rows_omitted
-    for i, row in enumerate(result.rows):
-        if doc.full:
-            left += len(result.rows) - i
-            break
+    for row in doc.each(result.rows, "layers", "bninspect show"):
         s, series = row.summary, row.series
         kind = esc(s.kind) + ("*" if s.kind_source == "producer" else "") + (" (possible)" if s.possible else "")
         kind += " train" if s.training else ""
@@ -252,12 +258,12 @@ def _layers_section(doc: Doc, result: ReportResult, figures: Figures) -> None:
                 f'<td>{kind}</td><td class="num">{s.channels}</td>'
                 + "".join(_spark(getattr(series, attr), series.marks) for attr, _ in LABELS)
                 + f'<td class="num">{batches}</td><td>{producer}</td><td>{_findings_cell(row.findings)}</td></tr>')
-    doc.add("</table>")
     if any(r.summary.kind_source == "producer" for r in result.rows):
         doc.add('<p class="note">* kind inferred from the producer\'s weight rank (a state dict does not name '
                 "module classes)</p>")
-    if left:
-        doc.cut(left, "layers", "bninspect show")
+    if result.rows_omitted:
+        doc.add(f'<p class="note">{result.rows_omitted} more layers are not listed: the overview stops at '
+                f"{len(result.rows)} rows; <code>bninspect show</code> lists them all.</p>")
     doc.add("</section>")
 
 
@@ -284,13 +290,8 @@ def _drift_section(doc: Doc, drift: DriftResult, figures: Figures, rows_by_name:
                 f"(batch statistics) at each batch size (dashed: tolerance {drift.batch_tolerance:g}).</figcaption></figure>")
         heads = ["layer", "C", "drift", "worst ch", "mean shift σ", "var ratio"] + [f"B={b}" for b in drift.batch_sizes] + ["min B"]
         doc.add("<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>")
-        for i, l in enumerate(drift.layers):
-            if doc.full:
-                doc.add("</table>")
-                doc.cut(len(drift.layers) - i, "measured layers", "bninspect drift --json")
-                break
-            row = rows_by_name.get(l.name)
-            name = _layer_link(row) if row is not None else f"<code>{esc(l.name)}</code>"
+        for l in doc.each(drift.layers, "measured layers", "bninspect drift --json"):
+            name = _name(l.name, rows_by_name)
             if not l.reached:
                 doc.add(f'<tr><td>{name}</td><td class="num">{l.channels}</td><td colspan="{len(heads) - 2}" '
                         'class="note">not called by the forward pass</td></tr>')
@@ -301,8 +302,6 @@ def _drift_section(doc: Doc, drift: DriftResult, figures: Figures, rows_by_name:
             cells += [num(b.output_error) if not b.skipped else "—" for b in l.by_batch_size]
             cells.append(str(l.min_batch_size) if l.min_batch_size is not None else f">{max(drift.batch_sizes)}")
             doc.add(f"<tr><td>{name}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
-        else:
-            doc.add("</table>")
     doc.add(f"<h3>Output with BN in eval vs train mode ({esc(drift.output_kind)})</h3>"
             "<table><tr><th>batch size</th><th>batches</th><th>max |Δ|</th><th>max |eval|</th><th>top-1 agreement</th></tr>")
     for m in drift.mismatch:
@@ -340,19 +339,12 @@ def _diff_section(doc: Doc, diff: DiffResult, rows_by_name: dict[str, LayerRow])
     if diff.layers:
         doc.add("<table><tr><th>layer</th><th>in B</th><th>matched by</th><th>C</th><th>status</th>"
                 "<th>largest relative difference per tensor</th><th>output Δ</th></tr>")
-        for i, d in enumerate(diff.layers):
-            if doc.full:
-                doc.add("</table>")
-                doc.cut(len(diff.layers) - i, "compared pairs", "bninspect diff --json")
-                break
-            row = rows_by_name.get(d.name) if d.folded_side != "a" else None
-            name = _layer_link(row) if row is not None else f"<code>{esc(d.name)}</code>"
+        for d in doc.each(diff.layers, "compared pairs", "bninspect diff --json"):
+            name = _name(d.name, rows_by_name if d.folded_side != "a" else {})  # a folded A side has no BN row
             output = "—" if d.output is None else num(d.output.max_abs, 3) + ("" if d.output.within else " (beyond)")
             doc.add(f"<tr><td>{name}</td><td><code>{esc(d.name_b)}</code></td><td>{esc(d.matched_by)}</td>"
                     f'<td class="num">{d.channels}</td><td class="{d.status}">{d.status}</td><td>{_tensor_summary(d)}</td>'
                     f'<td class="num">{output}</td></tr>')
-        else:
-            doc.add("</table>")
     for label, names in (("only in A", diff.only_a), ("only in B", diff.only_b)):
         if names:
             shown = ", ".join(f"<code>{esc(n)}</code>" for n in names[:50])
@@ -424,10 +416,7 @@ def _pages_section(doc: Doc, result: ReportResult, figures: Figures) -> None:
         f": the {result.pages_limit} most telling (layers with findings first, then in model order; "
         "--pages and --layer choose others)" if result.pages_omitted else "") + ".")
     doc.add('<section id="pages"><h2>Layer pages</h2>', f"<p>{intro}</p>")
-    for i, page in enumerate(result.pages):
-        if doc.full:
-            doc.cut(len(result.pages) - i, "layer pages", "bninspect report --layer GLOB")
-            break
+    for page in doc.each(result.pages, "layer pages", "bninspect report --layer GLOB", close=""):
         doc.add(*_page(page, rows[page.row], figures, titles))
     doc.add("</section>")
 
