@@ -243,10 +243,10 @@ def diff(
     return result.exit_code
 
 
-@app.command(short_help="One self-contained HTML file: plots per channel, findings, drift, diff.")
+@app.command(short_help="One HTML file: per-channel plots, findings, drift, diff.")
 def report(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file."),
-    other: Optional[str] = typer.Argument(None, metavar="[B]", help="A second artifact to compare with (as `diff CKPT B`)."),
+    other: Optional[str] = typer.Argument(None, metavar="B", help="A second artifact to compare with (as `diff CKPT B`)."),
     output: str = typer.Option(..., "--output", "-o", metavar="FILE", help="Where to write the HTML file (never over an input)."),
     data: Optional[str] = typer.Option(None, "--data", metavar="FILE", help="Inputs to measure drift on (as `drift --data`); needs --arch or --trust."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", metavar="SHAPE", help="Seeded N(0,1) inputs instead of --data, e.g. 16x3x64x64."),
