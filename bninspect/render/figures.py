@@ -361,6 +361,8 @@ class Figures:
             marker, colour = SEVERITY_STYLE[severity]
             found.plot(hit, [len(SEVERITIES) - level] * len(hit), ls="", marker=marker, color=colour, ms=5,
                        mec="black", mew=0.4)
+        if not any(r.findings for r in rows):
+            found.text(0.5, 0.5, "none", transform=found.transAxes, ha="center", va="center", color="#555555")
         found.set_ylim(0.3, len(SEVERITIES) + 0.7)
         found.set_yticks(range(len(SEVERITIES), 0, -1), list(SEVERITIES))
         found.set_title("layers with findings", loc="left")
