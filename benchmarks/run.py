@@ -42,6 +42,15 @@ _exe = shutil.which("bninspect")
 BNI = [_exe] if _exe else [PY, "-m", "bninspect"]
 # Runs of each `check DIR` benchmark (one file, 50 with --jobs 1 and 2): see benches().
 JOBS_RUNS = 9
+# Where the `report` rows write their HTML (replaced by every run; its size is a goal).
+REPORT_DIR = Path(tempfile.gettempdir())
+REPORTS = (("2 GB pt", "resnet152.pt"), ("10000 layers pt", "layers_10000.pt"))
+REPORT_BOUND_MIB = 34  # render.report.SIZE_BOUND
+
+
+def report_html(label: str) -> Path:
+    """The HTML file the `report` row ``label`` writes."""
+    return REPORT_DIR / f"bninspect-bench-report-{label.replace(' ', '-')}.html"
 
 # Pick the BN tensors out of a state dict the way a script would: every key whose module
 # has a running_var. Cloning touches the bytes, so mmap=True pays for exactly those pages.
@@ -342,6 +351,11 @@ def benches() -> list[Bench]:
     b.append(Bench("import torch + F.batch_norm × 53 (ResNet-50)", [PY, "-c", _BARE_BN.format(path=str(r50))], runs=3, files=(r50,), in_rounds=False))
     b.append(Bench("bninspect verify ResNet-50 --device cpu", BNI + ["verify", str(r50), "--device", "cpu"], needs="verify",
                    runs=3, ok_codes=(0, 1), files=(r50,), in_rounds=False))
+    for label, name in REPORTS:
+        f = DATA / name
+        # Seconds a run (50 layer pages of plots): 3 runs, in the rounds.
+        b.append(Bench(f"bninspect report {label}", BNI + ["report", str(f), "-o", str(report_html(label))], needs="report",
+                       runs=3, files=(f,)))
     one = many / "model_00.safetensors"
     # The --jobs ratio is a difference over a difference (each ~0.3-0.6 s): one slow run moves
     # it by a tenth. 9 runs each, taken in the same rounds, judged round by round (see goals).
@@ -450,6 +464,15 @@ def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> 
         rows.append((f"`show --limit 20` at 10,000 layers ({ext}) < 1 s", f"{fmt_s(t)} wall, {fmt_s(c)} CPU" if t else "not measured",
                      verdict(None if t is None else t < 1)))
 
+    for label, _ in REPORTS:
+        name = f"bninspect report {label}"
+        t, m = w(name), w(name, "rss")
+        html = report_html(label)
+        size = html.stat().st_size / MiB if t is not None and html.exists() else None
+        rows.append((f"`report` {label}: within the ~30 s and ~2 GB every command keeps to, HTML under {REPORT_BOUND_MIB} MiB",
+                     f"{fmt_s(t)} wall, {fmt_mib(m)}, HTML {size:.1f} MiB (50 layer pages), {torch_note(name)}"
+                     if size is not None else res[name].status,
+                     verdict(None if size is None else t <= 30 and m <= 2048 and size <= REPORT_BOUND_MIB)))
     j1, j2 = w("bninspect check DIR(50) --jobs 1"), w("bninspect check DIR(50) --jobs 2")
     t0 = w("bninspect check DIR(1 file)")
     # The start-up (python, imports, options: one file's whole run) happens once whatever N

@@ -243,6 +243,36 @@ def diff(
     return result.exit_code
 
 
+@app.command(short_help="One HTML file: per-channel plots, findings, drift, diff.")
+def report(
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file."),
+    other: Optional[str] = typer.Argument(None, metavar="B", help="A second artifact to compare with (as `diff CKPT B`)."),
+    output: str = typer.Option(..., "--output", "-o", metavar="FILE", help="Where to write the HTML file (never over an input)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="FILE", help="Inputs to measure drift on (as `drift --data`); needs --arch or --trust."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", metavar="SHAPE", help="Seeded N(0,1) inputs instead of --data, e.g. 16x3x64x64."),
+    arch: Optional[str] = typer.Option(None, "--arch", metavar="MODULE:CALLABLE", help="Builds the model for the drift measurements (as `drift --arch`)."),
+    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", metavar="JSON", help="Keyword arguments for --arch as a JSON object."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", metavar="B,B,...", help="Batch sizes for the drift measurements [default: 1,2,4,8,16,32]."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Give pages to these layers (repeatable) [default: layers with findings first]."),
+    pages: Optional[int] = typer.Option(None, "--pages", metavar="N", help="Layers with a page of plots, at most 200 [default: 50]."),
+    key: Optional[str] = typer.Option(None, "--key", metavar="PATH", help=KEY_HELP),
+    key_b: Optional[str] = typer.Option(None, "--key-b", metavar="PATH", help="Which state dict of a nested checkpoint B to use."),
+    eps: Optional[float] = typer.Option(None, "--eps", metavar="EPS", help=EPS_HELP),
+    trust: bool = typer.Option(False, "--trust", help=TRUST_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> int:
+    """Write one self-contained HTML file: the file, every layer, per-channel plots, check's findings; drift with --data, the diff with B."""
+    from bninspect.render import report as render_report
+    from bninspect.services.report import report as report_service
+
+    render_report.require()
+    result = report_service(ckpt, other, data=data, synthetic=synthetic, arch=arch, arch_kwargs=arch_kwargs,
+                            batch_sizes=batch_sizes, layers=layer, pages=pages, key=key, key_b=key_b, eps=eps,
+                            trust=trust, strict=strict, output=output)
+    render_report.render(result, output)
+    return 0
+
+
 def _fail(line: str, code: int) -> int:
     # The line names a file, and a file name may carry terminal escapes: show them, never send them.
     from bninspect.render.common import safe

@@ -21,12 +21,12 @@ import pytest
 from tests.conftest import bninspect_command
 
 # Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded,
-# which of numpy, rich, rich.console and pydantic, and how many threads the process has (Linux). atexit fires
+# which of numpy, rich, rich.console, pydantic and matplotlib, and how many threads the process has (Linux). atexit fires
 # after main()'s sys.exit, so every module the command pulled in is counted.
 _PROBE = (
     "import atexit, os, sys\n"
     "atexit.register(lambda: sys.stderr.write('\\nTORCH_IMPORTED=%s\\nLOADED=%s\\nTHREADS=%s\\n' % ('torch' in sys.modules,\n"
-    "    ','.join(m for m in ('numpy', 'rich', 'rich.console', 'pydantic') if m in sys.modules),\n"
+    "    ','.join(m for m in ('numpy', 'rich', 'rich.console', 'pydantic', 'matplotlib') if m in sys.modules),\n"
     "    len(os.listdir('/proc/self/task')) if os.path.isdir('/proc/self/task') else -1)))\n"
     "from bninspect.cli import main\n"
     "main(sys.argv[1:])\n"
@@ -58,7 +58,7 @@ def probe(*args: str) -> tuple[int, bool, str]:
 
 
 def loaded(stderr: str) -> set[str]:
-    """Which of numpy, rich and pydantic the probed command imported, from probe()'s stderr."""
+    """Which of numpy, rich, pydantic and matplotlib the probed command imported, from probe()'s stderr."""
     line = [ln for ln in stderr.splitlines() if ln.startswith("LOADED=")][-1]
     return set(filter(None, line.removeprefix("LOADED=").split(",")))
 
@@ -288,3 +288,29 @@ def test_show_limit_reads_only_the_layers_it_shows(many_wide_layers):
     read = int([ln for ln in proc.stderr.splitlines() if ln.startswith("READ_BYTES=")][-1].split("=")[1])
     # One layer's statistics are 1 MiB and lazily imported modules ~3 MB; all twenty would be 20 MiB.
     assert read < 8 * 2**20, read
+
+
+@pytest.mark.parametrize("args", [("show", "--channels", "FILE"), ("check", "FILE"), ("explain", "FILE", "bn"),
+                                  ("verify", "FILE"), ("diff", "FILE", "FILE"), ("rules",), ("--help",), _DRIFT],
+                         ids=["show", "check", "explain", "verify", "diff", "rules", "help", "drift"])
+def test_only_report_imports_matplotlib(safetensors_file, args):
+    """matplotlib is the `report` extra: every other command runs without it (and without its
+    ~0.4 s import)."""
+    code, _, err = probe(*(str(safetensors_file) if a == "FILE" else a for a in args))
+    assert code in (0, 1), err
+    assert "matplotlib" not in loaded(err)
+
+
+def test_report_draws_without_torch(safetensors_file, tmp_path):
+    """A report on one file is show + check + plots: numpy and matplotlib, no torch."""
+    pytest.importorskip("matplotlib")
+    code, torch_imported, err = probe("report", str(safetensors_file), "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    assert not torch_imported and "matplotlib" in loaded(err)
+
+
+def test_import_bninspect_loads_no_heavy_module():
+    out = subprocess.run([sys.executable, "-c", "import sys, bninspect; print(sorted(m for m in ('torch', 'numpy', "
+                          "'matplotlib', 'rich') if m in sys.modules))"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -128,6 +128,11 @@ class Out:
         columns = os.environ.get("COLUMNS", "")
         self.width = self._rich.width if self._rich else int(columns) if columns.isdigit() else _PIPE_WIDTH
 
+    @property
+    def terminal(self) -> bool:
+        """Whether this output is a terminal (or forced to act as one): where pictures are drawn."""
+        return self._rich is not None
+
     def print(self, item: str | Styled = "", *, wrap: bool = True) -> None:
         """Print ``item`` and a newline; a str is printed as it is (never parsed as markup).
         ``wrap=False`` keeps long lines whole (tables, one finding per line)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bninspect.render.common import Column, Out, Styled, num, safe, table
 from bninspect.render.jsondoc import dumps, safety
+from bninspect.render.pictures import picture_lines, rule_titles
 from bninspect.services.show import LayerSummary, ShowResult
 
 # rich is imported only where the output is a terminal (render.common.Out): `show --json` and
@@ -77,11 +78,14 @@ def _table(result: ShowResult, width: int) -> Styled:
     return table(_COLUMNS, rows, width=width)
 
 
-def _channel_table(layer: LayerSummary, width: int) -> Styled:
+def _channel_title(layer: LayerSummary) -> Styled:
+    return Styled(safe(f"{layer.name}: entry i of each tensor belongs to channel i"))
+
+
+def _channel_table(layer: LayerSummary, width: int, titled: bool = True) -> Styled:
     rows = [(str(r.index), num(r.weight), num(r.bias), num(r.running_mean), num(r.running_var),
              num(r.scale), num(r.shift), safe(r.producer_channel or "—")) for r in layer.per_channel or []]
-    return table(_CHANNEL_COLUMNS, rows, width=width,
-                 title=Styled(safe(f"{layer.name}: entry i of each tensor belongs to channel i")))
+    return table(_CHANNEL_COLUMNS, rows, width=width, title=_channel_title(layer) if titled else None)
 
 
 def render(result: ShowResult) -> None:
@@ -102,7 +106,12 @@ def render(result: ShowResult) -> None:
                          "dim"))
     for layer in result.layers:
         if layer.per_channel is not None:
-            out.print(_channel_table(layer, out.width), wrap=False)
+            pictures = picture_lines(layer._series, out.width, rule_titles()) if out.terminal and layer._series else []
+            if pictures:  # on a terminal: the title, a picture per quantity, then the numbers
+                out.print(_channel_title(layer), wrap=False)
+                for line in pictures:
+                    out.print(line, wrap=False)
+            out.print(_channel_table(layer, out.width, titled=not pictures), wrap=False)
     if result.possible:
         out.print(Styled("Possible BatchNorm with track_running_stats=False", "bold").append(f" ({len(result.possible)}):"))
         for p in result.possible:

@@ -18,11 +18,14 @@ import stat
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
                               UsageError)
 from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules, select_rules
+
+if TYPE_CHECKING:
+    from bninspect.layers import Discovery
 
 FAIL_ON = ("error", "warning", "info", "never")
 FORMATS = ("table", "concise")
@@ -235,6 +238,14 @@ def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
     return files, problems
 
 
+def findings_for(found: Discovery, opts: CheckOptions) -> list[Finding]:
+    """The selected rules' findings on layers already discovered (possible BatchNorm included),
+    and on the file's safety verdict."""
+    ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,
+                  verdict=found.checkpoint.verdict)
+    return run_rules(ctx, select_rules(opts.select, opts.ignore))
+
+
 def check_file(path: str, opts: CheckOptions) -> FileResult:
     """Open one file, discover its layers and run the selected rules; load errors become the result.
 
@@ -246,19 +257,17 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
     from bninspect.services.common import open_layers
 
     result = FileResult(path=path)
-    rules = select_rules(opts.select, opts.ignore)
     try:
         found = open_layers(path, key=opts.key, strict=opts.strict, eps=opts.eps, refuse_unsafe=False)
         result.format = found.checkpoint.format
         result.layers, result.possible = len(found.layers), len(found.possible)
-        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,
-                      verdict=found.checkpoint.verdict)
-        result.findings = run_rules(ctx, rules)
+        result.findings = findings_for(found, opts)
         result.safety = found.checkpoint.verdict
     except BNInspectError as exc:
         if opts.debug:
             raise
-        findings = run_rules(Context(layers=[], thresholds=opts.thresholds, verdict=exc.verdict), rules) if exc.verdict else []
+        findings = (run_rules(Context(layers=[], thresholds=opts.thresholds, verdict=exc.verdict),
+                              select_rules(opts.select, opts.ignore)) if exc.verdict else [])
         if any(f.severity != "info" for f in findings):
             result.findings, result.safety = findings, exc.verdict  # type: ignore[assignment]
             return result

@@ -54,6 +54,10 @@ class TensorDiff:
     channels_beyond: int  # channels with an element beyond tolerance
     value_a: float | None = None  # the worst element on each side
     value_b: float | None = None
+    # Per output channel, for the report's plots (not in the JSON document): the largest relative
+    # difference, and whether an element is beyond tolerance. None where the shapes differ.
+    _channel_rel: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _channel_beyond: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -180,7 +184,8 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     flat = rel.reshape(va.shape[0], -1) if va.ndim else rel.reshape(1, -1)
     per_channel = flat.max(axis=1) if flat.size else np.zeros(0)
     worst = int(np.argmax(per_channel)) if per_channel.size else None
-    beyond_channels = int(beyond.reshape(flat.shape).any(axis=1).sum()) if flat.size else 0
+    channel_beyond = beyond.reshape(flat.shape).any(axis=1) if flat.size else np.zeros(0, dtype=bool)
+    beyond_channels = int(channel_beyond.sum())
     value_a = value_b = None
     if worst is not None and err.size and float(err.max()) > 0:
         row = int(np.argmax(flat[worst]))
@@ -188,7 +193,8 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
         value_b = float(vb.reshape(flat.shape)[worst, row])
     return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, bool(identical), not bool(beyond.any()),
                       float(err.max()) if err.size else 0.0, float(per_channel.max()) if per_channel.size else 0.0,
-                      worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b)
+                      worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b,
+                      per_channel, channel_beyond)
 
 
 def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift_a: np.ndarray,

@@ -15,6 +15,7 @@ from bninspect.errors import InvalidFileError, UsageError
 from bninspect.layers import BNLayer
 from bninspect.textfmt import num
 from bninspect.services.common import find_layer, open_layers
+from bninspect.services.series import ChannelSeries, layer_series, rule_marks
 from bninspect.services.show import LayerSummary, summarize
 
 
@@ -46,6 +47,8 @@ class ExplainResult:
     sections: list[Section]
     channel: ChannelWalk | None = None
     numbers: dict[str, float | int | None] = field(default_factory=dict)
+    # μ, σ², scale and the channels check rules name, for the terminal's picture (not in JSON).
+    _series: ChannelSeries | None = field(default=None, repr=False, compare=False)
 
 
 def _first(values: np.ndarray | None, k: int = 4) -> str:
@@ -182,4 +185,5 @@ def explain(path: str, layer_name: str, *, channel: int | None = None, key: str 
     summary = summarize(layer)
     return ExplainResult(file=path, layer=summary, sections=_sections(layer, walk), channel=walk,
                          numbers={"channels": layer.channels, "eps": layer.eps, "momentum": layer.momentum,
-                                  "num_batches_tracked": layer.num_batches_tracked})
+                                  "num_batches_tracked": layer.num_batches_tracked},
+                         _series=layer_series(layer, rule_marks([layer], found.checkpoint).get(layer.name)))

@@ -11,6 +11,7 @@ import numpy as np
 from bninspect.checkpoint import FORMAT_NAMES
 from bninspect.layers import DEFAULT_EPS, TENSOR_NAMES, BNLayer, Discovery
 from bninspect.services.common import open_layers, select
+from bninspect.services.series import ChannelSeries, layer_series, rule_marks
 
 
 @dataclass
@@ -73,6 +74,9 @@ class LayerSummary:
     possible: bool = False
     evidence: str = ""
     per_channel: list[ChannelRow] | None = None
+    # With per_channel: μ, σ², scale and the channels check rules name, for the terminal's
+    # pictures. Private (not in the JSON document, which keeps the plain numbers).
+    _series: ChannelSeries | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -130,8 +134,9 @@ def per_channel(layer: BNLayer) -> list[ChannelRow]:
             for i in range(n)]
 
 
-def summarize(layer: BNLayer, channels: bool = False) -> LayerSummary:
-    """A layer as plain data (no TensorRefs), optionally with its per-channel table."""
+def summarize(layer: BNLayer, channels: bool = False, marks: dict[int, list[str]] | None = None) -> LayerSummary:
+    """A layer as plain data (no TensorRefs), optionally with its per-channel table (and its
+    pictures' series, with ``marks``: channel → codes of the check findings naming it)."""
     p = layer.producer
     return LayerSummary(
         name=layer.name, key_prefix=layer.key_prefix, kind=layer.kind, kind_source=layer.kind_source,
@@ -144,6 +149,7 @@ def summarize(layer: BNLayer, channels: bool = False) -> LayerSummary:
         producer=ProducerInfo(p.name, p.key_prefix, p.kind, p.out_channels) if p else None,
         producer_note=layer.producer_note, stats=_stats(layer), possible=layer.possible, evidence=layer.evidence,
         per_channel=per_channel(layer) if channels else None,
+        _series=layer_series(layer, marks) if channels else None,
     )
 
 
@@ -167,9 +173,16 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
          eps: float | None = None, limit: int | None = None, trust: bool = False, strict: bool = False) -> ShowResult:
     """Open ``path`` and summarize its BN layers (filtered by ``layers`` globs, cut at ``limit``)."""
     found: Discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    return describe(found, path, layers=layers, channels=channels, limit=limit)
+
+
+def describe(found: Discovery, path: str, *, layers: list[str] | None = None, channels: bool = False,
+             limit: int | None = None) -> ShowResult:
+    """The ShowResult of layers already discovered in ``path`` (what `show` and `report` print)."""
     chosen = select(found.layers, layers)
     shown = chosen if limit is None or limit <= 0 else chosen[:limit]
     ck = found.checkpoint
+    marks = rule_marks(shown, ck) if channels else {}
     # One pass over every selected layer (10,000 in a big file), shapes only: no values are read
     # for the layers --limit leaves out.
     channels_total = parameters = buffer_values = 0
@@ -190,7 +203,7 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),
         container=ck.container, alternatives=list(ck.alternatives), prefix=ck.prefix,
         eps_note=eps_note(chosen),
-        layers=[summarize(l, channels) for l in shown],
+        layers=[summarize(l, channels, marks.get(l.name)) for l in shown],
         possible=[summarize(l) for l in found.possible] if not layers else [],
         other_norms=dict(found.other_norms),
         total_layers=len(chosen), omitted=len(chosen) - len(shown),

@@ -130,6 +130,7 @@ def test_rich_fit_styles_what_it_cuts():
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PICTURE = re.compile(r"  (μ |σ² |scale |× = |1 character = )|Channel by channel, low ")
 _DRIFT = (str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs2.pt"), "--arch", "sample_models:mobilenet_v1_tiny",
           "--data", str(SAMPLES / "drift" / "calib.pt"), "--batch-sizes", "2,32")
 
@@ -145,10 +146,14 @@ _DRIFT = (str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs2.pt"), "--arch", "sample
 @pytest.mark.parametrize("columns", ["200", "70", "40"])
 def test_a_pipe_gets_the_terminal_text_without_styles(args, columns):
     """Off a terminal the text is written without rich; on one (TTY_COMPATIBLE=1, what rich
-    honours) rich styles it. Without the styles both are the same characters."""
+    honours) rich styles it. Without the styles both are the same characters, but for the
+    per-channel pictures (`show --channels`, `explain`), which only a terminal gets."""
     argv = [str(a) for a in args]
     env = {"COLUMNS": columns, "OMP_NUM_THREADS": "1"}
     plain = run_cli(*argv, env=env, cwd=SAMPLES)
     styled = run_cli(*argv, env={**env, "TTY_COMPATIBLE": "1"}, cwd=SAMPLES)
     assert plain.code == styled.code and "\x1b[" not in plain.out and "\x1b[" in styled.out
-    assert plain.out == _ANSI.sub("", styled.out)
+    shown = _ANSI.sub("", styled.out)
+    pictures = [line for line in shown.splitlines(keepends=True) if _PICTURE.match(line)]
+    assert bool(pictures) == (args[0] == "explain" or "--channels" in args)
+    assert plain.out == "".join(line for line in shown.splitlines(keepends=True) if not _PICTURE.match(line))
