@@ -531,8 +531,9 @@ def test_data_formats_give_the_same_batches(tmp_path: Path) -> None:
 
 
 def test_data_refusals(tmp_path: Path) -> None:
+    # Refusals to run code are exit 3 (unsafe), as for checkpoints and verify --input.
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InvalidFileError, match="needs pickle, refused"):
+    with pytest.raises(UnsafeFileError, match="needs pickle, refused"):
         runner.open_data(str(tmp_path / "obj.npy"))
     np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
     with pytest.raises(InvalidFileError, match="1-d tensor"):
@@ -541,7 +542,7 @@ def test_data_refusals(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="holds 2 tensors"):
         runner.open_data(str(tmp_path / "two.pt"))
     torch.save({"x": torch.zeros(2, 3), "opt": torch.optim.SGD}, tmp_path / "code.pt")
-    with pytest.raises(InvalidFileError, match="needs code to load"):
+    with pytest.raises(UnsafeFileError, match="torch.optim.sgd.SGD"):
         runner.open_data(str(tmp_path / "code.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file at all")
     with pytest.raises(InvalidFileError, match="not a tensor file"):
