@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bninspect.render.common import Out, Styled, safe
+from bninspect.render.common import Out, Styled, visible
 from bninspect.render.jsondoc import dumps
 from bninspect.services.explain import ExplainResult
 
@@ -18,9 +18,9 @@ def to_json(result: ExplainResult) -> str:
 def render(result: ExplainResult) -> None:
     """Print each section as wrapped paragraphs (names from the file printed literally)."""
     out = Out()
-    out.print(Styled(f"{safe(result.layer.name)} in {safe(result.file)}", "bold"))
+    out.print(Styled(f"{visible(result.layer.name)} in {visible(result.file)}", "bold"))
     for section in result.sections:
         out.print()
         out.print(Styled(section.title, "bold underline"))
         for para in section.paragraphs:
-            out.print(safe(para))
+            out.print(visible(para))
