@@ -11,7 +11,7 @@ output replaces it), and its format is told by content, never by name:
   1 MB deflated record into more than 6 GB);
 - safetensors: the header reader, then ``pread``;
 - the legacy (pre-1.6) torch.save format: ``torch.load(weights_only=True)`` on our descriptor
-  (torch >= 2.6, as for legacy checkpoints), expanded views refused before they are copied.
+  (torch >= 2.6, as for legacy checkpoints), expanded views within the same budget.
 
 Values are read a block of rows (first axis) at a time, where the format stores the tensor
 contiguously: a calibration set for `drift` may be larger than memory. A single read is at
@@ -32,7 +32,7 @@ import numpy as np
 from bninspect.checkpoint import SHAPE_RULE, STORED_DTYPES, TensorRef, is_shape
 from bninspect.errors import InvalidFileError, NoStateDictError, UnsafeFileError
 from bninspect.formats import legacy, safetensors, torchzip
-from bninspect.formats.paths import SharedFile, open_regular, pread_exact
+from bninspect.formats.paths import Budget, SharedFile, open_regular, pread_exact
 from bninspect.formats.pickles import TRUST_HINT
 
 # Bytes of one read from an array file (a batch of drift's data, a whole activation file):
@@ -183,15 +183,10 @@ def _legacy_object(file: SharedFile) -> Any:
         except Exception:
             raise InvalidFileError(legacy.CORRUPT, path=path) from None
 
+    budget = Budget()
+
     def convert(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return value
-        # A view may claim far more elements than its storage holds (stride 0): refused before numpy copies it.
-        stored = value.untyped_storage().nbytes()
-        if value.numel() * value.element_size() > max(stored, MAX_READ_BYTES):
-            raise InvalidFileError(f"a tensor of shape {list(value.shape)} expands {stored:,} stored bytes beyond "
-                                   "what bninspect materialises", path=path)
-        return tensor_ref(value, path)
+        return tensor_ref(value, path, budget) if isinstance(value, torch.Tensor) else value
 
     if isinstance(obj, dict):
         return {k: convert(v) for k, v in obj.items()}

@@ -159,6 +159,23 @@ def pread_exact(fd: int, length: int, offset: int, path: str, what: str) -> byte
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class Budget:
+    """Bytes made from one file beyond the bytes it holds, by kind ("inflated", "expanded"):
+    budgets per file, not per tensor, so that their sum cannot grow with the number of layers."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, int] = {}
+
+    def charge(self, kind: str, nbytes: int, limit: int) -> bool:
+        """Count ``nbytes`` more of ``kind`` against ``limit``; False (nothing counted) where
+        that would exceed it."""
+        total = self.spent.get(kind, 0) + nbytes
+        if total > limit:
+            return False
+        self.spent[kind] = total
+        return True
+
+
 class SharedFile:
     """The descriptor a checkpoint's lazy tensors read from: the file as it was when opened.
 
@@ -169,19 +186,8 @@ class SharedFile:
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
-        # Bytes made from this file beyond the bytes it holds, by kind ("inflated", "expanded"):
-        # budgets per file, not per tensor, so that their sum cannot grow with the number of layers.
-        self.spent: dict[str, int] = {}
+        self.budget = Budget()
         weakref.finalize(self, os.close, fd)
-
-    def charge(self, kind: str, nbytes: int, budget: int) -> bool:
-        """Count ``nbytes`` more of ``kind`` against ``budget`` for this file; False (nothing
-        counted) where that would exceed it."""
-        total = self.spent.get(kind, 0) + nbytes
-        if total > budget:
-            return False
-        self.spent[kind] = total
-        return True
 
     def pread(self, length: int, offset: int, what: str) -> bytes:
         """Exactly ``length`` bytes at ``offset`` (InvalidFileError when the file ends first)."""

@@ -358,7 +358,7 @@ def _load(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple
     """The values of a tensor ``_rebuild_tensor`` checked: its span of the record, read and laid out."""
     if numel == 0:
         return decode(np.empty(shape, dtype=storage.np_dtype), storage.dtype)
-    if numel > span and not storage.file.charge("expanded", numel * (storage.itemsize + 8), MAX_EXPANDED_BYTES):
+    if numel > span and not storage.file.budget.charge("expanded", numel * (storage.itemsize + 8), MAX_EXPANDED_BYTES):
         raise InvalidFileError(
             f"a tensor of shape {list(shape)} expands {span} stored elements to {numel}; with the file's other "
             f"expanded tensors that is more than {MAX_EXPANDED_BYTES >> 20} MiB, which bninspect does not materialise",

@@ -213,7 +213,7 @@ class MemberReader:
         end = offset + member.compress_size
         if end > self.size:
             raise self._fail(member, "its compressed bytes run past the end of the file (truncated archive)")
-        if not self.file.charge("inflated", want, MAX_INFLATED_BYTES):
+        if not self.file.budget.charge("inflated", want, MAX_INFLATED_BYTES):
             raise self._fail(member, f"inflating it would take this file past {MAX_INFLATED_BYTES >> 20} MiB of "
                                      "decompressed data, the most bninspect inflates per file (torch stores members "
                                      "uncompressed; re-save the checkpoint with torch.save)")
