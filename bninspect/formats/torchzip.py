@@ -455,12 +455,14 @@ def read_object(path: str, what: str) -> Any:
 
 def read_rows(ref: TensorRef, start: int, stop: int) -> np.ndarray:
     """Entries ``start:stop`` of the first axis of a tensor ``read_object`` made: only their bytes
-    are read where the tensor lies contiguously in a record, else the whole tensor is."""
+    are read where the tensor lies contiguously in a stored record, else the whole tensor is
+    (once: a deflated record is inflated from its start on every read)."""
     if ref._loader is _load and ref.shape:  # our own TensorRef: its arguments are _load's
         storage, offset, shape, strides, numel, _span, path = ref._args
         row = math.prod(shape[1:])
         contiguous = [math.prod(shape[i + 1:]) for i in range(len(shape))]
-        if numel and all(st == c for st, c, n in zip(strides, contiguous, shape) if n > 1):
+        if (numel and storage.info.compress_type == zipfile.ZIP_STORED
+                and all(st == c for st, c, n in zip(strides, contiguous, shape) if n > 1)):
             count = (stop - start) * row
             raw = storage.read((offset + start * row) * storage.itemsize, count * storage.itemsize)
             values = np.frombuffer(raw, dtype=storage.np_dtype).reshape((stop - start,) + shape[1:])
