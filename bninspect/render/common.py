@@ -152,14 +152,13 @@ class Out:
 # (textfmt.MAX_SHOWN); this bounds lines that list names (diff's "only in A: ..."), whose count
 # a hostile file chooses.
 MAX_LINE = 65536
-_LONG_LINE = re.compile(f"[^\n]{{{MAX_LINE + 1},}}")
 
 
 def _bounded(item: str | Styled) -> str | Styled:
     """``item`` with every line longer than MAX_LINE cut to that length, a note at its end saying
     how much was left out."""
     plain = item.plain if isinstance(item, Styled) else item
-    if _LONG_LINE.search(plain) is None:
+    if len(plain) <= MAX_LINE or max(map(len, plain.split("\n"))) <= MAX_LINE:
         return item
     kept = Styled()
     at = 0  # offset in ``plain`` of the current line

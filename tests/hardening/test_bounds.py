@@ -272,3 +272,16 @@ def test_writes_are_refused_by_identity_in_process(tmp_path):
     with pytest.raises(UsageError, match="overwrite an input"):
         atomic_write(str(tmp_path / "other-name"), lambda tmp: Path(tmp).write_bytes(b"lost"))
     assert np.load(tmp_path / "x.npy").shape == (2, 3)
+
+
+def test_a_device_inside_the_model_folder_is_not_read_as_weights(tmp_path):
+    """A character device as external data, inside the folder (where mknod is allowed): the base
+    reader read /dev/zero's bytes as running_var; now it is a path problem, named."""
+    try:
+        os.mknod(tmp_path / "w.bin", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero's numbers
+    except (PermissionError, OSError):
+        pytest.skip("this user may not create device files")
+    hostile.onnx_bn(tmp_path / "model.onnx", external={"location": "w.bin"})
+    r = measure(("show", "model.onnx"), tmp_path, {**os.environ, "COLUMNS": "160"})
+    assert r.code == 5 and r.err_lines == [
+        "bninspect: error: model.onnx: external data file 'w.bin' is a character device, not a regular file"]
