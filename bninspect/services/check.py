@@ -199,10 +199,12 @@ def _torch_zip(path: str, head: bytes) -> bool:
     first = head[30:30 + int.from_bytes(head[26:28], "little")]
     if first == b"data.pkl" or first.endswith(b"/data.pkl"):
         return True
+    from bninspect.formats.paths import open_regular
+
     try:
-        with zipfile.ZipFile(path) as zf:
+        with os.fdopen(open_regular(path), "rb") as fh, zipfile.ZipFile(fh) as zf:
             return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, BNInspectError):
         return True
 
 

@@ -569,8 +569,12 @@ def _reload_container(path: str, container: str):
     """The whole input checkpoint (weights_only: no code runs) and the dict holding its state dict."""
     import pickle
 
+    from bninspect.formats.paths import open_regular
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Through our descriptor, like every read: a regular file, never blocking, recorded as read.
+        with os.fdopen(open_regular(path), "rb") as fh:
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InvalidFileError(
             "the checkpoint holds objects that need code to load, so it cannot be re-saved as a whole; "

@@ -12,6 +12,7 @@ pickler would recurse, deflate streams that inflate to gigabytes from a few kilo
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import re
 import shutil
 import struct
 import sys
+import tempfile
 import types
 import warnings
 import zipfile
@@ -60,6 +62,21 @@ class Attack:
 class Built:
     folder: Path
     attacks: list[Attack] = field(default_factory=list)
+
+
+def remove_tree(top: Path) -> None:
+    """``shutil.rmtree`` without its recursion (a folder 1,200 levels deep exceeds the limit)."""
+    folders, stack = [], [str(top)]
+    while stack:
+        folder = stack.pop()
+        folders.append(folder)
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    for folder in reversed(folders):
+        os.rmdir(folder)
 
 
 # -- building blocks ----------------------------------------------------------------------------
@@ -465,8 +482,10 @@ def errors(d: Path) -> Built:
     onnx_bn(d / "location_nul.onnx", external={"location": "w\0.bin"})
     onnx_bn(d / "offset_abc.onnx", external={"location": "w.bin", "offset": "abc"})
     onnx_bn(d / "length_hex.onnx", external={"location": "w.bin", "length": "0x10"})
-    deep = d / "deep"
-    deep.mkdir()
+    # Outside pytest's temporary folders: shutil.rmtree, which pytest uses to clean them up,
+    # recurses too, and would fail on this folder in every later session.
+    deep = Path(tempfile.mkdtemp(prefix="bninspect-deep-"))
+    atexit.register(remove_tree, deep)
     here = os.getcwd()
     try:
         os.chdir(deep)
@@ -484,7 +503,7 @@ def errors(d: Path) -> Built:
         Attack("onnx-location-with-nul", ("show", "location_nul.onnx"), INVALID, "not a file name"),
         Attack("onnx-offset-abc", ("show", "offset_abc.onnx"), INVALID, "offset 'abc' is not a byte count"),
         Attack("onnx-length-hex", ("show", "length_hex.onnx"), INVALID, "length '0x10' is not a byte count"),
-        Attack("check-folder-deeper-than-the-recursion-limit", ("check", "deep"), OK, "1 file"),
+        Attack("check-folder-deeper-than-the-recursion-limit", ("check", str(deep)), OK, "1 file"),
     ]
     return b
 
