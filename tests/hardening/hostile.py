@@ -348,6 +348,13 @@ def zips(d: Path) -> Built:
     data = SAMPLE.read_bytes()
     at = data.index(pkl.encode())  # its first occurrence: data.pkl is the first member, so its local header
     (d / "conflict.pt").write_bytes(data[:at] + pkl[:-1].encode() + b"X" + data[at + len(pkl):])
+    # The same for every tensor record (data.pkl agrees): show reads the BatchNorm records.
+    out = bytearray(data)
+    with zipfile.ZipFile(SAMPLE) as zf:
+        for info in zf.infolist():
+            if "/data/" in info.filename:
+                out[info.header_offset + 30 + len(info.filename) - 1] = ord("x")
+    (d / "conflict_records.pt").write_bytes(bytes(out))
     # Activations and data of a billion values, deflated into ~1 MB: torch.load inflated them whole.
     shape = (2, 32, 2048, 2048)
     n = int(np.prod(shape))
@@ -365,6 +372,7 @@ def zips(d: Path) -> Built:
         Attack("deflated-96m-channels-check", ("check", "bomb96m.pt"), INVALID, "256 MiB"),
         Attack("record-inflates-past-its-size", ("show", "liar.pt"), INVALID, "inflates to more than the 16 bytes"),
         Attack("central-and-local-names-disagree", ("show", "conflict.pt"), INVALID, "disagree"),
+        Attack("central-and-local-record-names-disagree", ("show", "conflict_records.pt"), INVALID, "disagree"),
         Attack("verify-input-deflate-bomb", ("verify", "model.pt", "--layer", "features.2.bn", "--input", "act_bomb.pt"),
                INVALID, "values"),
         Attack("drift-data-deflate-bomb", ("drift", "model.pt", "--arch", "sample_models:mobilenet_v1_tiny", "--data",

@@ -145,6 +145,7 @@ PLAN = {
                   "verify-output-onto-ir-bin", "verify-output-onto-onnx-external-data"],
     "zips": ["bzip2-data-pkl", "lzma-records", "rezipped-deflate-still-reads", "deflated-96m-channels",
              "deflated-96m-channels-check", "record-inflates-past-its-size", "central-and-local-names-disagree",
+             "central-and-local-record-names-disagree",
              "verify-input-deflate-bomb", "drift-data-deflate-bomb"],
     "expansion": ["show-stride0.pt", "check-stride0.pt", "show-stride0_legacy.pt", "check-stride0_legacy.pt",
                   "explain-stride0.pt"],
