@@ -3,6 +3,10 @@
 A reader of the target sees the old file or the new one, never half of one; a failed run
 leaves no partial file; and the rename replaces the directory entry, so a hard link to the
 old file keeps the old bytes.
+
+It never writes over an input: a target that is (by device and inode, after symlinks) a file
+this process has read — the checkpoint, a file it names, --data, --input, --expected — is
+refused, however the name given leads there.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import os
 import tempfile
 from typing import Callable
 
-from bninspect.errors import PathProblemError
+from bninspect.errors import PathProblemError, UsageError
+from bninspect.formats.paths import was_read
+
+OVERWRITE = "would overwrite an input file (one this command reads); choose another name"
 
 
 def same_file(a: str, b: str) -> bool:
@@ -28,7 +35,10 @@ def same_file(a: str, b: str) -> bool:
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over ``path``;
+    UsageError (nothing written) where ``path`` is a file this process has read."""
+    if was_read(path):
+        raise UsageError(OVERWRITE, path=path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")

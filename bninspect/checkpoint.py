@@ -41,16 +41,32 @@ def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw
 
 
+# A size, stride or offset read from a file is an int64 (torch, ONNX, safetensors and numpy all
+# index with one); anything larger is a lie, and Python's unbounded ints would turn it into
+# seconds of arithmetic or an int-to-str conversion error. Shapes have at most MAX_NDIM dims.
+MAX_SIZE = 2**63 - 1
+MAX_NDIM = 64
+
+
 def are_sizes(values: Any) -> bool:
-    """Every item a non-negative int (not a bool): a shape, strides, byte offsets from a file.
+    """Every item an int (not a bool) in 0..MAX_SIZE: a shape, strides, byte offsets from a file.
 
     A plain loop: for the one to five numbers of a shape it is three times quicker than all()
     over a generator, and readers call it for each of a file's tensors (60,000 at 10,000 layers).
     """
     for v in values:
-        if type(v) is not int or v < 0:
+        if type(v) is not int or v < 0 or v > MAX_SIZE:
             return False
     return True
+
+
+def is_shape(values: Any) -> bool:
+    """A tensor shape from a file: at most MAX_NDIM sizes (``are_sizes``) whose product, the
+    element count, is an int64 too."""
+    return len(values) <= MAX_NDIM and are_sizes(values) and math.prod(values) <= MAX_SIZE
+
+
+SHAPE_RULE = f"at most {MAX_NDIM} sizes, each an int64 of 0 or more, with an int64 product"
 
 
 class TensorRef:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 import typer
@@ -30,7 +31,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state = {"debug": False}
+_state: dict = {"debug": False, "files": []}
+
+
+def _about(*paths: Optional[str]) -> None:
+    """Name the files this command is about: an unexpected failure's line starts with them."""
+    _state["files"] = [p for p in paths if p]
 
 TRUST_HELP = "Allow loaders that run code from the file (torch.load weights_only=False, torch.jit.load). Only for files you trust."
 JSON_HELP = "Print a JSON document instead of tables."
@@ -82,6 +88,7 @@ def show(
     from bninspect.render import show as render_show
     from bninspect.services.show import show as show_service
 
+    _about(ckpt)
     result = show_service(ckpt, layers=layer, channels=channels, key=key, eps=eps, limit=limit, trust=trust, strict=strict)
     _emit(result, render_show, as_json)
     return 0
@@ -102,6 +109,7 @@ def explain(
     from bninspect.render import explain as render_explain
     from bninspect.services.explain import explain as explain_service
 
+    _about(ckpt)
     result = explain_service(ckpt, layer, channel=channel, key=key, eps=eps, trust=trust, strict=strict)
     _emit(result, render_explain, as_json)
     return 0
@@ -132,6 +140,7 @@ def verify(
     from bninspect.services.verify import run_verify
 
     batches = tuple(parse_sizes(train_batch, "--train-batch"))
+    _about(ckpt, input_path, expected)
     result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
                         input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
                         batch=batch, spatial=spatial, train_batches=batches, seed=seed)
@@ -173,6 +182,7 @@ def check(
         "outlier_z": outlier_z, "eps_tolerance": eps_tolerance, "expect_eps": expect_eps,
         "eps": eps, "key": key, "strict": strict or None, "debug": _state["debug"] or None,
     })
+    _about(*paths)
     report = run_check(paths, opts)
     render_check.render(report, opts.format, as_json)
     return report.exit_code
@@ -213,6 +223,7 @@ def drift(
     from bninspect.render import drift as render_drift
     from bninspect.services.drift import run_drift
 
+    _about(ckpt, data)
     with render_drift.progress_bar(enabled=not as_json) as progress:
         result = run_drift(ckpt, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
                            synthetic=synthetic, batch_sizes=batch_sizes, device=device, max_drift=max_drift,
@@ -238,6 +249,7 @@ def diff(
     from bninspect.render import diff as render_diff
     from bninspect.services.diff import diff as diff_service
 
+    _about(a, b)
     result = diff_service(a, b, layers=layer, trust=trust, key=key, key_b=key_b, eps=eps, run=run)
     _emit(result, render_diff, as_json)
     return result.exit_code
@@ -275,9 +287,9 @@ def report(
 
 def _fail(line: str, code: int) -> int:
     # The line names a file, and a file name may carry terminal escapes: show them, never send them.
-    from bninspect.render.common import safe
+    from bninspect.textfmt import visible
 
-    sys.stderr.write(f"bninspect: error: {safe(line)}\n")
+    sys.stderr.write(f"bninspect: error: {visible(line)}\n")
     sys.stderr.flush()
     return code
 
@@ -401,6 +413,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     # never need a BLAS thread pool. torch has its own pools; a user's setting is kept.
     if "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # A library warning (numpy, torch) on stderr is a line that is not ours, in words the user
+    # cannot act on. Each known cause is fixed where it arises (read-only buffers are copied
+    # before torch sees them, complex statistics are not widened); this drops any other, and
+    # --debug shows them.
+    if not _state["debug"]:
+        warnings.simplefilter("ignore")
     exits, no_args, usage_errors, click_errors = _click_exceptions()
     command = typer.main.get_command(_app_for(args))
     _plain_conversions()
@@ -431,9 +449,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:  # a bug: still one line, the traceback only with --debug
         if _state["debug"]:
             raise
-        detail = " ".join(str(exc).split())[:200]
+        detail = " ".join(str(exc)[:400].split())[:200]
+        files = ", ".join(_state["files"][:3]) + (", ..." if len(_state["files"]) > 3 else "")
         code = _fail(
-            f"unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, rerun with --debug and report it",
+            (f"{files}: " if files else "") + f"unexpected failure ({type(exc).__name__}: {detail}); "
+            "this is a bug in bninspect, rerun with --debug and report it",
             EXIT_INVALID,
         )
     sys.exit(code)

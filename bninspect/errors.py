@@ -6,7 +6,11 @@ the CLI prints ``bninspect: error: FILE: message`` as one line and exits with ``
 
 from __future__ import annotations
 
+import re
+
 from bninspect.textfmt import visible
+
+_WHITESPACE = re.compile(r"\s+")
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -37,13 +41,13 @@ class BNInspectError(Exception):
     def line(self) -> str:
         """The one stderr line for this error, without the ``bninspect: error:`` lead.
 
-        Whitespace is folded to single spaces (one line, always), and every other control
-        character is shown as an escape: a file name may carry ANSI sequences meant for the
-        terminal.
+        Whitespace is folded to single spaces (one line, always), every other character that
+        could act on the terminal is shown as an escape (a file name may carry ANSI sequences),
+        and the line is cut at ``textfmt.MAX_SHOWN`` characters, saying how many were left out
+        (a message may quote a key of megabytes).
         """
         text = f"{self.path}: {self.message}" if self.path else self.message
-        text = " ".join(text.split())
-        return visible(text)
+        return visible(_WHITESPACE.sub(" ", text).strip())
 
 
 class UsageError(BNInspectError):

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, natural_key
+from bninspect.checkpoint import MAX_SIZE, Checkpoint, ModuleInfo, TensorRef, natural_key
+from bninspect.errors import InvalidFileError
 
 # PyTorch's defaults for nn.BatchNorm*d (torch/nn/modules/batchnorm.py: eps=1e-5, momentum=0.1).
 DEFAULT_EPS = 1e-5
@@ -183,15 +184,22 @@ def _is_bn_module(info: ModuleInfo | None) -> bool:
     return info is not None and (bool(info.bn) or bool(_BN_TYPES.search(info.type_name)))
 
 
+def _real(t: dict[str, TensorRef]) -> bool:
+    """No complex numbers among weight, bias, running_mean, running_var: a complex "statistic"
+    has no meaning for BatchNorm (and numpy warns on stderr when it is made real)."""
+    return not any(t[n].dtype.startswith("complex") for n in ("weight", "bias", "running_mean", "running_var") if n in t)
+
+
 def _has_stats(t: dict[str, TensorRef]) -> bool:
     mean, var = t.get("running_mean"), t.get("running_var")
-    return mean is not None and var is not None and mean.ndim == 1 and var.ndim == 1 and mean.shape == var.shape
+    return (mean is not None and var is not None and mean.ndim == 1 and var.ndim == 1 and mean.shape == var.shape
+            and _real(t))
 
 
 def _consistent(t: dict[str, TensorRef]) -> bool:
-    """weight, bias, running_mean, running_var (those present) are 1-D of one length, as BatchNorm needs."""
+    """weight, bias, running_mean, running_var (those present) are real, 1-D of one length, as BatchNorm needs."""
     shapes = {t[n].shape for n in ("weight", "bias", "running_mean", "running_var") if n in t}
-    return len(shapes) <= 1 and all(len(shape) == 1 for shape in shapes)
+    return len(shapes) <= 1 and all(len(shape) == 1 for shape in shapes) and _real(t)
 
 
 def _is_weight_layer(t: dict[str, TensorRef], info: ModuleInfo | None) -> bool:
@@ -296,11 +304,56 @@ class _TreeIndex:
         return None
 
 
+# The module facts discovery uses, and what a file must give for each: a hostile file can make
+# momentum a string, eps a 400-digit integer or num_features 8·10**12 (which `show --channels`
+# would allocate). A channel count from a fact alone is bounded: real BatchNorm layers have
+# thousands of channels, and every per-channel array of the layer has this many entries.
+MAX_FACT_CHANNELS = 1 << 24
+_NUMBER, _FLAG, _COUNT = "a number", "true or false", "a count"
+_FACTS = {"eps": _NUMBER, "momentum": _NUMBER, "affine": _FLAG, "track_running_stats": _FLAG, "training": _FLAG,
+          "num_features": _COUNT, "groups": _COUNT}
+
+
+def _fact_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the module fact ``name``, or None where it can."""
+    kind = _FACTS[name]
+    if kind == _FLAG:
+        return None if value is None or isinstance(value, bool) else kind
+    if kind == _NUMBER:
+        if value is None and name == "momentum":  # a cumulative average
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return kind
+        try:
+            float(value)
+        except OverflowError:
+            return "a number a float can hold"
+        return None
+    high = MAX_FACT_CHANNELS if name == "num_features" else MAX_SIZE
+    low = 1 if name == "groups" else 0
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"a count from {low} to {high:,}"
+    return None
+
+
+def _check_facts(checkpoint: Checkpoint) -> None:
+    """InvalidFileError naming the first module fact of the wrong type or out of range."""
+    for path, info in checkpoint.modules.items():
+        for name in _FACTS.keys() & info.attributes.keys():
+            problem = _fact_problem(name, info.attributes[name])
+            if problem is not None:
+                shown = repr(info.attributes[name])
+                raise InvalidFileError(f"module {checkpoint.display(path) or '(root)'}: {name} is {shown[:80]}"
+                                       f"{'…' if len(shown) > 80 else ''}, not {problem}", path=checkpoint.path)
+
+
 def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     """Find every BatchNorm layer of a checkpoint, with its producer and its eps/momentum facts.
 
-    ``eps`` (the user's --eps) overrides every layer's eps, module or default.
+    ``eps`` (the user's --eps) overrides every layer's eps, module or default. A module fact
+    of the wrong type or out of range makes the file invalid (InvalidFileError).
     """
+    _check_facts(checkpoint)
     order, groups = _groups(checkpoint.tensors)
     modules = checkpoint.modules
     # Modules a saved model declares as BN but whose tensors are all None (affine=False,
@@ -398,8 +451,9 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
 def _malformed(display: str, t: dict[str, TensorRef]) -> str:
     """Why a prefix with running statistics is not listed as a BatchNorm layer, with the shapes it has."""
     shapes = ", ".join(f"{name} {list(t[name].shape) if name in t else 'missing'}"
+                       + (f" {t[name].dtype}" if name in t and t[name].dtype.startswith("complex") else "")
                        for name in ("weight", "bias", "running_mean", "running_var"))
-    return (f"{display} is not listed as a BatchNorm layer: {shapes}; BatchNorm needs 1-D weight, bias, "
+    return (f"{display} is not listed as a BatchNorm layer: {shapes}; BatchNorm needs real 1-D weight, bias, "
             "running_mean and running_var of one length C")
 
 

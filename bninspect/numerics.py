@@ -20,6 +20,7 @@ model runners that imports torch at top level: only commands doing tensor math i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,7 +117,7 @@ def one_thread():
 
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """Values rounded to ``dtype`` and widened back to float64 (what a kernel in that dtype sees)."""
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(TORCH_DTYPES[dtype]).double().numpy()
+    return as_tensor(values, np.float64).to(TORCH_DTYPES[dtype]).double().numpy()
 
 
 def per_channel(values: np.ndarray, ndim: int) -> np.ndarray:
@@ -225,10 +226,18 @@ def compare(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, tol: Tolera
 
 # ---------------------------------------------------------------- device kernels (torch)
 
+def as_tensor(values: np.ndarray, dtype: type | np.dtype | None = None) -> torch.Tensor:
+    """A CPU tensor of ``values`` (converted to numpy ``dtype`` where given), sharing their memory
+    where numpy may write it, else a copy: a file's values are read-only buffers, which torch
+    warns about (on stderr, a line that is not ours) and must not write through."""
+    array = np.ascontiguousarray(values, dtype=dtype)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def _tensor(values: np.ndarray | None, dtype: str, device: str) -> torch.Tensor | None:
     if values is None:
         return None
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(device=device, dtype=TORCH_DTYPES[dtype])
+    return as_tensor(values, np.float64).to(device=device, dtype=TORCH_DTYPES[dtype])
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -277,12 +286,12 @@ def device_module_step(kind: str, x: np.ndarray, mean: np.ndarray, var: np.ndarr
     # move to the dtype first: copying float64 values into the default float32 buffers would round them
     bn = module_cls(channels, eps=eps, momentum=momentum, affine=affine).to(device=device, dtype=TORCH_DTYPES[dtype])
     with torch.no_grad():
-        bn.running_mean.copy_(torch.from_numpy(np.asarray(mean, dtype=np.float64)))
-        bn.running_var.copy_(torch.from_numpy(np.asarray(var, dtype=np.float64)))
+        bn.running_mean.copy_(as_tensor(mean, np.float64))
+        bn.running_var.copy_(as_tensor(var, np.float64))
         bn.num_batches_tracked.fill_(num_batches_tracked)
         if affine:
-            bn.weight.copy_(torch.from_numpy(np.asarray(gamma, dtype=np.float64)))
-            bn.bias.copy_(torch.from_numpy(np.asarray(beta, dtype=np.float64)))
+            bn.weight.copy_(as_tensor(gamma, np.float64))
+            bn.bias.copy_(as_tensor(beta, np.float64))
     bn.train(training)
     xt = _tensor(x, dtype, device)
     if channels_last and x.ndim in (4, 5):
@@ -309,7 +318,7 @@ def infer_groups(weight_shape: tuple[int, ...], channels: int, groups: int | Non
 def fuse_reference(weight: np.ndarray, bias: np.ndarray | None, mean: np.ndarray, var: np.ndarray, eps: float,
                    gamma: np.ndarray, beta: np.ndarray, transpose: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """torch's own conv-BN fusion, in float64: W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β."""
-    t = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
+    t = lambda v: as_tensor(v, np.float64)  # noqa: E731
     w, b = fuse_conv_bn_weights(t(weight), t(bias) if bias is not None else None, t(mean), t(var), eps,
                                 t(gamma), t(beta), transpose=transpose)
     return w.detach().numpy(), b.detach().numpy()
@@ -348,11 +357,11 @@ def fused_conv_check(op: str, conv_weight: np.ndarray, conv_bias: np.ndarray | N
     """
     conv, _ = CONV_OPS[op]
     tdt = TORCH_DTYPES[dtype]
-    wt = torch.from_numpy(np.ascontiguousarray(conv_weight)).to(tdt)
+    wt = as_tensor(conv_weight).to(tdt)
     in_channels = wt.shape[1] * groups
     spatial = tuple(k + 1 for k in wt.shape[2:])
     zt = torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, in_channels) + spatial, dtype=np.float32)).to(tdt)
-    bt_ = None if conv_bias is None else torch.from_numpy(np.ascontiguousarray(conv_bias)).to(tdt)
+    bt_ = None if conv_bias is None else as_tensor(conv_bias).to(tdt)
     channels = len(mean)
     g = np.ones(channels) if gamma is None else gamma
     bt = np.zeros(channels) if beta is None else beta
@@ -450,45 +459,48 @@ ALTERNATIVE_EPS = (1e-3, 1e-5, 1.001e-5, 0.0)
 
 
 def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                 affine: bool, channels_last: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+                 affine: bool, channels_last: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """What a runtime that made each usual mistake would output for ``x`` (logical N, C, … layout), float64,
     with the magnitude M of that computation's terms (for :func:`compare`).
 
+    One at a time: each candidate is two arrays the size of ``x``, and holding all of them at
+    once made `verify --expected` need about forty times the input's float64 size.
+
     ``channels_last``: the file holding ``x`` is N, …, C; the axis mistake reads its bytes the other way.
     """
-    out: list[tuple[str, np.ndarray, np.ndarray]] = []
 
-    def add(cause: str, m: np.ndarray, v: np.ndarray, g: np.ndarray, b: np.ndarray, e: float) -> None:
+    def add(cause: str, m: np.ndarray, v: np.ndarray, g: np.ndarray, b: np.ndarray,
+            e: float) -> tuple[str, np.ndarray, np.ndarray]:
         with np.errstate(invalid="ignore"):
-            out.append((cause, eval_reference(x, m, v, g, b, e), eval_magnitude(x, m, v, g, b, e)))
+            return cause, eval_reference(x, m, v, g, b, e), eval_magnitude(x, m, v, g, b, e)
 
     for alt in ALTERNATIVE_EPS:
         if alt != eps:
-            add(f"eps {alt:g} instead of {eps:g}", mean, var, gamma, beta, alt)
-    with np.errstate(invalid="ignore"):
-        # the runtime took running_var for σ and squared it, or for σ² stored as σ and took its root
-        add("running_var squared (read as a standard deviation)", mean, var**2, gamma, beta, eps)
-        add("square root of running_var used (variance stored as standard deviation)", mean, np.sqrt(var), gamma, beta, eps)
+            yield add(f"eps {alt:g} instead of {eps:g}", mean, var, gamma, beta, alt)
+    with np.errstate(invalid="ignore"):  # not around a yield: the caller would run inside it
+        squared, root = var**2, np.sqrt(var)
+    # the runtime took running_var for σ and squared it, or for σ² stored as σ and took its root
+    yield add("running_var squared (read as a standard deviation)", mean, squared, gamma, beta, eps)
+    yield add("square root of running_var used (variance stored as standard deviation)", mean, root, gamma, beta, eps)
     stats = batch_stats(x)
-    add("batch statistics used instead of running statistics (train mode)", stats.mean, stats.var_biased, gamma, beta, eps)
+    yield add("batch statistics used instead of running statistics (train mode)", stats.mean, stats.var_biased, gamma, beta, eps)
     if stats.n > 1:
         n = stats.n
-        add("batch statistics with the unbiased variance", stats.mean, stats.var_unbiased, gamma, beta, eps)
+        yield add("batch statistics with the unbiased variance", stats.mean, stats.var_unbiased, gamma, beta, eps)
         # a runtime re-applying Bessel's correction to a running_var that already has it, or undoing it
-        add(f"running_var × n/(n−1) (unbiased correction applied again, n={n})", mean, var * n / (n - 1), gamma, beta, eps)
-        add(f"running_var × (n−1)/n (biased variance, n={n})", mean, var * (n - 1) / n, gamma, beta, eps)
+        yield add(f"running_var × n/(n−1) (unbiased correction applied again, n={n})", mean, var * n / (n - 1), gamma, beta, eps)
+        yield add(f"running_var × (n−1)/n (biased variance, n={n})", mean, var * (n - 1) / n, gamma, beta, eps)
     if x.ndim >= 3:
-        out.append(("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
-                    _other_axis(eval_reference, x, mean, var, gamma, beta, eps, channels_last),
-                    _other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last)))
+        yield ("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
+               _other_axis(eval_reference, x, mean, var, gamma, beta, eps, channels_last),
+               _other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last))
     if affine:
-        add("γ and β swapped", mean, var, beta, gamma, eps)
-        add("affine dropped (γ = 1, β = 0)", mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)
-    add("μ and σ² swapped", var, mean, gamma, beta, eps)
+        yield add("γ and β swapped", mean, var, beta, gamma, eps)
+        yield add("affine dropped (γ = 1, β = 0)", mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)
+    yield add("μ and σ² swapped", var, mean, gamma, beta, eps)
     magnitude = eval_magnitude(x, mean, var, gamma, beta, eps)
     for half in ("float16", "bfloat16"):
-        out.append((f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude))
-    return out
+        yield f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude
 
 
 def _other_axis(formula, x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

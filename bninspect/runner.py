@@ -441,85 +441,27 @@ def _check_inputs(shape: tuple[int, ...], dtype: str, path: str) -> None:
 
 
 def open_data(path: str) -> DataSource:
-    """A tensor file of inputs (first dimension = samples), opened without running code from it."""
-    from bninspect.formats.paths import check_path, read_head
+    """A tensor file of inputs (first dimension = samples), opened without running code from it.
 
-    check_path(path)
-    head = read_head(path, 16)
-    lower = path.lower()
-    if head.startswith(b"\x93NUMPY") or lower.endswith(".npy"):
-        return _open_npy(path)
-    if lower.endswith(".safetensors"):
-        return _open_safetensors(path)
-    return _open_torch(path)
+    Read through ``formats.arrays`` (the bounded readers checkpoints use), a batch of rows at a
+    time. A sequence (``(inputs, labels)``, the usual dataset dump) gives its first tensor; a
+    dict or safetensors file its only tensor, or the one named like inputs (``_INPUT_NAMES``).
+    """
+    from bninspect.formats.arrays import open_arrays
 
-
-def _open_npy(path: str) -> DataSource:
-    try:
-        # allow_pickle=False: an object array would need pickle, which can run code
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        text = str(exc).lower()
-        objects = "pickle" in text or "python objects" in text  # numpy's words for an object array
-        reason = "it holds Python objects (needs pickle, refused)" if objects else "not a valid .npy file"
-        raise InvalidFileError(f"--data: {reason}", path=path) from None
-    if not isinstance(array, np.ndarray):
-        raise InvalidFileError("--data: a .npz archive; save one array with np.save", path=path)
-    _check_inputs(array.shape, array.dtype.name, path)
-    return _ArraySource(lambda a, b: torch.from_numpy(np.array(array[a:b])), array.shape,
-                        f"{os.path.basename(path)} (.npy {array.dtype.name} {list(array.shape)})")
-
-
-def _open_safetensors(path: str) -> DataSource:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        handle = safe_open(path, framework="pt")
-        names = list(handle.keys())
-    except (SafetensorError, OSError, ValueError):
-        raise InvalidFileError("--data: not a valid safetensors file", path=path) from None
-    if not names:
-        raise InvalidFileError("--data: the safetensors file holds no tensors", path=path)
-    name = _pick({n: n for n in names}, path)
-    piece = handle.get_slice(name)
-    shape = tuple(piece.get_shape())
-    dtype = str(piece.get_dtype()).lower()
-    _check_inputs(shape, dtype, path)
-    return _ArraySource(lambda a, b: piece[a:b].clone(), shape,
-                        f"{os.path.basename(path)} (safetensors '{name}' {list(shape)})")
-
-
-def _open_torch(path: str) -> DataSource:
-    import pickle
-    import zipfile
-
-    try:
-        # weights_only=True never runs code from the file; mmap keeps memory bounded for zip archives
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        # torch's own wording for a pickle that names globals outside the weights_only allow-list
-        if "global" in str(exc).lower():
-            raise InvalidFileError("--data: the file needs code to load (not plain tensors); refused. "
-                                   "Save the inputs with torch.save(tensor)", path=path) from None
-        raise InvalidFileError("--data: not a tensor file bninspect can read (.pt, .npy or .safetensors)",
-                               path=path) from None
-    except Exception:
-        raise InvalidFileError("--data: not a tensor file bninspect can read (.pt, .npy or .safetensors)",
-                               path=path) from None
-    tensor = loaded
-    if isinstance(loaded, (tuple, list)) and loaded and isinstance(loaded[0], torch.Tensor):
-        tensor = loaded[0]  # (inputs, labels): the usual dataset dump
-    elif isinstance(loaded, dict):
-        tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
-        if not tensors:
-            raise InvalidFileError("--data: the file holds no tensor", path=path)
-        tensor = _pick(tensors, path)
-    if not isinstance(tensor, torch.Tensor):
-        raise InvalidFileError(f"--data: the file holds a {type(loaded).__name__}, not a tensor of inputs", path=path)
-    dtype = str(tensor.dtype).replace("torch.", "")
-    _check_inputs(tuple(tensor.shape), dtype, path)
-    return _ArraySource(lambda a, b: tensor[a:b].clone(), tuple(tensor.shape),
-                        f"{os.path.basename(path)} (torch {dtype} {list(tensor.shape)})")
+    found = open_arrays(path, "a data file")
+    if not found.arrays:
+        raise InvalidFileError(f"--data: the file holds {found.holds}, not a tensor of inputs", path=path)
+    if found.layout == "sequence":
+        array = next(iter(found.arrays.values()))
+    else:
+        array = _pick(found.arrays, path)
+    _check_inputs(array.shape, array.dtype, path)
+    kind = {"npy": ".npy", "pt": "torch", "safetensors": "safetensors"}[found.format]
+    name = next(k for k, v in found.arrays.items() if v is array)
+    label = f" '{name}'" if found.layout == "dict" else ""
+    return _ArraySource(lambda a, b: tensor_of(array.rows(a, b)), array.shape,
+                        f"{os.path.basename(path)} ({kind}{label} {array.dtype} {list(array.shape)})")
 
 
 def batches(source: DataSource, size: int) -> Iterator[torch.Tensor]:

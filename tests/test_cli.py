@@ -111,3 +111,21 @@ def test_activation_files_get_the_same_path_checks_as_checkpoints(cli, tmp_path)
                           5, "FIFO")
     os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
     assert_one_line_error(cli("verify", ckpt, "--layer", "bn1", "--input", str(tmp_path / "loop.npy")), 5, "symlink loop")
+
+
+def test_an_unexpected_failure_names_the_file_in_one_bounded_line(monkeypatch, capsys):
+    """The line for a bug of ours names the command's files and cuts a huge message. No input
+    known today makes one (the hardening suite checks that), so a service is made to fail."""
+    import bninspect.services.show as show_service
+    from bninspect import cli
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom " + "x" * 10_000_000)
+
+    monkeypatch.setattr(show_service, "show", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["show", "some model.pt"])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 4 and len(lines) == 1
+    assert lines[0].startswith("bninspect: error: some model.pt: unexpected failure (RuntimeError: boom xxx")
+    assert len(lines[0]) < 400

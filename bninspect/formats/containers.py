@@ -182,10 +182,9 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
 
 def _shape_of(root: Any) -> str:
     if isinstance(root, dict):
-        # Keys come from the file: only strings are shown, shortened (a tuple key may be nested
-        # a million deep, a string key megabytes long).
-        names = [repr(k[:40]) + ("…" if len(k) > 40 else "") if isinstance(k, str) else f"<a {type(k).__name__}>"
-                 for k in list(root)[:6]]
+        # Keys come from the file: only strings are shown, shortened with a note of how much (a
+        # string key may be megabytes long; a tuple key nested a million deep is not even repr'd).
+        names = [repr(visible(k, 80)) if isinstance(k, str) else f"<a {type(k).__name__}>" for k in list(root)[:6]]
         more = f", ... ({len(root)} in all)" if len(root) > 6 else ""
         return f"a dict with keys {', '.join(names)}{more}" if names else "an empty dict"
     if isinstance(root, TensorRef):

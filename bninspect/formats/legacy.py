@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from bninspect.checkpoint import Checkpoint
-from bninspect.errors import BNInspectError, InvalidFileError
+from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
 from bninspect.formats import containers, unpickler, verdict, zipdir
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 from bninspect.formats.pickles import check_memo_indices
@@ -52,23 +52,36 @@ class _LegacyStorage(_Storage):
     """A storage in the legacy file's data area: its bytes follow an 8-byte element count,
     which must be the count the pickle states (checked on the first read)."""
 
-    __slots__ = ("header",)
+    __slots__ = ("shared", "header")
 
-    def __init__(self, file: SharedFile, key: str, dtype: str, numel: int, np_dtype: Any, header: int = -1) -> None:
-        member = zipdir.Member(f"storage {key}", 0, numel * np_dtype.itemsize, 0)
-        super().__init__(file, member, dtype, numel, np_dtype)
-        self.header = header  # offset of the element count; set once the data area is laid out
+    def __init__(self, file: SharedFile, key: str, dtype: str, numel: int, np_dtype: Any) -> None:
+        self.shared = file
+        self.info = zipdir.Member(f"storage {key}", 0, numel * np_dtype.itemsize, 0)
+        self.name = self.info.filename
+        self.dtype = dtype
+        self.numel = numel
+        self.np_dtype = np_dtype
+        self.itemsize = np_dtype.itemsize
+        self._data_offset: int | None = None
+        self.header = -1  # offset of the element count; set once the data area is laid out
 
-    def data_offset(self) -> int:
+    @property
+    def file(self) -> SharedFile:
+        return self.shared
+
+    def read(self, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` within the storage."""
+        if start < 0 or start + length > self.info.file_size:
+            raise InvalidFileError(f"a tensor reaches past the end of {self.name}", path=self.shared.path)
         if self._data_offset is None:
             if self.header < 0:
-                raise InvalidFileError(f"{CORRUPT} (storage {self.name} is not among the stored keys)", path=self.file.path)
-            count = int.from_bytes(self.file.pread(8, self.header, self.name), "little", signed=True)
+                raise InvalidFileError(f"{CORRUPT} ({self.name} is not among the stored keys)", path=self.shared.path)
+            count = int.from_bytes(self.shared.pread(8, self.header, self.name), "little", signed=True)
             if count != self.numel:
                 raise InvalidFileError(f"{CORRUPT} ({self.name} holds {count} elements where the pickle says "
-                                       f"{self.numel})", path=self.file.path)
+                                       f"{self.numel})", path=self.shared.path)
             self._data_offset = self.header + 8
-        return self._data_offset
+        return self.shared.pread(length, self._data_offset + start, self.name)
 
 
 class _LegacyReader(TorchReader):
@@ -145,7 +158,30 @@ def _next_pickle(fd: int, start: int, size: int, path: str, what: str) -> bytes:
 
 def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
     """Read a legacy torch.save file without running anything from it (no torch import)."""
-    fd = open_regular(path)
+    obj, judged = _load(path, "a checkpoint file")
+    with verdict.attached(judged):
+        checkpoint = containers.build_checkpoint(obj, path=path, format="torch-legacy", key=key)
+    checkpoint.verdict = judged
+    return checkpoint
+
+
+def read_object(path: str, what: str) -> Any:
+    """The object a legacy file holds (``what`` it is, for messages), tensors as lazy TensorRefs,
+    refused like a checkpoint where a real load would run code (UnsafeFileError)."""
+    try:
+        obj, judged = _load(path, what)
+    except BNInspectError as exc:
+        if exc.verdict is not None and exc.verdict.refused:  # type: ignore[attr-defined]
+            raise UnsafeFileError(verdict.refusal(exc.verdict), path=path) from None  # type: ignore[arg-type]
+        raise
+    if judged.refused:
+        raise UnsafeFileError(verdict.refusal(judged), path=path)
+    return obj
+
+
+def _load(path: str, what: str) -> tuple[Any, verdict.Verdict]:
+    """The saved object (the fourth pickle) with its storages laid out, and the verdict on all five."""
+    fd = open_regular(path, what)
     try:
         size = os.fstat(fd).st_size
         log = unpickler.Log(path)
@@ -153,10 +189,10 @@ def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
         values: list[Any] = []
         position = 0
         try:
-            for index, what in enumerate(_PICKLES):
-                data = _next_pickle(fd, position, size, path, what)
+            for index, name in enumerate(_PICKLES):
+                data = _next_pickle(fd, position, size, path, name)
                 position += len(data)
-                values.append(verdict.load_judged(data, path=path, what=what, find=reader.find, log=log,
+                values.append(verdict.load_judged(data, path=path, what=name, find=reader.find, log=log,
                                                   persistent_load=reader.persistent_load if index == 3 else None))
                 if index == 2:
                     _check_header(values, reader, path)
@@ -169,11 +205,9 @@ def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
         judged = verdict.judge(log, values[3], where=_WHERE)
         with verdict.attached(judged):
             reader.lay_out(values[4], position, size)
-            checkpoint = containers.build_checkpoint(values[3], path=path, format="torch-legacy", key=key)
     finally:
         os.close(fd)
-    checkpoint.verdict = judged
-    return checkpoint
+    return values[3], judged
 
 
 def _check_header(values: list[Any], reader: _LegacyReader, path: str) -> None:

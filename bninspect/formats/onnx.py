@@ -20,13 +20,15 @@ from the model's own directory only.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
+from bninspect.checkpoint import MAX_SIZE, SHAPE_RULE, STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode, is_shape
 from bninspect.errors import InvalidFileError, UsageError
+from bninspect.formats.paths import SharedFile, open_companion, open_regular, pread_exact
 
 INSTALL_HINT = "reading ONNX models needs the onnx package: pip install 'bninspect[onnx]'"
 
@@ -60,52 +62,87 @@ def _import_onnx(path: str) -> Any:
     return onnx
 
 
+# protobuf cannot parse a message larger than 2 GiB; larger models keep their weights as external data.
+MAX_MODEL_BYTES = 2**31 - 1
+
+
 def load_model(path: str) -> Any:
-    """The ModelProto without external data (tensors are read lazily); one-line errors."""
+    """The ModelProto without external data (tensors are read lazily); one-line errors.
+
+    The bytes are read through ``paths.open_regular`` (a regular file, never blocking, recorded
+    as read) and parsed from memory: onnx.load would open the path itself.
+    """
     onnx = _import_onnx(path)
+    fd = open_regular(path)
     try:
-        return onnx.load(path, load_external_data=False)
+        size = os.fstat(fd).st_size
+        if size > MAX_MODEL_BYTES:
+            raise InvalidFileError(f"an ONNX file of {size} bytes; protobuf parses at most {MAX_MODEL_BYTES} "
+                                   "(models that large keep their weights as external data)", path=path)
+        data = pread_exact(fd, size, 0, path, "the model")
+    finally:
+        os.close(fd)
+    try:
+        return onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise InvalidFileError(f"not a valid ONNX model ({type(exc).__name__} while parsing the protobuf)", path=path) from None
 
 
-def _external_loader(tensor: Any, model_path: str, shape: tuple[int, ...], dtype: str):
+def _byte_count(info: dict[str, str], key: str, default: int, tensor: Any, model_path: str) -> int:
+    """An external-data field that counts bytes (offset, length): decimal digits of an int64."""
+    text = info.get(key)
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_SIZE):
+        raise InvalidFileError(f"tensor '{tensor.name}': external data {key} '{text}' is not a byte count",
+                               path=model_path)
+    return int(text)
+
+
+class _Companions:
+    """The external data files of one model, each opened once (``paths.open_companion``: inside
+    the model's folder, a regular file, recorded as read)."""
+
+    def __init__(self, model_path: str) -> None:
+        self.model_path = model_path
+        self.files: dict[str, SharedFile] = {}
+
+    def open(self, location: str) -> SharedFile:
+        file = self.files.get(location)
+        if file is None:
+            file = self.files[location] = open_companion(self.model_path, location, "external data file")
+        return file
+
+
+def _external_ref(tensor: Any, companions: _Companions, shape: tuple[int, ...], dtype: str) -> TensorRef:
+    model_path = companions.model_path
     info = {e.key: e.value for e in tensor.external_data}
-    location = info.get("location", "")
-    base = os.path.dirname(os.path.abspath(model_path))
-    target = os.path.realpath(os.path.join(base, location))
-    # A location may not leave the model's directory: reading /etc/passwd as weights is a leak.
-    if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != os.path.realpath(base):
-        raise InvalidFileError(f"tensor '{tensor.name}': external data location '{location}' is outside the model's directory", path=model_path)
-    offset = int(info.get("offset", 0) or 0)
-    np_dtype, itemsize = STORED_DTYPES[dtype]
-    count = int(np.prod(shape)) if shape else 1
-    length = int(info.get("length", count * itemsize) or count * itemsize)
-    if length != count * itemsize:
-        raise InvalidFileError(f"tensor '{tensor.name}': external data length {length} does not match its shape", path=model_path)
-
-    def load() -> np.ndarray:
-        try:
-            with open(target, "rb") as fh:
-                fh.seek(offset)
-                raw = fh.read(length)
-        except OSError as exc:
-            raise InvalidFileError(f"tensor '{tensor.name}': cannot read external data '{location}' ({exc.strerror})", path=model_path) from None
-        if len(raw) != length:
-            raise InvalidFileError(f"tensor '{tensor.name}': external data '{location}' is truncated", path=model_path)
-        return decode(np.frombuffer(raw, dtype=np_dtype), dtype).reshape(shape)
-
-    return load
+    file = companions.open(info.get("location", ""))
+    offset = _byte_count(info, "offset", 0, tensor, model_path)
+    itemsize = STORED_DTYPES[dtype][1]
+    length = _byte_count(info, "length", math.prod(shape) * itemsize, tensor, model_path)
+    if length != math.prod(shape) * itemsize:
+        raise InvalidFileError(f"tensor '{tensor.name}': external data length {length} does not match its shape",
+                               path=model_path)
+    return TensorRef(shape, dtype, _load_external, file, offset, length, dtype, shape)
 
 
-def tensor_ref(tensor: Any, model_path: str) -> TensorRef:
+def _load_external(file: SharedFile, offset: int, length: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    raw = file.pread(length, offset, "external data")
+    return decode(np.frombuffer(raw, dtype=STORED_DTYPES[dtype][0]), dtype).reshape(shape)
+
+
+def tensor_ref(tensor: Any, model_path: str, companions: _Companions) -> TensorRef:
     """A lazy reference to an initializer (inline or external data), shape and dtype free."""
-    shape = tuple(int(d) for d in tensor.dims)
+    shape = tuple(tensor.dims)
+    if not is_shape(shape):
+        raise InvalidFileError(f"tensor '{tensor.name}' has an invalid shape {list(shape)} ({SHAPE_RULE})",
+                               path=model_path)
     dtype = ONNX_DTYPES.get(int(tensor.data_type))
     if dtype is None:
         raise InvalidFileError(f"tensor '{tensor.name}' has an element type bninspect does not read (ONNX type {tensor.data_type})", path=model_path)
     if tensor.data_location == 1:  # TensorProto.EXTERNAL
-        return TensorRef(shape, dtype, _external_loader(tensor, model_path, shape, dtype))
+        return _external_ref(tensor, companions, shape, dtype)
 
     def load() -> np.ndarray:
         from onnx import numpy_helper
@@ -186,10 +223,29 @@ def _decimal(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
+# The attributes the reader uses and their type in the operator spec (AttributeProto.FLOAT = 1, INT = 2).
+_ATTRIBUTE_TYPES = {"epsilon": 1, "momentum": 1, "training_mode": 2, "transB": 2, "group": 2}
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+def _attrs(node: Any, path: str) -> dict[str, Any]:
+    """The node's attributes this reader uses, each of its spec's type (InvalidFileError otherwise)."""
+    from onnx import AttributeProto
+
+    found: dict[str, Any] = {}
+    for a in node.attribute:
+        want = _ATTRIBUTE_TYPES.get(a.name)
+        if want is None:
+            continue
+        if a.type != want:
+            kinds = AttributeProto.AttributeType
+            got = kinds.Name(a.type) if a.type in kinds.values() else str(a.type)
+            raise InvalidFileError(f"{node.op_type} node '{node.name}': attribute {a.name} is of type {got}; the "
+                                   f"ONNX spec makes it {kinds.Name(want)}", path=path)
+        found[a.name] = a.f if want == AttributeProto.FLOAT else a.i
+    if found.get("group", 1) < 1:
+        raise InvalidFileError(f"{node.op_type} node '{node.name}': group {found['group']} is not a positive count",
+                               path=path)
+    return found
 
 
 def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoint:
@@ -198,6 +254,7 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
         raise UsageError("--key applies to nested checkpoints, not to ONNX models", path=path)
     model = load_model(path)
     graph = model.graph
+    companions = _Companions(path)
     consts: dict[str, Any] = {t.name: t for t in graph.initializer}
     for node in graph.node:  # the TorchScript exporter sometimes keeps weights in Constant nodes
         if node.op_type == "Constant" and node.output:
@@ -231,7 +288,7 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
                 continue
             scale, bias, mean, var = (const(n) for n in node.input[1:5])
             name = _module_name(node, index, mean.name, ".running_mean", used)
-            attrs = _attrs(node)
+            attrs = _attrs(node, path)
             onnx_momentum = _decimal(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM))
             training = bool(attrs.get("training_mode", 0))
             if training:
@@ -239,7 +296,7 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
             rank = ranks.get(node.input[0])
             kind = f"BatchNorm{rank - 2}d" if rank in (3, 4, 5) else ("BatchNorm1d" if rank == 2 else "BatchNorm")
             for suffix, t in (("weight", scale), ("bias", bias), ("running_mean", mean), ("running_var", var)):
-                tensors[f"{name}.{suffix}"] = tensor_ref(t, path)
+                tensors[f"{name}.{suffix}"] = tensor_ref(t, path, companions)
             modules[name] = ModuleInfo(name, kind, {
                 "eps": _decimal(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
                 # PyTorch's m weighs the batch, ONNX's weighs the running value: m = 1 − momentum.
@@ -252,8 +309,8 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
         elif (node.op_type in PRODUCER_OPS and len(node.input) >= 2 and const(node.input[1]) is not None
               and int(const(node.input[1]).data_type) in ONNX_DTYPES):
             weight = const(node.input[1])
-            attrs = _attrs(node)
-            wref = tensor_ref(weight, path)
+            attrs = _attrs(node, path)
+            wref = tensor_ref(weight, path, companions)
             if node.op_type == "MatMul":
                 if wref.ndim != 2:
                     continue
@@ -264,7 +321,7 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
             tensors[f"{name}.weight"] = wref
             bias_name = node.input[2] if len(node.input) > 2 and node.op_type != "MatMul" else ""
             if bias_name and const(bias_name) is not None and int(const(bias_name).data_type) in ONNX_DTYPES:
-                tensors[f"{name}.bias"] = tensor_ref(const(bias_name), path)
+                tensors[f"{name}.bias"] = tensor_ref(const(bias_name), path, companions)
             type_name = PRODUCER_OPS[node.op_type]
             info: dict[str, Any] = {"onnx_node": node.name}
             if type_name != "Linear":

@@ -21,6 +21,7 @@ float16 IR reports float16 tensors.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -28,9 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode
-from bninspect.errors import InvalidFileError, PathProblemError, UsageError
+from bninspect.checkpoint import MAX_SIZE, SHAPE_RULE, STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode, is_shape
+from bninspect.errors import InvalidFileError, UsageError
 from bninspect.formats.onnx import scope_path, unique_name
+from bninspect.formats.paths import SharedFile, open_companion, open_regular, pread_exact
+
+# An IR's XML describes the graph, not the weights: megabytes for the largest models. ElementTree
+# needs about ten times the text in memory, so more than this is not an IR we parse.
+MAX_XML_BYTES = 128 << 20
 
 # IR element_type -> torch dtype name.
 IR_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16", "i64": "int64",
@@ -64,46 +70,55 @@ class _Layer:
     consumers: list[str] = field(default_factory=list)
 
 
-class _Bin:
-    """The weights file, read lazily with every range checked against its size."""
+def _count(text: str) -> int | None:
+    """A size or offset written in the XML: decimal digits of an int64, else None."""
+    text = text.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_SIZE:
+        return int(text)
+    return None
 
-    def __init__(self, path: str, xml_path: str) -> None:
-        self.path, self.xml_path = path, xml_path
-        self.size = os.path.getsize(path)
+
+class _Bin:
+    """The weights file (``paths.open_companion``: beside the XML, a regular file, recorded as
+    read), read lazily with every range checked against its size."""
+
+    def __init__(self, xml_path: str) -> None:
+        self.xml_path = xml_path
+        name = os.path.basename(os.path.splitext(xml_path)[0]) + ".bin"
+        self.file = open_companion(xml_path, name, "weights file")
+        self.size = os.fstat(self.file.fd).st_size
 
     def ref(self, layer: _Layer) -> TensorRef:
         et = layer.data.get("element_type", "")
         dtype = IR_DTYPES.get(et)
         if dtype is None:
             raise InvalidFileError(f"constant '{layer.name}' has an element type bninspect does not read ({et or 'none'})", path=self.xml_path)
-        try:
-            shape = tuple(int(s) for s in layer.data.get("shape", "").replace(" ", "").split(",") if s != "")
-            offset, size = int(layer.data["offset"]), int(layer.data["size"])
-        except (KeyError, ValueError):
-            raise InvalidFileError(f"constant '{layer.name}' has no valid shape/offset/size", path=self.xml_path) from None
-        np_dtype, itemsize = STORED_DTYPES[dtype]
-        count = int(np.prod(shape)) if shape else 1
-        if size != count * itemsize or offset < 0 or offset + size > self.size:
+        dims = [_count(s) for s in layer.data.get("shape", "").split(",") if s.strip()]
+        offset, size = _count(layer.data.get("offset", "")), _count(layer.data.get("size", ""))
+        shape = tuple(d for d in dims if d is not None)
+        if len(shape) != len(dims) or offset is None or size is None or not is_shape(shape):
+            raise InvalidFileError(f"constant '{layer.name}' has no valid shape/offset/size ({SHAPE_RULE}; offset "
+                                   "and size in bytes)", path=self.xml_path)
+        if size != math.prod(shape) * STORED_DTYPES[dtype][1] or offset + size > self.size:
             raise InvalidFileError(f"constant '{layer.name}': bytes {offset}..{offset + size} do not fit its shape or the .bin ({self.size} bytes)", path=self.xml_path)
-        bin_path = self.path
+        return TensorRef(shape, dtype, _load, self.file, offset, size, dtype, shape, layer.name)
 
-        def load() -> np.ndarray:
-            with open(bin_path, "rb") as fh:
-                fh.seek(offset)
-                raw = fh.read(size)
-            if len(raw) != size:
-                raise InvalidFileError(f"constant '{layer.name}' is truncated in {os.path.basename(bin_path)}", path=self.xml_path)
-            return decode(np.frombuffer(raw, dtype=np_dtype), dtype).reshape(shape)
 
-        return TensorRef(shape, dtype, load)
+def _load(file: SharedFile, offset: int, size: int, dtype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    raw = file.pread(size, offset, f"constant '{name}'")
+    return decode(np.frombuffer(raw, dtype=STORED_DTYPES[dtype][0]), dtype).reshape(shape)
 
 
 def _parse(path: str) -> dict[str, _Layer]:
+    fd = open_regular(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise PathProblemError(f"cannot read ({exc.strerror})", path=path) from None
+        size = os.fstat(fd).st_size
+        if size > MAX_XML_BYTES:
+            raise InvalidFileError(f"an IR description of {size} bytes; bninspect parses at most {MAX_XML_BYTES}",
+                                   path=path)
+        raw = pread_exact(fd, size, 0, path, "the XML")
+    finally:
+        os.close(fd)
     # An IR never declares a DOCTYPE; refusing it rules out entity-expansion tricks.
     if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
         raise InvalidFileError("OpenVINO IR with a DOCTYPE/ENTITY declaration refused", path=path)
@@ -198,10 +213,7 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
     if key is not None:
         raise UsageError("--key applies to nested checkpoints, not to OpenVINO IR", path=path)
     layers = _parse(path)
-    bin_path = _weights_path(path)
-    if not os.path.isfile(bin_path):
-        raise PathProblemError(f"the weights file {os.path.basename(bin_path)} is missing next to the IR", path=path)
-    r = _Reader(path, layers, _Bin(bin_path, path))
+    r = _Reader(path, layers, _Bin(path))
     tensors: dict[str, TensorRef] = {}
     modules: dict[str, ModuleInfo] = {}
     notes: list[str] = []

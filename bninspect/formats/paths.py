@@ -3,6 +3,12 @@
 ``torch.load`` blocks forever on a FIFO and happily reads a device, so nothing here opens a
 path until ``lstat``/``stat`` say it is a regular file; the open itself uses ``O_NONBLOCK``
 and re-checks with ``fstat`` so a file swapped for a FIFO in between cannot block us either.
+
+Every file a command reads is opened here: the input, the files a model names (ONNX external
+data, an OpenVINO IR's ``.bin``: ``open_companion``, which also keeps them inside the model's
+folder), ``--data``, ``--input``, ``--expected``. Each is recorded by identity (device and
+inode), and the one writer (``bninspect.atomic``) refuses to replace any of them, whatever
+name, hard link or symlink leads there.
 """
 
 from __future__ import annotations
@@ -58,9 +64,15 @@ def check_path(path: str, what: str = "a checkpoint file") -> os.stat_result:
     return st
 
 
-def open_regular(path: str) -> int:
-    """A read-only descriptor for ``path``, which must be a regular file (never blocks)."""
-    check_path(path)
+# (st_dev, st_ino) of every file this process has opened for reading. Per process: the CLI
+# runs one command per process, so these are exactly the command's inputs.
+_READ: set[tuple[int, int]] = set()
+
+
+def open_regular(path: str, what: str = "a checkpoint file") -> int:
+    """A read-only descriptor for ``path``, which must be a regular file (never blocks); the
+    file is recorded as read (see ``was_read``)."""
+    check_path(path, what)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except PermissionError:
@@ -70,8 +82,52 @@ def open_regular(path: str) -> int:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise PathProblemError(_not_regular(st.st_mode), path=path)
+        raise PathProblemError(_not_regular(st.st_mode, what), path=path)
+    _READ.add((st.st_dev, st.st_ino))
     return fd
+
+
+def was_read(path: str) -> bool:
+    """Whether ``path`` (symlinks followed; a hard link is the same inode) is a file this process
+    has opened for reading."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing (a new file), or a name the OS cannot take
+        return False
+    return (st.st_dev, st.st_ino) in _READ
+
+
+def companion_path(model_path: str, name: str, what: str) -> str:
+    """The path of a file that ``model_path`` names (``name``, relative to the model's folder),
+    refused unless it stays inside that folder once symlinks are resolved.
+
+    One rule for every companion file (ONNX external data, an OpenVINO IR's weights): reading
+    /etc/passwd or a device as weights because a model file says so is a leak, and a symlink
+    that leaves the folder is as much a way out as ``../``. InvalidFileError (the model file is
+    at fault) names ``what`` and the name as written.
+    """
+    from bninspect.errors import InvalidFileError
+
+    base = os.path.realpath(os.path.dirname(os.path.abspath(model_path)))
+    if not name or "\0" in name or os.path.isabs(name):
+        raise InvalidFileError(f"{what} '{name}' is not a file name relative to the model's directory", path=model_path)
+    target = os.path.realpath(os.path.join(base, name))
+    if os.path.commonpath([base, target]) != base or target == base:
+        raise InvalidFileError(f"{what} '{name}' is outside the model's directory (bninspect reads the files a "
+                               "model names only from the directory the model is in)", path=model_path)
+    return target
+
+
+def open_companion(model_path: str, name: str, what: str) -> SharedFile:
+    """A file ``model_path`` names, contained (``companion_path``), regular, opened without
+    blocking and recorded as read; a missing or special file is named together with the model."""
+    target = companion_path(model_path, name, what)
+    try:
+        fd = open_regular(target, what)
+    except PathProblemError as exc:
+        problem = exc.message.replace("no such file", "is missing", 1)
+        raise PathProblemError(f"{what} '{name}' {problem}", path=model_path) from None
+    return SharedFile(target, fd)
 
 
 def read_head(path: str, size: int = 4096) -> bytes:
@@ -103,6 +159,23 @@ def pread_exact(fd: int, length: int, offset: int, path: str, what: str) -> byte
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class Budget:
+    """Bytes made from one file beyond the bytes it holds, by kind ("inflated", "expanded"):
+    budgets per file, not per tensor, so that their sum cannot grow with the number of layers."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, int] = {}
+
+    def charge(self, kind: str, nbytes: int, limit: int) -> bool:
+        """Count ``nbytes`` more of ``kind`` against ``limit``; False (nothing counted) where
+        that would exceed it."""
+        total = self.spent.get(kind, 0) + nbytes
+        if total > limit:
+            return False
+        self.spent[kind] = total
+        return True
+
+
 class SharedFile:
     """The descriptor a checkpoint's lazy tensors read from: the file as it was when opened.
 
@@ -113,6 +186,7 @@ class SharedFile:
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
+        self.budget = Budget()
         weakref.finalize(self, os.close, fd)
 
     def pread(self, length: int, offset: int, what: str) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import Checkpoint, ModuleNode, TensorRef, are_sizes, decode, natural_key
+from bninspect.checkpoint import SHAPE_RULE, Checkpoint, ModuleNode, TensorRef, are_sizes, decode, is_shape, natural_key
 from bninspect.errors import InvalidFileError, NoStateDictError
 from bninspect.formats import containers
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
@@ -100,12 +100,12 @@ def _entry(name: str, entry: Any, data_len: int, path: str) -> tuple[str, tuple[
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise InvalidFileError(f"safetensors entry {name!r} has unknown dtype {dtype!r}", path=path)
-    if not isinstance(shape, list) or not are_sizes(shape):
-        raise InvalidFileError(f"safetensors entry {name!r} has an invalid shape", path=path)
+    if not isinstance(shape, list) or not is_shape(shape):
+        raise InvalidFileError(f"safetensors entry {name!r} has an invalid shape ({SHAPE_RULE})", path=path)
     if not isinstance(offsets, list) or len(offsets) != 2 or not are_sizes(offsets) or offsets[0] > offsets[1]:
         raise InvalidFileError(f"safetensors entry {name!r} has invalid data_offsets", path=path)
     begin, end = offsets
-    # Python integers do not overflow: an absurd shape simply fails to match its byte range.
+    # The element count is an int64 (is_shape): an absurd shape simply fails to match its byte range.
     needed = math.prod(shape) * DTYPES[dtype][2]
     if needed != end - begin:
         raise InvalidFileError(
@@ -162,6 +162,17 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
     checkpoint = containers.build_checkpoint(node, path=path, format="safetensors", key=key, notes=notes)
     checkpoint.ordered = False  # safetensors stores keys sorted, not in module order
     return checkpoint
+
+
+def read_rows(ref: TensorRef, start: int, stop: int) -> np.ndarray:
+    """Entries ``start:stop`` of the first axis of a tensor ``read`` made, reading only their bytes."""
+    file, offset, _length, dtype, shape = ref._args  # our own TensorRef: its arguments are _load's
+    name, code, itemsize = DTYPES[dtype]
+    if not code:
+        raise InvalidFileError(f"{name} tensors cannot be read by bninspect", path=file.path)
+    row = math.prod(shape[1:]) * itemsize
+    raw = file.pread((stop - start) * row, offset + start * row, "a tensor")
+    return decode(np.frombuffer(bytearray(raw), dtype=code).reshape((stop - start,) + shape[1:]), name)
 
 
 def _load(file: SharedFile, start: int, length: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:

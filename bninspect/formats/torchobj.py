@@ -15,6 +15,7 @@ import numpy as np
 from bninspect.checkpoint import ModuleInfo, ModuleNode, TensorRef, is_simple_fact
 from bninspect.errors import InvalidFileError
 from bninspect.formats.containers import MAX_DEPTH
+from bninspect.formats.paths import Budget
 
 # Module attributes worth keeping: BN's (constructor arguments and mode), and what producer
 # matching needs from convs and linears. All are plain Python values on the module.
@@ -25,9 +26,13 @@ MODULE_ATTRIBUTES = (
 )
 
 
-def tensor_ref(tensor: Any, path: str) -> TensorRef:
-    """A TensorRef over a loaded torch tensor; numpy values are made only when asked for."""
+def tensor_ref(tensor: Any, path: str, budget: Budget) -> TensorRef:
+    """A TensorRef over a loaded torch tensor; numpy values are made only when asked for. A
+    view that claims more elements than its storage holds (stride 0) is charged to ``budget``,
+    the file's, as the static reader charges it (torchzip.MAX_EXPANDED_BYTES)."""
     import torch
+
+    from bninspect.formats.torchzip import MAX_EXPANDED_BYTES
 
     dtype = str(tensor.dtype).replace("torch.", "")
 
@@ -35,6 +40,12 @@ def tensor_ref(tensor: Any, path: str) -> TensorRef:
         t = tensor.detach()
         if t.is_quantized or t.layout != torch.strided or t.device.type == "meta":
             raise InvalidFileError(f"a {dtype} tensor here is quantized, sparse or has no data; bninspect cannot read it", path=path)
+        size = t.numel() * t.element_size()
+        if size > t.untyped_storage().nbytes() and not budget.charge(
+                "expanded", t.numel() * (t.element_size() + 8), MAX_EXPANDED_BYTES):
+            raise InvalidFileError(f"a tensor of shape {list(t.shape)} expands its storage; with the file's other "
+                                   f"expanded tensors that is more than {MAX_EXPANDED_BYTES >> 20} MiB, which bninspect "
+                                   "does not materialise", path=path)
         t = t.cpu()
         if t.dtype == torch.bfloat16:
             return t.float().numpy()
@@ -46,9 +57,10 @@ def tensor_ref(tensor: Any, path: str) -> TensorRef:
     return TensorRef(tuple(tensor.shape), dtype, load)
 
 
-def module_node(module: Any, path: str) -> ModuleNode:
+def module_node(module: Any, path: str, budget: Budget | None = None) -> ModuleNode:
     """A ModuleNode from an ``nn.Module`` (or TorchScript module): state dict and per-module facts."""
-    tensors = {k: tensor_ref(v, path) for k, v in module.state_dict().items()}
+    budget = budget or Budget()
+    tensors = {k: tensor_ref(v, path, budget) for k, v in module.state_dict().items()}
     modules: dict[str, ModuleInfo] = {}
     for name, sub in module.named_modules():
         attributes = {}
@@ -66,11 +78,13 @@ def to_tree(obj: Any, path: str) -> Any:
     """Copy the dict structure of a loaded object, with tensors and modules converted. Iterative."""
     import torch
 
+    budget = Budget()  # one per file
+
     def convert(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            return tensor_ref(value, path)
+            return tensor_ref(value, path, budget)
         if isinstance(value, torch.nn.Module):
-            return module_node(value, path)
+            return module_node(value, path, budget)
         return value
 
     root = convert(obj)

@@ -36,14 +36,27 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from bninspect.checkpoint import STORED_DTYPES, Checkpoint, ModuleInfo, ModuleNode, TensorRef, are_sizes, decode, is_simple_fact
-from bninspect.errors import InvalidFileError
+from bninspect.checkpoint import (
+    MAX_NDIM,
+    MAX_SIZE,
+    STORED_DTYPES,
+    Checkpoint,
+    ModuleInfo,
+    ModuleNode,
+    TensorRef,
+    are_sizes,
+    decode,
+    is_simple_fact,
+)
+from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
 from bninspect.formats import containers, unpickler, verdict, zipdir
 from bninspect.formats.paths import SharedFile, open_regular
 from bninspect.formats.pickles import DTYPE_GLOBALS, STORAGE_DTYPES, TORCHSCRIPT_CLASS_PREFIX, allowed
 
-# An expanded view (stride 0, overlapping strides) is materialised only up to this size: a
-# 16-byte record may legally claim a (10**9, 10**9) shape, and we must not allocate it.
+# Expanded views (stride 0, overlapping strides) are materialised only up to this many bytes per
+# file, counted as what a run keeps of each (its values as stored, and the float64 copy the layer
+# code makes): a 16-byte record may legally claim a (10**9, 10**9) view, and a budget per tensor
+# would still let memory grow with the number of layers that each claim one.
 MAX_EXPANDED_BYTES = 256 * 1024 * 1024
 
 # data.pkl holds structure, not tensor bytes: real ones are kilobytes to a few megabytes
@@ -70,14 +83,14 @@ def sniff(head: bytes) -> bool:
 class _Storage:
     """One storage: a zip record, its element dtype and the element count the pickle claims.
 
-    The record's data offset is found on its first read.
+    The record's data offset is found (and its local header checked) on its first read.
     """
 
-    __slots__ = ("file", "info", "name", "dtype", "numel", "np_dtype", "itemsize", "_data_offset")
+    __slots__ = ("members", "info", "name", "dtype", "numel", "np_dtype", "itemsize", "_data_offset")
 
-    def __init__(self, file: SharedFile, info: zipfile.ZipInfo | zipdir.Member, dtype: str, numel: int,
+    def __init__(self, members: zipdir.MemberReader, info: zipfile.ZipInfo | zipdir.Member, dtype: str, numel: int,
                  np_dtype: np.dtype) -> None:
-        self.file = file
+        self.members = members
         self.info = info
         self.name = info.filename
         self.dtype = dtype
@@ -86,33 +99,15 @@ class _Storage:
         self.itemsize = np_dtype.itemsize
         self._data_offset: int | None = None
 
-    def data_offset(self) -> int:
-        if self._data_offset is None:
-            path = self.file.path
-            raw = self.file.pread(zipdir.LOCAL_HEADER_SIZE, self.info.header_offset, f"zip record {self.name}")
-            fields = zipdir.local_header(raw)
-            if fields is None:
-                raise InvalidFileError(f"corrupt zip archive: bad local header for {self.name}", path=path)
-            _flags, name_len, extra_len = fields
-            self._data_offset = self.info.header_offset + zipdir.LOCAL_HEADER_SIZE + name_len + extra_len
-        return self._data_offset
+    @property
+    def file(self) -> SharedFile:
+        return self.members.file
 
     def read(self, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` within the record (pread for stored records)."""
-        if start < 0 or start + length > self.info.file_size:
-            raise InvalidFileError(f"a tensor reaches past the end of record {self.name}", path=self.file.path)
-        if self.info.compress_type == zipfile.ZIP_STORED:
-            return self.file.pread(length, self.data_offset() + start, f"record {self.name}")
-        # torch never compresses records, but a re-zipped archive may: read through zipfile.
-        try:
-            with os.fdopen(os.dup(self.file.fd), "rb") as fh, zipfile.ZipFile(fh) as zf, zf.open(self.info) as f:
-                f.seek(start)
-                data = f.read(length)
-        except ZIP_ERRORS:
-            raise InvalidFileError(f"record {self.name} cannot be read (corrupt or truncated)", path=self.file.path) from None
-        if len(data) != length:
-            raise InvalidFileError(f"truncated record {self.name}", path=self.file.path)
-        return data
+        """``length`` bytes from ``start`` within the record (pread where stored, inflated where deflated)."""
+        if self._data_offset is None:
+            self._data_offset = self.members.data_offset(self.info)
+        return self.members.read(self.info, start, length, data_offset=self._data_offset)
 
 
 def _np_dtype(dtype: str, byteorder: str) -> np.dtype:
@@ -163,32 +158,38 @@ class ScriptObject:
 
 def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not are_sizes(value):
-        raise InvalidFileError(f"corrupt data.pkl: a tensor's {what} is not a tuple of non-negative integers", path=path)
+        raise InvalidFileError(f"corrupt data.pkl: a tensor's {what} is not a tuple of non-negative int64 integers",
+                               path=path)
     return tuple(value)
 
 
 def _view(size: Any, stride: Any, path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A tensor's size and stride: tuples of non-negative integers of one length, or InvalidFileError."""
-    if type(size) is tuple and type(stride) is tuple and len(size) == len(stride) and are_sizes(size + stride):
+    """A tensor's size and stride: tuples of int64-range non-negative integers of one length (at
+    most MAX_NDIM), or InvalidFileError."""
+    if (type(size) is tuple and type(stride) is tuple and len(size) == len(stride) <= MAX_NDIM
+            and are_sizes(size + stride)):
         return size, stride
     # Lists, or something wrong: looked at one by one, to say what.
     shape, strides = _ints(size, "size", path), _ints(stride, "stride", path)
     if len(shape) != len(strides):
         raise InvalidFileError("corrupt data.pkl: a tensor's size and stride differ in length", path=path)
+    if len(shape) > MAX_NDIM:
+        raise InvalidFileError(f"corrupt data.pkl: a tensor with {len(shape)} dimensions (at most {MAX_NDIM})", path=path)
     return shape, strides
 
 
 @dataclass
 class _Archive:
-    """An open archive: its members by name, and how to read one whole.
-
-    Plain archives (all torch writes) are listed by ``zipdir``, others by zipfile; either way
-    ``read`` raises zipfile's exceptions (ZIP_ERRORS) on a damaged member.
-    """
+    """An open archive: its members by name (listed by ``zipdir`` where it is as plain as torch
+    writes it, else by zipfile), read through one bounded ``zipdir.MemberReader``."""
 
     infos: dict[str, zipfile.ZipInfo | zipdir.Member]
-    read: Callable[[Any], bytes]
-    strict: zipfile.ZipFile | None = None  # with --strict: zipfile's view, to check every member's CRC
+    members: zipdir.MemberReader
+    strict: bool = False  # --strict: check every member's CRC
+
+    def read(self, info: zipfile.ZipInfo | zipdir.Member) -> bytes:
+        """A whole member, its CRC-32 checked (as ``ZipFile.read`` does)."""
+        return self.members.read(info, crc=True)
 
 
 class TorchReader:
@@ -243,13 +244,11 @@ class _Reader(TorchReader):
         self.file = file
         self.prefix = prefix
         self.infos = archive.infos
+        self.members = archive.members
         self.storages: dict[tuple[str, str], _Storage] = {}
         order = self.infos.get(f"{prefix}byteorder")
         if order is not None and order.file_size <= 16:
-            try:
-                text = archive.read(order).decode("ascii", "replace").strip()
-            except ZIP_ERRORS:
-                raise InvalidFileError("the archive's byteorder record cannot be read", path=path) from None
+            text = archive.read(order).decode("ascii", "replace").strip()
             if text not in ("little", "big"):
                 raise InvalidFileError(f"unknown byte order {text!r} in the archive", path=path)
             self.byteorder = text
@@ -259,7 +258,7 @@ class _Reader(TorchReader):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise InvalidFileError("corrupt data.pkl: unexpected persistent id", path=self.path)
         _, stype, key, _location, numel = pid[:5]
-        if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not are_sizes((numel,)):
             raise InvalidFileError("corrupt data.pkl: malformed storage reference", path=self.path)
         storage = self.storages.get((key, stype.dtype))
         if storage is None:
@@ -279,7 +278,7 @@ class _Reader(TorchReader):
                 f"({claimed} bytes): truncated or corrupt",
                 path=self.path,
             )
-        return _Storage(self.file, info, dtype, numel, np_dtype)
+        return _Storage(self.members, info, dtype, numel, np_dtype)
 
 
 def _stand_ins(path: str, log: unpickler.Log) -> dict[str, Callable[..., Any]]:
@@ -339,10 +338,13 @@ def _rebuild_from_type(path: str, func: Any, new_type: Any, args: Any, state: An
 def _rebuild_tensor(path: str, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> TensorRef:
     """For _rebuild_tensor_v2: a TensorRef over ``storage`` viewed as torch's as_strided(size, stride,
     offset); checked now, read later."""
-    if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0:
+    if not isinstance(storage, _Storage) or not are_sizes((offset,)):
         raise InvalidFileError("corrupt data.pkl: malformed tensor", path=path)
     shape, strides = _view(size, stride, path)
     numel = math.prod(shape)
+    if numel > MAX_SIZE:
+        raise InvalidFileError(f"corrupt data.pkl: a tensor of shape {list(shape)} has more elements than an int64 "
+                               "can count", path=path)
     span = 0
     if numel:
         # The last element read: offset + sum((n - 1) * stride), summed in C.
@@ -362,10 +364,10 @@ def _load(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple
     """The values of a tensor ``_rebuild_tensor`` checked: its span of the record, read and laid out."""
     if numel == 0:
         return decode(np.empty(shape, dtype=storage.np_dtype), storage.dtype)
-    if numel > span and numel * storage.itemsize > MAX_EXPANDED_BYTES:
+    if numel > span and not storage.file.budget.charge("expanded", numel * (storage.itemsize + 8), MAX_EXPANDED_BYTES):
         raise InvalidFileError(
-            f"a tensor of shape {list(shape)} expands {span} stored elements to {numel}; "
-            "bninspect does not materialise it",
+            f"a tensor of shape {list(shape)} expands {span} stored elements to {numel}; with the file's other "
+            f"expanded tensors that is more than {MAX_EXPANDED_BYTES >> 20} MiB, which bninspect does not materialise",
             path=path,
         )
     raw = storage.read(offset * storage.itemsize, span * storage.itemsize)
@@ -387,65 +389,89 @@ def _archive_prefix(names: dict[str, Any], path: str) -> str:
     )
 
 
-def _check_crcs(zf: zipfile.ZipFile, path: str) -> None:
-    for info in zf.infolist():
+def _open_archive(path: str, strict: bool, what: str = "a checkpoint file") -> _Archive:
+    """The archive at ``path``, listed by zipdir where it is plain (by zipfile under --strict, or
+    where zipdir declines), every member then read through one bounded MemberReader."""
+    fd = open_regular(path, what)
+    file = SharedFile(path, fd)  # the lazy tensors read through it; it closes with the last of them
+    size = os.fstat(fd).st_size
+    infos: dict[str, Any] | None = None
+    if not strict:  # --strict lists the archive as zipfile does
+        with contextlib.suppress(OSError):
+            infos = zipdir.directory(fd, size)
+    if infos is None:
         try:
-            with zf.open(info) as f:
-                while f.read(1 << 20):
-                    pass
-        except zipfile.BadZipFile as exc:
-            if "CRC" not in str(exc):
-                raise InvalidFileError(f"record {info.filename} cannot be read (corrupt zip entry)", path=path) from None
-            raise InvalidFileError(f"record {info.filename} fails its CRC check (the bytes were altered)", path=path) from None
+            with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
+                infos = {i.filename: i for i in zf.infolist()}
         except ZIP_ERRORS:
-            raise InvalidFileError(f"record {info.filename} cannot be read (truncated or corrupt)", path=path) from None
+            raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)",
+                                   path=path) from None
+    return _Archive(infos, zipdir.MemberReader(file, size), strict)
 
 
 def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
     """Read a torch.save or TorchScript zip archive without running anything from it."""
-    fd = open_regular(path)
-    with os.fdopen(fd, "rb") as fh:
-        # The lazy tensors read through their own copy of this descriptor.
-        shared = SharedFile(path, os.dup(fd))
-        members = None
-        if not strict:  # --strict reads every member through zipfile
-            size = os.fstat(fd).st_size
-            with contextlib.suppress(OSError):
-                members = zipdir.directory(fd, size)
-        if members is not None:
-            return _read_archive(shared, _Archive(members, functools.partial(zipdir.read, fd, size)), key=key)
-        try:
-            zf = zipfile.ZipFile(fh)
-        except ZIP_ERRORS:
-            raise InvalidFileError("a truncated or corrupt zip archive (its central directory is unreadable)", path=path) from None
-        with zf:
-            archive = _Archive({i.filename: i for i in zf.infolist()}, zf.read, zf if strict else None)
-            return _read_archive(shared, archive, key=key)
+    archive = _open_archive(path, strict)
+    return _read_archive(archive.members.file, archive, key=key)
 
 
-def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Checkpoint:
+def read_object(path: str, what: str) -> Any:
+    """The object a torch.save zip archive holds (``what`` it is, for messages), its tensors as
+    lazy TensorRefs: the reader checkpoints use, so nothing runs and every limit applies; a
+    file whose real load would run code (its verdict) is an UnsafeFileError."""
+    archive = _open_archive(path, False, what)
+    try:
+        return _read_archive(archive.members.file, archive, key=None, objects=True)
+    except BNInspectError as exc:  # malformed, and naming a payload on the way: unsafe first
+        if exc.verdict is not None and exc.verdict.refused:  # type: ignore[attr-defined]
+            raise UnsafeFileError(verdict.refusal(exc.verdict), path=path) from None  # type: ignore[arg-type]
+        raise
+
+
+def read_rows(ref: TensorRef, start: int, stop: int) -> np.ndarray:
+    """Entries ``start:stop`` of the first axis of a tensor ``read_object`` made: only their bytes
+    are read where the tensor lies contiguously in a stored record, else the whole tensor is
+    (once: a deflated record is inflated from its start on every read)."""
+    if ref._loader is _load and ref.shape:  # our own TensorRef: its arguments are _load's
+        storage, offset, shape, strides, numel, _span, path = ref._args
+        row = math.prod(shape[1:])
+        contiguous = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+        if (numel and storage.info.compress_type == zipfile.ZIP_STORED
+                and all(st == c for st, c, n in zip(strides, contiguous, shape) if n > 1)):
+            count = (stop - start) * row
+            raw = storage.read((offset + start * row) * storage.itemsize, count * storage.itemsize)
+            values = np.frombuffer(raw, dtype=storage.np_dtype).reshape((stop - start,) + shape[1:])
+            return decode(values.astype(values.dtype.newbyteorder("=")), storage.dtype)
+    return ref.numpy()[start:stop]
+
+
+def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None, objects: bool = False) -> Any:
     path = file.path
     members = archive.infos
     prefix = _archive_prefix(members, path)
     code = f"{prefix}code/"  # once, not per member: a 10,000-layer archive has 60,006
     torchscript = f"{prefix}constants.pkl" in members or any(n.startswith(code) for n in members)
-    if archive.strict is not None:
-        _check_crcs(archive.strict, path)
+    if archive.strict:
+        for member in members.values():
+            archive.members.check(member)
     info = members[f"{prefix}data.pkl"]
     limit = MAX_PICKLE_BYTES if info.compress_type == zipfile.ZIP_STORED else MAX_COMPRESSED_PICKLE_BYTES
     if info.file_size > limit:
         # The size comes from the zip directory; a compressed entry could claim anything.
         kind = "" if info.compress_type == zipfile.ZIP_STORED else "compressed "
         raise InvalidFileError(f"{kind}data.pkl claims {info.file_size} bytes; bninspect reads at most {limit}", path=path)
-    try:
-        data = archive.read(info)
-    except ZIP_ERRORS:
-        raise InvalidFileError("data.pkl cannot be read (truncated, corrupt, or a bad CRC)", path=path) from None
+    data = archive.read(info)
     log = unpickler.Log(path)
     reader = _Reader(file, archive, prefix, torchscript, log)
     root = verdict.load_judged(data, path=path, what="data.pkl", find=reader.find, log=log,
                                persistent_load=reader.storage)
     judged = verdict.judge(log, root, where="data.pkl")
+    if objects:
+        # A data file (--data, --input): its object as it is, refused like a checkpoint where
+        # a real load would run code.
+        if judged.refused:
+            raise UnsafeFileError(verdict.refusal(judged), path=path)
+        return root
     if torchscript:
         judged.merge(verdict.script_code(_code_files(archive, prefix), where=f"{prefix}code/"))
     with verdict.attached(judged):
@@ -459,15 +485,20 @@ def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None) -> Ch
 
 # -- TorchScript -------------------------------------------------------------------------------
 
-_CLASS_LINE = re.compile(r"^class (\w+)\(")
-_CONST_LINE = re.compile(r"^  (\w+) : Final\[.*\] = (.+)$")
-_LIST_LINE = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])$")
-_MAX_LITERAL = 2000
+# The lines of a TorchScript class's source that carry facts, found in one pass over the text:
+# ``class Name(``, ``  eps : Final[float] = 0.001``, ``  __parameters__ = ["weight", "bias", ]``.
+_FACT_LINE = re.compile(r"^(?:class (\w+)\(.*|  (\w+) : Final\[.*\] = (.+)|  (__parameters__|__buffers__) = (\[.*\]))$",
+                        re.MULTILINE)
+# A constant worth reading is a scalar (eps, momentum, affine, num_features...): a few characters.
+# A parameter list names a module's own parameters or buffers, a few dozen characters a name.
+# Bounding the text bounds ast.literal_eval's work per line.
+_MAX_CONSTANT = 64
+_MAX_NAME_LIST = 2000
 
 
-def _literal(text: str) -> Any:
+def _literal(text: str, limit: int) -> Any:
     text = text.strip()
-    if len(text) > _MAX_LITERAL:
+    if len(text) > limit:
         return None
     try:
         return ast.literal_eval(text)
@@ -478,33 +509,34 @@ def _literal(text: str) -> Any:
 def parse_class_code(source: str) -> dict[str, dict[str, Any]]:
     """Per class in one TorchScript code file: its ``Final`` constants and parameter/buffer names.
 
-    Pure text parsing (a regex per line, ``ast.literal_eval`` for the value): nothing runs.
+    Pure text parsing (one regular expression finds the lines that matter, ``ast.literal_eval``
+    reads a short value): nothing runs.
     """
     classes: dict[str, dict[str, Any]] = {}
     current: dict[str, Any] | None = None
-    for line in source.splitlines():
-        m = _CLASS_LINE.match(line)
-        if m:
-            current = classes.setdefault(m.group(1), {"constants": {}, "__parameters__": None, "__buffers__": None})
+    for m in _FACT_LINE.finditer(source):
+        cls, const, value, slot, names = m.groups()
+        if cls is not None:
+            current = classes.setdefault(cls, {"constants": {}, "__parameters__": None, "__buffers__": None})
+        elif current is None:
             continue
-        if current is None:
-            continue
-        m = _CONST_LINE.match(line)
-        if m:
-            value = _literal(m.group(2))
-            if value is not None or m.group(2).strip() == "None":
-                current["constants"][m.group(1)] = value
-            continue
-        m = _LIST_LINE.match(line)
-        if m:
-            value = _literal(m.group(2))
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                current[m.group(1)] = value
+        elif const is not None:
+            parsed = _literal(value, _MAX_CONSTANT)
+            if parsed is not None or value.strip() == "None":
+                current["constants"][const] = parsed
+        else:
+            parsed = _literal(names, _MAX_NAME_LIST)
+            if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed):
+                current[slot] = parsed
     return classes
 
 
 class _CodeIndex:
-    """Class facts from the archive's ``code/`` files, parsed on demand, once per file."""
+    """Class facts from the archive's ``code/`` files, parsed on demand, once per file.
+
+    At most MAX_CODE_BYTES of code are read from one archive, all files together: a real model's
+    code is kilobytes to a few megabytes, and a hostile archive can hold many large (deflated) files.
+    """
 
     MAX_CODE_BYTES = 16 * 1024 * 1024
 
@@ -513,18 +545,20 @@ class _CodeIndex:
         self.prefix = prefix
         self.files: dict[str, dict[str, dict[str, Any]]] = {}
         self.unreadable: list[str] = []
+        self.read_bytes = 0
+        self.over_budget = False
 
     def lookup(self, qualname: str) -> dict[str, Any] | None:
         module, _, cls = qualname.rpartition(".")
         name = f"{self.prefix}code/{module.replace('.', '/')}.py"
         if name not in self.files:
             parsed: dict[str, dict[str, Any]] = {}
-            try:
-                info = self.archive.infos[name]
-                if info.file_size <= self.MAX_CODE_BYTES:
-                    parsed = parse_class_code(self.archive.read(info).decode("utf-8", "replace"))
-            except (KeyError, *ZIP_ERRORS):
-                pass
+            info = self.archive.infos.get(name)
+            if info is not None and self.read_bytes + info.file_size > self.MAX_CODE_BYTES:
+                self.over_budget = True
+            elif info is not None:
+                self.read_bytes += info.file_size
+                parsed = parse_class_code(self.archive.read(info).decode("utf-8", "replace"))
             self.files[name] = parsed
         facts = self.files[name].get(cls)
         if facts is None and qualname not in self.unreadable:
@@ -548,9 +582,15 @@ def _code_files(archive: _Archive, prefix: str) -> Iterator[tuple[str, bytes | N
         total += info.file_size
         data = None
         if info.file_size <= _CodeIndex.MAX_CODE_BYTES and total <= MAX_SCRIPT_CODE:
-            with contextlib.suppress(*ZIP_ERRORS):
+            with contextlib.suppress(BNInspectError, *ZIP_ERRORS):
                 data = archive.read(info)
         yield name[len(code):], data if data is not None and len(data) == info.file_size else None
+
+
+# Characters of module paths and tensor keys built from one TorchScript archive, all together.
+# A 10,000-layer model needs about 3 million; a chain of 50,000 nested modules would need 2.5
+# billion (each path repeats its parent's), so the budget stops it instead of the memory.
+MAX_PATH_CHARACTERS = 32 << 20
 
 
 def _torchscript_checkpoint(path: str, archive: _Archive, prefix: str, root: Any, key: str | None) -> Checkpoint:
@@ -560,6 +600,7 @@ def _torchscript_checkpoint(path: str, archive: _Archive, prefix: str, root: Any
     tensors: dict[str, TensorRef] = {}
     modules: dict[str, ModuleInfo] = {}
     seen: set[int] = set()
+    spent = 0  # characters of module paths and keys built so far
     stack: list[tuple[str, ScriptObject]] = [("", root)]
     # Pre-order walk with an explicit stack: own parameters and buffers, then children, the
     # order of nn.Module.state_dict(); no recursion, so a deep or cyclic pickle cannot blow up.
@@ -585,15 +626,21 @@ def _torchscript_checkpoint(path: str, archive: _Archive, prefix: str, root: Any
             names = [n for n in declared[0] + declared[1] if isinstance(state.get(n), TensorRef)]
         else:
             names = [n for n, v in state.items() if isinstance(n, str) and isinstance(v, TensorRef)]
+        kids = [(n, v) for n, v in state.items() if isinstance(n, str) and isinstance(v, ScriptObject)]
+        # Counted before the strings are made: each key and child path repeats this module's path.
+        spent += sum(len(mpath) + 1 + len(n) for n in names) + sum(len(mpath) + 1 + len(n) for n, _ in kids)
+        if spent > MAX_PATH_CHARACTERS:
+            raise InvalidFileError(f"its modules are nested so deeply that their paths take more than "
+                                   f"{MAX_PATH_CHARACTERS:,} characters; not a model bninspect reads", path=path)
         for name in names:
             tensors[f"{mpath}.{name}" if mpath else name] = state[name]
-        children = [(f"{mpath}.{n}" if mpath else n, v) for n, v in state.items()
-                    if isinstance(n, str) and isinstance(v, ScriptObject)]
-        stack.extend(reversed(children))
+        stack.extend((f"{mpath}.{n}" if mpath else n, v) for n, v in reversed(kids))
     notes = []
     if code.unreadable:
         more = f" and {len(code.unreadable) - 3} more" if len(code.unreadable) > 3 else ""
+        why = (f" (its code is larger than the {code.MAX_CODE_BYTES >> 20} MiB bninspect reads)"
+               if code.over_budget else "")
         notes.append("module constants (eps, momentum, ...) not found in the archive's code for "
-                     + ", ".join(code.unreadable[:3]) + more)
+                     + ", ".join(code.unreadable[:3]) + more + why)
     node = ModuleNode(tensors=tensors, modules=modules)
     return containers.build_checkpoint(node, path=path, format="torchscript", key=key, notes=notes)

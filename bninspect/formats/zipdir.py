@@ -1,4 +1,5 @@
-"""The central directory of a plain zip archive, read fast; zipfile stays the reader for all others.
+"""Zip archives, bounded: the central directory of a plain archive read fast, and every member's
+bytes read through ``MemberReader``, whoever listed the archive.
 
 zipfile builds a ZipInfo in Python for every member: 300 ms for the 60,006 members of a
 10,000-layer checkpoint. torch (miniz) writes the plainest archives: stored members, ASCII
@@ -8,11 +9,18 @@ or UTF-8 names, no extra fields, no comment, a zip64 end record. For exactly tho
 It is a security boundary, so it accepts nothing zipfile would read differently. Outside
 that profile (prepended data, a comment, extra fields, compression, encryption, names
 zipfile would alter or that repeat, a directory that does not add up) it returns None and
-the caller opens the archive with zipfile, which reports any damage as it always did.
+the caller lists the archive with zipfile, which reports any damage in its directory.
 Where it accepts, its members are zipfile's, field for field (``zipfile._EndRecData``,
-``_EndRecData64`` and ``_RealGetContents`` of Python 3.11 followed step by step); ``read``
-checks a member as ``ZipFile.read`` does (local header magic, its name, size, CRC-32) and
-raises zipfile's exceptions, so callers handle both readers alike.
+``_EndRecData64`` and ``_RealGetContents`` of Python 3.11 followed step by step).
+
+Reading a member is ours whoever listed it (zipfile lists the archives ``directory`` declines):
+zipfile's ``read`` inflates a whole compressed chunk before it looks at the size the directory
+states, so a 2.8 KB bzip2 member claiming a few bytes became 5.2 GB in memory. ``MemberReader``
+reads stored members with ``pread`` and inflates deflated ones incrementally, never past the size
+the directory states (a member that inflates further is refused) nor past a budget per file;
+methods torch never writes (bzip2, LZMA, ...) are refused by name. A local header that disagrees
+with the central directory (another name, another method) is refused too: two readers could read
+two different archives from such a file.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import NamedTuple
-from zipfile import MAX_EXTRACT_VERSION, ZIP_STORED, BadZipFile
+from typing import Any, NamedTuple
+from zipfile import MAX_EXTRACT_VERSION, ZIP_DEFLATED, ZIP_STORED
+
+from bninspect.errors import InvalidFileError
+from bninspect.formats.paths import SharedFile
 
 # zipfile's structEndArchive, structEndArchive64Locator, structEndArchive64, structCentralDir, structFileHeader.
 _END = struct.Struct("<4s4H2LH")
@@ -44,6 +55,8 @@ class Member(NamedTuple):
     file_size: int
     CRC: int
     compress_type: int = ZIP_STORED
+    compress_size: int = 0
+    flag_bits: int = 0
 
 
 def directory(fd: int, size: int) -> dict[str, Member] | None:
@@ -101,7 +114,7 @@ def _members(cd: bytes, count: int) -> dict[str, Member] | None:
         name = _name(cd[start:start + name_len], flags)
         if name is None or name in members:
             return None
-        members[name] = new(Member, (name, offset, size, crc, ZIP_STORED))
+        members[name] = new(Member, (name, offset, size, crc, ZIP_STORED, size, flags))
     return members if pos == len(cd) else None
 
 
@@ -116,34 +129,127 @@ def _name(raw: bytes, flags: int) -> str | None:
     return name
 
 
-LOCAL_HEADER_SIZE = _LOCAL.size
+# Methods zipfile knows of, by number (APPNOTE.TXT 4.4.5), for the refusal; torch writes only 0 (stored).
+_METHOD_NAMES = {1: "shrink", 6: "implode", 9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "xz",
+                 98: "PPMd", 99: "AE-x encryption"}
+_CHUNK = 1 << 20  # compressed bytes handed to zlib at a time
+
+# Bytes of one file bninspect inflates, over all its deflated members. torch writes every member
+# stored; a re-zipped (deflated) checkpoint is legitimate, and `show` reads only its BatchNorm
+# tensors, but deflate inflates up to 1032x, so a 392 KB member could claim 96 million channels.
+MAX_INFLATED_BYTES = 256 << 20
 
 
-def local_header(raw: bytes) -> tuple[int, int, int] | None:
-    """(flags, name length, extra length) from a local file header's fixed part, or None if
-    ``raw`` is not one. A member's data starts LOCAL_HEADER_SIZE + both lengths past it."""
-    sig, _v, _s, flags, *_rest, name_len, extra_len = _LOCAL.unpack(raw)
-    return (flags, name_len, extra_len) if sig == b"PK\x03\x04" else None
+class MemberReader:
+    """Reads the members of one archive through its descriptor, each checked against its directory entry."""
 
+    def __init__(self, file: SharedFile, size: int) -> None:
+        self.file = file
+        self.size = size
 
-def read(fd: int, size: int, member: Member) -> bytes:
-    """A member's bytes, checked as ``ZipFile.read`` checks them; BadZipFile or EOFError if damaged."""
-    header = os.pread(fd, _LOCAL.size, member.header_offset)
-    if len(header) != _LOCAL.size:
-        raise BadZipFile("Truncated file header")
-    fields = local_header(header)
-    if fields is None:
-        raise BadZipFile("Bad magic number for file header")
-    flags, name_len, extra_len = fields
-    raw = os.pread(fd, name_len, member.header_offset + _LOCAL.size)
-    if raw.decode("utf-8" if flags & _UTF8_NAME else "cp437") != member.filename:
-        raise BadZipFile(f"File name in directory {member.filename!r} and header {raw!r} differ.")
-    start = member.header_offset + _LOCAL.size + name_len + extra_len
-    if start + member.file_size > size:  # before reading: the size comes from the archive
-        raise EOFError
-    data = os.pread(fd, member.file_size, start)
-    if len(data) != member.file_size:
-        raise EOFError
-    if zlib.crc32(data) != member.CRC:
-        raise BadZipFile(f"Bad CRC-32 for file {member.filename!r}")
-    return data
+    def _fail(self, member: Any, problem: str) -> InvalidFileError:
+        return InvalidFileError(f"zip member {member.filename}: {problem}", path=self.file.path)
+
+    def data_offset(self, member: Any) -> int:
+        """Where ``member``'s data starts, after checking that its local header agrees with the
+        central directory (signature, name, method, no encryption)."""
+        name = member.filename
+        expected = len(name.encode("utf-8"))
+        header = os.pread(self.file.fd, _LOCAL.size + expected, member.header_offset)
+        if len(header) < _LOCAL.size:
+            raise self._fail(member, "its local header lies past the end of the file (truncated archive)")
+        sig, _v, _r, flags, method, *_rest, name_len, extra_len = _LOCAL.unpack_from(header)
+        if sig != b"PK\x03\x04":
+            raise self._fail(member, "no local header where the central directory says it starts (corrupt archive)")
+        raw = header[_LOCAL.size:_LOCAL.size + name_len] if name_len == expected else (
+            os.pread(self.file.fd, name_len, member.header_offset + _LOCAL.size))
+        try:
+            local_name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        except UnicodeDecodeError:
+            local_name = None
+        if local_name != name:
+            shown = raw[:80].decode("utf-8", "backslashreplace")
+            raise self._fail(member, f"its local header names it '{shown}': the archive's two directories disagree, "
+                                     "so other readers may see other files (refused)")
+        if method != member.compress_type:
+            raise self._fail(member, f"its local header says compression method {method}, the central directory "
+                                     f"{member.compress_type}: the archive's two directories disagree (refused)")
+        if (flags | member.flag_bits) & _UNREADABLE:
+            raise self._fail(member, "it is encrypted; bninspect reads only plain archives")
+        return member.header_offset + _LOCAL.size + name_len + extra_len
+
+    def read(self, member: Any, start: int = 0, length: int | None = None, *, data_offset: int | None = None,
+             crc: bool = False) -> bytes:
+        """``length`` bytes (default: to the end) from ``start`` of ``member``'s content, stored or
+        inflated; ``crc`` also checks the CRC-32 of a whole member. ``data_offset`` is a cached
+        ``data_offset(member)``."""
+        total = member.file_size
+        if length is None:
+            length = total - start
+        if start < 0 or length < 0 or start + length > total:
+            raise self._fail(member, f"bytes {start}..{start + length} asked for; it holds {total}")
+        offset = self.data_offset(member) if data_offset is None else data_offset
+        method = member.compress_type
+        if method == ZIP_STORED:
+            if member.compress_size != total:
+                raise self._fail(member, f"stored, yet its directory entry gives {member.compress_size} bytes stored "
+                                         f"and {total} of content")
+            if offset + total > self.size:
+                raise self._fail(member, f"its {total} bytes run past the end of the file (truncated archive)")
+            data = self.file.pread(length, offset + start, f"zip member {member.filename}")
+        elif method == ZIP_DEFLATED:
+            data = self._inflate(member, offset, start + length)[start:]
+        else:
+            kind = _METHOD_NAMES.get(method, f"number {method}")
+            raise self._fail(member, f"compressed with method {kind}, which torch never writes; bninspect reads "
+                                     "stored and deflated members only")
+        if crc and length == total and zlib.crc32(data) != member.CRC:
+            raise self._fail(member, "fails its CRC check (the bytes were altered or damaged)")
+        return data
+
+    def _inflate(self, member: Any, offset: int, want: int) -> bytes:
+        """The first ``want`` bytes of a deflated member, inflated a chunk at a time: never more
+        than it states it holds, and within the file's inflation budget."""
+        end = offset + member.compress_size
+        if end > self.size:
+            raise self._fail(member, "its compressed bytes run past the end of the file (truncated archive)")
+        if not self.file.budget.charge("inflated", want, MAX_INFLATED_BYTES):
+            raise self._fail(member, f"inflating it would take this file past {MAX_INFLATED_BYTES >> 20} MiB of "
+                                     "decompressed data, the most bninspect inflates per file (torch stores members "
+                                     "uncompressed; re-save the checkpoint with torch.save)")
+        # One byte past the stated size, when all of it is asked for: a member that inflates further lies.
+        limit = want + 1 if want == member.file_size else want
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        out = bytearray()
+        pos = offset
+        try:
+            while len(out) < limit and not inflater.eof:
+                chunk = inflater.unconsumed_tail
+                if not chunk:
+                    if pos >= end:
+                        break
+                    chunk = self.file.pread(min(_CHUNK, end - pos), pos, f"zip member {member.filename}")
+                    pos += len(chunk)
+                out += inflater.decompress(chunk, limit - len(out))
+        except zlib.error:
+            raise self._fail(member, "its deflated data is corrupt") from None
+        if len(out) > member.file_size:
+            raise self._fail(member, f"inflates to more than the {member.file_size} bytes its directory entry states "
+                                     "(refused)")
+        if len(out) < want:
+            raise self._fail(member, f"inflates to {len(out)} bytes; its directory entry states {member.file_size} "
+                                     "(truncated or corrupt)")
+        return bytes(out)
+
+    def check(self, member: Any) -> None:
+        """Read all of ``member`` (a chunk at a time where it is stored) and check its CRC-32."""
+        if member.compress_type != ZIP_STORED:
+            self.read(member, crc=True)
+            return
+        offset = self.data_offset(member)
+        self.read(member, 0, 0, data_offset=offset)  # the size checks
+        crc = 0
+        for at in range(0, member.file_size, _CHUNK):
+            crc = zlib.crc32(self.file.pread(min(_CHUNK, member.file_size - at), offset + at, "a zip member"), crc)
+        if crc != member.CRC:
+            raise self._fail(member, "fails its CRC check (the bytes were altered or damaged)")

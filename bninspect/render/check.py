@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from bninspect.render.common import Column, Out, Styled, safe, table, write_document
+from bninspect.render.common import Column, Out, Styled, table, visible, write_document
 from bninspect.render.jsondoc import dumps, plain, safety
 from bninspect.render.rules import STYLE
 from bninspect.services.check import SCHEMA, CheckReport, FileResult
@@ -38,7 +38,7 @@ def errors(report: CheckReport) -> None:
     """One stderr line per file that could not be loaded, in the CLI's error format."""
     for f in report.files:
         if f.error:
-            sys.stderr.write(f"bninspect: error: {safe(f.error)}\n")
+            sys.stderr.write(f"bninspect: error: {visible(f.error)}\n")
     sys.stderr.flush()
 
 
@@ -55,13 +55,13 @@ def _summary(report: CheckReport) -> Styled:
     if report.skipped:
         n = len(report.skipped)
         line.append(f"; skipped {n} file{'s that hold' if n != 1 else ' that holds'} no state dict "
-                    f"({', '.join(safe(s) for s in report.skipped[:3])}{', …' if len(report.skipped) > 3 else ''})")
+                    f"({', '.join(visible(s) for s in report.skipped[:3])}{', …' if len(report.skipped) > 3 else ''})")
     line.append(f"; failing on: {report.fail_on}" + (f" (settings from {report.config})" if report.config else ""))
     return line
 
 
 def _file_header(f: FileResult) -> Styled:
-    head = Styled(safe(f.path), "bold")
+    head = Styled(visible(f.path), "bold")
     if f.error:
         head.append(f"  could not be checked (exit class {f.exit_code}; the error is on stderr)", style="bold red")
         return head
@@ -83,8 +83,8 @@ def render_table(report: CheckReport) -> None:
         out.print(_file_header(f))
         if f.error or not f.findings:
             continue
-        rows = [(item.code, Styled(item.severity, STYLE[item.severity]), safe(item.layer),
-                 Styled(safe(item.message)).append("\nfix: " + safe(item.fix), "dim")) for item in f.findings]
+        rows = [(item.code, Styled(item.severity, STYLE[item.severity]), visible(item.layer),
+                 Styled(visible(item.message)).append("\nfix: " + visible(item.fix), "dim")) for item in f.findings]
         out.print(table(_COLUMNS, rows, width=out.width), wrap=False)
     out.print(_summary(report))
 
@@ -95,8 +95,8 @@ def render_concise(report: CheckReport) -> None:
     out = Out()
     for f in report.files:
         for item in f.findings:
-            line = Styled(safe(f"{f.path}:{item.layer}: ")).append(item.code, "bold").append(" ")
-            line.append(f"[{item.severity}]", STYLE[item.severity]).append(" " + safe(item.message))
+            line = Styled(visible(f"{f.path}:{item.layer}: ")).append(item.code, "bold").append(" ")
+            line.append(f"[{item.severity}]", STYLE[item.severity]).append(" " + visible(item.message))
             out.print(line, wrap=False)
     out.print(_summary(report), wrap=False)
 

@@ -1,7 +1,7 @@
 """What every renderer needs: safe names, where to print, styled text, tables, numbers.
 
-Names come from files we do not trust. ``safe`` makes control characters visible (a name
-with ANSI escapes or newlines must not drive the terminal), and rich only ever receives
+Names come from files we do not trust. ``visible`` (textfmt) escapes every character that could
+act on the terminal or disguise a name, and cuts overlong text; rich only ever receives
 names inside ``Text`` objects (``Styled.to_rich``) or via ``markup_escape`` so ``[bold red]``
 in a key is printed literally.
 
@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Sequence, Union
 
 from bninspect.errors import OutputClosed
 
-# Re-exported for renderers: numbers, and names with control characters made visible.
-from bninspect.textfmt import num  # noqa: F401
-from bninspect.textfmt import visible as safe
+# Re-exported for renderers: numbers, and names made safe to print.
+from bninspect.textfmt import cut_note, json_visible, num, visible  # noqa: F401
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,7 +36,7 @@ def markup(name: str) -> str:
     visible, brackets escaped."""
     from rich.markup import escape as markup_escape
 
-    return markup_escape(safe(name))
+    return markup_escape(visible(name))
 
 
 @functools.cache
@@ -84,9 +83,10 @@ def _is_terminal(stream: object) -> bool:
 
 
 def write_document(text: str) -> None:
-    """Write a JSON document (and a newline) to stdout; a closed pipe becomes OutputClosed."""
+    """Write a JSON document (and a newline) to stdout, every character that could act on a
+    terminal as a JSON escape (``json_visible``); a closed pipe becomes OutputClosed."""
     try:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(json_visible(text) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
         raise OutputClosed from None
@@ -135,7 +135,9 @@ class Out:
 
     def print(self, item: str | Styled = "", *, wrap: bool = True) -> None:
         """Print ``item`` and a newline; a str is printed as it is (never parsed as markup).
-        ``wrap=False`` keeps long lines whole (tables, one finding per line)."""
+        ``wrap=False`` keeps long lines whole (tables, one finding per line). Every line is cut
+        at ``MAX_LINE`` characters, saying how many were left out."""
+        item = _bounded(item)
         if self._rich is not None:
             from rich.text import Text
 
@@ -149,6 +151,32 @@ class Out:
             self.file.flush()  # a closed pipe shows here, not at exit after the CLI chose its status
         except BrokenPipeError:
             raise OutputClosed from None
+
+
+# A line of output holds at most this many characters. Each name in it is bounded already
+# (textfmt.MAX_SHOWN); this bounds lines that list names (diff's "only in A: ..."), whose count
+# a hostile file chooses.
+MAX_LINE = 65536
+
+
+def _bounded(item: str | Styled) -> str | Styled:
+    """``item`` with every line longer than MAX_LINE cut to that length, a note at its end saying
+    how much was left out."""
+    plain = item.plain if isinstance(item, Styled) else item
+    if len(plain) <= MAX_LINE or max(map(len, plain.split("\n"))) <= MAX_LINE:
+        return item
+    kept = Styled()
+    at = 0  # offset in ``plain`` of the current line
+    for line in plain.split("\n"):
+        start = len(kept.plain)
+        shown = line if len(line) <= MAX_LINE else line[:MAX_LINE - len(cut_note(len(line)))]
+        kept.plain += shown + (cut_note(len(line) - len(shown)) if len(shown) < len(line) else "") + "\n"
+        if isinstance(item, Styled):
+            kept.spans += [(start + max(lo, at) - at, start + min(hi, at + len(shown)) - at, style)
+                           for lo, hi, style in item.spans if max(lo, at) < min(hi, at + len(shown))]
+        at += len(line) + 1
+    kept.plain = kept.plain[:-1]
+    return kept if isinstance(item, Styled) else kept.plain
 
 
 # -- tables -------------------------------------------------------------------------------------

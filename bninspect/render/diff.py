@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bninspect.render.common import Column, Out, Styled, num, safe, table
+from bninspect.render.common import Column, Out, Styled, num, table, visible
 from bninspect.render.jsondoc import dumps
 from bninspect.services.diff import SCHEMA, DiffResult, LayerDiff
 
@@ -59,8 +59,8 @@ def _table(result: DiffResult, width: int) -> Styled:
                Column("output Δ", "right", wrap=True), *([Column("runtime Δ", "right", wrap=True)] if has_witness else []))
     rows = []
     for d in result.layers:
-        name = safe(d.name) + (f" ↔ {safe(d.name_b)}" if d.name_b != d.name else "")
-        row = [name, safe(d.matched_by), str(d.channels), Styled(d.status, _STYLE[d.status]), _tensor_cell(d),
+        name = visible(d.name) + (f" ↔ {visible(d.name_b)}" if d.name_b != d.name else "")
+        row = [name, visible(d.matched_by), str(d.channels), Styled(d.status, _STYLE[d.status]), _tensor_cell(d),
                _output_cell(d)]
         if has_witness:
             row.append(_witness_cell(d))
@@ -72,30 +72,30 @@ def render(result: DiffResult) -> None:
     """Print both sides, the per-layer table, causes of each differing layer and the verdict."""
     out = Out()
     for label, side in (("A", result.a), ("B", result.b)):
-        out.print(Styled(label, "bold").append(f" {safe(side.path)}  {safe(side.format_name)}, {side.layers} BN layer(s)"))
+        out.print(Styled(label, "bold").append(f" {visible(side.path)}  {visible(side.format_name)}, {side.layers} BN layer(s)"))
     for label, side in (("A", result.a), ("B", result.b)):
         for n in side.notes:
-            out.print(Styled(f"  {label}: {safe(n)}", "dim"))
+            out.print(Styled(f"  {label}: {visible(n)}", "dim"))
     if result.layers:
         out.print(_table(result, out.width), wrap=False)
     for d in result.layers:
         if d.status == "different" and d.causes:
-            out.print(Styled(safe(d.name), "bold").append(":"))
+            out.print(Styled(visible(d.name), "bold").append(":"))
             for line in d.causes:
-                out.print(f"  - {safe(line)}")
+                out.print(f"  - {visible(line)}")
     shown = set()
     for d in result.layers:  # a note is said once, not once per layer that has it
         for s in d.settings:
             if s.severity == "note" and s.message not in shown:
                 shown.add(s.message)
-                out.print(Styled(f"note: {safe(s.message)}", "dim"))
+                out.print(Styled(f"note: {visible(s.message)}", "dim"))
     if result.only_a:
-        out.print(f"only in A: {', '.join(safe(n) for n in result.only_a)}")
+        out.print(f"only in A: {', '.join(visible(n) for n in result.only_a)}")
     if result.only_b:
-        out.print(f"only in B: {', '.join(safe(n) for n in result.only_b)}")
+        out.print(f"only in B: {', '.join(visible(n) for n in result.only_b)}")
     for n in result.notes:
-        out.print(Styled(f"note: {safe(n)}", "dim"))
+        out.print(Styled(f"note: {visible(n)}", "dim"))
     verdict = {"identical": "identical", "equivalent": "equivalent within tolerance", "different": "different"}[result.verdict]
     out.print(Styled(verdict, _STYLE[result.verdict]).append(":" if result.causes else ""))
     for c in result.causes:
-        out.print(f"  - {safe(c)}")
+        out.print(f"  - {visible(c)}")

@@ -6,7 +6,7 @@ import contextlib
 import sys
 from typing import Iterator
 
-from bninspect.render.common import Column, Out, Styled, console, markup, num, safe, table
+from bninspect.render.common import Column, Out, Styled, console, markup, num, table, visible
 from bninspect.render.jsondoc import dumps
 from bninspect.services.drift import DriftResult, ProgressHook
 
@@ -66,7 +66,7 @@ def _layer_table(result: DriftResult, width: int) -> Styled:
                *([Column("after", "right", wrap=True)] if recal else []))
     rows: list[list[str | Styled]] = []
     for layer in result.layers:
-        name = Styled(safe(layer.name), "cyan")
+        name = Styled(visible(layer.name), "cyan")
         if not layer.reached:
             rows.append([name, str(layer.channels), "not called", "", "", "",
                          *[""] * len(result.batch_sizes), "", *([""] if recal else [])])
@@ -91,20 +91,20 @@ def _mismatch_table(result: DriftResult, width: int) -> Styled:
     rows: list[tuple[str | Styled, ...]] = []
     for row in result.mismatch:
         if row.skipped:
-            rows.append((str(row.batch_size), str(row.batches), Styled(safe(row.skipped), "dim"), "", ""))
+            rows.append((str(row.batch_size), str(row.batches), Styled(visible(row.skipped), "dim"), "", ""))
             continue
         agree = f"{row.top1_agreement:.1%}" if row.top1_agreement is not None else "—"
         rows.append((str(row.batch_size), str(row.batches), num(row.max_abs_diff), num(row.output_scale), agree))
     return table(_MISMATCH_COLUMNS, rows, width=width, rich_fit=True,
-                 title=Styled(f"Output with BN in eval vs train mode ({safe(result.output_kind)})"))
+                 title=Styled(f"Output with BN in eval vs train mode ({visible(result.output_kind)})"))
 
 
 def render(result: DriftResult) -> None:
     """Print the header, the per-layer and eval/train tables, recalibration and the verdict."""
     out = Out()
-    out.print(Styled(safe(result.path), "bold")
-              .append(f"  model: {safe(result.model)} ({result.model_source}), device {result.device}"))
-    out.print(f"data: {safe(result.data)}, {result.samples} samples; batch sizes {', '.join(map(str, result.batch_sizes))}")
+    out.print(Styled(visible(result.path), "bold")
+              .append(f"  model: {visible(result.model)} ({result.model_source}), device {result.device}"))
+    out.print(f"data: {visible(result.data)}, {result.samples} samples; batch sizes {', '.join(map(str, result.batch_sizes))}")
     if result.synthetic:
         out.print(Styled("synthetic input: this measures the mechanics of BN, not whether the statistics fit your data",
                          "yellow"))
@@ -121,21 +121,21 @@ def render(result: DriftResult) -> None:
                          f"statistics; min B: smallest batch size from which it stays ≤ {result.batch_tolerance:g}", "dim"))
         if result.min_batch_size is not None:
             out.print(f"train-mode BN stays within {result.batch_tolerance:g} from batch size {result.min_batch_size} "
-                      f"(set by {safe(result.min_batch_size_layer)})")
+                      f"(set by {visible(result.min_batch_size_layer)})")
         elif result.min_batch_size_layer:
             out.print(f"train-mode BN exceeds {result.batch_tolerance:g} at every measured batch size in "
-                      f"{safe(result.min_batch_size_layer)} (largest measured: {max(result.batch_sizes)})")
+                      f"{visible(result.min_batch_size_layer)} (largest measured: {max(result.batch_sizes)})")
     out.print(_mismatch_table(result, out.width), wrap=False)
     if result.recalibration:
         r = result.recalibration
-        out.print(f"wrote {safe(r.path)} ({r.format}): running statistics of {r.layers} layers replaced by the "
+        out.print(f"wrote {visible(r.path)} ({r.format}): running statistics of {r.layers} layers replaced by the "
                   f"data's, {r.tensors_written} tensors; worst drift {num(r.drift_before)} → {num(r.drift_after)}")
     for note in result.notes:
-        out.print(Styled(f"note: {safe(note)}", "dim"))
+        out.print(Styled(f"note: {visible(note)}", "dim"))
     if result.problems:
         out.print(Styled("DRIFT", "bold red").append(f" ({len(result.problems)}):"))
         for problem in result.problems:
-            out.print(f"  {safe(problem)}")
+            out.print(f"  {visible(problem)}")
     else:
         worst = max((l.drift_score for l in result.layers if l.drift_score is not None), default=None)
         detail = f"worst layer drift {num(worst)} ≤ {result.max_drift:g}" if worst is not None else "no layer statistics"

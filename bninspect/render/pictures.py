@@ -10,7 +10,6 @@ on a terminal; the HTML report shows the same text in its layer overview.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -400,7 +400,7 @@ def _page(page: LayerPage, row: LayerRow, figures: Figures, titles: dict[str, st
             out.append(f"<p>{text} No channel differs.</p>")
         else:
             beyond = max((t.channels_beyond for t in d.tensors), default=0)
-            marked = (f"✖: channels beyond the tolerance of the less precise dtype." if 0 < beyond <= MAX_MARKS else
+            marked = ("✖: channels beyond the tolerance of the less precise dtype." if 0 < beyond <= MAX_MARKS else
                       f"{beyond} channels are beyond the tolerance of the less precise dtype (too many to mark)."
                       if beyond else "Every channel is within the tolerance of the less precise dtype.")
             out.append(f'<figure class="plot">{svg}<figcaption>{text} {marked}</figcaption></figure>')

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bninspect.render.common import Column, Out, Styled, num, safe, table
+from bninspect.render.common import Column, Out, Styled, num, table, visible
 from bninspect.render.jsondoc import dumps, safety
 from bninspect.render.pictures import picture_lines, rule_titles
 from bninspect.services.show import LayerSummary, ShowResult
@@ -41,17 +41,17 @@ def _tensors_cell(layer: LayerSummary) -> tuple[str, str]:
 
 
 def _header(result: ShowResult) -> list[Styled | str]:
-    lines: list[Styled | str] = [Styled(safe(result.file), "bold").append(f"  {safe(result.format_name)}")]
+    lines: list[Styled | str] = [Styled(visible(result.file), "bold").append(f"  {visible(result.format_name)}")]
     if result.container:
-        alt = f" (also: {', '.join(safe(a) for a in result.alternatives)}; pick one with --key)" if result.alternatives else ""
-        lines.append(f"state dict: {safe(result.container)}{alt}")
+        alt = f" (also: {', '.join(visible(a) for a in result.alternatives)}; pick one with --key)" if result.alternatives else ""
+        lines.append(f"state dict: {visible(result.container)}{alt}")
     elif result.alternatives:
-        lines.append(f"other state dicts: {', '.join(safe(a) for a in result.alternatives)} (pick one with --key)")
+        lines.append(f"other state dicts: {', '.join(visible(a) for a in result.alternatives)} (pick one with --key)")
     if result.prefix:
-        lines.append(f"wrapper prefix '{safe(result.prefix)}' stripped from names (JSON keeps the original keys)")
+        lines.append(f"wrapper prefix '{visible(result.prefix)}' stripped from names (JSON keeps the original keys)")
     if result.eps_note:
-        lines.append(safe(result.eps_note))
-    lines.extend(safe(n) for n in result.notes)
+        lines.append(visible(result.eps_note))
+    lines.extend(visible(n) for n in result.notes)
     return lines
 
 
@@ -68,23 +68,23 @@ def _table(result: ShowResult, width: int) -> Styled:
         s = layer.stats
         mean = f"{num(s.running_mean_min, 3)}…{num(s.running_mean_max, 3)}" if s.running_mean_min is not None else "—"
         var = f"{num(s.running_var_min, 3)}…{num(s.running_var_max, 3)}" if s.running_var_min is not None else "—"
-        prod = (Styled(safe(layer.producer.name)).append(f" ({layer.producer.kind})", "dim")
+        prod = (Styled(visible(layer.producer.name)).append(f" ({layer.producer.kind})", "dim")
                 if layer.producer else Styled("none matched", "dim"))
         kind = layer.kind + ("*" if layer.kind_source == "producer" else "") + (" train" if layer.training else "")
         names, dtypes = _tensors_cell(layer)
-        rows.append((Styled(safe(layer.name), "cyan"), safe(kind), str(layer.channels), names, dtypes,
+        rows.append((Styled(visible(layer.name), "cyan"), visible(kind), str(layer.channels), names, dtypes,
                      "—" if layer.num_batches_tracked is None else str(layer.num_batches_tracked),
                      mean, var, num(s.weight_abs_min, 3), prod))
     return table(_COLUMNS, rows, width=width)
 
 
 def _channel_title(layer: LayerSummary) -> Styled:
-    return Styled(safe(f"{layer.name}: entry i of each tensor belongs to channel i"))
+    return Styled(visible(f"{layer.name}: entry i of each tensor belongs to channel i"))
 
 
 def _channel_table(layer: LayerSummary, width: int, titled: bool = True) -> Styled:
     rows = [(str(r.index), num(r.weight), num(r.bias), num(r.running_mean), num(r.running_var),
-             num(r.scale), num(r.shift), safe(r.producer_channel or "—")) for r in layer.per_channel or []]
+             num(r.scale), num(r.shift), visible(r.producer_channel or "—")) for r in layer.per_channel or []]
     return table(_CHANNEL_COLUMNS, rows, width=width, title=_channel_title(layer) if titled else None)
 
 
@@ -115,7 +115,7 @@ def render(result: ShowResult) -> None:
     if result.possible:
         out.print(Styled("Possible BatchNorm with track_running_stats=False", "bold").append(f" ({len(result.possible)}):"))
         for p in result.possible:
-            out.print(f"  {safe(p.name)}: {safe(p.evidence)}")
+            out.print(f"  {visible(p.name)}: {visible(p.evidence)}")
     footer = (f"{result.total_layers} BatchNorm layers, {result.total_channels} channels, "
               f"{result.total_parameters} parameters (γ, β), {result.total_buffer_values} buffer values")
     if result.omitted:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bninspect.render.common import Column, Out, Styled, num, safe, table
+from bninspect.render.common import Column, Out, Styled, num, table, visible
 from bninspect.render.jsondoc import dumps
 from bninspect.services.verify import SCHEMA, Diagnosis, LayerVerify, VerifyResult
 
@@ -41,7 +41,7 @@ def _cases_table(result: VerifyResult, width: int) -> Styled:
         used = "—" if c.skipped else f"{c.used:.0%}"
         verdict = _verdict(c.passed, c.skipped)
         if c.skipped:
-            verdict.append(f" ({safe(c.skipped)})")
+            verdict.append(f" ({visible(c.skipped)})")
         rows.append((c.name, c.device, num(c.max_abs_err, 3), num(c.max_rel_err, 3), num(c.tolerance, 2), used, verdict))
     return table(_CASE_COLUMNS, rows, width=width, rich_fit=True)
 
@@ -71,38 +71,38 @@ def _layers_table(result: VerifyResult, width: int) -> Styled:
         eps = f"{layer.eps:g}" + ("" if layer.eps_source == "module" else f" ({layer.eps_source})")
         if layer.skipped:
             verdict = _verdict(True, layer.skipped) if layer.passed else _verdict(False)
-            rows.append((safe(layer.name), layer.dtype, eps, "", "", "", "", "", "",
-                         verdict.append(f" ({safe(layer.skipped)})")))
+            rows.append((visible(layer.name), layer.dtype, eps, "", "", "", "", "", "",
+                         verdict.append(f" ({visible(layer.skipped)})")))
             continue
         s = layer.eps_sensitivity
         # A change above a tenth of the output scale: a runtime with another default eps shows it.
         sens = Styled(f"{s.eps_to:g}: {num(s.max_abs_change, 2)}", "bold yellow" if s.relative_change > 0.1 else "") if s else "—"
         gap = " ".join(num(g.max_abs_diff, 2) for g in layer.train_eval_gap)
-        rows.append((safe(layer.name), layer.dtype, eps, num(layer.max_abs_err, 2), num(layer.max_rel_err, 2),
+        rows.append((visible(layer.name), layer.dtype, eps, num(layer.max_abs_err, 2), num(layer.max_rel_err, 2),
                      f"{layer.used:.0%}", _paths_cell(layer), sens, gap, _verdict(layer.passed)))
     return table(_layer_columns(result), rows, width=width, rich_fit=True)
 
 
 def _diagnosis_lines(d: Diagnosis) -> list[Styled | str]:
-    lines: list[Styled | str] = [Styled("expected output", "bold").append(f" {safe(d.expected)} for layer {safe(d.layer)}:")]
+    lines: list[Styled | str] = [Styled("expected output", "bold").append(f" {visible(d.expected)} for layer {visible(d.layer)}:")]
     if d.cause == "match":
         lines.append(Styled("  ").append("match", "green")
                      .append(f": within tolerance of our output (max abs diff {num(d.residual, 3)})"))
         return lines
     if d.fits:
         lines.append(Styled("  ").append("mismatch", "bold red").append("; best explanation: ")
-                     .append(safe(d.cause), "bold")
+                     .append(visible(d.cause), "bold")
                      .append(f" (residual {num(d.residual, 3)}, relative {num(d.relative_residual, 3)})"))
     else:
         correct = d.candidates[0]
         lines.append(Styled("  ").append("mismatch", "bold red")
                      .append(f" that no usual explanation fits (max abs diff {num(correct.residual, 3)}); "
-                             f"closest: {safe(d.closest)}"))
+                             f"closest: {visible(d.closest)}"))
         shown = ", ".join(map(str, d.channels_off))
         more = f" … ({d.channels_off_count} in all)" if d.channels_off_count > len(d.channels_off) else ""
         lines.append(f"  channels off: {shown}{more}" if d.channels_off_count else "  channels off: none singled out")
     tried = sorted(d.candidates[1:], key=lambda c: c.relative_residual)[:4]
-    lines.append("  closest tried: " + "; ".join(f"{safe(c.cause)} {num(c.relative_residual, 2)}" for c in tried))
+    lines.append("  closest tried: " + "; ".join(f"{visible(c.cause)} {num(c.relative_residual, 2)}" for c in tried))
     return lines
 
 
@@ -115,18 +115,18 @@ def render(result: VerifyResult) -> None:
                           "each case against a float64 reference; used = largest share of the per-element allowance"))
         out.print(_cases_table(result, out.width), wrap=False)
     else:
-        source = f"input {safe(result.input)}" if result.input else (
+        source = f"input {visible(result.input)}" if result.input else (
             f"synthetic inputs x_c ~ N(μ_c, σ²_c), batch {result.synthetic['batch']}, "
             f"spatial {result.synthetic['spatial']}, seed {result.synthetic['seed']}")
-        out.print(Styled(safe(result.path or ""), "bold")
+        out.print(Styled(visible(result.path or ""), "bold")
                   .append(f"  torch {result.torch_version} on {', '.join(result.devices)}; {source}"))
         out.print(_layers_table(result, out.width), wrap=False)
         for layer in result.layers:
             for note in layer.notes:
-                out.print(f"{safe(layer.name)}: {safe(note)}")
+                out.print(f"{visible(layer.name)}: {visible(note)}")
         if result.output:
-            out.print(f"wrote the recomputed output to {safe(result.output)}")
+            out.print(f"wrote the recomputed output to {visible(result.output)}")
         if result.diagnosis is not None:
             for line in _diagnosis_lines(result.diagnosis):
                 out.print(line)
-    out.print(Styled(safe(result.summary), "green" if result.exit_code == 0 else "bold red"))
+    out.print(Styled(visible(result.summary), "green" if result.exit_code == 0 else "bold red"))

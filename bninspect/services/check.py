@@ -18,7 +18,7 @@ import stat
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
                               UsageError)
@@ -202,11 +202,40 @@ def _torch_zip(path: str, head: bytes) -> bool:
     first = head[30:30 + int.from_bytes(head[26:28], "little")]
     if first == b"data.pkl" or first.endswith(b"/data.pkl"):
         return True
+    from bninspect.formats.paths import open_regular
+
     try:
-        with zipfile.ZipFile(path) as zf:
+        with os.fdopen(open_regular(path), "rb") as fh, zipfile.ZipFile(fh) as zf:
             return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, BNInspectError):
         return True
+
+
+def _walk(top: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder, sorted names of what is not a folder in it) for ``top`` and every folder below it,
+    top-down in sorted order, skipping hidden folders and not following symlinked ones, as
+    ``os.walk`` would; with a stack, not recursion (``os.walk`` recurses before Python 3.12,
+    and a folder nested a thousand levels deep would exceed the recursion limit)."""
+    stack = [top]
+    while stack:
+        root = stack.pop()
+        try:
+            with os.scandir(root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable, or vanished: os.walk skips it too
+            continue
+        dirs, names = [], []
+        for entry in entries:
+            try:
+                folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                folder = False
+            if not folder:
+                names.append(entry.name)
+            elif not entry.name.startswith("."):
+                dirs.append(os.path.join(root, entry.name))
+        yield root, names
+        stack.extend(reversed(dirs))
 
 
 def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
@@ -220,9 +249,8 @@ def collect_files(paths: list[str]) -> tuple[list[str], list[FileResult]]:
             files.append(p)
             continue
         found = []
-        for root, dirs, names in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for n in sorted(names):
+        for root, names in _walk(p):
+            for n in names:
                 full = os.path.join(root, n)
                 try:
                     regular = stat.S_ISREG(os.stat(full).st_mode)
@@ -276,7 +304,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
     except Exception as exc:  # a bug in a reader or a rule must not stop the other files
         if opts.debug:
             raise
-        detail = " ".join(str(exc).split())[:200]
+        detail = " ".join(str(exc)[:400].split())[:200]
         result.error = (f"{path}: unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, "
                         "rerun with --debug and report it")
         result.exit_code = InvalidFileError.exit_code

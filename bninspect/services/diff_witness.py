@@ -78,7 +78,7 @@ def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tup
     import torch
     import torch.nn.functional as F
 
-    from bninspect.numerics import eval_magnitude, eval_reference
+    from bninspect.numerics import as_tensor, eval_magnitude, eval_reference
 
     prod = ref.producer
     assert prod is not None
@@ -91,12 +91,12 @@ def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tup
     else:
         conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w0.ndim]
         spatial = w0.ndim - 2
-        xt = torch.from_numpy(x64)
+        xt = as_tensor(x64)
         if pads is not None and any(p for pair in pads for p in pair):
             # F.pad takes (last dim begin, end, second-to-last begin, end, ...)
             xt = F.pad(xt, tuple(p for pair in reversed(pads) for p in pair))
         kw = {"stride": stride or (1,) * spatial, "dilation": dilation or (1,) * spatial, "groups": groups}
-        wt, bt = torch.from_numpy(w0), None if b0 is None else torch.from_numpy(b0)
+        wt, bt = as_tensor(w0), None if b0 is None else as_tensor(b0)
         with torch.no_grad():
             pre = conv(xt, wt, bt, **kw).numpy()
             pre_mag = conv(xt.abs(), wt.abs(), None if bt is None else bt.abs(), **kw).numpy()

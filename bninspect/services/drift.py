@@ -496,7 +496,10 @@ def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list
     return found
 
 
-def _check_output_path(out: str, input_path: str) -> str:
+def _check_output_path(out: str, input_path: str, data: str | None = None) -> str:
+    """``out`` made absolute, or a one-line error before anything runs: a directory, a missing
+    directory, another suffix, or one of the inputs (the atomic writer refuses every file the
+    run read; this says so before the model runs)."""
     out_abs = os.path.abspath(out)
     if os.path.isdir(out_abs):
         raise PathProblemError("is a directory; --write-recalibrated needs a file name", path=out)
@@ -505,6 +508,9 @@ def _check_output_path(out: str, input_path: str) -> str:
         raise PathProblemError("its directory does not exist", path=out)
     if same_file(out_abs, input_path):
         raise UsageError("--write-recalibrated must not overwrite the input checkpoint; choose another file",
+                         path=out)
+    if data is not None and same_file(out_abs, data):
+        raise UsageError("--write-recalibrated must not overwrite the input --data file; choose another file",
                          path=out)
     lower = out_abs.lower()
     if not (lower.endswith(".safetensors") or lower.endswith(TORCH_EXTENSIONS)):
@@ -563,8 +569,12 @@ def _reload_container(path: str, container: str):
     """The whole input checkpoint (weights_only: no code runs) and the dict holding its state dict."""
     import pickle
 
+    from bninspect.formats.paths import open_regular
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Through our descriptor, like every read: a regular file, never blocking, recorded as read.
+        with os.fdopen(open_regular(path), "rb") as fh:
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InvalidFileError(
             "the checkpoint holds objects that need code to load, so it cannot be re-saved as a whole; "
@@ -772,7 +782,7 @@ def run_drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bo
     dev = runner.resolve_device(device)
     shape = runner.parse_shape(synthetic) if synthetic else None
     if write_recalibrated:
-        _check_output_path(write_recalibrated, path)
+        _check_output_path(write_recalibrated, path, data)
     loaded = runner.load_model(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key)
     source = runner.SyntheticSource(shape, SYNTHETIC_SEED) if shape else runner.open_data(data)
     return measure(loaded, source, path=path, batch_sizes=sizes, device=dev, max_drift=max_drift,

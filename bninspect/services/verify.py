@@ -576,8 +576,7 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
         layer = layers[0]
         y = nx.eval_reference(x, layer.values("running_mean"), layer.values("running_var"), layer.gamma(),
                               layer.beta(), layer.eps)
-        write_activations(output_path, _file_layout(y, channels_last), acts,
-                          protected=[p for p in (path, input_path, expected_path) if p])
+        write_activations(output_path, _file_layout(y, channels_last), acts)
 
     failed = [r for r in results if not r.passed]
     skipped = sum(1 for r in results if r.skipped and r.passed)

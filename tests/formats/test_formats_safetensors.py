@@ -62,7 +62,7 @@ BAD = {
     "float shape": (safetensors_bytes({"a": _entry(shape=(2.0,))}, bytes(8)), "invalid shape"),
     "reversed offsets": (safetensors_bytes({"a": _entry(offsets=(8, 0))}, bytes(8)), "invalid data_offsets"),
     "length mismatch": (safetensors_bytes({"a": _entry(shape=(3,))}, bytes(8)), "needs 12 bytes but data_offsets give 8"),
-    "shape overflow": (safetensors_bytes({"a": _entry(shape=(2**62, 2**62))}, bytes(8)), "needs"),
+    "shape overflow": (safetensors_bytes({"a": _entry(shape=(2**62, 2**62))}, bytes(8)), "int64 product"),
     "out of range": (safetensors_bytes({"a": _entry(offsets=(8, 16))}, bytes(8)), "ends at byte 16"),
     "truncated data": (safetensors_bytes({"a": _entry(shape=(4,), offsets=(0, 16))}, bytes(9)), "ends at byte 16"),
     "overlap": (safetensors_bytes({"a": _entry(), "b": _entry(offsets=(4, 12))}, bytes(12)), "overlaps"),

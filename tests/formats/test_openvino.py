@@ -98,7 +98,7 @@ def test_sniff():
 def test_missing_bin_is_exit_5(cli, tmp_path):
     path = _bn_ir(tmp_path / "m.xml", "5")
     (tmp_path / "m.bin").unlink()
-    assert_one_line_error(cli("diff", str(path), str(path)), 5, "m.bin is missing")
+    assert_one_line_error(cli("diff", str(path), str(path)), 5, "weights file 'm.bin' is missing")
 
 
 def test_truncated_bin_is_invalid(tmp_path):

@@ -445,7 +445,7 @@ def _invalid(d: Path) -> list[Case]:
     add("st_shape_length_mismatch", "shape_mismatch.safetensors", safetensors_bytes(shp, data), "needs 20 bytes")
     add("st_truncated_data", "truncated.safetensors", safetensors_bytes(header, data[:-8]), "truncated")
     huge = {**header, "bn.running_var": {**header["bn.running_var"], "shape": [2**62, 2**62, 2**62]}}
-    add("st_shape_overflow", "overflow.safetensors", safetensors_bytes(huge, data), "needs")
+    add("st_shape_overflow", "overflow.safetensors", safetensors_bytes(huge, data), "invalid shape")
     add("st_unknown_dtype", "dtype.safetensors",
         safetensors_bytes({**header, "bn.running_var": {**header["bn.running_var"], "dtype": "F128"}}, data),
         "unknown dtype")

@@ -541,9 +541,19 @@ def test_data_formats_give_the_same_batches(tmp_path: Path) -> None:
         assert torch.equal(torch.cat(list(runner.batches(source, 24))), x), name
 
 
+class _SystemCall:
+    """Pickles as os.system("true"): a payload, harmless if it ever ran."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
 def test_data_refusals(tmp_path: Path) -> None:
+    # Refusals to run code are exit 3 (unsafe), as for checkpoints and verify --input.
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InvalidFileError, match="needs pickle, refused"):
+    with pytest.raises(UnsafeFileError, match="needs pickle, refused"):
         runner.open_data(str(tmp_path / "obj.npy"))
     np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
     with pytest.raises(InvalidFileError, match="1-d tensor"):
@@ -551,9 +561,15 @@ def test_data_refusals(tmp_path: Path) -> None:
     torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}, tmp_path / "two.pt")
     with pytest.raises(UsageError, match="holds 2 tensors"):
         runner.open_data(str(tmp_path / "two.pt"))
-    torch.save({"x": torch.zeros(2, 3), "opt": torch.optim.SGD}, tmp_path / "code.pt")
-    with pytest.raises(InvalidFileError, match="needs code to load"):
-        runner.open_data(str(tmp_path / "code.pt"))
+    # A class the file only names is data (a real load imports it, nothing more) ...
+    torch.save({"x": torch.zeros(2, 3), "opt": torch.optim.SGD}, tmp_path / "named.pt")
+    assert len(runner.open_data(str(tmp_path / "named.pt"))) == 2
+    # ... a call that runs code is refused, in either torch.save format.
+    for legacy in (False, True):
+        torch.save({"x": torch.zeros(2, 3), "cmd": _SystemCall()}, tmp_path / "code.pt",
+                   _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UnsafeFileError, match="posix.system"):
+            runner.open_data(str(tmp_path / "code.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file at all")
     with pytest.raises(InvalidFileError, match="not a tensor file"):
         runner.open_data(str(tmp_path / "junk.pt"))

@@ -230,7 +230,7 @@ def test_output_round_trips(tmp_path, suffix, dtype):
     like = read_activations(str(src))
     assert (like.format, like.dtype) == ({".npy": "npy", ".pt": "pt", ".safetensors": "safetensors"}[suffix], dtype)
     out = tmp_path / f"out{suffix}"
-    write_activations(str(out), values * 2, like, protected=[str(src)])
+    write_activations(str(out), values * 2, like)
     back = read_activations(str(out))
     assert (back.format, back.dtype, back.key, back.values.shape) == (like.format, dtype, like.key, values.shape)
     expected = torch.from_numpy(values * 2).to(getattr(torch, dtype)).double().numpy()
@@ -243,7 +243,7 @@ def test_output_never_overwrites_an_input(tmp_path):
     np.save(src, np.zeros((1, 2), np.float32))
     like = read_activations(str(src))
     with pytest.raises(UsageError, match="overwrite an input"):
-        write_activations(str(src), np.ones((1, 2)), like, protected=[str(src)])
+        write_activations(str(src), np.ones((1, 2)), like)
     assert np.load(src).sum() == 0
 
 
