@@ -66,6 +66,7 @@ def test_closed_output_pipe_is_not_a_traceback():
     assert "Traceback" not in err and err == ""
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("args", [("verify", SAMPLES / "resnet_tiny.pt"),
                                   ("diff", SAMPLES / "mobilenet_v1_tiny.pt", SAMPLES / "mobilenet_v1_tiny_train.ts"),
                                   ("drift", SAMPLES / "mobilenet_v1_tiny.ts", "--trust", "--synthetic", "4x3x16x16",
@@ -101,6 +102,7 @@ def test_size_lists_are_checked_in_one_place(cli):
                               "--train-batch must be positive integers separated by commas", repr(bad))
 
 
+@pytest.mark.torch  # verify imports torch before it reads --input
 def test_activation_files_get_the_same_path_checks_as_checkpoints(cli, tmp_path):
     import os
 

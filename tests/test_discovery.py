@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
-
 from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, natural_key
 from bninspect.formats import open_checkpoint
 from bninspect.layers import discover
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, needs_torch
 
 MOBILENET = [("features.2.bn", 32, "features.2.dw_conv_k3", "depthwise conv 3×3"),
              ("features.3.bn", 64, "features.3.p_conv_k1", "pointwise conv 1×1"),
@@ -30,7 +27,8 @@ def layer_table(path, **kw):
             for l in d.layers]
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1_tiny.pt", "mobilenet_v1_tiny.safetensors", "mobilenet_v1_tiny_legacy.pt"])
+@pytest.mark.parametrize("name", ["mobilenet_v1_tiny.pt", "mobilenet_v1_tiny.safetensors",
+                                  needs_torch("mobilenet_v1_tiny_legacy.pt")])
 def test_mobilenet_layers_in_every_state_dict_format(name):
     assert layer_table(SAMPLES / name) == MOBILENET
 
@@ -80,7 +78,8 @@ def test_eps_default_assumed_and_user_override():
     assert {(l.eps, l.eps_source) for l in d.layers} == {(1e-3, "user")}
 
 
-def _ck(model: nn.Module, with_modules: bool = False) -> Checkpoint:
+def _ck(model, with_modules: bool = False) -> Checkpoint:
+    """A torch model's state dict (and, ``with_modules``, its module facts) as a Checkpoint."""
     tensors = {k: TensorRef.from_array(v.detach().numpy(), str(v.dtype)[6:]) for k, v in model.state_dict().items()}
     modules = {}
     if with_modules:
@@ -91,7 +90,10 @@ def _ck(model: nn.Module, with_modules: bool = False) -> Checkpoint:
     return Checkpoint("mem", "torch-zip", tensors, modules=modules)
 
 
+@pytest.mark.torch
 def test_layernorm_groupnorm_linear_bias_after_matching_conv_are_not_batchnorm():
+    import torch.nn as nn
+
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8, track_running_stats=False),
                           nn.Flatten(), nn.Linear(8, 4), nn.LayerNorm(4))
     d = discover(_ck(model))
@@ -102,7 +104,10 @@ def test_layernorm_groupnorm_linear_bias_after_matching_conv_are_not_batchnorm()
     assert d.other_norms == {"GroupNorm": 1, "LayerNorm": 1}
 
 
+@pytest.mark.torch
 def test_possible_batchnorm_without_running_stats_needs_name_and_matching_conv():
+    import torch.nn as nn
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -115,7 +120,10 @@ def test_possible_batchnorm_without_running_stats_needs_name_and_matching_conv()
     assert "conv 3×3 conv with 8 outputs" in d.possible[0].evidence
 
 
+@pytest.mark.torch
 def test_producer_kinds_and_kind_inference():
+    import torch.nn as nn
+
     model = nn.Sequential(nn.Conv1d(2, 4, 5), nn.BatchNorm1d(4), nn.Conv3d(4, 6, 1), nn.BatchNorm3d(6),
                           nn.ConvTranspose2d(6, 5, 2), nn.BatchNorm2d(5))
     d = discover(_ck(model, with_modules=True))
@@ -125,14 +133,21 @@ def test_producer_kinds_and_kind_inference():
     assert [(l.kind, l.kind_source) for l in d.layers][:2] == [("BatchNorm1d", "producer"), ("BatchNorm3d", "producer")]
 
 
+@pytest.mark.torch
 def test_no_producer_is_said_not_guessed():
+    import torch.nn as nn
+
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(6))
     d = discover(_ck(model))
     assert [l.producer.name if l.producer else None for l in d.layers] == ["0", None, None]
     assert "no conv/linear with 6 outputs" in d.layers[2].producer_note
 
 
+@pytest.mark.torch
 def test_folded_form_matches_torch_eval():
+    import torch
+    import torch.nn as nn
+
     bn = nn.BatchNorm2d(5).eval()
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1); bn.running_var.uniform_(0.1, 2); bn.weight.uniform_(-2, 2); bn.bias.uniform_(-1, 1)

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 if str(SAMPLES_DIR) not in sys.path:
     sys.path.insert(0, str(SAMPLES_DIR))

@@ -10,6 +10,9 @@ import torch
 
 from conftest import assert_one_line_error
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def test_conformance_json(cli):
     run = cli("verify", "--json")

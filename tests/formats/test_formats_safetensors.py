@@ -13,6 +13,9 @@ from bninspect.errors import InvalidFileError
 from bninspect.formats import open_checkpoint
 from tests.formats.craft import safetensors_bytes, trained_net
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def test_values_equal_safetensors_own_reader(tmp_path):
     tensors = {k: v.contiguous() for k, v in trained_net().state_dict().items()}

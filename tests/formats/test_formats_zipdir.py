@@ -20,6 +20,9 @@ from hypothesis import strategies as st
 from bninspect.formats import open_checkpoint, torchzip, zipdir
 from tests.formats.craft import trained_net
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 ZIP_ERRORS = torchzip.ZIP_ERRORS
 
 

@@ -9,6 +9,9 @@ from bninspect.errors import EXIT_UNSAFE, UnsafeFileError
 from bninspect.formats import open_checkpoint
 from tests.conftest import SAMPLES
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 @pytest.mark.parametrize("version", ["2.5.1", "2.5.1+cpu", "1.13.0", "2.4.0a0+git1234"])
 def test_legacy_files_are_refused_on_torch_before_2_6(monkeypatch, version):

@@ -17,6 +17,9 @@ from bninspect.services.diff import diff  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
 from tests.exports import BN_LAYERS, CKPT, edit_bn_attribute, edit_initializer, export_ir, export_onnx, sample_model  # noqa: E402
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 PT = str(CKPT)
 
 

@@ -23,6 +23,9 @@ if str(SAMPLES) not in sys.path:
 import make_samples  # noqa: E402
 import sample_models  # noqa: E402
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 MOBILENET = "sample_models:mobilenet_v1_tiny"
 RESNET = "sample_models:resnet_tiny"
 BS64 = str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs64.pt")

@@ -10,6 +10,9 @@ import torch
 from bninspect.services.explain import explain
 from tests.conftest import SAMPLES, assert_one_line_error
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def _torch_bn(layer: str, eps: float = 1e-5) -> torch.nn.BatchNorm2d:
     sd = torch.load(SAMPLES / "mobilenet_v1_tiny.pt", weights_only=True)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from bninspect.services.show import show
 from tests.conftest import SAMPLES, assert_one_line_error
@@ -45,7 +44,10 @@ def test_json_schema_and_original_keys(cli):
                                                   "layer2.0.bn2", "layer2.0.downsample.1"]
 
 
+@pytest.mark.torch
 def test_channels_table_matches_the_file_numbers():
+    import torch
+
     result = show(str(SAMPLES / "mobilenet_v1_tiny.safetensors"), layers=["features.2.*"], channels=True)
     assert [l.name for l in result.layers] == ["features.2.bn"]
     rows = result.layers[0].per_channel
@@ -146,6 +148,7 @@ def test_errors_are_one_line_with_documented_exit_codes(cli, args, code, needle)
     assert_one_line_error(cli(*args), code, needle)
 
 
+@pytest.mark.torch  # --trust loads with torch.load
 def test_unsafe_refusal_names_the_globals_and_trust_opens_it(cli):
     run = cli("show", str(SAMPLES / "resnet_tiny_module.pt"))
     assert_one_line_error(run, 3, "sample_models.ResNetTiny")
@@ -164,7 +167,10 @@ def test_fifo_does_not_block(cli, tmp_path):
     assert_one_line_error(cli("show", str(fifo), timeout=30), 5, "not a regular file")
 
 
+@pytest.mark.torch
 def test_names_with_markup_and_escapes_are_printed_literally(cli, tmp_path):
+    import torch
+
     sd = {f"[bold red]evil\x1b[31m.{n}": torch.ones(3) for n in ("weight", "bias", "running_var")}
     sd["[bold red]evil\x1b[31m.running_mean"] = torch.zeros(3)
     path = tmp_path / "evil.pt"
