@@ -49,6 +49,10 @@ class Producer:
     groups: int | None  # None where unknown (state dict: inferred only when depthwise is evident)
     weight: TensorRef
     bias: TensorRef | None
+    # Where no module names the class (a state dict), the same weight read as the other kind of
+    # conv (transposed), for the BN it may feed to decide; see _readings.
+    transposed_reading: Producer | None = None
+    evidence: str = ""  # how the kind was decided, where a state dict left it to the shapes
 
 
 @dataclass
@@ -163,6 +167,7 @@ _BN_NAME = re.compile(r"(^|[._])(bn\d*|batch_?norm\d*(d)?|syncbn)($|[._])", re.I
 _GN_NAME = re.compile(r"(^|[._])(gn\d*|group_?norm\d*)($|[._])", re.IGNORECASE)
 _LN_NAME = re.compile(r"(^|[._])(ln\d*|layer_?norm\d*)($|[._])", re.IGNORECASE)
 _SCALE_SHIFT = "other per-channel scale/shift"  # 1-D weight/bias with no sign of a norm layer
+# Only breaks a tie: where a square weight fits a BN as a plain and as a transposed conv alike.
 _TRANSPOSED_NAME = re.compile(r"transpose|deconv|convt|upconv", re.IGNORECASE)
 
 
@@ -205,15 +210,52 @@ def _kernel(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape[2:]))
 
 
+def _readings(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, prev_width: int | None,
+              display: str, ordered: bool) -> Producer:
+    """A conv/linear layer as the producer it is, or as a state dict leaves it: a plain conv that
+    carries its transposed reading, for the BN it feeds to decide between (see _pick).
+
+    Evidence, strongest first: the module class where the file names it; else the shapes. A conv
+    weight is [out, in/groups, k...], a transposed one [in, out/groups, k...] (torch.nn docs), so
+    the BN's width C tells them apart where only one reading has C outputs. The transposed
+    reading is kept only where its input width fits what comes before (``prev_width``, the
+    width of the previous layer in key order): DenseNet's conv2 [32, 128, 3, 3] before a
+    128-channel norm1 reads as 128 outputs transposed, but takes 128 inputs, not 32. Where keys
+    are not in module order (safetensors) the layer before says nothing, and the structural
+    match prefers the plain reading at equal distance. A name (upconv, deconv, ...) only breaks
+    a tie, where both readings have C outputs.
+    """
+    if info is not None or t["weight"].ndim < 3:
+        transposed = info is not None and "Transpose" in info.type_name
+        return _producer(prefix, t, info, prev_width, display, transposed)
+    plain = _producer(prefix, t, info, prev_width, display, False)
+    w = t["weight"]
+    if not ordered or prev_width is None or w.shape[0] == prev_width:
+        plain.transposed_reading = _producer(prefix, t, info, prev_width, display, True)
+    return plain
+
+
+def _pick(prod: Producer, channels: int) -> Producer | None:
+    """The reading of a conv that has ``channels`` outputs (plain first, a name breaking a tie), or None."""
+    alt = prod.transposed_reading
+    plain_fits, alt_fits = prod.out_channels == channels, alt is not None and alt.out_channels == channels
+    if alt_fits and (not plain_fits or _TRANSPOSED_NAME.search(prod.key_prefix)):
+        why = ("its name says transposed, and read either way its weight has C outputs" if plain_fits else
+               f"read as a plain conv its weight {list(prod.weight.shape)} has {prod.out_channels} outputs, "
+               f"as a transposed one {channels}, and its {alt.in_channels} inputs fit the layer before it")
+        alt.evidence = f"a transposed conv: {why} (a state dict does not name module classes)"  # type: ignore[union-attr]
+        return alt
+    return prod if plain_fits else None
+
+
 def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, prev_width: int | None,
-              display: str) -> Producer:
+              display: str, transposed: bool) -> Producer:
     """Describe a conv/linear layer: its op, output width and, where evident, its groups."""
     w = t["weight"]
     attrs = info.attributes if info else _NO_ATTRIBUTES
     if w.ndim == 2:
         return Producer(display, prefix, "linear", "linear", w.shape[0], w.shape[1], 1, w, t.get("bias"))
     dims = w.ndim - 2
-    transposed = bool(info and "Transpose" in info.type_name) or (info is None and bool(_TRANSPOSED_NAME.search(prefix)))
     groups = attrs.get("groups")
     if transposed:
         # ConvTranspose weight is [in, out/groups, k...] (torch.nn.ConvTranspose*d docs).
@@ -277,21 +319,25 @@ class _TreeIndex:
             buckets = self.depths[depth] = {}
             for parts, pos, prod in self.producers:
                 if len(parts) >= depth:
-                    buckets.setdefault((parts[:depth], prod.out_channels), []).append((pos, prod))
+                    alt = prod.transposed_reading
+                    for width in {prod.out_channels, alt.out_channels if alt is not None else prod.out_channels}:
+                        buckets.setdefault((parts[:depth], width), []).append((pos, prod))
         return buckets
 
     def match(self, prefix: str, channels: int, at: int) -> Producer | None:
         """The conv/linear of width C closest in the module tree: longest shared parent path,
-        then the same trailing number (bn1↔conv1), then the nearest, earlier first."""
+        then the same trailing number (bn1↔conv1), then the nearest, earlier first, then a plain
+        reading of a state dict's conv over a transposed one."""
         parts = tuple(prefix.split(".")[:-1])
         for k in range(len(parts), -1, -1):
             candidates = self._buckets(k).get((parts[:k], channels))
             if candidates:
                 if len(candidates) == 1:
-                    return candidates[0][1]
+                    return _pick(candidates[0][1], channels)
                 digits = _digits(prefix)
-                return max(candidates, key=lambda c: (digits != "" and _digits(c[1].key_prefix) == digits,
-                                                      -abs(c[0] - at), c[0] < at))[1]
+                best = max(candidates, key=lambda c: (digits != "" and _digits(c[1].key_prefix) == digits,
+                                                      -abs(c[0] - at), c[0] < at, c[1].out_channels == channels))
+                return _pick(best[1], channels)
         return None
 
 
@@ -324,9 +370,11 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             other[info.type_name] = other.get(info.type_name, 0) + 1
             continue
         if _is_weight_layer(t, info):
-            prod = _producer(prefix, t, info, prev_width, display)
+            prod = _readings(prefix, t, info, prev_width, display, checkpoint.ordered)
             producers.append((pos, prod))
-            prev_width = prod.out_channels
+            alt = prod.transposed_reading
+            # What it outputs before a BN says: the plain reading, unless its name says transposed.
+            prev_width = (alt if alt is not None and _TRANSPOSED_NAME.search(prefix) else prod).out_channels
             continue
         if _has_stats(t) or (_is_bn_module(info) and _consistent(t) and "running_mean" not in t
                              and "running_var" not in t):
@@ -371,7 +419,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             while end < len(producers) and producers[end][0] < at:
                 end += 1
             window = [p for _, p in producers[cursor:end]]
-            producer = next((p for p in reversed(window) if p.out_channels == channels), None)
+            producer = next((r for r in (_pick(p, channels) for p in reversed(window)) if r is not None), None)
         else:
             producer = tree.match(prefix, channels, at)
         if role == "maybe" and producer is None:
@@ -428,9 +476,10 @@ def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo 
     kind, kind_source = _kind(info, producer)
     if producer is not None and ordered:
         note = f"{producer.kind} with {producer.out_channels} outputs, the layer before it in key order"
+        note += f"; {producer.evidence}" if producer.evidence else ""
     elif producer is not None:
         note = (f"{producer.kind} with {producer.out_channels} outputs, the nearest in the module tree "
-                "(this format does not keep module order)")
+                "(this format does not keep module order)" + (f"; {producer.evidence}" if producer.evidence else ""))
     elif not ordered:
         note = f"no conv/linear layer with {channels} outputs in this file"
     elif window:

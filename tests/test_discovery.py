@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef, natural_key
@@ -178,3 +180,120 @@ def test_names_are_listed_in_natural_order():
     assert sorted(names, key=natural_key) == [
         "b", "bn", "bn10", "bn2", "features", "features.2", "features.2.bn", "features.2.bn.bias",
         "features.2.bn.weight", "features.10.bn", "features.2a", "layer1.007", "layer1.8", "layer1.10", "x.²"]
+
+
+def _text_detector():
+    """CRAFT's upsampling head (clovaai/CRAFT-pytorch, craft.py: double_conv), real widths: each
+    upconvN is a plain 1×1 Conv2d (with bias) → BN → ReLU → 3×3 Conv2d → BN → ReLU, after a small
+    VGG-style base; trained a step on random input so the statistics are real."""
+    import torch
+    import torch.nn as nn
+
+    def block(cin, cout, k):
+        return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    class DoubleConv(nn.Module):
+        def __init__(self, in_ch, mid_ch, out_ch):
+            super().__init__()
+            self.conv = nn.Sequential(*block(in_ch + mid_ch, mid_ch, 1), *block(mid_ch, out_ch, 3))
+
+    class TextDetector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.basenet = nn.Sequential(*block(3, 32, 3), *block(32, 64, 3))
+            self.upconv1 = DoubleConv(1024, 512, 256)
+            self.upconv2 = DoubleConv(512, 256, 128)
+            self.upconv3 = DoubleConv(256, 128, 64)
+            self.upconv4 = DoubleConv(128, 64, 32)
+
+    torch.manual_seed(0)
+    model = TextDetector().train()
+    with torch.no_grad():
+        model.basenet(torch.randn(4, 3, 6, 6))
+        for i, width in enumerate((1536, 768, 384, 192), 1):
+            getattr(model, f"upconv{i}").conv(torch.randn(4, width, 6, 6))
+    return model.eval()
+
+
+UPCONV_BNS = [f"upconv{i}.conv.{j}" for i in range(1, 5) for j in (1, 4)]
+
+
+@pytest.mark.torch
+def test_plain_convs_named_upconv_are_producers_by_their_shapes(tmp_path, cli):
+    """A plain Conv2d named upconv… ([512, 1536, 1, 1] before a 512-channel BN) is the BN's producer:
+    the name never overrules the shape. So check finds BN304 (the conv's bias) and verify fuses."""
+    import torch
+
+    path = tmp_path / "craft.pth"
+    torch.save(_text_detector().state_dict(), path)
+    layers = {l.name: l for l in discover(open_checkpoint(str(path))).layers}
+    assert [n for n in layers if n.startswith("upconv")] == UPCONV_BNS
+    for name in UPCONV_BNS:
+        prod = layers[name].producer
+        assert prod is not None and prod.key_prefix == name[:-1] + str(int(name[-1]) - 1), name
+        assert prod.op == "conv2d" and prod.out_channels == layers[name].channels and prod.bias is not None
+    assert layers["upconv1.conv.1"].producer.kind == "pointwise conv 1×1"
+    assert list(layers["upconv1.conv.1"].producer.weight.shape) == [512, 1536, 1, 1]
+    assert layers["upconv1.conv.4"].producer.kind == "conv 3×3"
+    report = json.loads(cli("check", str(path), "--select", "BN304", "--json").out)
+    assert sorted(f["layer"] for f in report["findings"]) == sorted(["basenet.1", "basenet.4", *UPCONV_BNS])
+    run = cli("verify", str(path), "--layer", "upconv1.*", "--json")
+    assert run.code == 0, run.err
+    doc = json.loads(run.out)
+    assert [sorted({c["path"] for c in l["checks"]}) for l in doc["layers"]] == [["batch_norm", "folded", "fused_conv"]] * 2
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_transposed_convs_are_recognised_by_their_shapes(tmp_path, suffix):
+    """A DCGAN-style generator: ConvTranspose2d weights are [in, out, k, k]; the BN after each has
+    `out` channels, which only the transposed reading gives. Square weights (in = out) fit both
+    readings: there a name that says transposed breaks the tie, and without one it stays plain."""
+    import torch
+    import torch.nn as nn
+
+    class Generator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.main = nn.Sequential(nn.ConvTranspose2d(16, 64, 4, 1, 0, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+            self.deconv = nn.ConvTranspose2d(32, 32, 2, 2)
+            self.deconv_bn = nn.BatchNorm2d(32)
+            self.up = nn.ConvTranspose2d(32, 32, 2, 2)
+            self.up_bn = nn.BatchNorm2d(32)
+
+    path = tmp_path / f"g{suffix}"
+    if suffix == ".pt":
+        torch.save(Generator().state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(Generator().state_dict(), str(path))
+    layers = sorted(discover(open_checkpoint(str(path))).layers, key=lambda l: list(Generator().state_dict()).index(l.name + ".weight"))
+    assert [(l.name, l.producer.name, l.producer.kind, l.producer.out_channels) for l in layers] == [
+        ("main.1", "main.0", "transposed conv 4×4", 64), ("main.4", "main.3", "transposed conv 4×4", 32),
+        ("deconv_bn", "deconv", "transposed conv 2×2", 32), ("up_bn", "up", "conv 2×2", 32)]
+    assert "as a transposed one 64" in layers[0].producer_note
+    assert "its name says transposed" in layers[2].producer_note
+
+
+@pytest.mark.torch
+def test_a_dense_block_concatenation_gets_no_transposed_producer(tmp_path):
+    """DenseNet's norm1 normalizes a concatenation: conv2 [8, 32, 3, 3] before a 32-channel norm1
+    would read as 32 outputs transposed, but it takes norm2's 32 channels as input, so it is a
+    plain conv with 8 outputs and norm1 has no producer (as before: said, not guessed)."""
+    import torch
+    import torch.nn as nn
+
+    class DenseLayer(nn.Module):
+        def __init__(self, cin):
+            super().__init__()
+            self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 32, 1, bias=False)
+            self.norm2, self.conv2 = nn.BatchNorm2d(32), nn.Conv2d(32, 8, 3, padding=1, bias=False)
+
+    block = nn.Sequential(nn.Conv2d(3, 16, 3), *(DenseLayer(16 + 8 * i) for i in range(3)))
+    torch.save(block.state_dict(), tmp_path / "dense.pt")
+    layers = discover(open_checkpoint(str(tmp_path / "dense.pt"))).layers
+    assert [(l.name, l.producer.name if l.producer else None) for l in layers] == [
+        ("1.norm1", "0"), ("1.norm2", "1.conv1"), ("2.norm1", None), ("2.norm2", "2.conv1"),
+        ("3.norm1", None), ("3.norm2", "3.conv1")]
