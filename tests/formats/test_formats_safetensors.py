@@ -69,7 +69,6 @@ BAD = {
     "out of range": (safetensors_bytes({"a": _entry(offsets=(8, 16))}, bytes(8)), "ends at byte 16"),
     "truncated data": (safetensors_bytes({"a": _entry(shape=(4,), offsets=(0, 16))}, bytes(9)), "ends at byte 16"),
     "overlap": (safetensors_bytes({"a": _entry(), "b": _entry(offsets=(4, 12))}, bytes(12)), "overlaps"),
-    "no tensors": (safetensors_bytes({"__metadata__": {"format": "pt"}}), "holds no tensors"),
 }
 
 

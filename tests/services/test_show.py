@@ -209,3 +209,19 @@ def test_loading_leaves_the_collector_on_and_the_loaded_objects_out_of_its_walks
         assert gc.isenabled() and gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("header", [b"{}", b'{"__metadata__": {"format": "pt"}}'], ids=["empty", "metadata only"])
+def test_an_empty_safetensors_file_is_a_file_without_batchnorm(cli, tmp_path, header):
+    """The safetensors library reads a header without tensors as {}: a valid file with no BatchNorm."""
+    import struct
+
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    run = cli("show", str(path))
+    assert (run.code, run.err) == (0, ""), run.err
+    assert "the file holds no tensors" in run.out and "No BatchNorm layers in this file" in run.out
+    checked = cli("check", str(path), "--json")
+    assert checked.code == 0, checked.err
+    (result,) = json.loads(checked.out)["files"]
+    assert result["error"] is None and result["layers"] == 0 and result["findings"] == []
