@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
 
-from tests.conftest import SAMPLES, assert_one_line_error, bninspect_command
+from tests.conftest import SAMPLES, assert_one_line_error, bninspect_command, needs_torch
 
 
 def test_help_lists_every_command_and_keeps_bracketed_text(cli):
@@ -113,3 +114,32 @@ def test_activation_files_get_the_same_path_checks_as_checkpoints(cli, tmp_path)
                           5, "FIFO")
     os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
     assert_one_line_error(cli("verify", ckpt, "--layer", "bn1", "--input", str(tmp_path / "loop.npy")), 5, "symlink loop")
+
+
+ZERO_VAR = str(SAMPLES / "faulty" / "zero_var.pt")  # features.3.bn.running_var is 0 in channels 3 and 9
+EPS_COMMANDS = {"show": ("show", ZERO_VAR), "explain": ("explain", ZERO_VAR, "features.3.bn"), "check": ("check", ZERO_VAR),
+                "verify": ("verify", ZERO_VAR, "--layer", "features.3.bn"), "diff": ("diff", ZERO_VAR, ZERO_VAR)}
+
+
+@pytest.mark.parametrize("command", [c if c in ("show", "explain", "check") else needs_torch(c) for c in EPS_COMMANDS])
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf", "-inf"])
+def test_every_command_validates_eps_the_same_way(cli, command, bad):
+    assert_one_line_error(cli(*EPS_COMMANDS[command], f"--eps={bad}"), 2, f"--eps must be a finite number ≥ 0, not {bad}")
+
+
+@pytest.mark.parametrize("command", [c if c in ("show", "explain") else needs_torch(c) for c in ("show", "explain", "verify", "diff")])
+def test_eps_0_is_allowed_and_says_where_it_divides_by_zero(cli, command):
+    run = cli(*EPS_COMMANDS[command], "--eps", "0")
+    assert run.code in (0, 1) and run.err == "", run.err  # verify fails the layer (its output is not finite)
+    assert ("features.3.bn: eps 0 and running_var 0 in channels 3, 9 (2 of 64): y = γ·(x − μ)/√(σ² + ε) divides by zero"
+            in " ".join(run.out.split()))
+
+
+def test_check_eps_0_is_allowed_and_bn105_says_it_divides_by_zero(cli):
+    run = cli("check", ZERO_VAR, "--eps", "0", "--expect-eps", "0", "--json")
+    assert run.code == 0 and run.err == "", run.err
+    (finding,) = json.loads(run.out)["findings"]
+    assert finding["code"] == "BN105" and finding["channels"] == [3, 9]
+    assert "with eps 0 inference divides by √(σ² + ε) = 0 there" in finding["message"]
+    assert finding["evidence"]["amplification_per_unit_gamma"] == "Infinity"
+    assert_one_line_error(cli("check", ZERO_VAR, "--expect-eps=nan"), 2, "--expect-eps must be a finite number ≥ 0, not nan")

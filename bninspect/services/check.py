@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
                               UsageError)
 from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules, select_rules
+from bninspect.services.common import validate_eps
 
 FAIL_ON = ("error", "warning", "info", "never")
 FORMATS = ("table", "concise")
@@ -169,9 +170,8 @@ def _validate(opts: CheckOptions) -> None:
         value = getattr(t, name)
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"--{name.replace('_', '-')} must be zero or a positive number, not {value}")
-    for name, value in (("expect-eps", t.expect_eps), ("eps", opts.eps)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{name} must be a positive number, not {value}")
+    validate_eps(t.expect_eps, "--expect-eps")
+    validate_eps(opts.eps)
     select_rules(opts.select, opts.ignore)  # unknown codes are usage errors before any file is read
 
 

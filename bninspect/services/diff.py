@@ -27,7 +27,7 @@ import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES, Checkpoint, TensorRef
 from bninspect.layers import BNLayer, Discovery
-from bninspect.services.common import open_layers, select
+from bninspect.services.common import open_layers, select, validate_eps, zero_eps_warnings
 
 SCHEMA = "bninspect.diff/1"
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -499,6 +499,7 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
 
     ``eps`` stands in for A's eps where A does not store one (a plain state dict).
     """
+    validate_eps(eps)
     da = open_layers(path_a, trust=trust, key=key)
     db = open_layers(path_b, trust=trust, key=key_b)
     if eps is not None:
@@ -564,6 +565,7 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
         for disc, side in ((da, "A"), (db, "B")):
             if not disc.layers and not any(d.folded_side == side.lower() for d in diffs):
                 notes.append(f"{side} has no BatchNorm layers")
+    notes += zero_eps_warnings(da.layers + db.layers)
     dtype_changes = sorted({(t.dtype_a, t.dtype_b) for d in diffs for t in d.tensors if t.dtype_a != t.dtype_b
                             and t.tensor in BN_TENSORS + ("folded weight",)})
     for da_t, db_t in dtype_changes:

@@ -14,7 +14,7 @@ import numpy as np
 from bninspect.errors import InvalidFileError, UsageError
 from bninspect.layers import BNLayer
 from bninspect.textfmt import num
-from bninspect.services.common import find_layer, open_layers
+from bninspect.services.common import find_layer, open_layers, zero_eps_warnings
 from bninspect.services.show import LayerSummary, summarize
 
 
@@ -108,6 +108,7 @@ def _sections(layer: BNLayer, walk: ChannelWalk | None) -> list[Section]:
             f"{num(float(np.min(shift)))} … {num(float(np.max(shift)))}. "
             + (f"Because {p.name} is a {p.kind} right before it, deployment tools can fold scale and shift into that "
                f"layer's weights and bias (only if nothing, such as a ReLU, sits between them)." if p else ""),
+            *zero_eps_warnings([layer]),
         ]))
     else:
         out.append(Section("Inference", [

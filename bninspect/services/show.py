@@ -9,7 +9,7 @@ import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES
 from bninspect.layers import DEFAULT_EPS, TENSOR_NAMES, BNLayer, Discovery
-from bninspect.services.common import open_layers, select
+from bninspect.services.common import open_layers, select, zero_eps_warnings
 
 
 @dataclass
@@ -194,5 +194,5 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         other_norms=dict(found.other_norms),
         total_layers=len(chosen), omitted=len(chosen) - len(shown),
         total_channels=channels_total, total_parameters=parameters, total_buffer_values=buffer_values,
-        notes=list(ck.notes) + list(found.malformed.values()) + problems,
+        notes=list(ck.notes) + list(found.malformed.values()) + problems + zero_eps_warnings(chosen),
     )

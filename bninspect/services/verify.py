@@ -15,6 +15,7 @@ import numpy as np
 
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer
+from bninspect.services.common import validate_eps, zero_eps_warnings
 
 SCHEMA = "bninspect.verify/1"
 DEFAULT_TRAIN_BATCHES = (1, 2, 8, 32)
@@ -330,6 +331,7 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     if layer.training:
         result.notes.append("saved in train mode: run as saved, it normalizes with batch statistics, not these "
                             "eval outputs (see the train−eval gap)")
+    result.notes += [w.split(": ", 1)[1] for w in zero_eps_warnings([layer])]
     affine = layer.has("weight") and layer.has("bias")
     mean, var = nx.round_to(mean_raw, dt), nx.round_to(var_raw, dt)
     gamma, beta = nx.round_to(layer.gamma(), dt), nx.round_to(layer.beta(), dt)
@@ -512,8 +514,7 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     """``bninspect verify``: the conformance matrix without ``path``, every selected layer with it."""
     if batch < 1 or spatial < 1 or any(b < 1 for b in train_batches):
         raise UsageError("--batch, --spatial and --train-batch need positive integers")
-    if eps is not None and not (eps >= 0 and math.isfinite(eps)):
-        raise UsageError(f"--eps must be a finite number ≥ 0, not {eps}")
+    validate_eps(eps)
     if path is None and (input_path or output_path or expected_path or layer_globs or eps is not None):
         raise UsageError("--layer, --input, --output, --expected and --eps need a checkpoint")
     if (output_path or expected_path) and not input_path:
