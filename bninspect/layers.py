@@ -166,6 +166,7 @@ _CONV_TYPES = re.compile(r"^(Lazy)?(Conv|ConvTranspose)([123])d$|^Linear$|^LazyL
 _BN_NAME = re.compile(r"(^|[._])(bn\d*|batch_?norm\d*(d)?|syncbn)($|[._])", re.IGNORECASE)
 _GN_NAME = re.compile(r"(^|[._])(gn\d*|group_?norm\d*)($|[._])", re.IGNORECASE)
 _LN_NAME = re.compile(r"(^|[._])(ln\d*|layer_?norm\d*)($|[._])", re.IGNORECASE)
+_NORM_ONLY_NAME = re.compile(r"^(ln|gn|norm|layer_?norm|group_?norm)\d*$", re.IGNORECASE)
 _SCALE_SHIFT = "other per-channel scale/shift"  # 1-D weight/bias with no sign of a norm layer
 # Only breaks a tie: where a square weight fits a BN as a plain and as a transposed conv alike.
 _TRANSPOSED_NAME = re.compile(r"transpose|deconv|convt|upconv", re.IGNORECASE)
@@ -204,6 +205,25 @@ def _is_weight_layer(t: dict[str, TensorRef], info: ModuleInfo | None) -> bool:
     if w is None or not 2 <= w.ndim <= 5 or "running_mean" in t:
         return False
     return info is None or bool(_CONV_TYPES.search(info.type_name))
+
+
+def _elementwise_affine(prefix: str, t: dict[str, TensorRef]) -> bool:
+    """A weight of rank ≥ 2 that scales elementwise (LayerNorm over several dimensions, e.g.
+    ``encoder.layernorm.weight [1, 264]``), not a conv's or linear's: its bias has the weight's
+    own shape, where theirs is 1-D. Without a bias only the module's own name tells, and only a
+    name that is nothing but a norm's (``ln``, ``layernorm``, ``norm2``; not ``norm_conv``)."""
+    w, b = t.get("weight"), t.get("bias")
+    if w is None or w.ndim < 2 or "running_mean" in t:
+        return False
+    if b is not None:
+        return b.shape == w.shape
+    return bool(_NORM_ONLY_NAME.match(prefix.rpartition(".")[2]))
+
+
+def _norm_guess(prefix: str) -> str:
+    """What a non-BN normalization layer probably is, by its name: counted, never reported as BN."""
+    return ("GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix)
+            else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else _SCALE_SHIFT)
 
 
 def _kernel(shape: tuple[int, ...]) -> str:
@@ -369,6 +389,10 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         if info is not None and _OTHER_NORMS.match(info.type_name):
             other[info.type_name] = other.get(info.type_name, 0) + 1
             continue
+        if info is None and _elementwise_affine(prefix, t):
+            guess = _norm_guess(prefix)
+            other[guess] = other.get(guess, 0) + 1
+            continue
         if _is_weight_layer(t, info):
             prod = _readings(prefix, t, info, prev_width, display, checkpoint.ordered)
             producers.append((pos, prod))
@@ -399,8 +423,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             continue
         # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
         # GroupNorm or similar. Counted for the "no BatchNorm here" message, never reported as BN.
-        guess = ("GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix)
-                 else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else _SCALE_SHIFT)
+        guess = _norm_guess(prefix)
         other[guess] = other.get(guess, 0) + 1
 
     # Pass 2: match each BN with its producer.

@@ -297,3 +297,33 @@ def test_a_dense_block_concatenation_gets_no_transposed_producer(tmp_path):
     assert [(l.name, l.producer.name if l.producer else None) for l in layers] == [
         ("1.norm1", "0"), ("1.norm2", "1.conv1"), ("2.norm1", None), ("2.norm2", "2.conv1"),
         ("3.norm1", None), ("3.norm2", "3.conv1")]
+
+
+@pytest.mark.torch
+def test_layernorm_over_several_dimensions_is_counted_among_other_norms(tmp_path, cli):
+    """LayerNorm((1, 264)) stores weight and bias [1, 264]: an elementwise affine (its bias has the
+    weight's shape), not a Linear. A bias-less one counts by a name that is only a norm's; a conv
+    named norm_conv stays the producer of the BN after it."""
+    import torch
+    import torch.nn as nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.layernorm = nn.Linear(80, 264), nn.LayerNorm((1, 264))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.ln2 = Encoder(), nn.LayerNorm((2, 8), bias=False)
+            self.norm_conv, self.bn = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
+
+    path = tmp_path / "enc.pt"
+    torch.save(Net().state_dict(), path)
+    d = discover(open_checkpoint(str(path)))
+    assert d.other_norms == {"LayerNorm": 2}
+    assert [(l.name, l.producer.name) for l in d.layers] == [("bn", "norm_conv")]
+    sd = Net().state_dict()
+    torch.save({k: v for k, v in sd.items() if not k.startswith(("bn.", "norm_conv."))}, path)
+    run = cli("show", str(path))
+    assert run.code == 0 and "No BatchNorm layers in this file (2 LayerNorm; 0 BatchNorm)." in run.out
