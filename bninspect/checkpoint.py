@@ -126,6 +126,9 @@ class Checkpoint:
     # True where key order is module-definition order (torch.save, TorchScript keep it);
     # safetensors sorts its keys, so discovery must match producers by structure instead.
     ordered: bool = True
+    # Entries named like a BatchNorm tensor whose values are not tensors (a list, a string, a
+    # Python int: what weights_only pickles allow): original key → what the value is, in words.
+    not_tensors: dict[str, str] = field(default_factory=dict)
 
     def display(self, key: str) -> str:
         """A key (or module path) as shown to the user: the wrapper prefix removed."""

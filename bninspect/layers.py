@@ -32,8 +32,12 @@ DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
 
 TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_FLOAT_TENSORS = TENSOR_NAMES[:4]
 _TENSOR_SET = frozenset(TENSOR_NAMES)
 _NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})  # the facts of a prefix no module describes
+_NO_STRINGS: Mapping[str, str] = MappingProxyType({})
+# Names only a BatchNorm's entries have (weight and bias belong to every layer).
+_BN_ONLY_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 
 
 @dataclass
@@ -76,6 +80,8 @@ class BNLayer:
     producer_note: str = ""  # why there is no producer, or how it was matched
     possible: bool = False  # a "possible BatchNorm with track_running_stats=False" (no running stats)
     evidence: str = ""  # for possible layers: why we think so
+    # Entries named like its tensors whose values are not tensors: name → what they are, in words.
+    not_tensors: dict[str, str] = field(default_factory=dict)
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def has(self, tensor: str) -> bool:
@@ -97,18 +103,22 @@ class BNLayer:
         return int(np.asarray(ref.numpy()).reshape(-1)[0])
 
     def shape_problem(self) -> str | None:
-        """Why this layer's tensors cannot be used together (lengths differ from C), or None."""
+        """Why this layer's weight, bias and statistics cannot be used together (lengths differ
+        from C, or one is not a tensor at all), or None. (A num_batches_tracked that is not a
+        tensor keeps nothing from being computed: BN003 reports it.)"""
         # The common answer without building anything: `show` asks it of every layer (10,000).
-        expected, tensors = (self.channels,), self.tensors
-        for n in ("weight", "bias", "running_mean", "running_var"):
-            ref = tensors.get(n)
-            if ref is not None and ref.shape != expected:
-                break
-        else:
-            return None
-        shapes = {n: list(tensors[n].shape) for n in ("weight", "bias", "running_mean", "running_var") if n in tensors}
-        listed = ", ".join(f"{n} {shape}" for n, shape in shapes.items())
-        return (f"{self.name}: its tensors disagree in length ({listed}); BatchNorm needs 1-D weight, bias, "
+        expected, tensors, odd = (self.channels,), self.tensors, self.not_tensors
+        if odd.keys() <= {"num_batches_tracked"}:
+            for n in _FLOAT_TENSORS:
+                ref = tensors.get(n)
+                if ref is not None and ref.shape != expected:
+                    break
+            else:
+                return None
+        listed = ", ".join(f"{n} {list(tensors[n].shape)}" if n in tensors else f"{n} is {odd[n]}"
+                           for n in _FLOAT_TENSORS if n in tensors or n in odd)
+        what = "tensors disagree in length" if not odd else "entries are not all tensors of one length"
+        return (f"{self.name}: its {what} ({listed}); BatchNorm needs 1-D weight, bias, "
                 "running_mean and running_var of one length C")
 
     def gamma(self) -> np.ndarray:
@@ -146,6 +156,14 @@ def fold(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
 
 @dataclass
+class Malformed:
+    """A prefix named like a BatchNorm whose entries give no length C to list it as a layer by."""
+
+    message: str  # one sentence for the user: the shapes or values it has
+    not_tensors: bool  # some entry is not a tensor at all: no module's state dict holds that
+
+
+@dataclass
 class Discovery:
     """What discovery found in one checkpoint."""
 
@@ -153,9 +171,9 @@ class Discovery:
     layers: list[BNLayer]  # BatchNorm layers with running statistics (or a module saying BN)
     possible: list[BNLayer]  # possible BN with track_running_stats=False, with evidence
     other_norms: dict[str, int]  # e.g. {"GroupNorm": 2, "LayerNorm": 1} or {"LayerNorm/GroupNorm-like": 3}
-    # BN-like layers whose tensors are not 1-D of one length: not a BN layer we can compute with, and
-    # not "no running statistics" either. Display name → one sentence for the user.
-    malformed: dict[str, str] = field(default_factory=dict)
+    # BN-like prefixes that make no layer (no 1-D tensor among them gives C): not a BN layer we can
+    # compute with, and not "no running statistics" either. Display name → what is wrong.
+    malformed: dict[str, Malformed] = field(default_factory=dict)
 
 
 # Module class names that are BatchNorm (torch.nn, torchvision.ops.misc, ONNX readers).
@@ -368,6 +386,13 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     """
     order, groups = _groups(checkpoint.tensors)
     modules = checkpoint.modules
+    odd: dict[str, dict[str, str]] = {}  # prefix → {tensor name: what its value is instead}
+    for key, what in checkpoint.not_tensors.items():
+        prefix, _, leaf = key.rpartition(".")
+        odd.setdefault(prefix, {})[leaf] = what
+        if prefix not in groups:
+            groups[prefix] = {}
+            order.append(prefix)
     # Modules a saved model declares as BN but whose tensors are all None (affine=False,
     # track_running_stats=False) have no keys: give them a place in key order too.
     for path, info in modules.items():
@@ -381,7 +406,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     entries: list[tuple[str, int, str, str, int]] = []  # (role, position, prefix, display, channels), role bn | maybe
     producers: list[tuple[int, Producer]] = []  # (position in order, producer)
     other: dict[str, int] = {}
-    malformed: dict[str, str] = {}
+    malformed: dict[str, Malformed] = {}
     prev_width: int | None = None
     for pos, prefix in enumerate(order):
         t, info = groups[prefix], modules.get(prefix)
@@ -400,8 +425,9 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             # What it outputs before a BN says: the plain reading, unless its name says transposed.
             prev_width = (alt if alt is not None and _TRANSPOSED_NAME.search(prefix) else prod).out_channels
             continue
-        if _has_stats(t) or (_is_bn_module(info) and _consistent(t) and "running_mean" not in t
-                             and "running_var" not in t):
+        bad = odd.get(prefix, _NO_STRINGS)
+        if not bad and (_has_stats(t) or (_is_bn_module(info) and _consistent(t) and "running_mean" not in t
+                                          and "running_var" not in t)):
             # Running statistics of one length C make a BN layer even when weight or bias
             # disagree (check's BN003 reports that), and so does a module that says BatchNorm
             # and has no statistics (track_running_stats=False).
@@ -409,10 +435,18 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             entries.append(("bn", pos, prefix, display, channels))
             prev_width = channels
             continue
-        if "running_mean" in t or "running_var" in t or _is_bn_module(info):
-            # Statistics that are not 1-D of one length, or a BatchNorm module with tensors of
-            # other shapes: named as malformed, never guessed at.
-            malformed[display] = _malformed(display, t)
+        if ("running_mean" in t or "running_var" in t or _is_bn_module(info)
+                or not _BN_ONLY_NAMES.isdisjoint(bad)):
+            # Entries named like a BN's that do not fit together: statistics of other shapes
+            # (0-dim, 2-D, two lengths) or values that are not tensors. Where one 1-D tensor
+            # gives C, a layer that BN003 reports; else a named problem. Never dropped, never
+            # guessed at.
+            channels = _width(t, info)
+            if channels is None:
+                malformed[display] = Malformed(_malformed(display, t, bad), bool(bad))
+                continue
+            entries.append(("bn", pos, prefix, display, channels))
+            prev_width = channels
             continue
         w, b = t.get("weight"), t.get("bias")
         if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):
@@ -450,6 +484,9 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             continue
         layer = _layer(prefix, display, groups[prefix], modules.get(prefix),
                        channels, producer, window, eps, checkpoint.ordered)
+        layer.not_tensors = dict(odd.get(prefix, _NO_STRINGS))
+        if "running_mean" in layer.not_tensors or "running_var" in layer.not_tensors:
+            layer.track_running_stats = True  # it has statistics, only not as tensors: BN003, not BN201
         if role == "bn":
             layers.append(layer)
             last_bn = at
@@ -465,12 +502,25 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     return Discovery(checkpoint, layers, possible, other, malformed)
 
 
-def _malformed(display: str, t: dict[str, TensorRef]) -> str:
-    """Why a prefix with running statistics is not listed as a BatchNorm layer, with the shapes it has."""
-    shapes = ", ".join(f"{name} {list(t[name].shape) if name in t else 'missing'}"
-                       for name in ("weight", "bias", "running_mean", "running_var"))
+def _malformed(display: str, t: dict[str, TensorRef], bad: Mapping[str, str]) -> str:
+    """Why a prefix with running statistics is not listed as a BatchNorm layer, with the shapes
+    (or, where they are not tensors, the values) it has."""
+    shapes = ", ".join(f"{name} {list(t[name].shape)}" if name in t else f"{name} is {bad[name]}" if name in bad
+                       else f"{name} missing" for name in TENSOR_NAMES if name != "num_batches_tracked" or name in bad)
     return (f"{display} is not listed as a BatchNorm layer: {shapes}; BatchNorm needs 1-D weight, bias, "
             "running_mean and running_var of one length C")
+
+
+def _width(t: dict[str, TensorRef], info: ModuleInfo | None) -> int | None:
+    """C for a BN-named prefix whose entries disagree: the length of its first 1-D tensor
+    (statistics first), else the module's num_features; None where nothing gives one."""
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        ref = t.get(name)
+        if ref is not None and ref.ndim == 1:
+            return ref.shape[0]
+    if info is not None and isinstance(info.attributes.get("num_features"), int):
+        return int(info.attributes["num_features"])
+    return None
 
 
 def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:

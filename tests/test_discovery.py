@@ -327,3 +327,76 @@ def test_layernorm_over_several_dimensions_is_counted_among_other_norms(tmp_path
     torch.save({k: v for k, v in sd.items() if not k.startswith(("bn.", "norm_conv."))}, path)
     run = cli("show", str(path))
     assert run.code == 0 and "No BatchNorm layers in this file (2 LayerNorm; 0 BatchNorm)." in run.out
+
+
+def _two_bns():
+    """conv → bn → conv2 → bn2, trained a step: a healthy state dict to break bn2 of."""
+    import collections
+
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(collections.OrderedDict(
+        conv=nn.Conv2d(3, 4, 3, bias=False), bn=nn.BatchNorm2d(4), conv2=nn.Conv2d(4, 4, 1, bias=False),
+        bn2=nn.BatchNorm2d(4))).train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 6, 6))
+    return collections.OrderedDict(model.eval().state_dict())
+
+
+# What weights_only pickles let a broken conversion store in a BN's place, and what BN003 says.
+MALFORMED = {
+    "0-dim running_mean": ({"bn2.running_mean": "tensor(0.5)"}, "C = 4 but running_mean has 1 (shape [])"),
+    "list running_mean": ({"bn2.running_mean": [0.1, 0.2, 0.3, 0.4]}, "running_mean is a list of 4 numbers, not a tensor"),
+    "string running_var": ({"bn2.running_var": "oops"}, "running_var is the string 'oops', not a tensor"),
+    "int num_batches_tracked": ({"bn2.num_batches_tracked": 10}, "num_batches_tracked is the Python int 10, not a tensor"),
+    "int statistics": ({"bn2.running_mean": 0, "bn2.running_var": 1},
+                       "running_mean is the Python int 0, not a tensor, running_var is the Python int 1, not a tensor"),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_batchnorm_entries_are_reported_not_dropped(tmp_path, cli, case, legacy):
+    """A BN whose statistics are 0-dim, a list, a string or a Python number is listed (C from its
+    1-D tensors) and check's BN003 says what is wrong; never silently dropped, never taken for a
+    BN without running statistics (BN201) or without a counter (BN206)."""
+    import torch
+
+    sd = _two_bns()
+    for key, value in MALFORMED[case][0].items():
+        sd[key] = torch.tensor(0.5) if value == "tensor(0.5)" else value
+    path = tmp_path / "broken.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
+    shown = json.loads(cli("show", str(path), "--json").out)
+    assert [l["name"] for l in shown["layers"]] == ["bn", "bn2"] and shown["possible_batchnorm"] == []
+    assert any(n.startswith("bn2: ") for n in shown["notes"]), shown["notes"]
+    run = cli("check", str(path), "--json")
+    assert run.code == 1, run.err
+    findings = [(f["code"], f["severity"], f["layer"]) for f in json.loads(run.out)["findings"] if f["code"] != "BN102"]
+    assert findings == [("BN003", "error", "bn2")]
+    (bn003,) = [f for f in json.loads(run.out)["findings"] if f["code"] == "BN003"]
+    assert MALFORMED[case][1] in bn003["message"]
+
+
+@pytest.mark.torch
+def test_batchnorm_entries_without_a_length_are_named_in_show_and_check(tmp_path, cli):
+    """No 1-D tensor gives C: not a layer, but a note in show and BN003 in check, an error where a
+    value is not a tensor at all, info where the statistics are tensors of another shape (a custom
+    module may keep them as [1, C])."""
+    import torch
+
+    sd = _two_bns()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        sd[f"bn2.{name}"] = [0.0] * 4
+    sd["rms.running_mean"], sd["rms.running_var"] = torch.zeros(1, 17), torch.ones(1, 17)
+    torch.save(sd, tmp_path / "odd.pt")
+    shown = json.loads(cli("show", str(tmp_path / "odd.pt"), "--json").out)
+    assert [l["name"] for l in shown["layers"]] == ["bn"]
+    assert ("bn2 is not listed as a BatchNorm layer: weight is a list of 4 numbers, bias is a list of 4 numbers, "
+            "running_mean is a list of 4 numbers, running_var is a list of 4 numbers") in " ".join(shown["notes"])
+    assert "rms is not listed as a BatchNorm layer: weight missing, bias missing, running_mean [1, 17]" in " ".join(shown["notes"])
+    report = json.loads(cli("check", str(tmp_path / "odd.pt"), "--json", "--select", "BN003").out)
+    assert [(f["layer"], f["severity"]) for f in report["findings"]] == [("bn2", "error"), ("rms", "info")]

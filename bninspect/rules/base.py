@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from bninspect.checkpoint import Checkpoint
-    from bninspect.layers import BNLayer
+    from bninspect.layers import BNLayer, Malformed
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
 FAMILIES = {"BN0": "integrity", "BN1": "statistics", "BN2": "mode", "BN3": "deployment"}
@@ -65,6 +65,7 @@ class Context:
     layers: list[BNLayer]  # every BN layer of the checkpoint, possible ones included
     thresholds: Thresholds = field(default_factory=Thresholds)
     checkpoint: Checkpoint | None = None
+    malformed: dict[str, Malformed] = field(default_factory=dict)  # BN-named prefixes that make no layer
 
 
 LayerCheck = Callable[["BNLayer", Context], Iterable[Finding]]

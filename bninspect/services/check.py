@@ -244,7 +244,8 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
         found = open_layers(path, trust=opts.trust, key=opts.key, strict=opts.strict, eps=opts.eps)
         result.format = found.checkpoint.format
         result.layers, result.possible = len(found.layers), len(found.possible)
-        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint)
+        ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,
+                      malformed=found.malformed)
         result.findings = run_rules(ctx, select_rules(opts.select, opts.ignore))
     except BNInspectError as exc:
         if opts.debug:

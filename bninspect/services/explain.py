@@ -168,7 +168,7 @@ def explain(path: str, layer_name: str, *, channel: int | None = None, key: str 
     """Explain one BN layer of ``path`` with its own numbers; ``channel`` works one channel through."""
     found = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
     if layer_name in found.malformed:  # there is such a layer, but its tensors do not fit together
-        raise InvalidFileError(found.malformed[layer_name], path=path)
+        raise InvalidFileError(found.malformed[layer_name].message, path=path)
     layer = find_layer(found.layers + found.possible, layer_name)
     problem = layer.shape_problem()
     if problem:  # the numbers cannot be explained channel by channel when their lengths differ

@@ -185,6 +185,9 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         problem = l.shape_problem()
         if problem:
             problems.append(problem)
+        if "num_batches_tracked" in l.not_tensors:
+            problems.append(f"{l.name}: num_batches_tracked is {l.not_tensors['num_batches_tracked']}, not a tensor "
+                            "(load_state_dict refuses it)")
     return ShowResult(
         file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),
         container=ck.container, alternatives=list(ck.alternatives), prefix=ck.prefix,
@@ -194,5 +197,5 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         other_norms=dict(found.other_norms),
         total_layers=len(chosen), omitted=len(chosen) - len(shown),
         total_channels=channels_total, total_parameters=parameters, total_buffer_values=buffer_values,
-        notes=list(ck.notes) + list(found.malformed.values()) + problems + zero_eps_warnings(chosen),
+        notes=list(ck.notes) + [m.message for m in found.malformed.values()] + problems + zero_eps_warnings(chosen),
     )
