@@ -146,7 +146,13 @@ def summarize(layer: BNLayer, channels: bool = False) -> LayerSummary:
     )
 
 
-def eps_note(layers: list[BNLayer]) -> str:
+# Where eps comes from in a format whose layers are modules or nodes, in the file's own terms.
+_EPS_HOLDERS = {"onnx": "from the BatchNormalization nodes' epsilon attributes",
+                "openvino-ir": "from the BatchNormInference layers' epsilon attributes",
+                "torchscript": "stored in the TorchScript modules"}
+
+
+def eps_note(layers: list[BNLayer], fmt: str = "") -> str:
     """Where eps comes from, in words: the state-dict assumption must be visible."""
     if not layers:
         return ""
@@ -158,7 +164,7 @@ def eps_note(layers: list[BNLayer]) -> str:
     if sources == {"default"}:
         return f"eps: {DEFAULT_EPS:g} (PyTorch default; not stored in this file — pass --eps if the model used another)"
     if sources == {"module"}:
-        return f"eps: {listed} (stored in the saved modules)"
+        return f"eps: {listed} ({_EPS_HOLDERS.get(fmt, 'stored in the saved modules')})"
     return f"eps: {listed} (from the saved modules where present, else the PyTorch default {DEFAULT_EPS:g})"
 
 
@@ -191,7 +197,7 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
     return ShowResult(
         file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),
         container=ck.container, alternatives=list(ck.alternatives), prefix=ck.prefix,
-        eps_note=eps_note(chosen),
+        eps_note=eps_note(chosen, ck.format),
         layers=[summarize(l, channels) for l in shown],
         possible=[summarize(l) for l in found.possible] if not layers else [],
         other_norms=dict(found.other_norms),
