@@ -113,7 +113,9 @@ def verify(
     device: str = typer.Option("cpu", "--device", "-d", metavar="DEVICE", help="cpu, cuda, cuda:N, or all (CPU and CUDA side by side)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
     input_path: Optional[str] = typer.Option(None, "--input", "-i", metavar="FILE", help="Real activations for the layer (.npy, .pt, .safetensors; N,C,... unless --channels-last)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="--input/--expected hold N,...,C (NHWC) data."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="--input, --output and --expected hold N,...,C (NHWC) data."),
+    input_channels_last: bool = typer.Option(False, "--input-channels-last", help="Only --input holds N,...,C (NHWC) data."),
+    output_channels_last: bool = typer.Option(False, "--output-channels-last", help="Only --output and --expected hold N,...,C (NHWC) data."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write one layer's recomputed output here, in the input's format."),
     expected: Optional[str] = typer.Option(None, "--expected", metavar="FILE", help="Outputs captured from another runtime: match, or the likely cause of the mismatch."),
     eps: Optional[float] = typer.Option(None, "--eps", metavar="EPS", help=EPS_HELP),
@@ -134,7 +136,8 @@ def verify(
     batches = tuple(parse_sizes(train_batch, "--train-batch"))
     result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
                         input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
-                        batch=batch, spatial=spatial, train_batches=batches, seed=seed)
+                        batch=batch, spatial=spatial, train_batches=batches, seed=seed,
+                        input_channels_last=input_channels_last, output_channels_last=output_channels_last)
     _emit(result, render_verify, as_json)
     return result.exit_code
 
