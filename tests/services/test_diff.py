@@ -339,3 +339,59 @@ def test_json_matches_the_golden_document(monkeypatch):
     body = json.loads(doc)
     assert body["verdict"] == "different" and body["exit_code"] == 1
     assert all(l["settings"][0]["setting"] == "training" for l in body["layers"])
+
+
+def _head_whose_bias_cancels_its_mean(tmp_path):
+    """Linear(64, 5) → BatchNorm1d(5), statistics from train-mode passes on post-ReLU features: the
+    rows of W have one sign, so W·h has a large mean (~14), and the Linear's bias cancels it (as
+    a Linear trained without the BN would): x ≈ 0 at the BN, b ≈ −14, small gains."""
+    import torch.nn as nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(64, 5), nn.BatchNorm1d(5)
+
+        def forward(self, x):
+            return self.bn(self.fc(x))
+
+    torch.manual_seed(0)
+    model = Head()
+    feats = torch.relu(torch.randn(512, 64)) * 4 + 2
+    with torch.no_grad():
+        model.fc.weight.abs_()
+        model.fc.bias.copy_(-(feats @ model.fc.weight.T).mean(0))
+        model.bn.weight.fill_(0.03)
+        model.bn.bias.fill_(0.01)
+        model.train()
+        for i in range(0, 512, 32):
+            model(feats[i:i + 32])
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "head.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (feats[:2],), str(tmp_path / "head.onnx"), dynamo=False)
+    return tmp_path / "head.pt", tmp_path / "head.onnx"
+
+
+@pytest.mark.skipif(not _has("openvino"), reason="openvino not installed")
+def test_linear_batchnorm1d_folded_by_openvino_is_equivalent(tmp_path, cli):
+    """The Gemm/MatMul fold path sums |s|·|x − b| + |s|·(|b| + |μ|) + |β|, not only A's terms: its
+    float32 rounding (2e-8 here) is no difference. A real change of 1e-5 in β still is."""
+    pt, onnx_path = _head_whose_bias_cancels_its_mean(tmp_path)
+    ir = export_ir(onnx_path, tmp_path / "head.xml", fp16=False)
+    run = cli("diff", str(pt), str(ir), "--json")
+    assert run.code == 0, run.out
+    doc = json.loads(run.out)
+    assert doc["verdict"] == "equivalent" and [(l["name"], l["mode"]) for l in doc["layers"]] == [("bn", "folded")]
+    assert 0 < doc["layers"][0]["output"]["max_abs"] < 1e-7
+
+    def nudge(beta):
+        beta[2] += 1e-5
+        return beta
+
+    tampered = export_ir(edit_initializer(onnx_path, tmp_path / "nudged.onnx", "bn.bias", nudge), tmp_path / "n.xml", fp16=False)
+    r = diff(str(pt), str(tampered))
+    assert r.verdict == "different" and r.layers[0].output.channel == 2
