@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,6 +54,10 @@ class TensorDiff:
     channels_beyond: int  # channels with an element beyond tolerance
     value_a: float | None = None  # the worst element on each side
     value_b: float | None = None
+    channels_off: list[int] = field(default_factory=list)  # those channels, every one of them
+    # How far B's tensor alone (A's elsewhere) moves the eval output: max |Δy| on A's inputs
+    # (None where it cannot be computed on its own: shapes differ, a folded layer's)
+    output_effect: float | None = None
 
 
 @dataclass
@@ -106,6 +110,9 @@ class LayerDiff:
     output: OutputEffect | None = None
     witness: Witness | None = None
     causes: list[str] = field(default_factory=list)
+    # The usual mistakes that account for B's values (std for variance, channels exchanged, γ/β or
+    # μ/σ² swapped, a constant factor), as verify --expected names them; they lead the causes.
+    explanations: list[str] = field(default_factory=list)
     # The compared objects, for the runtime witnesses: (A's BNLayer, B's BNLayer) or (BNLayer, Target).
     _pair: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -180,7 +187,8 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     flat = rel.reshape(va.shape[0], -1) if va.ndim else rel.reshape(1, -1)
     per_channel = flat.max(axis=1) if flat.size else np.zeros(0)
     worst = int(np.argmax(per_channel)) if per_channel.size else None
-    beyond_channels = int(beyond.reshape(flat.shape).any(axis=1).sum()) if flat.size else 0
+    off = np.flatnonzero(beyond.reshape(flat.shape).any(axis=1)) if flat.size else np.zeros(0, dtype=int)
+    beyond_channels = int(off.size)
     value_a = value_b = None
     if worst is not None and err.size and float(err.max()) > 0:
         row = int(np.argmax(flat[worst]))
@@ -188,7 +196,8 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
         value_b = float(vb.reshape(flat.shape)[worst, row])
     return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, bool(identical), not bool(beyond.any()),
                       float(err.max()) if err.size else 0.0, float(per_channel.max()) if per_channel.size else 0.0,
-                      worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b)
+                      worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b,
+                      [int(c) for c in off])
 
 
 def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift_a: np.ndarray,
@@ -199,11 +208,9 @@ def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift
     ``channel_offset`` shifts B's input (a folded conv adds its own bias b: y_B = s_B·(z − b) + b'_B);
     ``beta`` (A's β) must come with it, for the folded side's rounding bound.
     """
-    from bninspect.numerics import TOLERANCES, compare, per_channel, synthetic_input
+    from bninspect.numerics import TOLERANCES, compare, per_channel
 
-    rng = np.random.default_rng(SEED)
-    channels = mean.shape[0]
-    x = synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, channels), rng)
+    x = _inputs(mean, var)
     with np.errstate(invalid="ignore", over="ignore"):
         ya = per_channel(scale_a, 2) * x + per_channel(shift_a, 2)
         xb = x if channel_offset is None else x - per_channel(channel_offset, 2)
@@ -226,6 +233,139 @@ def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift
             magnitude = s * (np.abs(xb) + b + mu) + np.abs(per_channel(beta, 2))
     cmp = compare(yb, ya, magnitude, TOLERANCES[dtype])
     return OutputEffect(cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed, SAMPLES_PER_CHANNEL)
+
+
+def _inputs(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """A's inputs x_c ~ N(μ_c, σ²_c), (SAMPLES_PER_CHANNEL, C): the same draws for every measurement of a layer."""
+    from bninspect.numerics import synthetic_input
+
+    return synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, mean.shape[0]), np.random.default_rng(SEED))
+
+
+def _effects(la: BNLayer, lb: BNLayer, d: LayerDiff) -> dict[str, float]:
+    """How far each difference alone moves A's eval output, max |Δy| on A's inputs: each differing
+    tensor's (``output_effect`` on its TensorDiff) and eps's (returned by setting name). The causes
+    are ordered by these, worst first."""
+    from bninspect.layers import fold
+
+    params = {n: _stat(la, n) for n in BN_TENSORS}
+    x = _inputs(params["running_mean"], params["running_var"])
+
+    def output(p: dict[str, np.ndarray], eps: float) -> np.ndarray:
+        scale, shift = fold(p["running_mean"], p["running_var"], p["weight"], p["bias"], eps)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return scale * x + shift
+
+    y0 = output(params, la.eps)
+
+    def effect(y: np.ndarray) -> float:
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(y - y0)
+        # a NaN that A has too is no difference; one that B's value brings in is the largest
+        err = np.where(np.isnan(y) & np.isnan(y0), 0.0, np.where(np.isnan(err), np.inf, err))
+        return float(err.max()) if err.size else 0.0
+
+    for t in d.tensors:
+        if not t.within and t.shape_a == t.shape_b and t.tensor in params:
+            t.output_effect = effect(output({**params, t.tensor: _stat(lb, t.tensor)}, la.eps))
+    return {"eps": effect(output(params, lb.eps))} if la.eps != lb.eps else {}
+
+
+def _explanations(la: BNLayer, lb: BNLayer, d: LayerDiff) -> list[tuple[str, set[str]]]:
+    """The usual mistakes that turn A's tensors into B's (what ``verify --expected`` tests on
+    outputs, here on the stored values): each with the tensors it accounts for."""
+    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+
+    differing = {t.tensor for t in d.tensors if not t.within and t.shape_a == t.shape_b}
+    if not differing:
+        return []
+    lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
+    # A derived value (a square root, a product) may be a few roundings off what B stores.
+    rtol, atol = 4 * MACHINE_EPS[lower], TOLERANCES[lower].atol
+
+    def fits(candidate: np.ndarray, actual: np.ndarray) -> bool:
+        return bool(np.all(_close(candidate, actual, rtol, atol)))
+
+    a = {n: _stat(la, n) for n in BN_TENSORS}
+    b = {n: _stat(lb, n) for n in BN_TENSORS}
+    found: list[tuple[str, set[str]]] = []
+    for x, y, text in (("weight", "bias", "γ and β exchanged: B's weight is A's bias and B's bias A's weight"),
+                       ("running_mean", "running_var",
+                        "μ and σ² exchanged: B's running_mean is A's running_var and the reverse")):
+        if {x, y} <= differing and fits(a[y], b[x]) and fits(a[x], b[y]):
+            found.append((text, {x, y}))
+    left = differing - {n for _, names in found for n in names}
+    if "running_var" in left:
+        with np.errstate(invalid="ignore", over="ignore"):
+            root, square = np.sqrt(a["running_var"]), a["running_var"] ** 2
+        if fits(root, b["running_var"]):
+            found.append(("standard deviation stored where the variance belongs: B's running_var = √(A's running_var) "
+                          "in every channel", {"running_var"}))
+        elif fits(square, b["running_var"]):
+            found.append(("variance squared: B's running_var = (A's running_var)² in every channel (A may hold the "
+                          "standard deviation where the variance belongs)", {"running_var"}))
+    left = differing - {n for _, names in found for n in names}
+    if left and not found:
+        moved = _permutation(a, b, sorted({c for t in d.tensors if t.tensor in left for c in t.channels_off}), rtol, atol)
+        if moved:
+            found.append((moved, set(left)))
+    for name in sorted(left - {n for _, names in found for n in names}, key=BN_TENSORS.index):
+        factor = _factor(a[name], b[name], fits)
+        if factor is not None:
+            found.append((f"{name} × {factor:.6g} in every channel{_bessel(factor) if name == 'running_var' else ''}",
+                          {name}))
+    return found
+
+
+def _close(candidate: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """Elementwise: within rtol of the larger magnitude plus atol, NaN where both are NaN."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.abs(candidate - actual) <= rtol * np.maximum(np.abs(candidate), np.abs(actual)) + atol
+    return ok | (np.isnan(candidate) & np.isnan(actual))
+
+
+def _permutation(a: dict[str, np.ndarray], b: dict[str, np.ndarray], off: list[int], rtol: float, atol: float) -> str:
+    """"channels 3 and 5 exchanged" where B's differing channels hold A's channels in another order
+    (every tensor moved alike), else ""."""
+    if len(off) < 2:
+        return ""
+    names = [n for n in BN_TENSORS if a[n].shape == b[n].shape]
+    amat, bmat = np.stack([a[n][off] for n in names], axis=1), np.stack([b[n][off] for n in names], axis=1)
+    source: dict[int, int] = {}
+    for row, i in enumerate(off):
+        # B's channel i against every differing channel of A at once
+        same = _close(amat, bmat[row], rtol, atol).all(axis=1)
+        same[row] = False
+        hits = np.flatnonzero(same)
+        if not hits.size:
+            return ""
+        source[i] = off[int(hits[0])]
+    if sorted(source.values()) != off:
+        return ""
+    if len(off) == 2:
+        return f"channels {off[0]} and {off[1]} exchanged (every tensor)"
+    moves = ", ".join(f"{i} ← {j}" for i, j in list(source.items())[:6]) + (", …" if len(off) > 6 else "")
+    return f"channels permuted (every tensor): B's channel ← A's channel {moves} ({len(off)} channels)"
+
+
+def _factor(a: np.ndarray, b: np.ndarray, fits: Callable[[np.ndarray, np.ndarray], bool]) -> float | None:
+    """k where B = k·A in every channel (k ≠ 1), else None."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = b / a
+    usable = ratios[np.isfinite(ratios) & (a != 0)]
+    if not usable.size:
+        return None
+    k = float(np.median(usable))
+    return k if k != 1 and np.isfinite(k) and fits(k * a, b) else None
+
+
+def _bessel(k: float) -> str:
+    """Where a variance factor is Bessel's correction n/(n−1) (or its inverse) for a whole n."""
+    n = k / (k - 1) if k > 1 else 1 / (1 - k)
+    if 2 <= round(n) <= 65536 and abs(n - round(n)) < 1e-3 * n:
+        what = "n/(n−1): the unbiased correction applied once more" if k > 1 else "(n−1)/n: the biased variance"
+        return f" ({what}, n = {round(n)})"
+    return ""
 
 
 # ---------------------------------------------------------------- settings
@@ -303,6 +443,13 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         d.settings.append(SettingDiff("track_running_stats", stats[0], stats[1], "error",
                                       f"{side} has no running statistics: it normalizes with batch statistics at inference"))
     problem_a, problem_b = la.shape_problem(), lb.shape_problem()
+    effects: dict[str, float] = {}
+    explained: set[str] = set()
+    if not (problem_a or problem_b):
+        effects = _effects(la, lb, d)
+        found = _explanations(la, lb, d)
+        d.explanations = [text for text, _ in found]
+        explained = {n for _, names in found for n in names}
     if problem_a or problem_b:
         # Tensors of different lengths (check's BN003) cannot be folded into one scale/shift;
         # the tensors themselves are still compared above. a/b: whether each side has them.
@@ -315,7 +462,7 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         sa, ta = la.folded()
         sb, tb = lb.folded()
         d.output = _output_effect(_stat(la, "running_mean"), _stat(la, "running_var"), sa, ta, sb, tb, lower)
-    _judge(d)
+    _judge(d, effects, explained)
     return d
 
 
@@ -410,6 +557,11 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     # A's BN input z is the producer output with A's conv bias; B's folded conv sees the same z − b.
     d.output = _output_effect(_stat(layer, "running_mean"), _stat(layer, "running_var"), sa, ta, s_eff, bt, lower, offset,
                               layer.beta())
+    # Each folded tensor's own effect on y = s·(x − b) + b': the scale's error times x − b, the bias's as it is.
+    z = np.abs(_inputs(_stat(layer, "running_mean"), _stat(layer, "running_var")) - offset).max(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        tw.output_effect = float(np.nan_to_num(np.abs(s_eff - sa) * z, nan=np.inf).max()) if z.size else 0.0
+        tb.output_effect = float(np.nan_to_num(np.abs(bt - bf), nan=np.inf).max()) if bt.size else 0.0
     d.settings = []
     if layer.training:
         d.settings.append(SettingDiff("training", layer.training, None, "error",
@@ -448,18 +600,30 @@ def _implied_eps(layer: BNLayer, s_eff: np.ndarray, dtype: str) -> float | None:
     return float(f"{eps:.3g}")
 
 
-def _judge(d: LayerDiff) -> None:
-    """Status and causes of one pair, worst first."""
-    causes = [s.message for s in d.settings if s.severity == "error"]
-    causes += [s.message for s in d.settings if s.severity == "difference"]
+def _judge(d: LayerDiff, effects: dict[str, float] | None = None, explained: set[str] | frozenset = frozenset()) -> None:
+    """Status and causes of one pair, worst first: what breaks inference (settings in error), the
+    usual mistakes that explain B's values, then each other difference by how far it alone moves
+    the output (``effects`` for settings, ``output_effect`` for tensors; unknown counts as worst)."""
+    effects = effects or {}
+    causes = [s.message for s in d.settings if s.severity == "error"] + d.explanations
+    ranked: list[tuple[float, str]] = []
+    for s in d.settings:
+        if s.severity == "difference":
+            effect = effects.get(s.setting)
+            ranked.append((effect or 0.0, s.message + (f"; moves the output by up to {_num(effect)}" if effect else "")))
     for t in d.tensors:
-        if not t.within and t.shape_a != t.shape_b and math.isinf(t.max_abs) and t.channel is None:  # not comparable
-            causes.append(f"{t.tensor}: shape {t.shape_a} vs {t.shape_b}")
-        elif not t.within:
-            where = f" channel {t.channel}" if t.channel is not None else ""
-            vals = f" ({_num(t.value_a)} vs {_num(t.value_b)})" if t.value_a is not None else ""
-            causes.append(f"{t.tensor}{where}{vals}: rel. difference {_num(t.max_rel)}, beyond {t.dtype_a}/{t.dtype_b} rounding"
-                          + (f" in {t.channels_beyond} channels" if t.channels_beyond > 1 else ""))
+        if t.within or t.tensor in explained:
+            continue
+        effect = math.inf if t.output_effect is None else t.output_effect
+        if t.shape_a != t.shape_b and math.isinf(t.max_abs) and t.channel is None:  # not comparable
+            ranked.append((effect, f"{t.tensor}: shape {t.shape_a} vs {t.shape_b}"))
+            continue
+        where = f" channel {t.channel}" if t.channel is not None else ""
+        vals = f" ({_num(t.value_a)} vs {_num(t.value_b)})" if t.value_a is not None else ""
+        alone = f"; alone it moves the output by up to {_num(effect)}" if 0 < effect < math.inf else ""
+        ranked.append((effect, f"{t.tensor}{where}{vals}: rel. difference {_num(t.max_rel)}, beyond {t.dtype_a}/{t.dtype_b} "
+                               f"rounding" + (f" in {t.channels_beyond} channels" if t.channels_beyond > 1 else "") + alone))
+    causes += [message for _, message in sorted(ranked, key=lambda r: -r[0])]
     if d.output is not None and not d.output.within:
         causes.append(f"output differs by up to {_num(d.output.max_abs)} (rel. {_num(d.output.max_rel)}) at channel {d.output.channel}")
     d.causes = causes + d.causes
