@@ -21,6 +21,21 @@ def test_help_lists_every_command_and_keeps_bracketed_text(cli):
     assert "[tool.bninspect]" in check_help and "[default: 200]" in check_help
 
 
+USAGE = {"show": "CKPT", "explain": "CKPT LAYER", "verify": "[CKPT]", "check": "PATH...", "rules": "[CODE]",
+         "drift": "CKPT", "diff": "A B"}
+
+
+@pytest.mark.parametrize("command", list(USAGE))
+def test_help_names_arguments_as_users_type_them(cli, command):
+    """No {CKPT} braces, no Python types such as <str> or <list[str]>: CKPT, [CKPT], PATH..."""
+    text = cli(command, "--help").out
+    assert text.startswith(f"Usage: bninspect {command} [OPTIONS] {USAGE[command]}\n"), text.splitlines()[0]
+    assert not any(mark in text for mark in ("{", "<str>", "<list[", "<int>", "<float>")), text
+    arguments = text.split("Arguments:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in arguments.splitlines() if line[2:3] != " "] == \
+        USAGE[command].replace("[", "").replace("]", "").split()
+
+
 def test_no_arguments_prints_help(cli):
     run = cli()
     assert run.code == 0 and "Usage" in run.out
