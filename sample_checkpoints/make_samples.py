@@ -502,6 +502,70 @@ def drift_calib(path: Path) -> None:
     _save_faulty(sample_models.synthetic_images(CALIB_SAMPLES, seed=CALIB_SEED)[0], path)
 
 
+# ── Deployed artifacts (deployed/), what the README's verify and diff examples read ───────────
+# A deployment of the trained models: ONNX and OpenVINO IR exports of MobileNetV1Tiny (for
+# `diff`), and an input for ResNetTiny's bn1 with the output a runtime using Keras' eps 1e-3
+# gave for it (for `verify --expected`). Made with the exporters and runtimes of the test extra.
+DEPLOYED = "deployed/"
+DEPLOYED_INPUT_SEED = 7
+
+
+def _bn1_input() -> torch.Tensor:
+    """ResNetTiny bn1's input x [2, 16, 8, 8] (float32): x_c ~ N(μ_c, σ²_c), its running statistics."""
+    sd = state_dict("resnet_tiny")
+    g = torch.Generator().manual_seed(DEPLOYED_INPUT_SEED)
+    z = torch.randn(2, 16, 8, 8, generator=g)
+    return sd["bn1.running_mean"][None, :, None, None] + sd["bn1.running_var"].sqrt()[None, :, None, None] * z
+
+
+@sample(DEPLOYED + "x.npy")
+def deployed_input(path: Path) -> None:
+    """The activations fed to ResNetTiny's bn1 in a deployment, as .npy (N,C,H,W float32)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, _bn1_input().numpy())
+
+
+@sample(DEPLOYED + "y_deployed.npy")
+def deployed_output(path: Path) -> None:
+    """bn1's output on x.npy from a runtime that used Keras' eps 1e-3 where the model has 1e-5."""
+    import numpy as np
+
+    bn = nn.BatchNorm2d(16, eps=1e-3)
+    bn.load_state_dict({k[len("bn1."):]: v for k, v in state_dict("resnet_tiny").items() if k.startswith("bn1.")})
+    with torch.no_grad():
+        y = bn.eval()(_bn1_input())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, y.numpy())
+
+
+@sample(DEPLOYED + "mobilenet_v1_tiny.onnx")
+def deployed_onnx(path: Path) -> None:
+    """torch.onnx.export of the trained MobileNetV1Tiny in eval mode, BN folded into the convs
+    (the TorchScript-based exporter with constant folding, as tests/exports.py makes them)."""
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = sample_models.synthetic_images(1, seed=DATA_SEED)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices
+        torch.onnx.export(copy.deepcopy(trained("mobilenet_v1_tiny").model).eval(), (example,), str(path),
+                          dynamo=False, do_constant_folding=True)
+
+
+@sample(DEPLOYED + "mobilenet_v1_tiny.xml")
+def deployed_ir(path: Path) -> None:
+    """OpenVINO IR (float32, .xml with its .bin) converted from the ONNX export: BN fused by the converter."""
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        deployed_onnx(Path(tmp) / "model.onnx")
+        ov.save_model(ov.convert_model(str(Path(tmp) / "model.onnx")), str(path), compress_to_fp16=False)
+
+
 def make_deterministic() -> None:
     """Seeded, single-threaded, deterministic kernels: identical tensors on every run (and, with
     float64 training, on every x86-64 CPU)."""
