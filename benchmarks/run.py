@@ -458,28 +458,25 @@ def jobs_ratios(one: Result | None, j1: Result | None, j2: Result | None) -> lis
     return [(a - t) / (b - t) for t, a, b in zip(one.wall, j1.wall, j2.wall) if b > t]  # type: ignore[union-attr]
 
 
-def verify_goal(text: str) -> tuple[str, str, str] | None:
-    """The goal row from bench_verify.py's own ratio line, where it printed one."""
+# The goals the benchmark scripts judge themselves: (the ratio line's pattern, the goal, the limit on
+# its `ratio`, how the measured numbers read).
+VERIFY_GOAL = (r"\(import \+ verify\) / \(import \+ bare\): (?P<ratio>[0-9.]+)",
+               "`verify` service on ResNet-50 shapes ≤ 2× (bench_verify.py: import + verify vs import + bare)",
+               2.0, "{ratio}×")
+DRIFT_GOAL = (r"drift / one-thread baseline: (?P<ratio>[0-9.]+)× wall, (?P<cpu>[0-9.]+)× CPU",
+              "`drift` on the sample with a second core busy ≤ 1.25× its one-thread baseline (bench_drift.py, wall)",
+              1.25, "{ratio}× wall, {cpu}× CPU")
+
+
+def script_goal(text: str, pattern: str, goal: str, limit: float, shown: str) -> tuple[str, str, str] | None:
+    """The goal row from a benchmark script's own ratio line, where it printed one."""
     import re
 
-    m = re.search(r"\(import \+ verify\) / \(import \+ bare\): ([0-9.]+)", text)
+    m = re.search(pattern, text)
     if not m:
         return None
-    ratio = float(m.group(1))
-    return ("`verify` service on ResNet-50 shapes ≤ 2× (bench_verify.py: import + verify vs import + bare)",
-            f"{ratio:.2f}×", "PASS" if ratio <= 2 else "MISS")
-
-
-def drift_goal(text: str) -> tuple[str, str, str] | None:
-    """The goal row from bench_drift.py's own ratio line, where it printed one."""
-    import re
-
-    m = re.search(r"drift / one-thread baseline: ([0-9.]+)× wall, ([0-9.]+)× CPU", text)
-    if not m:
-        return None
-    ratio = float(m.group(1))
-    return ("`drift` on the sample with a second core busy ≤ 1.25× its one-thread baseline (bench_drift.py, wall)",
-            f"{ratio:.2f}× wall, {float(m.group(2)):.2f}× CPU", "PASS" if ratio <= 1.25 else "MISS")
+    values = {k: float(v) for k, v in m.groupdict().items()}
+    return goal, shown.format(**{k: f"{v:.2f}" for k, v in values.items()}), "PASS" if values["ratio"] <= limit else "MISS"
 
 
 _BURN = (
@@ -616,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     cold_note = f"{warm_note} after one warm-up" + (", and 3 cold runs after drop_caches" if cold else "; no cold runs")
     ceiling = parallel_ceiling() if results["bninspect check DIR(50) --jobs 2"].status == "ok" else None
     goal_rows = goals(results, facts, ceiling)
-    goal_rows += [g for g in (verify_goal(verify_text), drift_goal(drift_text)) if g]
+    goal_rows += [g for g in (script_goal(verify_text, *VERIFY_GOAL), script_goal(drift_text, *DRIFT_GOAL)) if g]
     text = report([results[b.name] for b in selected], goal_rows, verify_text + "\n\n" + drift_text, cold_note)
     print(text)
     if args.output:
