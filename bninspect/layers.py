@@ -80,8 +80,10 @@ class BNLayer:
     producer_note: str = ""  # why there is no producer, or how it was matched
     possible: bool = False  # a "possible BatchNorm with track_running_stats=False" (no running stats)
     evidence: str = ""  # for possible layers: why we think so
-    # Entries named like its tensors whose values are not tensors: name → what they are, in words.
-    not_tensors: dict[str, str] = field(default_factory=dict)
+    # Entries named like its tensors that cannot serve as them, kept out of ``tensors`` (nothing reads
+    # them): values that are not tensors, or weight/bias/statistics of another rank than 1. Name →
+    # what they are, in words ("the Python int 0", "a tensor of shape [1, 64]").
+    unusable: dict[str, str] = field(default_factory=dict)
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def has(self, tensor: str) -> bool:
@@ -107,7 +109,7 @@ class BNLayer:
         from C, or one is not a tensor at all), or None. (A num_batches_tracked that is not a
         tensor keeps nothing from being computed: BN003 reports it.)"""
         # The common answer without building anything: `show` asks it of every layer (10,000).
-        expected, tensors, odd = (self.channels,), self.tensors, self.not_tensors
+        expected, tensors, odd = (self.channels,), self.tensors, self.unusable
         if odd.keys() <= {"num_batches_tracked"}:
             for n in _FLOAT_TENSORS:
                 ref = tensors.get(n)
@@ -445,6 +447,14 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             if channels is None:
                 malformed[display] = Malformed(_malformed(display, t, bad), bool(bad))
                 continue
+            for name in _FLOAT_TENSORS:
+                ref = t.get(name)
+                if ref is not None and ref.ndim != 1:
+                    # Named, never read: its values would be meaningless per channel, and a
+                    # stride-0 view of [10^6, 10^6] would be 10^12 of them.
+                    del t[name]
+                    odd.setdefault(prefix, {})[name] = ("a 0-dim tensor" if ref.ndim == 0
+                                                        else f"a tensor of shape {list(ref.shape)}")
             entries.append(("bn", pos, prefix, display, channels))
             prev_width = channels
             continue
@@ -484,8 +494,8 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             continue
         layer = _layer(prefix, display, groups[prefix], modules.get(prefix),
                        channels, producer, window, eps, checkpoint.ordered)
-        layer.not_tensors = dict(odd.get(prefix, _NO_STRINGS))
-        if "running_mean" in layer.not_tensors or "running_var" in layer.not_tensors:
+        layer.unusable = dict(odd.get(prefix, _NO_STRINGS))
+        if "running_mean" in layer.unusable or "running_var" in layer.unusable:
             layer.track_running_stats = True  # it has statistics, only not as tensors: BN003, not BN201
         if role == "bn":
             layers.append(layer)

@@ -347,12 +347,15 @@ def _two_bns():
 
 # What weights_only pickles let a broken conversion store in a BN's place, and what BN003 says.
 MALFORMED = {
-    "0-dim running_mean": ({"bn2.running_mean": "tensor(0.5)"}, "C = 4 but running_mean has 1 (shape [])"),
-    "list running_mean": ({"bn2.running_mean": [0.1, 0.2, 0.3, 0.4]}, "running_mean is a list of 4 numbers, not a tensor"),
-    "string running_var": ({"bn2.running_var": "oops"}, "running_var is the string 'oops', not a tensor"),
+    "0-dim running_mean": ({"bn2.running_mean": "tensor(0.5)"},
+                           "C = 4 but running_mean is a 0-dim tensor, not a 1-D tensor of 4 values"),
+    "list running_mean": ({"bn2.running_mean": [0.1, 0.2, 0.3, 0.4]},
+                          "running_mean is a list of 4 numbers, not a 1-D tensor of 4 values"),
+    "string running_var": ({"bn2.running_var": "oops"}, "running_var is the string 'oops', not a 1-D tensor of 4 values"),
     "int num_batches_tracked": ({"bn2.num_batches_tracked": 10}, "num_batches_tracked is the Python int 10, not a tensor"),
     "int statistics": ({"bn2.running_mean": 0, "bn2.running_var": 1},
-                       "running_mean is the Python int 0, not a tensor, running_var is the Python int 1, not a tensor"),
+                       "running_mean is the Python int 0, not a 1-D tensor of 4 values, running_var is the Python int 1, "
+                       "not a 1-D tensor of 4 values"),
 }
 
 

@@ -145,10 +145,11 @@ def _mismatches(layer: BNLayer) -> tuple[list[str], dict]:
     if nbt is not None and nbt.numel != 1:
         problems.append(f"num_batches_tracked has {nbt.numel} values instead of 1")
         evidence["num_batches_tracked_length"] = nbt.numel
-    for name, what in layer.not_tensors.items():
-        problems.append(f"{name} is {what}, not a tensor")
-    if layer.not_tensors:
-        evidence["not_tensors"] = dict(layer.not_tensors)
+    for name, what in layer.unusable.items():
+        problems.append(f"{name} is {what}, not " + ("a tensor" if name == "num_batches_tracked"
+                                                      else f"a 1-D tensor of {layer.channels} values"))
+    if layer.unusable:
+        evidence["unusable"] = dict(layer.unusable)
     producer = layer.producer
     if producer is not None and producer.out_channels != layer.channels:
         problems.append(f"its producer {producer.name} has {producer.out_channels} output channels")

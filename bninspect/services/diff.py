@@ -437,7 +437,7 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         d.tensors.append(_compare_tensor(name, ra, rb, _stat(la, name), _stat(lb, name), None, _dtype(la, name), _dtype(lb, name)))
     # Statistics that are there but not tensors are a shape problem (below), not track_running_stats=False.
     stats = [l.has("running_mean") and l.has("running_var")
-             or not {"running_mean", "running_var"}.isdisjoint(l.not_tensors) for l in (la, lb)]
+             or not {"running_mean", "running_var"}.isdisjoint(l.unusable) for l in (la, lb)]
     if stats[0] != stats[1]:
         side = "B" if stats[0] else "A"
         d.settings.append(SettingDiff("track_running_stats", stats[0], stats[1], "error",
@@ -454,7 +454,7 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         # Tensors of different lengths (check's BN003) cannot be folded into one scale/shift;
         # the tensors themselves are still compared above. a/b: whether each side has them.
         # Values that are not tensors at all break loading the file: that leads the causes.
-        broken = bool(la.not_tensors.keys() - {"num_batches_tracked"} or lb.not_tensors.keys() - {"num_batches_tracked"})
+        broken = bool(la.unusable.keys() - {"num_batches_tracked"} or lb.unusable.keys() - {"num_batches_tracked"})
         d.settings.append(SettingDiff("shapes", problem_a is not None, problem_b is not None,
                                       "error" if broken else "note", f"output effect not computed: {problem_a or problem_b}"))
     elif all(stats):

@@ -191,8 +191,8 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
         problem = l.shape_problem()
         if problem:
             problems.append(problem)
-        if "num_batches_tracked" in l.not_tensors:
-            problems.append(f"{l.name}: num_batches_tracked is {l.not_tensors['num_batches_tracked']}, not a tensor "
+        if "num_batches_tracked" in l.unusable:
+            problems.append(f"{l.name}: num_batches_tracked is {l.unusable['num_batches_tracked']}, not a tensor "
                             "(load_state_dict refuses it)")
     return ShowResult(
         file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),

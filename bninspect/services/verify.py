@@ -320,9 +320,9 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     shape = tuple(x.shape) if x is not None else _input_shape(layer, batch, spatial)
     result = LayerVerify(layer.name, layer.kind, layer.channels, dt, layer.eps, layer.eps_source, list(shape),
                          0.0, 0.0, tol.rtol, 0.0, True)
-    odd = [k for k in layer.not_tensors if k != "num_batches_tracked"]
+    odd = [k for k in layer.unusable if k != "num_batches_tracked"]
     if odd:
-        result.skipped = f"{', '.join(f'{k} is {layer.not_tensors[k]}' for k in odd)}, not a tensor: nothing to recompute"
+        result.skipped = f"{', '.join(f'{k} is {layer.unusable[k]}' for k in odd)}: nothing consistent to recompute"
         result.passed = False
         return result, None
     if mean_raw is None or var_raw is None:
