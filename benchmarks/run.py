@@ -537,16 +537,25 @@ def jobs_ratios(one: Result | None, j1: Result | None, j2: Result | None) -> lis
     return [(a - t) / (b - t) for t, a, b in zip(one.wall, j1.wall, j2.wall) if b > t]  # type: ignore[union-attr]
 
 
-def verify_goal(text: str) -> tuple[str, str, str] | None:
-    """The goal row from bench_verify.py's own ratio line, where it printed one."""
+# The goals the benchmark scripts judge themselves: (the ratio line's pattern, the goal, the limit on
+# its `ratio`, how the measured numbers read).
+VERIFY_GOAL = (r"\(import \+ verify\) / \(import \+ bare\): (?P<ratio>[0-9.]+)",
+               "`verify` service on ResNet-50 shapes ≤ 2× (bench_verify.py: import + verify vs import + bare)",
+               2.0, "{ratio}×")
+DRIFT_GOAL = (r"drift / one-thread baseline: (?P<ratio>[0-9.]+)× wall, (?P<cpu>[0-9.]+)× CPU",
+              "`drift` on the sample with a second core busy ≤ 1.25× its one-thread baseline (bench_drift.py, wall)",
+              1.25, "{ratio}× wall, {cpu}× CPU")
+
+
+def script_goal(text: str, pattern: str, goal: str, limit: float, shown: str) -> tuple[str, str, str] | None:
+    """The goal row from a benchmark script's own ratio line, where it printed one."""
     import re
 
-    m = re.search(r"\(import \+ verify\) / \(import \+ bare\): ([0-9.]+)", text)
+    m = re.search(pattern, text)
     if not m:
         return None
-    ratio = float(m.group(1))
-    return ("`verify` service on ResNet-50 shapes ≤ 2× (bench_verify.py: import + verify vs import + bare)",
-            f"{ratio:.2f}×", "PASS" if ratio <= 2 else "MISS")
+    values = {k: float(v) for k, v in m.groupdict().items()}
+    return goal, shown.format(**{k: f"{v:.2f}" for k, v in values.items()}), "PASS" if values["ratio"] <= limit else "MISS"
 
 
 _BURN = (
@@ -574,15 +583,15 @@ def parallel_ceiling(runs: int = 3) -> float:
     return statistics.median(out)
 
 
-def run_verify_bench(log) -> str:
-    """Run benchmarks/bench_verify.py (the verify engineer's) if present; its output verbatim."""
-    script = HERE / "bench_verify.py"
+def run_script_bench(name: str, log) -> str:
+    """Run benchmarks/NAME (bench_verify.py, bench_drift.py) if present; its output verbatim."""
+    script = HERE / name
     if not script.exists():
-        return "bench_verify.py: not available"
-    log("  bench_verify.py ...")
+        return f"{name}: not available"
+    log(f"  {name} ...")
     p = subprocess.run([PY, str(script)], capture_output=True, text=True)
     text = (p.stdout + p.stderr).strip()
-    return f"bench_verify.py (exit {p.returncode}):\n{text}"
+    return f"{name} (exit {p.returncode}):\n{text}"
 
 
 def machine() -> str:
@@ -675,17 +684,16 @@ def main(argv: list[str] | None = None) -> int:
         finish(r, runs, cold, log)
     for b in benches():  # goals look every benchmark up; the unselected ones read "not measured"
         results.setdefault(b.name, Result(b, status="not measured"))
-    verify_text = run_verify_bench(log) if not args.only or any("verify" in o for o in args.only) else "bench_verify.py: not run (--only)"
+    verify_text = run_script_bench("bench_verify.py", log) if not args.only or any("verify" in o for o in args.only) else "bench_verify.py: not run (--only)"
+    drift_text = run_script_bench("bench_drift.py", log) if not args.only or any("drift" in o for o in args.only) else "bench_drift.py: not run (--only)"
     warm_note = (f"{runs} warm runs" if runs else "5 warm runs (3 for the naive loads, verify and the 10k-layer show --json/check, "
                  "7 for the 100- and 1,000-layer files and `show --limit 20`, 9 for `check DIR`); torch and the naive loads back to back, the rest in rounds "
                  "(every benchmark once per round)")
     cold_note = f"{warm_note} after one warm-up" + (", and 3 cold runs after drop_caches" if cold else "; no cold runs")
     ceiling = parallel_ceiling() if results["bninspect check DIR(50) --jobs 2"].status == "ok" else None
     goal_rows = goals(results, facts, ceiling)
-    vg = verify_goal(verify_text)
-    if vg:
-        goal_rows.append(vg)
-    text = report([results[b.name] for b in selected], goal_rows, verify_text, cold_note)
+    goal_rows += [g for g in (script_goal(verify_text, *VERIFY_GOAL), script_goal(drift_text, *DRIFT_GOAL)) if g]
+    text = report([results[b.name] for b in selected], goal_rows, verify_text + "\n\n" + drift_text, cold_note)
     print(text)
     if args.output:
         kept = ""

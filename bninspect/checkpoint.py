@@ -172,6 +172,9 @@ class Checkpoint:
     # What a real load of this file would do (formats.verdict.Verdict), for pickle-based
     # formats; None where loading runs nothing (safetensors, ONNX, OpenVINO IR).
     verdict: Any = None
+    # Entries named like a BatchNorm tensor whose values are not tensors (a list, a string, a
+    # Python int: what weights_only pickles allow): original key → what the value is, in words.
+    not_tensors: dict[str, str] = field(default_factory=dict)
 
     def display(self, key: str) -> str:
         """A key (or module path) as shown to the user: the wrapper prefix removed."""

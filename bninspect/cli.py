@@ -45,6 +45,45 @@ EPS_HELP = "Use this eps for every layer (state dicts do not store eps)."
 STRICT_HELP = "Also check zip CRCs and safetensors duplicate keys."
 
 
+class _Command(typer.core.TyperCommand):
+    """A command whose help names its arguments as users type them: ``CKPT``, ``[CKPT]``, ``PATH...``.
+
+    typer's help writes a required argument as ``{CKPT}`` and adds its Python type (``CKPT <str>``,
+    ``PATH <list[str]>``), which reads like syntax to type. Only click's public command API is
+    used: the usage pieces and the options section are built from each parameter's own fields.
+    """
+
+    def collect_usage_pieces(self, ctx):  # type: ignore[no-untyped-def]
+        """``[OPTIONS]`` and the arguments in the usual notation (click's Command API)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = _argument_name(param)
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
+        """The Arguments and Options sections, arguments by name only (click's Command API)."""
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((_argument_name(param), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _argument_name(param) -> str:  # type: ignore[no-untyped-def]
+    name = param.metavar or param.name.upper()
+    return f"{name}..." if param.nargs != 1 else name
+
+
 def _print_version(value: bool) -> None:
     if value:
         from bninspect import __version__
@@ -72,7 +111,7 @@ def _root(
     _state["debug"] = debug
 
 
-@app.command(short_help='List every BatchNorm layer: tensors, statistics, producer.')
+@app.command(cls=_Command, short_help='List every BatchNorm layer: tensors, statistics, producer.')
 def show(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file (.pt .pth .bin .ckpt .safetensors TorchScript ...)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
@@ -94,7 +133,7 @@ def show(
     return 0
 
 
-@app.command(short_help="Explain one layer's numbers: channels, inference, training.")
+@app.command(cls=_Command, short_help="Explain one layer's numbers: channels, inference, training.")
 def explain(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint file."),
     layer: str = typer.Argument(..., metavar="LAYER", help="BN layer name as `show` prints it (or its original key prefix)."),
@@ -115,13 +154,15 @@ def explain(
     return 0
 
 
-@app.command(short_help="Recompute BN inference and check it (or this machine's kernels).")
+@app.command(cls=_Command, short_help="Recompute BN inference and check it (or this machine's kernels).")
 def verify(
     ckpt: Optional[str] = typer.Argument(None, metavar="CKPT", help="Checkpoint file; without it, check this machine's BN kernels."),
     device: str = typer.Option("cpu", "--device", "-d", metavar="DEVICE", help="cpu, cuda, cuda:N, or all (CPU and CUDA side by side)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", metavar="GLOB", help="Only layers matching this glob (repeatable)."),
     input_path: Optional[str] = typer.Option(None, "--input", "-i", metavar="FILE", help="Real activations for the layer (.npy, .pt, .safetensors; N,C,... unless --channels-last)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="--input/--expected hold N,...,C (NHWC) data."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="--input, --output and --expected hold N,...,C (NHWC) data."),
+    input_channels_last: bool = typer.Option(False, "--input-channels-last", help="Only --input holds N,...,C (NHWC) data."),
+    output_channels_last: bool = typer.Option(False, "--output-channels-last", help="Only --output and --expected hold N,...,C (NHWC) data."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write one layer's recomputed output here, in the input's format."),
     expected: Optional[str] = typer.Option(None, "--expected", metavar="FILE", help="Outputs captured from another runtime: match, or the likely cause of the mismatch."),
     eps: Optional[float] = typer.Option(None, "--eps", metavar="EPS", help=EPS_HELP),
@@ -143,12 +184,13 @@ def verify(
     _about(ckpt, input_path, expected)
     result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
                         input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
-                        batch=batch, spatial=spatial, train_batches=batches, seed=seed)
+                        batch=batch, spatial=spatial, train_batches=batches, seed=seed,
+                        input_channels_last=input_channels_last, output_channels_last=output_channels_last)
     _emit(result, render_verify, as_json)
     return result.exit_code
 
 
-@app.command(short_help='Lint BatchNorm layers with coded rules (CI gate).')
+@app.command(cls=_Command, short_help='Lint BatchNorm layers with coded rules (CI gate).')
 def check(
     paths: List[str] = typer.Argument(..., metavar="PATH", help="Checkpoint files or folders (folders: every checkpoint inside, recursively, chosen by content)."),
     select: Optional[List[str]] = typer.Option(None, "--select", metavar="CODE", help="Only these rules: codes or prefixes such as BN1 (repeatable or comma-separated) [default: all]."),
@@ -188,9 +230,9 @@ def check(
     return report.exit_code
 
 
-@app.command(short_help="The check rules: the table, or one rule's documentation.")
+@app.command(cls=_Command, short_help="The check rules: the table, or one rule's documentation.")
 def rules(
-    code: Optional[str] = typer.Argument(None, metavar="[CODE]", help="A rule code (BN101) for its full text, or a prefix (BN1) for a shorter table."),
+    code: Optional[str] = typer.Argument(None, metavar="CODE", help="A rule code (BN101) for its full text, or a prefix (BN1) for a shorter table."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> int:
     """The check rules: a table of codes, or one rule's documentation."""
@@ -202,7 +244,7 @@ def rules(
     return 0
 
 
-@app.command(short_help='Run the model on data: statistics drift, eval/train mismatch.')
+@app.command(cls=_Command, short_help='Run the model on data: statistics drift, eval/train mismatch.')
 def drift(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint (with --arch) or a TorchScript/pickled model (with --trust)."),
     arch: Optional[str] = typer.Option(None, "--arch", metavar="MODULE:CALLABLE", help="Builds the model, e.g. torchvision.models:resnet18; imported from your environment, the current directory first (like python -m)."),
@@ -233,7 +275,7 @@ def drift(
     return result.exit_code
 
 
-@app.command(short_help='Compare the BatchNorm behaviour of two artifacts (incl. ONNX, IR).')
+@app.command(cls=_Command, short_help='Compare the BatchNorm behaviour of two artifacts (incl. ONNX, IR).')
 def diff(
     a: str = typer.Argument(..., metavar="A", help="First artifact: checkpoint, safetensors, TorchScript, ONNX (.onnx) or OpenVINO IR (.xml)."),
     b: str = typer.Argument(..., metavar="B", help="Second artifact, any of the same formats."),

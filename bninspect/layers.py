@@ -33,8 +33,12 @@ DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
 
 TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_FLOAT_TENSORS = TENSOR_NAMES[:4]
 _TENSOR_SET = frozenset(TENSOR_NAMES)
 _NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})  # the facts of a prefix no module describes
+_NO_STRINGS: Mapping[str, str] = MappingProxyType({})
+# Names only a BatchNorm's entries have (weight and bias belong to every layer).
+_BN_ONLY_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 
 
 @dataclass
@@ -50,6 +54,10 @@ class Producer:
     groups: int | None  # None where unknown (state dict: inferred only when depthwise is evident)
     weight: TensorRef
     bias: TensorRef | None
+    # Where no module names the class (a state dict), the same weight read as the other kind of
+    # conv (transposed), for the BN it may feed to decide; see _readings.
+    transposed_reading: Producer | None = None
+    evidence: str = ""  # how the kind was decided, where a state dict left it to the shapes
 
 
 @dataclass
@@ -73,6 +81,10 @@ class BNLayer:
     producer_note: str = ""  # why there is no producer, or how it was matched
     possible: bool = False  # a "possible BatchNorm with track_running_stats=False" (no running stats)
     evidence: str = ""  # for possible layers: why we think so
+    # Entries named like its tensors that cannot serve as them, kept out of ``tensors`` (nothing reads
+    # them): values that are not tensors, or weight/bias/statistics of another rank than 1. Name →
+    # what they are, in words ("the Python int 0", "a tensor of shape [1, 64]").
+    unusable: dict[str, str] = field(default_factory=dict)
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def has(self, tensor: str) -> bool:
@@ -94,18 +106,22 @@ class BNLayer:
         return int(np.asarray(ref.numpy()).reshape(-1)[0])
 
     def shape_problem(self) -> str | None:
-        """Why this layer's tensors cannot be used together (lengths differ from C), or None."""
+        """Why this layer's weight, bias and statistics cannot be used together (lengths differ
+        from C, or one is not a tensor at all), or None. (A num_batches_tracked that is not a
+        tensor keeps nothing from being computed: BN003 reports it.)"""
         # The common answer without building anything: `show` asks it of every layer (10,000).
-        expected, tensors = (self.channels,), self.tensors
-        for n in ("weight", "bias", "running_mean", "running_var"):
-            ref = tensors.get(n)
-            if ref is not None and ref.shape != expected:
-                break
-        else:
-            return None
-        shapes = {n: list(tensors[n].shape) for n in ("weight", "bias", "running_mean", "running_var") if n in tensors}
-        listed = ", ".join(f"{n} {shape}" for n, shape in shapes.items())
-        return (f"{self.name}: its tensors disagree in length ({listed}); BatchNorm needs 1-D weight, bias, "
+        expected, tensors, odd = (self.channels,), self.tensors, self.unusable
+        if odd.keys() <= {"num_batches_tracked"}:
+            for n in _FLOAT_TENSORS:
+                ref = tensors.get(n)
+                if ref is not None and ref.shape != expected:
+                    break
+            else:
+                return None
+        listed = ", ".join(f"{n} {list(tensors[n].shape)}" if n in tensors else f"{n} is {odd[n]}"
+                           for n in _FLOAT_TENSORS if n in tensors or n in odd)
+        what = "tensors disagree in length" if not odd else "entries are not all tensors of one length"
+        return (f"{self.name}: its {what} ({listed}); BatchNorm needs 1-D weight, bias, "
                 "running_mean and running_var of one length C")
 
     def gamma(self) -> np.ndarray:
@@ -143,6 +159,14 @@ def fold(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
 
 @dataclass
+class Malformed:
+    """A prefix named like a BatchNorm whose entries give no length C to list it as a layer by."""
+
+    message: str  # one sentence for the user: the shapes or values it has
+    not_tensors: bool  # some entry is not a tensor at all: no module's state dict holds that
+
+
+@dataclass
 class Discovery:
     """What discovery found in one checkpoint."""
 
@@ -150,9 +174,9 @@ class Discovery:
     layers: list[BNLayer]  # BatchNorm layers with running statistics (or a module saying BN)
     possible: list[BNLayer]  # possible BN with track_running_stats=False, with evidence
     other_norms: dict[str, int]  # e.g. {"GroupNorm": 2, "LayerNorm": 1} or {"LayerNorm/GroupNorm-like": 3}
-    # BN-like layers whose tensors are not 1-D of one length: not a BN layer we can compute with, and
-    # not "no running statistics" either. Display name → one sentence for the user.
-    malformed: dict[str, str] = field(default_factory=dict)
+    # BN-like prefixes that make no layer (no 1-D tensor among them gives C): not a BN layer we can
+    # compute with, and not "no running statistics" either. Display name → what is wrong.
+    malformed: dict[str, Malformed] = field(default_factory=dict)
 
 
 # Module class names that are BatchNorm (torch.nn, torchvision.ops.misc, ONNX readers).
@@ -163,7 +187,9 @@ _CONV_TYPES = re.compile(r"^(Lazy)?(Conv|ConvTranspose)([123])d$|^Linear$|^LazyL
 _BN_NAME = re.compile(r"(^|[._])(bn\d*|batch_?norm\d*(d)?|syncbn)($|[._])", re.IGNORECASE)
 _GN_NAME = re.compile(r"(^|[._])(gn\d*|group_?norm\d*)($|[._])", re.IGNORECASE)
 _LN_NAME = re.compile(r"(^|[._])(ln\d*|layer_?norm\d*)($|[._])", re.IGNORECASE)
+_NORM_ONLY_NAME = re.compile(r"^(ln|gn|norm|layer_?norm|group_?norm)\d*$", re.IGNORECASE)
 _SCALE_SHIFT = "other per-channel scale/shift"  # 1-D weight/bias with no sign of a norm layer
+# Only breaks a tie: where a square weight fits a BN as a plain and as a transposed conv alike.
 _TRANSPOSED_NAME = re.compile(r"transpose|deconv|convt|upconv", re.IGNORECASE)
 
 
@@ -210,19 +236,75 @@ def _is_weight_layer(t: dict[str, TensorRef], info: ModuleInfo | None) -> bool:
     return info is None or bool(_CONV_TYPES.search(info.type_name))
 
 
+def _elementwise_affine(prefix: str, t: dict[str, TensorRef]) -> bool:
+    """A weight of rank ≥ 2 that scales elementwise (LayerNorm over several dimensions, e.g.
+    ``encoder.layernorm.weight [1, 264]``), not a conv's or linear's: its bias has the weight's
+    own shape, where theirs is 1-D. Without a bias only the module's own name tells, and only a
+    name that is nothing but a norm's (``ln``, ``layernorm``, ``norm2``; not ``norm_conv``)."""
+    w, b = t.get("weight"), t.get("bias")
+    if w is None or w.ndim < 2 or "running_mean" in t:
+        return False
+    if b is not None:
+        return b.shape == w.shape
+    return bool(_NORM_ONLY_NAME.match(prefix.rpartition(".")[2]))
+
+
+def _norm_guess(prefix: str) -> str:
+    """What a non-BN normalization layer probably is, by its name: counted, never reported as BN."""
+    return ("GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix)
+            else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else _SCALE_SHIFT)
+
+
 def _kernel(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape[2:]))
 
 
+def _readings(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, prev_width: int | None,
+              display: str, ordered: bool) -> Producer:
+    """A conv/linear layer as the producer it is, or as a state dict leaves it: a plain conv that
+    carries its transposed reading, for the BN it feeds to decide between (see _pick).
+
+    Evidence, strongest first: the module class where the file names it; else the shapes. A conv
+    weight is [out, in/groups, k...], a transposed one [in, out/groups, k...] (torch.nn docs), so
+    the BN's width C tells them apart where only one reading has C outputs. The transposed
+    reading is kept only where its input width fits what comes before (``prev_width``, the
+    width of the previous layer in key order): DenseNet's conv2 [32, 128, 3, 3] before a
+    128-channel norm1 reads as 128 outputs transposed, but takes 128 inputs, not 32. Where keys
+    are not in module order (safetensors) the layer before says nothing, and the structural
+    match prefers the plain reading at equal distance. A name (upconv, deconv, ...) only breaks
+    a tie, where both readings have C outputs.
+    """
+    if info is not None or t["weight"].ndim < 3:
+        transposed = info is not None and "Transpose" in info.type_name
+        return _producer(prefix, t, info, prev_width, display, transposed)
+    plain = _producer(prefix, t, info, prev_width, display, False)
+    w = t["weight"]
+    if not ordered or prev_width is None or w.shape[0] == prev_width:
+        plain.transposed_reading = _producer(prefix, t, info, prev_width, display, True)
+    return plain
+
+
+def _pick(prod: Producer, channels: int) -> Producer | None:
+    """The reading of a conv that has ``channels`` outputs (plain first, a name breaking a tie), or None."""
+    alt = prod.transposed_reading
+    plain_fits, alt_fits = prod.out_channels == channels, alt is not None and alt.out_channels == channels
+    if alt_fits and (not plain_fits or _TRANSPOSED_NAME.search(prod.key_prefix)):
+        why = ("its name says transposed, and read either way its weight has C outputs" if plain_fits else
+               f"read as a plain conv its weight {list(prod.weight.shape)} has {prod.out_channels} outputs, "
+               f"as a transposed one {channels}, and its {alt.in_channels} inputs fit the layer before it")
+        alt.evidence = f"a transposed conv: {why} (a state dict does not name module classes)"  # type: ignore[union-attr]
+        return alt
+    return prod if plain_fits else None
+
+
 def _producer(prefix: str, t: dict[str, TensorRef], info: ModuleInfo | None, prev_width: int | None,
-              display: str) -> Producer:
+              display: str, transposed: bool) -> Producer:
     """Describe a conv/linear layer: its op, output width and, where evident, its groups."""
     w = t["weight"]
     attrs = info.attributes if info else _NO_ATTRIBUTES
     if w.ndim == 2:
         return Producer(display, prefix, "linear", "linear", w.shape[0], w.shape[1], 1, w, t.get("bias"))
     dims = w.ndim - 2
-    transposed = bool(info and "Transpose" in info.type_name) or (info is None and bool(_TRANSPOSED_NAME.search(prefix)))
     groups = attrs.get("groups")
     if transposed:
         # ConvTranspose weight is [in, out/groups, k...] (torch.nn.ConvTranspose*d docs).
@@ -286,21 +368,25 @@ class _TreeIndex:
             buckets = self.depths[depth] = {}
             for parts, pos, prod in self.producers:
                 if len(parts) >= depth:
-                    buckets.setdefault((parts[:depth], prod.out_channels), []).append((pos, prod))
+                    alt = prod.transposed_reading
+                    for width in {prod.out_channels, alt.out_channels if alt is not None else prod.out_channels}:
+                        buckets.setdefault((parts[:depth], width), []).append((pos, prod))
         return buckets
 
     def match(self, prefix: str, channels: int, at: int) -> Producer | None:
         """The conv/linear of width C closest in the module tree: longest shared parent path,
-        then the same trailing number (bn1↔conv1), then the nearest, earlier first."""
+        then the same trailing number (bn1↔conv1), then the nearest, earlier first, then a plain
+        reading of a state dict's conv over a transposed one."""
         parts = tuple(prefix.split(".")[:-1])
         for k in range(len(parts), -1, -1):
             candidates = self._buckets(k).get((parts[:k], channels))
             if candidates:
                 if len(candidates) == 1:
-                    return candidates[0][1]
+                    return _pick(candidates[0][1], channels)
                 digits = _digits(prefix)
-                return max(candidates, key=lambda c: (digits != "" and _digits(c[1].key_prefix) == digits,
-                                                      -abs(c[0] - at), c[0] < at))[1]
+                best = max(candidates, key=lambda c: (digits != "" and _digits(c[1].key_prefix) == digits,
+                                                      -abs(c[0] - at), c[0] < at, c[1].out_channels == channels))
+                return _pick(best[1], channels)
         return None
 
 
@@ -356,6 +442,13 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     _check_facts(checkpoint)
     order, groups = _groups(checkpoint.tensors)
     modules = checkpoint.modules
+    odd: dict[str, dict[str, str]] = {}  # prefix → {tensor name: what its value is instead}
+    for key, what in checkpoint.not_tensors.items():
+        prefix, _, leaf = key.rpartition(".")
+        odd.setdefault(prefix, {})[leaf] = what
+        if prefix not in groups:
+            groups[prefix] = {}
+            order.append(prefix)
     # Modules a saved model declares as BN but whose tensors are all None (affine=False,
     # track_running_stats=False) have no keys: give them a place in key order too.
     for path, info in modules.items():
@@ -369,7 +462,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     entries: list[tuple[str, int, str, str, int]] = []  # (role, position, prefix, display, channels), role bn | maybe
     producers: list[tuple[int, Producer]] = []  # (position in order, producer)
     other: dict[str, int] = {}
-    malformed: dict[str, str] = {}
+    malformed: dict[str, Malformed] = {}
     prev_width: int | None = None
     for pos, prefix in enumerate(order):
         t, info = groups[prefix], modules.get(prefix)
@@ -377,13 +470,20 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         if info is not None and _OTHER_NORMS.match(info.type_name):
             other[info.type_name] = other.get(info.type_name, 0) + 1
             continue
-        if _is_weight_layer(t, info):
-            prod = _producer(prefix, t, info, prev_width, display)
-            producers.append((pos, prod))
-            prev_width = prod.out_channels
+        if info is None and _elementwise_affine(prefix, t):
+            guess = _norm_guess(prefix)
+            other[guess] = other.get(guess, 0) + 1
             continue
-        if _has_stats(t) or (_is_bn_module(info) and _consistent(t) and "running_mean" not in t
-                             and "running_var" not in t):
+        if _is_weight_layer(t, info):
+            prod = _readings(prefix, t, info, prev_width, display, checkpoint.ordered)
+            producers.append((pos, prod))
+            alt = prod.transposed_reading
+            # What it outputs before a BN says: the plain reading, unless its name says transposed.
+            prev_width = (alt if alt is not None and _TRANSPOSED_NAME.search(prefix) else prod).out_channels
+            continue
+        bad = odd.get(prefix, _NO_STRINGS)
+        if not bad and (_has_stats(t) or (_is_bn_module(info) and _consistent(t) and "running_mean" not in t
+                                          and "running_var" not in t)):
             # Running statistics of one length C make a BN layer even when weight or bias
             # disagree (check's BN003 reports that), and so does a module that says BatchNorm
             # and has no statistics (track_running_stats=False).
@@ -391,10 +491,26 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             entries.append(("bn", pos, prefix, display, channels))
             prev_width = channels
             continue
-        if "running_mean" in t or "running_var" in t or _is_bn_module(info):
-            # Statistics that are not 1-D of one length, or a BatchNorm module with tensors of
-            # other shapes: named as malformed, never guessed at.
-            malformed[display] = _malformed(display, t)
+        if ("running_mean" in t or "running_var" in t or _is_bn_module(info)
+                or not _BN_ONLY_NAMES.isdisjoint(bad)):
+            # Entries named like a BN's that do not fit together: statistics of other shapes
+            # (0-dim, 2-D, two lengths) or values that are not tensors. Where one 1-D tensor
+            # gives C, a layer that BN003 reports; else a named problem. Never dropped, never
+            # guessed at.
+            channels = _width(t, info)
+            if channels is None or not _real(t):  # complex "statistics" are no BatchNorm's, even of one length
+                malformed[display] = Malformed(_malformed(display, t, bad), bool(bad))
+                continue
+            for name in _FLOAT_TENSORS:
+                ref = t.get(name)
+                if ref is not None and ref.ndim != 1:
+                    # Named, never read: its values would be meaningless per channel, and a
+                    # stride-0 view of [10^6, 10^6] would be 10^12 of them.
+                    del t[name]
+                    odd.setdefault(prefix, {})[name] = ("a 0-dim tensor" if ref.ndim == 0
+                                                        else f"a tensor of shape {list(ref.shape)}")
+            entries.append(("bn", pos, prefix, display, channels))
+            prev_width = channels
             continue
         w, b = t.get("weight"), t.get("bias")
         if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):
@@ -405,8 +521,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             continue
         # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
         # GroupNorm or similar. Counted for the "no BatchNorm here" message, never reported as BN.
-        guess = ("GroupNorm" if _GN_NAME.search(prefix) else "LayerNorm" if _LN_NAME.search(prefix)
-                 else "LayerNorm/GroupNorm" if "norm" in prefix.lower() else _SCALE_SHIFT)
+        guess = _norm_guess(prefix)
         other[guess] = other.get(guess, 0) + 1
 
     # Pass 2: match each BN with its producer.
@@ -425,7 +540,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             while end < len(producers) and producers[end][0] < at:
                 end += 1
             window = [p for _, p in producers[cursor:end]]
-            producer = next((p for p in reversed(window) if p.out_channels == channels), None)
+            producer = next((r for r in (_pick(p, channels) for p in reversed(window)) if r is not None), None)
         else:
             producer = tree.match(prefix, channels, at)
         if role == "maybe" and producer is None:
@@ -433,6 +548,9 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             continue
         layer = _layer(prefix, display, groups[prefix], modules.get(prefix),
                        channels, producer, window, eps, checkpoint.ordered)
+        layer.unusable = dict(odd.get(prefix, _NO_STRINGS))
+        if "running_mean" in layer.unusable or "running_var" in layer.unusable:
+            layer.track_running_stats = True  # it has statistics, only not as tensors: BN003, not BN201
         if role == "bn":
             layers.append(layer)
             last_bn = at
@@ -448,13 +566,26 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     return Discovery(checkpoint, layers, possible, other, malformed)
 
 
-def _malformed(display: str, t: dict[str, TensorRef]) -> str:
-    """Why a prefix with running statistics is not listed as a BatchNorm layer, with the shapes it has."""
-    shapes = ", ".join(f"{name} {list(t[name].shape) if name in t else 'missing'}"
-                       + (f" {t[name].dtype}" if name in t and t[name].dtype.startswith("complex") else "")
-                       for name in ("weight", "bias", "running_mean", "running_var"))
+def _malformed(display: str, t: dict[str, TensorRef], bad: Mapping[str, str]) -> str:
+    """Why a prefix with running statistics is not listed as a BatchNorm layer, with the shapes
+    (or, where they are not tensors, the values) it has."""
+    shapes = ", ".join(f"{name} {list(t[name].shape)}" + (f" {t[name].dtype}" if t[name].dtype.startswith("complex") else "")
+                       if name in t else f"{name} is {bad[name]}" if name in bad
+                       else f"{name} missing" for name in TENSOR_NAMES if name != "num_batches_tracked" or name in bad)
     return (f"{display} is not listed as a BatchNorm layer: {shapes}; BatchNorm needs real 1-D weight, bias, "
             "running_mean and running_var of one length C")
+
+
+def _width(t: dict[str, TensorRef], info: ModuleInfo | None) -> int | None:
+    """C for a BN-named prefix whose entries disagree: the length of its first 1-D tensor
+    (statistics first), else the module's num_features; None where nothing gives one."""
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        ref = t.get(name)
+        if ref is not None and ref.ndim == 1:
+            return ref.shape[0]
+    if info is not None and isinstance(info.attributes.get("num_features"), int):
+        return int(info.attributes["num_features"])
+    return None
 
 
 def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:
@@ -483,9 +614,10 @@ def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo 
     kind, kind_source = _kind(info, producer)
     if producer is not None and ordered:
         note = f"{producer.kind} with {producer.out_channels} outputs, the layer before it in key order"
+        note += f"; {producer.evidence}" if producer.evidence else ""
     elif producer is not None:
         note = (f"{producer.kind} with {producer.out_channels} outputs, the nearest in the module tree "
-                "(this format does not keep module order)")
+                "(this format does not keep module order)" + (f"; {producer.evidence}" if producer.evidence else ""))
     elif not ordered:
         note = f"no conv/linear layer with {channels} outputs in this file"
     elif window:

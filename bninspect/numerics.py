@@ -503,6 +503,41 @@ def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.nda
         yield f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude
 
 
+def layout_name(ndim: int, channels_last: bool) -> str:
+    """A layout in the usual letters: N,C,H,W / N,H,W,C for 4-D, N,C,L / N,L,C, N,C,D,H,W / N,D,H,W,C."""
+    spatial = {3: "L", 4: "HW", 5: "DHW"}.get(ndim, "…")
+    return ",".join(["N", *spatial, "C"] if channels_last else ["N", "C", *spatial])
+
+
+def output_layout_mistakes(y: np.ndarray, magnitude: np.ndarray, file_shape: tuple[int, ...],
+                           channels_last: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The correct output ``y`` (logical N, C, …) as a runtime that wrote it in the other layout
+    would leave it in a file of ``file_shape``, read back as that file is read (``channels_last``):
+    transposed (an N,H,W,C array where N,C,H,W was meant), or its N,H,W,C buffer reshaped to the
+    file's shape without a transpose (what a copy into a preallocated array does). Only the
+    mistakes whose result has the file's shape are returned; each with its magnitude, alike."""
+    if y.ndim < 3:
+        return []
+    declared, other = layout_name(y.ndim, channels_last), layout_name(y.ndim, not channels_last)
+
+    def written(a: np.ndarray) -> np.ndarray:
+        # the runtime's output in the other layout
+        return np.ascontiguousarray(np.moveaxis(a, 1, -1) if not channels_last else a)
+
+    def read(a: np.ndarray) -> np.ndarray:
+        # what reading the file with the declared layout makes of it
+        return np.moveaxis(a, -1, 1) if channels_last else a
+
+    out = []
+    w, wm = written(y), written(magnitude)
+    if w.shape == tuple(file_shape) and read(w).shape == y.shape:
+        out.append((f"output in {other} layout where {declared} was expected (transposed)", read(w), read(wm)))
+    if w.size == int(np.prod(file_shape)) and read(w.reshape(file_shape)).shape == y.shape:
+        out.append((f"output's {other} buffer saved in an {declared}-shaped array (reshaped, not transposed)",
+                    read(w.reshape(file_shape)), read(wm.reshape(file_shape))))
+    return out
+
+
 def _other_axis(formula, x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                 eps: float, channels_last: bool) -> np.ndarray:
     """``formula`` (reference or magnitude) on the file's bytes read with the other channel convention, in the logical layout."""

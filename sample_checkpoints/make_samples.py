@@ -7,20 +7,29 @@
 Every model is trained in train mode for ``STEPS`` SGD steps on ``sample_models.synthetic_images``,
 so its BatchNorm running statistics are real (``num_batches_tracked == STEPS``), then switched to
 eval mode and saved. Seeds, one thread and deterministic algorithms make every run give
-bit-identical tensors on the same machine and torch build.
+bit-identical tensors on the same machine and torch build; training in float64, cast once to the
+float32 the samples store, makes them the same on other x86-64 CPUs too (see ``train_in_float64``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
+if __name__ == "__main__":
+    # MKL, torch's BLAS on x86, picks its kernels, and with them the order of each sum, by the
+    # CPU, unless its conditional numerical reproducibility mode pins one code path for every
+    # x86-64 CPU (see train_in_float64). Read when torch loads MKL; set only for the script, so a
+    # test process that imports this module for its constants keeps its BLAS as it is.
+    os.environ["MKL_CBWR"] = "COMPATIBLE"
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Import the models as the top-level module ``sample_models`` (not ``sample_checkpoints.…``) so
@@ -68,15 +77,44 @@ def trained(arch: str) -> TrainedRun:
     return _RUNS[arch]
 
 
+def train_in_float64(model: nn.Module) -> nn.Module:
+    """The model in float64 for training; :func:`stored` casts the result back to float32 once.
+
+    float32 training gave other weights on each CPU (an AMD EPYC moved them by 8.4e-4 against
+    samples made on an Intel Xeon): a different order of summation changes the last bit of a
+    sum, and 240 SGD steps on a loss driven to ~0 amplify that to 1e-4 (measured: MKL's
+    reproducible mode alone, on one machine, moved float64 weights by 2.7e-4). So nothing may
+    depend on the CPU. float64 convs run in torch's own kernels, where float32 ones go to oneDNN,
+    which picks kernels by instruction set (AVX2, AVX-512, AMX); MKL is pinned to one code path
+    when the script starts (above). torch's own kernels gave the same bits with AVX2 and AVX-512
+    (ATEN_CPU_CAPABILITY); a CPU without AVX2 (before 2013) would draw other random numbers.
+    Measured: MobileNetV1Tiny's 240 steps give bit-identical weights on an AMD EPYC (torch 2.13)
+    and an Intel Xeon (torch 2.11), with torch's kernels at AVX2 and at AVX-512 on each.
+    """
+    return model.double()
+
+
+def stored(value):
+    """Tensors trained in float64 as the float32 the samples store (dicts and lists walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.float64 else value
+    if isinstance(value, dict):
+        return type(value)((k, stored(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(stored(v) for v in value)
+    return value
+
+
 def _train(arch: str) -> TrainedRun:
     # Seed per architecture so a model's weights do not depend on which samples ran before it.
     torch.manual_seed(SEED)
-    model = sample_models.BUILDERS[arch]()
+    model = train_in_float64(sample_models.BUILDERS[arch]())
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=SGD_MOMENTUM, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=LR_STEP, gamma=0.5)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     x, y = sample_models.synthetic_images(STEPS * BATCH_SIZE, seed=DATA_SEED)
+    x = x.double()
     losses = []
     for step in range(STEPS):
         batch = slice(step * BATCH_SIZE, (step + 1) * BATCH_SIZE)
@@ -93,12 +131,12 @@ def _train(arch: str) -> TrainedRun:
                     ema[key].mul_(EMA_DECAY).add_(value, alpha=1 - EMA_DECAY)
                 else:
                     ema[key].copy_(value)  # num_batches_tracked: a count, not averaged
-    model.eval()
+    model.eval().float()
     return TrainedRun(
         model=model,
-        optimizer_state=optimizer.state_dict(),
+        optimizer_state=stored(optimizer.state_dict()),
         scheduler_state=scheduler.state_dict(),
-        ema_state=ema,
+        ema_state=stored(ema),
         steps=STEPS,
         losses=losses,
     )
@@ -301,13 +339,13 @@ def faulty_default_stats(path: Path) -> None:
 def faulty_few_updates(path: Path) -> None:
     """BN102: statistics from only 5 train-mode batches (num_batches_tracked = 5)."""
     torch.manual_seed(SEED)
-    model = sample_models.BUILDERS["mobilenet_v1_tiny"]()
+    model = train_in_float64(sample_models.BUILDERS["mobilenet_v1_tiny"]())
     x, _ = sample_models.synthetic_images(5 * BATCH_SIZE, seed=DATA_SEED)
     model.train()
     with torch.no_grad():
         for step in range(5):
-            model(x[step * BATCH_SIZE:(step + 1) * BATCH_SIZE])
-    _save_faulty(model.state_dict(), path)
+            model(x[step * BATCH_SIZE:(step + 1) * BATCH_SIZE].double())
+    _save_faulty(stored(model.state_dict()), path)
 
 
 @sample(FAULTY + "mixed_counts.pt")
@@ -479,9 +517,9 @@ def faulty_setstate(path: Path) -> None:
 # Two MobileNetV1Tiny trained for 120 steps with a decaying learning rate (so the weights settle
 # and the running statistics, momentum 0.1, catch up), at batch size 64 and at batch size 2.
 # Measured on drift/calib.pt (held-out images): batch 64 gives drift scores 0.009-0.015 (the
-# statistics fit the data); batch 2 gives 0.11-0.22, worst in the deepest BN, because every
+# statistics fit the data); batch 2 gives 0.14-0.23, worst in the deepest BN, because every
 # update averages 2-image estimates. The same images + CALIB_SHIFT (a shift after training, made
-# in the tests) move the batch-64 model's first BN (features.2.bn) to 0.73, later ones 0.20-0.37.
+# in the tests) move the batch-64 model's first BN (features.2.bn) to 0.72, later ones 0.20-0.37.
 DRIFT = "drift/"
 DRIFT_STEPS = 120
 CALIB_SAMPLES = 64
@@ -491,11 +529,12 @@ CALIB_SHIFT = 1.0  # tests/services/test_drift.py shifts calib.pt by this
 
 def _train_mobilenet_at(batch_size: int) -> nn.Module:
     torch.manual_seed(SEED)
-    model = sample_models.mobilenet_v1_tiny()
+    model = train_in_float64(sample_models.mobilenet_v1_tiny())
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=SGD_MOMENTUM, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=DRIFT_STEPS // 3, gamma=0.3)
     x, y = sample_models.synthetic_images(DRIFT_STEPS * batch_size, seed=DATA_SEED)
+    x = x.double()
     for step in range(DRIFT_STEPS):
         batch = slice(step * batch_size, (step + 1) * batch_size)
         loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
@@ -503,7 +542,7 @@ def _train_mobilenet_at(batch_size: int) -> nn.Module:
         loss.backward()
         optimizer.step()
         scheduler.step()
-    return model.eval()
+    return model.eval().float()
 
 
 @sample(DRIFT + "mobilenet_v1_tiny_bs64.pt")
@@ -524,8 +563,73 @@ def drift_calib(path: Path) -> None:
     _save_faulty(sample_models.synthetic_images(CALIB_SAMPLES, seed=CALIB_SEED)[0], path)
 
 
+# ── Deployed artifacts (deployed/), what the README's verify and diff examples read ───────────
+# A deployment of the trained models: ONNX and OpenVINO IR exports of MobileNetV1Tiny (for
+# `diff`), and an input for ResNetTiny's bn1 with the output a runtime using Keras' eps 1e-3
+# gave for it (for `verify --expected`). Made with the exporters and runtimes of the test extra.
+DEPLOYED = "deployed/"
+DEPLOYED_INPUT_SEED = 7
+
+
+def _bn1_input() -> torch.Tensor:
+    """ResNetTiny bn1's input x [2, 16, 8, 8] (float32): x_c ~ N(μ_c, σ²_c), its running statistics."""
+    sd = state_dict("resnet_tiny")
+    g = torch.Generator().manual_seed(DEPLOYED_INPUT_SEED)
+    z = torch.randn(2, 16, 8, 8, generator=g)
+    return sd["bn1.running_mean"][None, :, None, None] + sd["bn1.running_var"].sqrt()[None, :, None, None] * z
+
+
+@sample(DEPLOYED + "x.npy")
+def deployed_input(path: Path) -> None:
+    """The activations fed to ResNetTiny's bn1 in a deployment, as .npy (N,C,H,W float32)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, _bn1_input().numpy())
+
+
+@sample(DEPLOYED + "y_deployed.npy")
+def deployed_output(path: Path) -> None:
+    """bn1's output on x.npy from a runtime that used Keras' eps 1e-3 where the model has 1e-5."""
+    import numpy as np
+
+    bn = nn.BatchNorm2d(16, eps=1e-3)
+    bn.load_state_dict({k[len("bn1."):]: v for k, v in state_dict("resnet_tiny").items() if k.startswith("bn1.")})
+    with torch.no_grad():
+        y = bn.eval()(_bn1_input())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, y.numpy())
+
+
+@sample(DEPLOYED + "mobilenet_v1_tiny.onnx")
+def deployed_onnx(path: Path) -> None:
+    """torch.onnx.export of the trained MobileNetV1Tiny in eval mode, BN folded into the convs
+    (the TorchScript-based exporter with constant folding, as tests/exports.py makes them)."""
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = sample_models.synthetic_images(1, seed=DATA_SEED)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices
+        torch.onnx.export(copy.deepcopy(trained("mobilenet_v1_tiny").model).eval(), (example,), str(path),
+                          dynamo=False, do_constant_folding=True)
+
+
+@sample(DEPLOYED + "mobilenet_v1_tiny.xml")
+def deployed_ir(path: Path) -> None:
+    """OpenVINO IR (float32, .xml with its .bin) converted from the ONNX export: BN fused by the converter."""
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        deployed_onnx(Path(tmp) / "model.onnx")
+        ov.save_model(ov.convert_model(str(Path(tmp) / "model.onnx")), str(path), compress_to_fp16=False)
+
+
 def make_deterministic() -> None:
-    """Seeded, single-threaded, deterministic kernels: identical tensors on every run."""
+    """Seeded, single-threaded, deterministic kernels: identical tensors on every run (and, with
+    float64 training, on every x86-64 CPU)."""
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

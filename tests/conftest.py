@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,6 +14,36 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_checkpoints"
+# The Python 3.10 job of .ci/run installs everything but torch (a multi-GB download there) and
+# deselects the tests marked `torch`; where torch is missing they are skipped, not failed.
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+# How a module says that every test in it needs torch; without torch such a module is not even
+# imported (its imports need torch).
+WHOLE_MODULE_TORCH = "pytestmark = pytest.mark.torch"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Without torch, leave out the modules marked ``torch`` as a whole."""
+    if HAVE_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return True if WHOLE_MODULE_TORCH in collection_path.read_text(encoding="utf-8") else None
+
+
+def needs_torch(value):
+    """A parametrize value whose run needs torch (a command doing tensor math, a file torch writes)."""
+    return pytest.param(value, marks=pytest.mark.torch)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``torch`` when torch is not installed."""
+    if HAVE_TORCH:
+        return
+    skip = pytest.mark.skip(reason="needs torch, which is not installed")
+    for item in items:
+        if "torch" in item.keywords:
+            item.add_marker(skip)
 
 
 @dataclass
@@ -27,14 +58,28 @@ class Run:
 
 
 def bninspect_command() -> list[str]:
-    """The installed console script (what users run); `python -m bninspect` where it is not on PATH."""
-    exe = shutil.which("bninspect")
+    """The console script installed for this interpreter (what users run), else the one on PATH,
+    else `python -m bninspect`: a Python 3.10 run must not start another Python's script."""
+    own = Path(sys.executable).parent / "bninspect"
+    exe = str(own) if own.is_file() else shutil.which("bninspect")
     return [exe] if exe else [sys.executable, "-m", "bninspect"]
 
 
+def with_pythonpath(extra: str, env: dict | None = None) -> str:
+    """PYTHONPATH with ``extra`` first and the current one kept: replacing it would run another
+    checkout's bninspect where this one is on PYTHONPATH (a worktree beside an editable install)."""
+    current = (env if env is not None else os.environ).get("PYTHONPATH")
+    return os.pathsep.join(filter(None, [extra, current]))
+
+
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 120, env: dict | None = None) -> Run:
-    """Run the installed command; never hang (a FIFO or a bug must fail the test, not the suite)."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    """Run the installed command; never hang (a FIFO or a bug must fail the test, not the suite).
+
+    ``env`` adds to the environment; its PYTHONPATH goes before the current one."""
+    env = dict(env or {})
+    if "PYTHONPATH" in env:
+        env["PYTHONPATH"] = with_pythonpath(env["PYTHONPATH"])
+    full_env = {**os.environ, "COLUMNS": "200", **env}
     proc = subprocess.run([*bninspect_command(), *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=full_env, stdin=subprocess.DEVNULL)
     return Run(proc.returncode, proc.stdout, proc.stderr)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
 
-from tests.conftest import SAMPLES, assert_one_line_error, bninspect_command
+from tests.conftest import SAMPLES, assert_one_line_error, bninspect_command, needs_torch
 
 
 def test_help_lists_every_command_and_keeps_bracketed_text(cli):
@@ -18,6 +19,21 @@ def test_help_lists_every_command_and_keeps_bracketed_text(cli):
     check_help = cli("check", "--help").out
     # rich would read these as markup and drop them silently.
     assert "[tool.bninspect]" in check_help and "[default: 200]" in check_help
+
+
+USAGE = {"show": "CKPT", "explain": "CKPT LAYER", "verify": "[CKPT]", "check": "PATH...", "rules": "[CODE]",
+         "drift": "CKPT", "diff": "A B"}
+
+
+@pytest.mark.parametrize("command", list(USAGE))
+def test_help_names_arguments_as_users_type_them(cli, command):
+    """No {CKPT} braces, no Python types such as <str> or <list[str]>: CKPT, [CKPT], PATH..."""
+    text = cli(command, "--help").out
+    assert text.startswith(f"Usage: bninspect {command} [OPTIONS] {USAGE[command]}\n"), text.splitlines()[0]
+    assert not any(mark in text for mark in ("{", "<str>", "<list[", "<int>", "<float>")), text
+    arguments = text.split("Arguments:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in arguments.splitlines() if line[2:3] != " "] == \
+        USAGE[command].replace("[", "").replace("]", "").split()
 
 
 def test_no_arguments_prints_help(cli):
@@ -58,7 +74,9 @@ def test_option_values_are_converted_and_bad_ones_are_usage_errors(cli):
 
 def test_closed_output_pipe_is_not_a_traceback():
     proc = subprocess.Popen([*bninspect_command(), "show", str(SAMPLES / "mobilenet_v1_tiny.pt"), "--channels"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin",
+                                 **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})  # this checkout's code
     proc.stdout.readline()
     proc.stdout.close()  # like `| head -1`
     err = proc.stderr.read().decode()
@@ -66,6 +84,7 @@ def test_closed_output_pipe_is_not_a_traceback():
     assert "Traceback" not in err and err == ""
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("args", [("verify", SAMPLES / "resnet_tiny.pt"),
                                   ("diff", SAMPLES / "mobilenet_v1_tiny.pt", SAMPLES / "mobilenet_v1_tiny_train.ts"),
                                   ("drift", SAMPLES / "mobilenet_v1_tiny.ts", "--trust", "--synthetic", "4x3x16x16",
@@ -101,6 +120,7 @@ def test_size_lists_are_checked_in_one_place(cli):
                               "--train-batch must be positive integers separated by commas", repr(bad))
 
 
+@pytest.mark.torch  # verify imports torch before it reads --input
 def test_activation_files_get_the_same_path_checks_as_checkpoints(cli, tmp_path):
     import os
 
@@ -129,3 +149,32 @@ def test_an_unexpected_failure_names_the_file_in_one_bounded_line(monkeypatch, c
     assert exit_info.value.code == 4 and len(lines) == 1
     assert lines[0].startswith("bninspect: error: some model.pt: unexpected failure (RuntimeError: boom xxx")
     assert len(lines[0]) < 400
+
+
+ZERO_VAR = str(SAMPLES / "faulty" / "zero_var.pt")  # features.3.bn.running_var is 0 in channels 3 and 9
+EPS_COMMANDS = {"show": ("show", ZERO_VAR), "explain": ("explain", ZERO_VAR, "features.3.bn"), "check": ("check", ZERO_VAR),
+                "verify": ("verify", ZERO_VAR, "--layer", "features.3.bn"), "diff": ("diff", ZERO_VAR, ZERO_VAR)}
+
+
+@pytest.mark.parametrize("command", [c if c in ("show", "explain", "check") else needs_torch(c) for c in EPS_COMMANDS])
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf", "-inf"])
+def test_every_command_validates_eps_the_same_way(cli, command, bad):
+    assert_one_line_error(cli(*EPS_COMMANDS[command], f"--eps={bad}"), 2, f"--eps must be a finite number ≥ 0, not {bad}")
+
+
+@pytest.mark.parametrize("command", [c if c in ("show", "explain") else needs_torch(c) for c in ("show", "explain", "verify", "diff")])
+def test_eps_0_is_allowed_and_says_where_it_divides_by_zero(cli, command):
+    run = cli(*EPS_COMMANDS[command], "--eps", "0")
+    assert run.code in (0, 1) and run.err == "", run.err  # verify fails the layer (its output is not finite)
+    assert ("features.3.bn: eps 0 and running_var 0 in channels 3, 9 (2 of 64): y = γ·(x − μ)/√(σ² + ε) divides by zero"
+            in " ".join(run.out.split()))
+
+
+def test_check_eps_0_is_allowed_and_bn105_says_it_divides_by_zero(cli):
+    run = cli("check", ZERO_VAR, "--eps", "0", "--expect-eps", "0", "--json")
+    assert run.code == 0 and run.err == "", run.err
+    (finding,) = json.loads(run.out)["findings"]
+    assert finding["code"] == "BN105" and finding["channels"] == [3, 9]
+    assert "with eps 0 inference divides by √(σ² + ε) = 0 there" in finding["message"]
+    assert finding["evidence"]["amplification_per_unit_gamma"] == "Infinity"
+    assert_one_line_error(cli("check", ZERO_VAR, "--expect-eps=nan"), 2, "--expect-eps must be a finite number ≥ 0, not nan")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import bninspect_command
+from tests.conftest import bninspect_command, needs_torch
 
 # Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded,
 # which of numpy, rich, rich.console, pydantic and matplotlib, and how many threads the process has (Linux). atexit fires
@@ -146,8 +146,9 @@ _TS = str(Path(__file__).resolve().parent.parent / "sample_checkpoints" / "mobil
 _DRIFT = ("drift", _TS, "--trust", "--synthetic", "4x3x16x16", "--batch-sizes", "2,4")
 
 
-@pytest.mark.parametrize("args", [("show", "FILE"), ("check", "FILE"), ("verify", "FILE"), ("diff", "FILE", "FILE"),
-                                  _DRIFT], ids=["show", "check", "verify", "diff", "drift"])
+@pytest.mark.parametrize("args", [("show", "FILE"), ("check", "FILE"), needs_torch(("verify", "FILE")),
+                                  needs_torch(("diff", "FILE", "FILE")), needs_torch(_DRIFT)],
+                         ids=["show", "check", "verify", "diff", "drift"])
 def test_json_does_not_import_rich(safetensors_file, args):
     """A JSON document needs no terminal rendering: rich loads only where tables are drawn."""
     code, _, err = probe(*(str(safetensors_file) if a == "FILE" else a for a in args), "--json")
@@ -170,8 +171,8 @@ def test_numpy_starts_no_blas_threads(safetensors_file):
 
 @pytest.mark.parametrize("args", [("show", "FILE"), ("show", "--channels", "FILE"), ("check", "FILE"),
                                   ("check", "--format", "concise", "FILE"), ("explain", "FILE", "bn", "--channel", "1"),
-                                  ("rules", "BN101"), ("verify", "FILE"), ("diff", "FILE", "FILE"),
-                                  _DRIFT],
+                                  ("rules", "BN101"), needs_torch(("verify", "FILE")), needs_torch(("diff", "FILE", "FILE")),
+                                  needs_torch(_DRIFT)],
                          ids=["show", "channels", "check", "concise", "explain", "rules", "verify", "diff", "drift"])
 def test_output_into_a_pipe_does_not_load_rich_console(safetensors_file, args):
     """Where nothing shows styles (a pipe, a CI log) tables and lines are written without rich's
@@ -203,7 +204,7 @@ def test_options_are_converted_without_pydantic(safetensors_file, args):
     assert "pydantic" not in loaded(err)
 
 
-@pytest.mark.parametrize("fixture", ["safetensors_file", "zip_pt_file", "lightning_file"])
+@pytest.mark.parametrize("fixture", ["safetensors_file", needs_torch("zip_pt_file"), needs_torch("lightning_file")])
 @pytest.mark.parametrize("args", [("show",), ("show", "--json")], ids=["table", "json"])
 def test_show_does_not_import_torch(request, fixture, args):
     require_command("show")
@@ -213,7 +214,7 @@ def test_show_does_not_import_torch(request, fixture, args):
     assert not torch_imported
 
 
-@pytest.mark.parametrize("fixture", ["safetensors_file", "zip_pt_file", "lightning_file"])
+@pytest.mark.parametrize("fixture", ["safetensors_file", needs_torch("zip_pt_file"), needs_torch("lightning_file")])
 def test_check_does_not_import_torch(request, fixture):
     require_command("check")
     path = request.getfixturevalue(fixture)
@@ -235,7 +236,7 @@ def _write(state: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["safetensors", "pt"])
+@pytest.fixture(params=["safetensors", needs_torch("pt")])
 def big_conv_file(request, tmp_path: Path) -> Path:
     """32 MiB of conv weight next to 32 KiB of BN tensors."""
     state = _bn_state()
@@ -265,7 +266,7 @@ def test_reads_the_bn_bytes_not_the_file(big_conv_file, args):
     assert read < big_conv_file.stat().st_size // 4, (read, big_conv_file.stat().st_size)
 
 
-@pytest.fixture(params=["safetensors", "pt"])
+@pytest.fixture(params=["safetensors", needs_torch("pt")])
 def many_wide_layers(request, tmp_path: Path) -> Path:
     """20 BN layers of 65,536 channels: 1 MiB of statistics each, 20 MiB in all."""
     c, state = 65536, {}
@@ -291,7 +292,8 @@ def test_show_limit_reads_only_the_layers_it_shows(many_wide_layers):
 
 
 @pytest.mark.parametrize("args", [("show", "--channels", "FILE"), ("check", "FILE"), ("explain", "FILE", "bn"),
-                                  ("verify", "FILE"), ("diff", "FILE", "FILE"), ("rules",), ("--help",), _DRIFT],
+                                  needs_torch(("verify", "FILE")), needs_torch(("diff", "FILE", "FILE")), ("rules",),
+                                  ("--help",), needs_torch(_DRIFT)],
                          ids=["show", "check", "explain", "verify", "diff", "rules", "help", "drift"])
 def test_only_report_imports_matplotlib(safetensors_file, args):
     """matplotlib is the `report` extra: every other command runs without it (and without its

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import SAMPLES, assert_one_line_error
+
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
 
 
 def test_conformance_json(cli):
@@ -130,3 +133,64 @@ def test_faulty_statistics_leave_stderr_empty(cli, samples):
     # RuntimeWarning ("invalid value encountered in subtract") once reached stderr here.
     run = cli("verify", str(samples / "faulty" / "nan.pt"), "--device", "cpu")
     assert run.code in (0, 1) and run.err == "", run.err
+
+
+def _bn1_input_and_output(tmp_path):
+    """An N,C,H,W input for resnet_tiny's bn1 and what torch's BatchNorm2d outputs for it."""
+    sd = torch.load(SAMPLES / "resnet_tiny.pt", weights_only=True)
+    bn = torch.nn.BatchNorm2d(16).eval()
+    bn.load_state_dict({k[len("bn1."):]: v for k, v in sd.items() if k.startswith("bn1.")})
+    rng = np.random.default_rng(0)
+    mean, sd_ = sd["bn1.running_mean"].numpy(), np.sqrt(sd["bn1.running_var"].numpy())
+    x = (mean[None, :, None, None] + sd_[None, :, None, None] * rng.standard_normal((2, 16, 5, 7))).astype(np.float32)
+    with torch.no_grad():
+        y = bn(torch.from_numpy(x)).numpy()
+    np.save(tmp_path / "x.npy", x)
+    return x, y
+
+
+def _diagnosis(cli, tmp_path, y, *flags, x_file="x.npy"):
+    np.save(tmp_path / "y.npy", y)
+    run = cli("verify", str(SAMPLES / "resnet_tiny.pt"), "--layer", "bn1", "--input", str(tmp_path / x_file),
+              "--expected", str(tmp_path / "y.npy"), *flags, "--json")
+    assert run.code in (0, 1) and run.err == "", run.err
+    return run.code, json.loads(run.out)["diagnosis"]
+
+
+def test_an_nhwc_output_for_an_nchw_input_is_recognised(cli, tmp_path):
+    """TFLite, CoreML and OpenVINO deployments hand back N,H,W,C: its shape is the input's
+    permuted, so it is read that way and named, not refused; --output-channels-last says so."""
+    _, y = _bn1_input_and_output(tmp_path)
+    nhwc = np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+    code, diag = _diagnosis(cli, tmp_path, nhwc)
+    assert code == 1 and diag["fits"] is True
+    assert diag["cause"] == ("output in N,H,W,C layout, shape (2, 5, 7, 16), where N,C,H,W was expected "
+                             "(--output-channels-last reads it so)")
+    code, diag = _diagnosis(cli, tmp_path, nhwc, "--output-channels-last")
+    assert (code, diag["cause"]) == (0, "match")
+
+
+def test_an_nhwc_buffer_in_an_nchw_shaped_array_is_explained(cli, tmp_path):
+    """The runtime's N,H,W,C output copied into an N,C,H,W-shaped array: same shape, scrambled."""
+    _, y = _bn1_input_and_output(tmp_path)
+    code, diag = _diagnosis(cli, tmp_path, np.ascontiguousarray(y.transpose(0, 2, 3, 1)).reshape(y.shape))
+    assert code == 1 and diag["fits"] is True
+    assert diag["cause"] == "output's N,H,W,C buffer saved in an N,C,H,W-shaped array (reshaped, not transposed)"
+
+
+def test_input_and_output_layouts_are_given_separately(cli, tmp_path):
+    x, y = _bn1_input_and_output(tmp_path)
+    np.save(tmp_path / "x_nhwc.npy", np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    assert _diagnosis(cli, tmp_path, y, "--input-channels-last", x_file="x_nhwc.npy")[1]["cause"] == "match"
+    both = np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+    assert _diagnosis(cli, tmp_path, both, "--channels-last", x_file="x_nhwc.npy")[1]["cause"] == "match"
+    assert _diagnosis(cli, tmp_path, both, "--input-channels-last", "--output-channels-last",
+                      x_file="x_nhwc.npy")[1]["cause"] == "match"
+
+
+def test_an_expected_output_of_another_shape_is_still_a_usage_error(cli, tmp_path):
+    _, y = _bn1_input_and_output(tmp_path)
+    np.save(tmp_path / "y.npy", y[:, :, :4])
+    run = cli("verify", str(SAMPLES / "resnet_tiny.pt"), "--layer", "bn1", "--input", str(tmp_path / "x.npy"),
+              "--expected", str(tmp_path / "y.npy"))
+    assert_one_line_error(run, 2, "expected output has shape (2, 16, 4, 7), input (2, 16, 5, 7)")

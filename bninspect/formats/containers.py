@@ -12,7 +12,7 @@ as alternatives the user can pick with ``--key``.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bninspect.checkpoint import Checkpoint, ModuleInfo, ModuleNode, TensorRef
@@ -39,6 +39,7 @@ class _Candidate:
     tensors: dict[str, TensorRef]
     modules: dict[str, ModuleInfo]
     depth: int
+    not_tensors: dict[str, str] = field(default_factory=dict)  # Checkpoint.not_tensors
     node: ModuleNode | None = None  # where the candidate is a module
     pickled: bool = False  # a pickled nn.Module read statically
 
@@ -51,14 +52,41 @@ class _Candidate:
 def _as_candidate(node: Any, path: str, depth: int, file: str) -> _Candidate | None:
     if pymodules.is_module(node):
         found = pymodules.module_node(node, file)
-        return _Candidate(path, found.tensors, found.modules, depth, found, pickled=True)
+        return _Candidate(path, found.tensors, found.modules, depth, node=found, pickled=True)
     if isinstance(node, ModuleNode):
-        return _Candidate(path, node.tensors, node.modules, depth, node)
+        return _Candidate(path, node.tensors, node.modules, depth, node=node)
     if isinstance(node, dict):
         tensors = {k: v for k, v in node.items() if isinstance(k, str) and isinstance(v, TensorRef)}
         if tensors:
-            return _Candidate(path, tensors, {}, depth)
+            # Kept so that discovery can say what is wrong with such a layer instead of losing it.
+            odd = {k: describe_value(v) for k, v in node.items() if len(tensors) < len(node) and isinstance(k, str)
+                   and not isinstance(v, TensorRef) and k.rpartition(".")[2] in _BN_TENSOR_NAMES}
+            return _Candidate(path, tensors, {}, depth, odd)
     return None
+
+
+_BN_TENSOR_NAMES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+
+
+def describe_value(value: Any) -> str:
+    """A value found where a tensor belongs, in a few words ("a list of 32 numbers")."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):  # no str() of a huge int: Python refuses over 4300 digits
+        return f"the Python int {value}" if value.bit_length() <= 64 else f"a Python int of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return f"the Python float {value:g}"
+    if isinstance(value, str):
+        return f"the string {visible(value[:20])!r}" + ("…" if len(value) > 20 else "")
+    if isinstance(value, (list, tuple)):
+        kind = type(value).__name__
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        return f"a {kind} of {len(value)} {'numbers' if numbers else 'items'}" if value else f"an empty {kind}"
+    if isinstance(value, dict):
+        return f"a dict of {len(value)} entries"
+    if isinstance(value, Opaque):
+        return f"an object of class {visible(type(value).qualname)}"
+    return f"a {type(value).__name__}"
 
 
 def _walk(root: Any, file: str) -> tuple[list[_Candidate], bool]:
@@ -177,6 +205,7 @@ def build_checkpoint(root: Any, *, path: str, format: str, key: str | None,
         prefix=node.prefix if node is not None and node.prefix is not None else common_prefix(list(tensors)),
         modules=chosen.modules,
         notes=notes,
+        not_tensors=chosen.not_tensors,
     )
 
 

@@ -272,6 +272,7 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
         return consts.get(alias.get(name, name))
 
     ranks = _ranks(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     tensors: dict[str, TensorRef] = {}
     modules: dict[str, ModuleInfo] = {}
     notes: list[str] = []
@@ -305,6 +306,10 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
                 "training": training,
                 "track_running_stats": True,
                 "onnx_node": node.name,
+                # What the node itself sets (else the spec's default applies) and its opset, for
+                # explanations in the file's own terms.
+                "onnx_attributes": tuple(sorted(attrs)),
+                "onnx_opset": opset,
             })
         elif (node.op_type in PRODUCER_OPS and len(node.input) >= 2 and const(node.input[1]) is not None
               and int(const(node.input[1]).data_type) in ONNX_DTYPES):

@@ -18,6 +18,7 @@ import functools
 import io
 import pickletools
 import re
+import sys
 from collections.abc import Callable
 
 
@@ -267,7 +268,12 @@ def _run_matcher(bits: int) -> Callable[[bytes, int], re.Match[bytes]]:
                 *sized.values(), _byte(_SHORT_BINUNICODE) + _counted(0, _SHORT_STRING - 1, 0)]
     branches += [_one_of(codes) + b"[^\n]*\n" * count for count, codes in sorted(lines.items())]
     # Possessive: no backtracking state is kept per opcode (3x faster than a plain repeat).
-    return re.compile(b"(?:" + b"|".join(branches) + b")*+", re.DOTALL).match
+    # Python 3.10's re has no possessive repeat (3.11+). A greedy one matches the same run (each
+    # branch is chosen by its opcode byte, nothing follows to backtrack for) but keeps state per
+    # opcode: 540 MiB for a 10 MB pickle. Bounded at 1024 opcodes a match, the loop below steps
+    # one opcode in Python between blocks: 20 MiB, 0.14 s (0.10 s possessive on 3.11).
+    repeat = b")*+" if sys.version_info >= (3, 11) else b"){0,1024}"
+    return re.compile(b"(?:" + b"|".join(branches) + repeat, re.DOTALL).match
 
 
 def check_memo_indices(data: bytes) -> int:

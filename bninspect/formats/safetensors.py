@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bninspect.checkpoint import SHAPE_RULE, Checkpoint, ModuleNode, TensorRef, are_sizes, decode, is_shape, natural_key
-from bninspect.errors import InvalidFileError, NoStateDictError
+from bninspect.errors import InvalidFileError
 from bninspect.formats import containers
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 
@@ -151,11 +151,12 @@ def _checkpoint(file: SharedFile, header: dict[str, Any], data_start: int, data_
     notes = []
     if covered < data_len and spans:
         notes.append(f"the data area has {data_len - covered} bytes after the last tensor")
+    if not refs:
+        # A valid file (the safetensors library reads it as {}): an answer about BN, not an error.
+        notes.append("the file holds no tensors")
     # safetensors keeps no module order (the writer sorts by dtype alignment, then name), so
     # keys come in natural order: "features.2" before "features.10", as nn.Sequential numbers them.
     tensors = {name: refs[name] for name in sorted(refs, key=natural_key)}
-    if not tensors:
-        raise NoStateDictError("safetensors file holds no tensors", path=path)
     # Every value is a tensor already: as a ModuleNode (with no module facts) the state dict is
     # taken as it is, not copied key by key through the search for tensors among other values.
     node = ModuleNode(tensors=tensors)

@@ -45,6 +45,7 @@ def to_json(result: DriftResult) -> str:
         "device": result.device,
         "batch_sizes": result.batch_sizes,
         "pass_batch_size": result.pass_batch_size,
+        "threads": result.threads,
         "thresholds": {"max_drift": result.max_drift, "batch_tolerance": result.batch_tolerance,
                        "min_agreement": result.min_agreement},
         "layers_measured": result.layers_measured,

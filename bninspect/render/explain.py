@@ -12,7 +12,7 @@ SCHEMA = "bninspect.explain/1"
 
 def to_json(result: ExplainResult) -> str:
     """JSON document (schema bninspect.explain/1): the layer, the sections, the worked channel."""
-    return dumps(SCHEMA, {"file": result.file, "layer": result.layer, "numbers": result.numbers,
+    return dumps(SCHEMA, {"file": result.file, "format": result.format, "layer": result.layer, "numbers": result.numbers,
                           "channel": result.channel, "sections": result.sections})
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from bninspect.checkpoint import Checkpoint
     from bninspect.formats.verdict import Verdict
-    from bninspect.layers import BNLayer
+    from bninspect.layers import BNLayer, Malformed
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
 FAMILIES = {"BN0": "integrity", "BN1": "statistics", "BN2": "mode", "BN3": "deployment", "BN4": "safety"}
@@ -66,6 +66,7 @@ class Context:
     layers: list[BNLayer]  # every BN layer of the checkpoint, possible ones included
     thresholds: Thresholds = field(default_factory=Thresholds)
     checkpoint: Checkpoint | None = None
+    malformed: dict[str, Malformed] = field(default_factory=dict)  # BN-named prefixes that make no layer
     # What a real load of the file would run (formats.verdict.Verdict); None where loading
     # runs nothing (safetensors, ONNX, IR). Set even when no state dict could be read.
     verdict: Verdict | None = None

@@ -87,49 +87,72 @@ def negative_variance(layer: BNLayer, ctx: Context):
             fix="re-estimate the running statistics (bninspect drift --write-recalibrated) or restore them from the source checkpoint")
 
 
-@rule("BN003", "length-mismatch", "error", "tensors disagree in length, or C differs from the producer")
-def length_mismatch(layer: BNLayer, ctx: Context):
+@rule("BN003", "length-mismatch", "error", "tensors disagree in length, or C differs from the producer", scope="model")
+def length_mismatch(ctx: Context):
     """
     ## What it does
-    Checks that `weight`, `bias`, `running_mean` and `running_var` all hold one value per
-    channel (C values), that `num_batches_tracked` is a single number, and that C equals the
-    output channels of the producer discovery matched (the conv or linear the layer
-    normalizes).
+    Checks that `weight`, `bias`, `running_mean` and `running_var` are tensors that all hold
+    one value per channel (C values, 1-D), that `num_batches_tracked` is a tensor holding a
+    single number, and that C equals the output channels of the producer discovery matched
+    (the conv or linear the layer normalizes). Entries named like a BatchNorm's that give no
+    C at all (no 1-D tensor among them) are reported too: as an error where some are not
+    tensors (a list, a string, a Python number), as info where they are tensors of other
+    shapes (a custom module may keep statistics as [1, C]).
 
     ## Why is this bad?
     Entry i of each tensor belongs to channel i. Tensors of different lengths cannot all be
     right: `load_state_dict` refuses them with a size-mismatch error, and converters that
-    copy them anyway pair statistics with the wrong channels.
+    copy them anyway pair statistics with the wrong channels. A value that is not a tensor
+    (what a `weights_only` pickle still allows) is refused by `load_state_dict` too.
 
     Only the producer discovery matched is compared: the nearest earlier conv of another width
     is often not the producer at all (a DenseNet or pre-activation block normalizes its
     input, not the previous conv's output), so comparing with it would report healthy models.
 
     ## Example
-    `head.bn.weight` has 15 values while `head.bn.running_mean` has 16.
+    `head.bn.weight` has 15 values while `head.bn.running_mean` has 16; `bn2.running_mean` is
+    a 0-dim tensor, or the Python int 0.
 
     ## Use instead
     Re-export the layer from the model that trained it; if the model was pruned, prune the
     BatchNorm tensors with the same channel mask as the conv.
     """
+    fix = "re-export the layer from the model that trained it (after pruning, prune BN tensors with the conv's channel mask)"
+    for layer in ctx.layers:
+        problems, evidence = _mismatches(layer)
+        if problems:
+            yield length_mismatch.finding(layer, f"{layer.name}: C = {layer.channels} but " + ", ".join(problems),
+                                          evidence=evidence, fix=fix)
+    for name, bad in ctx.malformed.items():
+        yield length_mismatch.finding(name, bad.message, severity="error" if bad.not_tensors else "info",
+                                      evidence={"not_tensors": int(bad.not_tensors)}, fix=fix)
+
+
+def _mismatches(layer: BNLayer) -> tuple[list[str], dict]:
+    """What in one layer does not hold C values, as phrases, and the numbers behind them."""
     lengths = {}
+    problems = []
     for name in FLOAT_TENSORS:
         ref = layer.tensors.get(name)
         if ref is not None:
             lengths[name] = ref.numel
-    problems = [f"{name} has {n}" for name, n in lengths.items() if n != layer.channels]
-    evidence = {"channels": layer.channels, **{f"{k}_length": v for k, v in lengths.items()}}
+            if ref.ndim != 1 and ref.numel == layer.channels:  # [1, C] or, for C = 1, a 0-dim tensor
+                problems.append(f"{name} has shape {list(ref.shape)}")
+            elif ref.numel != layer.channels:
+                problems.append(f"{name} has {ref.numel}" + (f" (shape {list(ref.shape)})" if ref.ndim != 1 else ""))
+    evidence: dict = {"channels": layer.channels, **{f"{k}_length": v for k, v in lengths.items()}}
     nbt = layer.tensors.get("num_batches_tracked")
     if nbt is not None and nbt.numel != 1:
         problems.append(f"num_batches_tracked has {nbt.numel} values instead of 1")
         evidence["num_batches_tracked_length"] = nbt.numel
+    for name, what in layer.unusable.items():
+        problems.append(f"{name} is {what}, not " + ("a tensor" if name == "num_batches_tracked"
+                                                      else f"a 1-D tensor of {layer.channels} values"))
+    if layer.unusable:
+        evidence["unusable"] = dict(layer.unusable)
     producer = layer.producer
     if producer is not None and producer.out_channels != layer.channels:
         problems.append(f"its producer {producer.name} has {producer.out_channels} output channels")
         evidence["producer_out_channels"] = producer.out_channels
-    if problems:
-        yield length_mismatch.finding(
-            layer, f"{layer.name}: C = {layer.channels} but " + ", ".join(problems),
-            evidence=evidence,
-            fix="re-export the layer from the model that trained it (after pruning, prune BN tensors with the conv's channel mask)")
+    return problems, evidence
 

@@ -44,6 +44,8 @@ def no_running_statistics(layer: BNLayer, ctx: Context):
     """
     if layer.has("running_mean") and layer.has("running_var"):
         return
+    if "running_mean" in layer.unusable or "running_var" in layer.unusable:
+        return  # it has statistics, just not as tensors: BN003 says so
     if layer.possible:
         why = layer.evidence or "possible BatchNorm with track_running_stats=False: weight and bias, no running statistics"
     elif layer.track_running_stats is False:
@@ -201,7 +203,8 @@ def missing_count(layer: BNLayer, ctx: Context):
     `num_batches_tracked` keys are missing, or add `sd[prefix + "num_batches_tracked"] =
     torch.tensor(0)` per layer first.
     """
-    if layer.possible or layer.kind == "FrozenBatchNorm2d" or layer.has("num_batches_tracked"):
+    if (layer.possible or layer.kind == "FrozenBatchNorm2d" or layer.has("num_batches_tracked")
+            or "num_batches_tracked" in layer.unusable):  # there, but not a tensor: BN003
         return
     if ctx.checkpoint is not None and ctx.checkpoint.format in FORMATS_WITHOUT_COUNT:
         return

@@ -7,6 +7,7 @@ converted from another framework has trained statistics and a count of 0.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -236,10 +237,11 @@ def zero_variance(layer: BNLayer, ctx: Context):
     if not zero.any():
         return
     idx = np.flatnonzero(zero)
-    gain = 1.0 / np.sqrt(layer.eps)
+    gain = 1.0 / math.sqrt(layer.eps) if layer.eps > 0 else math.inf
+    effect = (f"any deviation from the mean is amplified by γ/√ε = γ·{gain:.3g}" if layer.eps > 0 else
+              "with eps 0 inference divides by √(σ² + ε) = 0 there: ±inf, NaN where x = μ")
     yield zero_variance.finding(
-        layer, f"{layer.name}: running_var is 0 in {channel_list(idx, layer.channels)}: a constant channel; "
-               f"any deviation from the mean is amplified by γ/√ε = γ·{gain:.3g}",
+        layer, f"{layer.name}: running_var is 0 in {channel_list(idx, layer.channels)}: a constant channel; {effect}",
         channels=idx, evidence={"zero_variance_channels": int(idx.size), "amplification_per_unit_gamma": sig(gain), "eps": layer.eps},
         fix="prune these channels with their producer filters, or set their weight to 0 so they output β")
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
                               UsageError)
 from bninspect.rules import SEVERITIES, Context, Finding, Thresholds, run_rules, select_rules
+from bninspect.services.common import validate_eps
 
 if TYPE_CHECKING:
     from bninspect.layers import Discovery
@@ -172,9 +173,8 @@ def _validate(opts: CheckOptions) -> None:
         value = getattr(t, name)
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"--{name.replace('_', '-')} must be zero or a positive number, not {value}")
-    for name, value in (("expect-eps", t.expect_eps), ("eps", opts.eps)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{name} must be a positive number, not {value}")
+    validate_eps(t.expect_eps, "--expect-eps")
+    validate_eps(opts.eps)
     select_rules(opts.select, opts.ignore)  # unknown codes are usage errors before any file is read
 
 
@@ -270,7 +270,7 @@ def findings_for(found: Discovery, opts: CheckOptions) -> list[Finding]:
     """The selected rules' findings on layers already discovered (possible BatchNorm included),
     and on the file's safety verdict."""
     ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,
-                  verdict=found.checkpoint.verdict)
+                  malformed=found.malformed, verdict=found.checkpoint.verdict)
     return run_rules(ctx, select_rules(opts.select, opts.ignore))
 
 

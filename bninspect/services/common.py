@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Discovery, discover
+
+
+def validate_eps(eps: float | None, option: str = "--eps") -> None:
+    """The one rule every command applies to an eps it is given: a finite number ≥ 0.
+
+    0 is allowed (nn.BatchNorm2d accepts it, and some runtimes fold with it); where a channel's
+    running_var is 0 too it divides by zero, which :func:`zero_eps_warnings` says.
+    """
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):
+        raise UsageError(f"{option} must be a finite number ≥ 0, not {eps:g}")
+
+
+def zero_eps_warnings(layers: list[BNLayer]) -> list[str]:
+    """One line per layer whose eps is 0 and whose running_var is 0 somewhere: there inference
+    y = γ·(x − μ)/√(σ² + ε) divides by zero."""
+    import numpy as np
+
+    from bninspect.rules.base import channel_list
+
+    out = []
+    for layer in layers:
+        var = layer.values("running_var") if layer.eps == 0 else None
+        if var is not None and (var == 0).any():
+            out.append(f"{layer.name}: eps 0 and running_var 0 in {channel_list(np.flatnonzero(var == 0), var.size)}: "
+                       "y = γ·(x − μ)/√(σ² + ε) divides by zero there (±inf, NaN where x = μ)")
+    return out
 
 
 def open_layers(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False,
@@ -26,6 +53,7 @@ def open_layers(path: str, *, trust: bool = False, key: str | None = None, stric
     from bninspect import process
     from bninspect.formats import open_checkpoint
 
+    validate_eps(eps)
     if not process.freeze_loaded_objects:
         return discover(open_checkpoint(path, trust=trust, key=key, strict=strict, refuse_unsafe=refuse_unsafe), eps=eps)
     enabled = gc.isenabled()

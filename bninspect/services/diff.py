@@ -21,13 +21,13 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES, Checkpoint, TensorRef
 from bninspect.layers import BNLayer, Discovery
-from bninspect.services.common import open_layers, select
+from bninspect.services.common import open_layers, select, validate_eps, zero_eps_warnings
 
 SCHEMA = "bninspect.diff/1"
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -54,6 +54,10 @@ class TensorDiff:
     channels_beyond: int  # channels with an element beyond tolerance
     value_a: float | None = None  # the worst element on each side
     value_b: float | None = None
+    channels_off: list[int] = field(default_factory=list)  # those channels, every one of them
+    # How far B's tensor alone (A's elsewhere) moves the eval output: max |Δy| on A's inputs
+    # (None where it cannot be computed on its own: shapes differ, a folded layer's)
+    output_effect: float | None = None
     # Per output channel, for the report's plots (not in the JSON document): the largest relative
     # difference, and whether an element is beyond tolerance. None where the shapes differ.
     _channel_rel: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -110,6 +114,9 @@ class LayerDiff:
     output: OutputEffect | None = None
     witness: Witness | None = None
     causes: list[str] = field(default_factory=list)
+    # The usual mistakes that account for B's values (std for variance, channels exchanged, γ/β or
+    # μ/σ² swapped, a constant factor), as verify --expected names them; they lead the causes.
+    explanations: list[str] = field(default_factory=list)
     # The compared objects, for the runtime witnesses: (A's BNLayer, B's BNLayer) or (BNLayer, Target).
     _pair: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -185,7 +192,8 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     per_channel = flat.max(axis=1) if flat.size else np.zeros(0)
     worst = int(np.argmax(per_channel)) if per_channel.size else None
     channel_beyond = beyond.reshape(flat.shape).any(axis=1) if flat.size else np.zeros(0, dtype=bool)
-    beyond_channels = int(channel_beyond.sum())
+    off = np.flatnonzero(channel_beyond)
+    beyond_channels = int(off.size)
     value_a = value_b = None
     if worst is not None and err.size and float(err.max()) > 0:
         row = int(np.argmax(flat[worst]))
@@ -194,28 +202,175 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, bool(identical), not bool(beyond.any()),
                       float(err.max()) if err.size else 0.0, float(per_channel.max()) if per_channel.size else 0.0,
                       worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b,
-                      per_channel, channel_beyond)
+                      [int(c) for c in off], None, per_channel, channel_beyond)
 
 
 def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift_a: np.ndarray,
-                   scale_b: np.ndarray, shift_b: np.ndarray, dtype: str, channel_offset: np.ndarray | None = None) -> OutputEffect:
+                   scale_b: np.ndarray, shift_b: np.ndarray, dtype: str, channel_offset: np.ndarray | None = None,
+                   beta: np.ndarray | None = None) -> OutputEffect:
     """Both sides' eval outputs y = scale·x + shift on x_c ~ N(μ_c, σ²_c) from A's statistics.
 
-    ``channel_offset`` shifts B's input (a folded conv adds its own bias b: y_B = s_B·(z − b) + b'_B).
+    ``channel_offset`` shifts B's input (a folded conv adds its own bias b: y_B = s_B·(z − b) + b'_B);
+    ``beta`` (A's β) must come with it, for the folded side's rounding bound.
     """
-    from bninspect.numerics import TOLERANCES, compare, per_channel, synthetic_input
+    from bninspect.numerics import TOLERANCES, compare, per_channel
 
-    rng = np.random.default_rng(SEED)
-    channels = mean.shape[0]
-    x = synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, channels), rng)
+    x = _inputs(mean, var)
     with np.errstate(invalid="ignore", over="ignore"):
         ya = per_channel(scale_a, 2) * x + per_channel(shift_a, 2)
         xb = x if channel_offset is None else x - per_channel(channel_offset, 2)
         yb = per_channel(scale_b, 2) * xb + per_channel(shift_b, 2)
-        # The terms summed on A's side: |scale|·(|x| + |μ|) + |shift| bounds its rounding (numerics.Tolerance).
-        magnitude = np.abs(per_channel(scale_a, 2)) * (np.abs(x) + np.abs(per_channel(mean, 2))) + np.abs(per_channel(shift_a, 2))
+        s, mu = np.abs(per_channel(scale_a, 2)), np.abs(per_channel(mean, 2))
+        if channel_offset is None:
+            # The terms summed on A's side: |scale|·(|x| + |μ|) + |shift| bounds its rounding (numerics.Tolerance).
+            magnitude = s * (np.abs(x) + mu) + np.abs(per_channel(shift_a, 2))
+        else:
+            # The fold path (conv, Gemm or MatMul with BN fused: torch.nn.utils.fusion, ONNX constant
+            # folding, OpenVINO): y_B = Σ_j W'_j·h_j + b' with W'_j = fl(W_j·s), b' = fl((b − μ)·s + β)
+            # and z = Σ_j W_j·h_j = x − b. Each stored value is within one tolerance δ of its exact
+            # value (the folded weight and bias comparisons check that): |W'_j − W_j·s| ≤ δ·|W_j·s|,
+            # |b' − (b − μ)·s − β| ≤ δ·(|b·s| + |μ·s| + |β|). Through the folded weights' per-channel
+            # scale s_eff (their least-squares ratio to W) that bounds the output by
+            # |y_B − y_A| ≤ δ·(|s|·|x − b| + |s|·(|b| + |μ|) + |β|). A's own terms, |s|·(|x| + |μ|) + |shift|,
+            # miss |s|·|b| twice over: a Linear → BatchNorm1d head whose bias cancels a large mean of W·h
+            # (x ≈ 0, b ≈ −14), correctly folded by OpenVINO, was judged different at 2.2e-8 (relative 2e-7).
+            b = np.abs(per_channel(channel_offset, 2))
+            magnitude = s * (np.abs(xb) + b + mu) + np.abs(per_channel(beta, 2))
     cmp = compare(yb, ya, magnitude, TOLERANCES[dtype])
     return OutputEffect(cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed, SAMPLES_PER_CHANNEL)
+
+
+def _inputs(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """A's inputs x_c ~ N(μ_c, σ²_c), (SAMPLES_PER_CHANNEL, C): the same draws for every measurement of a layer."""
+    from bninspect.numerics import synthetic_input
+
+    return synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, mean.shape[0]), np.random.default_rng(SEED))
+
+
+def _effects(la: BNLayer, lb: BNLayer, d: LayerDiff) -> dict[str, float]:
+    """How far each difference alone moves A's eval output, max |Δy| on A's inputs: each differing
+    tensor's (``output_effect`` on its TensorDiff) and eps's (returned by setting name). The causes
+    are ordered by these, worst first."""
+    from bninspect.layers import fold
+
+    params = {n: _stat(la, n) for n in BN_TENSORS}
+    x = _inputs(params["running_mean"], params["running_var"])
+
+    def output(p: dict[str, np.ndarray], eps: float) -> np.ndarray:
+        scale, shift = fold(p["running_mean"], p["running_var"], p["weight"], p["bias"], eps)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return scale * x + shift
+
+    y0 = output(params, la.eps)
+
+    def effect(y: np.ndarray) -> float:
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(y - y0)
+        # a NaN that A has too is no difference; one that B's value brings in is the largest
+        err = np.where(np.isnan(y) & np.isnan(y0), 0.0, np.where(np.isnan(err), np.inf, err))
+        return float(err.max()) if err.size else 0.0
+
+    for t in d.tensors:
+        if not t.within and t.shape_a == t.shape_b and t.tensor in params:
+            t.output_effect = effect(output({**params, t.tensor: _stat(lb, t.tensor)}, la.eps))
+    return {"eps": effect(output(params, lb.eps))} if la.eps != lb.eps else {}
+
+
+def _explanations(la: BNLayer, lb: BNLayer, d: LayerDiff) -> list[tuple[str, set[str]]]:
+    """The usual mistakes that turn A's tensors into B's (what ``verify --expected`` tests on
+    outputs, here on the stored values): each with the tensors it accounts for."""
+    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+
+    differing = {t.tensor for t in d.tensors if not t.within and t.shape_a == t.shape_b}
+    if not differing:
+        return []
+    lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
+    # A derived value (a square root, a product) may be a few roundings off what B stores.
+    rtol, atol = 4 * MACHINE_EPS[lower], TOLERANCES[lower].atol
+
+    def fits(candidate: np.ndarray, actual: np.ndarray) -> bool:
+        return bool(np.all(_close(candidate, actual, rtol, atol)))
+
+    a = {n: _stat(la, n) for n in BN_TENSORS}
+    b = {n: _stat(lb, n) for n in BN_TENSORS}
+    found: list[tuple[str, set[str]]] = []
+    for x, y, text in (("weight", "bias", "γ and β exchanged: B's weight is A's bias and B's bias A's weight"),
+                       ("running_mean", "running_var",
+                        "μ and σ² exchanged: B's running_mean is A's running_var and the reverse")):
+        if {x, y} <= differing and fits(a[y], b[x]) and fits(a[x], b[y]):
+            found.append((text, {x, y}))
+    left = differing - {n for _, names in found for n in names}
+    if "running_var" in left:
+        with np.errstate(invalid="ignore", over="ignore"):
+            root, square = np.sqrt(a["running_var"]), a["running_var"] ** 2
+        if fits(root, b["running_var"]):
+            found.append(("standard deviation stored where the variance belongs: B's running_var = √(A's running_var) "
+                          "in every channel", {"running_var"}))
+        elif fits(square, b["running_var"]):
+            found.append(("variance squared: B's running_var = (A's running_var)² in every channel (A may hold the "
+                          "standard deviation where the variance belongs)", {"running_var"}))
+    left = differing - {n for _, names in found for n in names}
+    if left and not found:
+        moved = _permutation(a, b, sorted({c for t in d.tensors if t.tensor in left for c in t.channels_off}), rtol, atol)
+        if moved:
+            found.append((moved, set(left)))
+    for name in sorted(left - {n for _, names in found for n in names}, key=BN_TENSORS.index):
+        factor = _factor(a[name], b[name], fits)
+        if factor is not None:
+            found.append((f"{name} × {factor:.6g} in every channel{_bessel(factor) if name == 'running_var' else ''}",
+                          {name}))
+    return found
+
+
+def _close(candidate: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """Elementwise: within rtol of the larger magnitude plus atol, NaN where both are NaN."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.abs(candidate - actual) <= rtol * np.maximum(np.abs(candidate), np.abs(actual)) + atol
+    return ok | (np.isnan(candidate) & np.isnan(actual))
+
+
+def _permutation(a: dict[str, np.ndarray], b: dict[str, np.ndarray], off: list[int], rtol: float, atol: float) -> str:
+    """"channels 3 and 5 exchanged" where B's differing channels hold A's channels in another order
+    (every tensor moved alike), else ""."""
+    if len(off) < 2:
+        return ""
+    names = [n for n in BN_TENSORS if a[n].shape == b[n].shape]
+    amat, bmat = np.stack([a[n][off] for n in names], axis=1), np.stack([b[n][off] for n in names], axis=1)
+    source: dict[int, int] = {}
+    for row, i in enumerate(off):
+        # B's channel i against every differing channel of A at once
+        same = _close(amat, bmat[row], rtol, atol).all(axis=1)
+        same[row] = False
+        hits = np.flatnonzero(same)
+        if not hits.size:
+            return ""
+        source[i] = off[int(hits[0])]
+    if sorted(source.values()) != off:
+        return ""
+    if len(off) == 2:
+        return f"channels {off[0]} and {off[1]} exchanged (every tensor)"
+    moves = ", ".join(f"{i} ← {j}" for i, j in list(source.items())[:6]) + (", …" if len(off) > 6 else "")
+    return f"channels permuted (every tensor): B's channel ← A's channel {moves} ({len(off)} channels)"
+
+
+def _factor(a: np.ndarray, b: np.ndarray, fits: Callable[[np.ndarray, np.ndarray], bool]) -> float | None:
+    """k where B = k·A in every channel (k ≠ 1), else None."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = b / a
+    usable = ratios[np.isfinite(ratios) & (a != 0)]
+    if not usable.size:
+        return None
+    k = float(np.median(usable))
+    return k if k != 1 and np.isfinite(k) and fits(k * a, b) else None
+
+
+def _bessel(k: float) -> str:
+    """Where a variance factor is Bessel's correction n/(n−1) (or its inverse) for a whole n."""
+    n = k / (k - 1) if k > 1 else 1 / (1 - k)
+    if 2 <= round(n) <= 65536 and abs(n - round(n)) < 1e-3 * n:
+        what = "n/(n−1): the unbiased correction applied once more" if k > 1 else "(n−1)/n: the biased variance"
+        return f" ({what}, n = {round(n)})"
+    return ""
 
 
 # ---------------------------------------------------------------- settings
@@ -285,23 +440,34 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         if ra is None and rb is None:
             continue
         d.tensors.append(_compare_tensor(name, ra, rb, _stat(la, name), _stat(lb, name), None, _dtype(la, name), _dtype(lb, name)))
-    stats = [l.has("running_mean") and l.has("running_var") for l in (la, lb)]
+    # Statistics that are there but not tensors are a shape problem (below), not track_running_stats=False.
+    stats = [l.has("running_mean") and l.has("running_var")
+             or not {"running_mean", "running_var"}.isdisjoint(l.unusable) for l in (la, lb)]
     if stats[0] != stats[1]:
         side = "B" if stats[0] else "A"
         d.settings.append(SettingDiff("track_running_stats", stats[0], stats[1], "error",
                                       f"{side} has no running statistics: it normalizes with batch statistics at inference"))
     problem_a, problem_b = la.shape_problem(), lb.shape_problem()
+    effects: dict[str, float] = {}
+    explained: set[str] = set()
+    if not (problem_a or problem_b):
+        effects = _effects(la, lb, d)
+        found = _explanations(la, lb, d)
+        d.explanations = [text for text, _ in found]
+        explained = {n for _, names in found for n in names}
     if problem_a or problem_b:
         # Tensors of different lengths (check's BN003) cannot be folded into one scale/shift;
         # the tensors themselves are still compared above. a/b: whether each side has them.
-        d.settings.append(SettingDiff("shapes", problem_a is not None, problem_b is not None, "note",
-                                      f"output effect not computed: {problem_a or problem_b}"))
+        # Values that are not tensors at all break loading the file: that leads the causes.
+        broken = bool(la.unusable.keys() - {"num_batches_tracked"} or lb.unusable.keys() - {"num_batches_tracked"})
+        d.settings.append(SettingDiff("shapes", problem_a is not None, problem_b is not None,
+                                      "error" if broken else "note", f"output effect not computed: {problem_a or problem_b}"))
     elif all(stats):
         lower = _lower(*(t.dtype_a for t in d.tensors), *(t.dtype_b for t in d.tensors))
         sa, ta = la.folded()
         sb, tb = lb.folded()
         d.output = _output_effect(_stat(la, "running_mean"), _stat(la, "running_var"), sa, ta, sb, tb, lower)
-    _judge(d)
+    _judge(d, effects, explained)
     return d
 
 
@@ -394,7 +560,13 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     offset = b0 if b0 is not None else np.zeros(layer.channels)
     lower = _lower(dt_w, target.weight.dtype)
     # A's BN input z is the producer output with A's conv bias; B's folded conv sees the same z − b.
-    d.output = _output_effect(_stat(layer, "running_mean"), _stat(layer, "running_var"), sa, ta, s_eff, bt, lower, offset)
+    d.output = _output_effect(_stat(layer, "running_mean"), _stat(layer, "running_var"), sa, ta, s_eff, bt, lower, offset,
+                              layer.beta())
+    # Each folded tensor's own effect on y = s·(x − b) + b': the scale's error times x − b, the bias's as it is.
+    z = np.abs(_inputs(_stat(layer, "running_mean"), _stat(layer, "running_var")) - offset).max(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        tw.output_effect = float(np.nan_to_num(np.abs(s_eff - sa) * z, nan=np.inf).max()) if z.size else 0.0
+        tb.output_effect = float(np.nan_to_num(np.abs(bt - bf), nan=np.inf).max()) if bt.size else 0.0
     d.settings = []
     if layer.training:
         d.settings.append(SettingDiff("training", layer.training, None, "error",
@@ -433,18 +605,30 @@ def _implied_eps(layer: BNLayer, s_eff: np.ndarray, dtype: str) -> float | None:
     return float(f"{eps:.3g}")
 
 
-def _judge(d: LayerDiff) -> None:
-    """Status and causes of one pair, worst first."""
-    causes = [s.message for s in d.settings if s.severity == "error"]
-    causes += [s.message for s in d.settings if s.severity == "difference"]
+def _judge(d: LayerDiff, effects: dict[str, float] | None = None, explained: set[str] | frozenset = frozenset()) -> None:
+    """Status and causes of one pair, worst first: what breaks inference (settings in error), the
+    usual mistakes that explain B's values, then each other difference by how far it alone moves
+    the output (``effects`` for settings, ``output_effect`` for tensors; unknown counts as worst)."""
+    effects = effects or {}
+    causes = [s.message for s in d.settings if s.severity == "error"] + d.explanations
+    ranked: list[tuple[float, str]] = []
+    for s in d.settings:
+        if s.severity == "difference":
+            effect = effects.get(s.setting)
+            ranked.append((effect or 0.0, s.message + (f"; moves the output by up to {_num(effect)}" if effect else "")))
     for t in d.tensors:
-        if not t.within and t.shape_a != t.shape_b and math.isinf(t.max_abs) and t.channel is None:  # not comparable
-            causes.append(f"{t.tensor}: shape {t.shape_a} vs {t.shape_b}")
-        elif not t.within:
-            where = f" channel {t.channel}" if t.channel is not None else ""
-            vals = f" ({_num(t.value_a)} vs {_num(t.value_b)})" if t.value_a is not None else ""
-            causes.append(f"{t.tensor}{where}{vals}: rel. difference {_num(t.max_rel)}, beyond {t.dtype_a}/{t.dtype_b} rounding"
-                          + (f" in {t.channels_beyond} channels" if t.channels_beyond > 1 else ""))
+        if t.within or t.tensor in explained:
+            continue
+        effect = math.inf if t.output_effect is None else t.output_effect
+        if t.shape_a != t.shape_b and math.isinf(t.max_abs) and t.channel is None:  # not comparable
+            ranked.append((effect, f"{t.tensor}: shape {t.shape_a} vs {t.shape_b}"))
+            continue
+        where = f" channel {t.channel}" if t.channel is not None else ""
+        vals = f" ({_num(t.value_a)} vs {_num(t.value_b)})" if t.value_a is not None else ""
+        alone = f"; alone it moves the output by up to {_num(effect)}" if 0 < effect < math.inf else ""
+        ranked.append((effect, f"{t.tensor}{where}{vals}: rel. difference {_num(t.max_rel)}, beyond {t.dtype_a}/{t.dtype_b} "
+                               f"rounding" + (f" in {t.channels_beyond} channels" if t.channels_beyond > 1 else "") + alone))
+    causes += [message for _, message in sorted(ranked, key=lambda r: -r[0])]
     if d.output is not None and not d.output.within:
         causes.append(f"output differs by up to {_num(d.output.max_abs)} (rel. {_num(d.output.max_rel)}) at channel {d.output.channel}")
     d.causes = causes + d.causes
@@ -505,6 +689,7 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
 
     ``eps`` stands in for A's eps where A does not store one (a plain state dict).
     """
+    validate_eps(eps)
     da = open_layers(path_a, trust=trust, key=key)
     db = open_layers(path_b, trust=trust, key=key_b)
     if eps is not None:
@@ -570,6 +755,7 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
         for disc, side in ((da, "A"), (db, "B")):
             if not disc.layers and not any(d.folded_side == side.lower() for d in diffs):
                 notes.append(f"{side} has no BatchNorm layers")
+    notes += zero_eps_warnings(da.layers + db.layers)
     dtype_changes = sorted({(t.dtype_a, t.dtype_b) for d in diffs for t in d.tensors if t.dtype_a != t.dtype_b
                             and t.tensor in BN_TENSORS + ("folded weight",)})
     for da_t, db_t in dtype_changes:

@@ -138,6 +138,7 @@ class DriftResult:
     device: str
     batch_sizes: list[int]
     pass_batch_size: int
+    threads: int  # torch's intra-op threads for the model's forward passes (see drift_threads)
     max_drift: float
     batch_tolerance: float
     min_agreement: float
@@ -615,6 +616,33 @@ def parse_batch_sizes(text: str | None) -> list[int]:
     return parse_sizes(text, "--batch-sizes") if text else list(DEFAULT_BATCH_SIZES)
 
 
+# Input values per batch below which a forward pass's ops take microseconds. There waiting for a
+# second intra-op thread costs more than it saves, and on a machine whose other cores are busy
+# far more: `drift` on the sample (batches of 32×3×16×16, 24,576 values) took the same 1.9 s on an
+# idle 2-core machine with 1 or 2 threads, and 2.8 s against 1.9 s with the second core busy
+# (the issue measured 2-15× on a loaded one). 2^18 is a batch of 21 RGB images of 64×64.
+SMALL_BATCH_VALUES = 1 << 18
+
+
+def drift_threads(batch_values: int, device: torch.device) -> int:
+    """How many intra-op threads drift's forward passes get: one for small batches; else the
+    cores no other process keeps busy (1-minute load average), at most torch's default.
+
+    Bigger batches gain from threads on idle cores and lose on busy ones: ResNetTiny on
+    64×3×128×128 synthetic input took 5.7 s with 2 threads and 9.2 s with one on an idle 2-core
+    machine, 11.1 s and 9.7 s with the other core busy. On a GPU the setting changes nothing
+    that matters, and torch's default is kept.
+    """
+    default = torch.get_num_threads()
+    if device.type != "cpu":
+        return default
+    if batch_values < SMALL_BATCH_VALUES:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(default, round(cores - busy)))
+
+
 def _pass_batch_size(batch_sizes: list[int]) -> int:
     # A pass batch that every B divides wastes no samples; bounded so memory stays near max(B).
     lcm = math.lcm(*batch_sizes)
@@ -647,6 +675,8 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
     params = list(model.parameters()) + list(model.buffers())
     original_device = params[0].device if params else torch.device("cpu")
     state = ModelState(model)
+    threads, threads_before = drift_threads(pass_batch * math.prod(source.sample_shape), device), torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         if device != original_device:
             model.to(device)
@@ -716,13 +746,14 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
         state.restore()
         if device != original_device:
             model.to(original_device)
+        torch.set_num_threads(threads_before)
 
     train_layers = [n for n, flag in loaded.training_as_loaded.items() if flag]
     loaded_train = bool(train_layers) if loaded.training_as_loaded else None  # None: the file records no mode
     result = DriftResult(
         path=path, model=loaded.description, model_source=loaded.source, data=source.description,
         samples=len(source), sample_shape=list(source.sample_shape), synthetic=source.synthetic,
-        device=str(device), batch_sizes=usable, pass_batch_size=pass_batch, max_drift=max_drift,
+        device=str(device), batch_sizes=usable, pass_batch_size=pass_batch, threads=threads, max_drift=max_drift,
         batch_tolerance=batch_tolerance, min_agreement=min_agreement, loaded_in_train_mode=loaded_train,
         train_mode_layers=train_layers, output_kind=output_kind, layers=layers, mismatch=mismatch,
         layers_measured=bool(layers), recalibration=recal, notes=notes,

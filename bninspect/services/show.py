@@ -10,7 +10,7 @@ import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES
 from bninspect.layers import DEFAULT_EPS, TENSOR_NAMES, BNLayer, Discovery
-from bninspect.services.common import open_layers, select
+from bninspect.services.common import open_layers, select, zero_eps_warnings
 from bninspect.services.series import ChannelSeries, layer_series, rule_marks
 
 
@@ -153,7 +153,13 @@ def summarize(layer: BNLayer, channels: bool = False, marks: dict[int, list[str]
     )
 
 
-def eps_note(layers: list[BNLayer]) -> str:
+# Where eps comes from in a format whose layers are modules or nodes, in the file's own terms.
+_EPS_HOLDERS = {"onnx": "from the BatchNormalization nodes' epsilon attributes",
+                "openvino-ir": "from the BatchNormInference layers' epsilon attributes",
+                "torchscript": "stored in the TorchScript modules"}
+
+
+def eps_note(layers: list[BNLayer], fmt: str = "") -> str:
     """Where eps comes from, in words: the state-dict assumption must be visible."""
     if not layers:
         return ""
@@ -165,7 +171,7 @@ def eps_note(layers: list[BNLayer]) -> str:
     if sources == {"default"}:
         return f"eps: {DEFAULT_EPS:g} (PyTorch default; not stored in this file — pass --eps if the model used another)"
     if sources == {"module"}:
-        return f"eps: {listed} (stored in the saved modules)"
+        return f"eps: {listed} ({_EPS_HOLDERS.get(fmt, 'stored in the saved modules')})"
     return f"eps: {listed} (from the saved modules where present, else the PyTorch default {DEFAULT_EPS:g})"
 
 
@@ -199,15 +205,18 @@ def describe(found: Discovery, path: str, *, layers: list[str] | None = None, ch
         problem = l.shape_problem()
         if problem:
             problems.append(problem)
+        if "num_batches_tracked" in l.unusable:
+            problems.append(f"{l.name}: num_batches_tracked is {l.unusable['num_batches_tracked']}, not a tensor "
+                            "(load_state_dict refuses it)")
     return ShowResult(
         file=path, format=ck.format, format_name=FORMAT_NAMES.get(ck.format, ck.format),
         container=ck.container, alternatives=list(ck.alternatives), prefix=ck.prefix,
-        eps_note=eps_note(chosen),
+        eps_note=eps_note(chosen, ck.format),
         layers=[summarize(l, channels, marks.get(l.name)) for l in shown],
         possible=[summarize(l) for l in found.possible] if not layers else [],
         other_norms=dict(found.other_norms),
         total_layers=len(chosen), omitted=len(chosen) - len(shown),
         total_channels=channels_total, total_parameters=parameters, total_buffer_values=buffer_values,
-        notes=list(ck.notes) + list(found.malformed.values()) + problems,
+        notes=list(ck.notes) + [m.message for m in found.malformed.values()] + problems + zero_eps_warnings(chosen),
         safety=ck.verdict,
     )

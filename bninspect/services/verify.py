@@ -15,6 +15,7 @@ import numpy as np
 
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer
+from bninspect.services.common import validate_eps, zero_eps_warnings
 
 SCHEMA = "bninspect.verify/1"
 DEFAULT_TRAIN_BATCHES = (1, 2, 8, 32)
@@ -319,6 +320,11 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     shape = tuple(x.shape) if x is not None else _input_shape(layer, batch, spatial)
     result = LayerVerify(layer.name, layer.kind, layer.channels, dt, layer.eps, layer.eps_source, list(shape),
                          0.0, 0.0, tol.rtol, 0.0, True)
+    odd = [k for k in layer.unusable if k != "num_batches_tracked"]
+    if odd:
+        result.skipped = f"{', '.join(f'{k} is {layer.unusable[k]}' for k in odd)}: nothing consistent to recompute"
+        result.passed = False
+        return result, None
     if mean_raw is None or var_raw is None:
         result.skipped = "no running statistics: eval mode normalizes with batch statistics"
         return result, None
@@ -330,6 +336,7 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     if layer.training:
         result.notes.append("saved in train mode: run as saved, it normalizes with batch statistics, not these "
                             "eval outputs (see the train−eval gap)")
+    result.notes += [w.split(": ", 1)[1] for w in zero_eps_warnings([layer])]
     affine = layer.has("weight") and layer.has("bias")
     mean, var = nx.round_to(mean_raw, dt), nx.round_to(var_raw, dt)
     gamma, beta = nx.round_to(layer.gamma(), dt), nx.round_to(layer.beta(), dt)
@@ -438,10 +445,14 @@ def _fused(layer: BNLayer, mean, var, gamma, beta, eps: float, dt: str, device: 
 # ---------------------------------------------------------------- --expected
 
 def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype: str, channels_last: bool,
-             expected_path: str = "") -> Diagnosis:
+             expected_path: str = "", output_channels_last: bool | None = None,
+             expected_shape: tuple[int, ...] | None = None) -> Diagnosis:
     """Compare an output captured elsewhere with ours; on a mismatch, try each usual mistake and keep the best fit.
 
-    ``x`` and ``expected`` are float64 in the logical (N, C, …) layout, as read from the files.
+    ``x`` and ``expected`` are float64 in the logical (N, C, …) layout, as read from the files:
+    ``channels_last`` is the input file's layout, ``output_channels_last`` (default: the same)
+    the expected file's, whose own shape is ``expected_shape`` (default: the logical one), for
+    the output-layout mistakes.
     """
     from bninspect import numerics as nx
 
@@ -468,6 +479,10 @@ def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype
     for cause, y, m in nx.explanations(x, mean, var, gamma, beta, eps, affine, channels_last):
         half = cause.split()[0]
         cands.append(score(cause, y, m, nx.TOLERANCES[half] if cause.endswith("arithmetic") else tol))
+    out_cl = channels_last if output_channels_last is None else output_channels_last
+    file_shape = expected_shape or (tuple(np.moveaxis(expected, 1, -1).shape) if out_cl and x.ndim >= 3 else expected.shape)
+    for cause, y, m in nx.output_layout_mistakes(ref, mag, file_shape, out_cl):
+        cands.append(score(cause, y, m, tol))
     cands.sort(key=lambda c: (not c.fits, c.relative_residual))
     best = cands[0]
     diag = Diagnosis(layer.name, expected_path, "match", correct.residual, correct.relative_residual, True, best.cause,
@@ -504,16 +519,48 @@ def _file_layout(values: np.ndarray, channels_last: bool) -> np.ndarray:
     return np.moveaxis(values, 1, -1) if channels_last and values.ndim >= 3 else values
 
 
+def _expected_layout(values: np.ndarray, shape: tuple[int, ...], channels_last: bool, path: str,
+                     input_shape: tuple[int, ...]) -> tuple[np.ndarray, bool, bool]:
+    """The expected output in the logical layout, the layout it was read with, and whether that
+    is the other one than declared: an output whose shape is the input's in the other layout
+    (N,H,W,C from TFLite, CoreML, OpenVINO for an N,C,H,W input) is read that way, not refused."""
+    y = _logical(values, channels_last)
+    if y.shape == shape:
+        return y, channels_last, False
+    other = _logical(values, not channels_last)
+    if values.ndim >= 3 and other.shape == shape:
+        return other, not channels_last, True
+    hint = (" (a permutation of the input's shape other than channels-first/last)"
+            if sorted(values.shape) == sorted(input_shape) else "")
+    raise UsageError(f"expected output has shape {tuple(values.shape)}, input {tuple(input_shape)}{hint}", path=path)
+
+
+def _layout_swapped(d: Diagnosis, ndim: int, declared: bool, shape: tuple[int, ...]) -> None:
+    """Say in the diagnosis that the expected output had to be read in the other layout."""
+    from bninspect.numerics import layout_name
+
+    hint = ("--output-channels-last reads it so" if not declared
+            else "the options said channels-last for it; --input-channels-last alone says so of the input only")
+    layout = (f"output in {layout_name(ndim, not declared)} layout, shape {shape}, where {layout_name(ndim, declared)} "
+              f"was expected ({hint})")
+    d.cause = layout if d.cause == "match" else f"{layout}; {d.cause}"
+
+
 def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] | None = None,
                eps: float | None = None, trust: bool = False, key: str | None = None, strict: bool = False,
                input_path: str | None = None, channels_last: bool = False, output_path: str | None = None,
                expected_path: str | None = None, batch: int = 2, spatial: int = 4,
-               train_batches: tuple[int, ...] = DEFAULT_TRAIN_BATCHES, seed: int = 0) -> VerifyResult:
-    """``bninspect verify``: the conformance matrix without ``path``, every selected layer with it."""
+               train_batches: tuple[int, ...] = DEFAULT_TRAIN_BATCHES, seed: int = 0,
+               input_channels_last: bool = False, output_channels_last: bool = False) -> VerifyResult:
+    """``bninspect verify``: the conformance matrix without ``path``, every selected layer with it.
+
+    ``channels_last`` says both --input and --output/--expected hold N,…,C data;
+    ``input_channels_last`` and ``output_channels_last`` say it of one side only.
+    """
+    in_cl, out_cl = channels_last or input_channels_last, channels_last or output_channels_last
     if batch < 1 or spatial < 1 or any(b < 1 for b in train_batches):
         raise UsageError("--batch, --spatial and --train-batch need positive integers")
-    if eps is not None and not (eps >= 0 and math.isfinite(eps)):
-        raise UsageError(f"--eps must be a finite number ≥ 0, not {eps}")
+    validate_eps(eps)
     if path is None and (input_path or output_path or expected_path or layer_globs or eps is not None):
         raise UsageError("--layer, --input, --output, --expected and --eps need a checkpoint")
     if (output_path or expected_path) and not input_path:
@@ -546,29 +593,29 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     acts = read_activations(input_path) if input_path else None
     x = None
     if acts is not None:
-        x = _logical(acts.values, channels_last)
+        x = _logical(acts.values, in_cl)
         bad = [l.name for l in layers if x.ndim < 2 or x.shape[1] != l.channels]
         if bad:
-            axis = "last axis" if channels_last else "axis 1"
+            axis = "last axis" if in_cl else "axis 1"
             got = x.shape[1] if x.ndim >= 2 else "no"
             raise UsageError(f"input has {got} channels on {axis}; layer {bad[0]} has "
                              f"{next(l.channels for l in layers if l.name == bad[0])}"
-                             + ("" if channels_last else " (NHWC data? add --channels-last)"), path=input_path)
+                             + ("" if in_cl else " (NHWC data? add --input-channels-last, or --channels-last for input "
+                                                 "and output)"), path=input_path)
 
-    results, refs = verify_layers(layers, devices, x=x, channels_last=channels_last, batch=batch, spatial=spatial,
+    results, refs = verify_layers(layers, devices, x=x, channels_last=in_cl, batch=batch, spatial=spatial,
                                   train_batches=train_batches, seed=seed)
 
     diagnosis = None
     if expected_path:
         exp = read_activations(expected_path)
-        y_exp = _logical(exp.values, channels_last)
-        if y_exp.shape != x.shape:
-            raise UsageError(f"expected output has shape {tuple(exp.values.shape)}, input {tuple(acts.values.shape)}",
-                             path=expected_path)
         if layers[0].name not in refs:
             raise UsageError(f"layer {layers[0].name} has no running statistics to compare against")
-        diagnosis = diagnose(layers[0], nx.round_to(x, nx.compute_dtype(acts.dtype)), y_exp, exp.dtype, channels_last,
-                             expected_path)
+        y_exp, read_cl, swapped = _expected_layout(exp.values, x.shape, out_cl, expected_path, acts.values.shape)
+        diagnosis = diagnose(layers[0], nx.round_to(x, nx.compute_dtype(acts.dtype)), y_exp, exp.dtype, in_cl,
+                             expected_path, output_channels_last=read_cl, expected_shape=tuple(exp.values.shape))
+        if swapped:
+            _layout_swapped(diagnosis, x.ndim, out_cl, tuple(exp.values.shape))
     if output_path:
         if layers[0].name not in refs:
             raise UsageError(f"layer {layers[0].name} has no running statistics: nothing to write")
@@ -576,7 +623,7 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
         layer = layers[0]
         y = nx.eval_reference(x, layer.values("running_mean"), layer.values("running_var"), layer.gamma(),
                               layer.beta(), layer.eps)
-        write_activations(output_path, _file_layout(y, channels_last), acts)
+        write_activations(output_path, _file_layout(y, out_cl), acts)
 
     failed = [r for r in results if not r.passed]
     skipped = sum(1 for r in results if r.skipped and r.passed)

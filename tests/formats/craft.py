@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from hypothesis import strategies as st
 
 
 class Payload:
@@ -148,27 +147,3 @@ def safetensors_bytes(header: dict | bytes, data: bytes = b"", length: int | Non
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     n = len(raw) if length is None else length
     return struct.pack("<Q", n) + raw + data
-
-
-# Byte-level damage for hypothesis: flip bits, cut the tail, or overwrite a run. Positions are
-# taken modulo the length, so one strategy serves files of any size.
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 255)), min_size=1, max_size=8)),
-    st.tuples(st.just("cut"), st.integers(0, 10**7)),
-    st.tuples(st.just("splice"), st.tuples(st.integers(0, 10**7), st.binary(min_size=1, max_size=16))),
-)
-
-
-def mutate(data: bytes, how) -> bytes:
-    """``data`` damaged as ``how`` (drawn from ``mutation``) says."""
-    kind, arg = how
-    if kind == "flip":
-        out = bytearray(data)
-        for pos, mask in arg:
-            out[pos % len(out)] ^= mask
-        return bytes(out)
-    if kind == "cut":
-        return data[: arg % len(data)]
-    pos, chunk = arg
-    pos %= len(data)
-    return data[:pos] + chunk + data[pos + len(chunk):]

@@ -11,6 +11,9 @@ import torch
 from tests.conftest import assert_one_line_error, run_cli
 from tests.formats.craft import Payload, rewrite_zip, trained_net
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

@@ -12,6 +12,9 @@ from bninspect.formats import open_checkpoint
 from bninspect.formats.containers import build_checkpoint, common_prefix
 from tests.formats.craft import trained_net
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def _prefixed(sd: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in sd.items()}

@@ -17,7 +17,11 @@ from safetensors.torch import save_file
 
 from bninspect.errors import BNInspectError
 from bninspect.formats import open_checkpoint
-from tests.formats.craft import mutate, mutation, trained_net
+from tests.formats.craft import trained_net
+from tests.formats.mutations import mutate, mutation
+
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
 
 
 _ORIGINALS: dict[str, bytes] = {}

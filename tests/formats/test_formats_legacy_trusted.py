@@ -15,6 +15,9 @@ from bninspect.formats import legacy, open_checkpoint
 from bninspect.formats.trusted import load_module
 from tests.formats.craft import TinyNet, trained_net
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def test_legacy_format_values(tmp_path):
     sd = trained_net().state_dict()

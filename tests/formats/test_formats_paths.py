@@ -114,6 +114,7 @@ def test_unknown_content_says_what_it_looks_like(tmp_path, case):
     assert text in info.value.message
 
 
+@pytest.mark.torch
 def test_safe_readers_do_not_import_torch(tmp_path):
     """open_checkpoint on safetensors, a zip .pt and a TorchScript archive leaves torch unimported."""
     import torch
@@ -139,6 +140,7 @@ def test_safe_readers_do_not_import_torch(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.torch
 def test_no_descriptor_outlives_its_checkpoint(tmp_path):
     import gc
 

@@ -6,17 +6,19 @@ rest in Python. Every verdict must be the one the Python step alone reaches, opc
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bninspect.formats import pickles
-from tests.formats.craft import mutate, mutation, trained_net
+from tests.conftest import HAVE_TORCH, SAMPLES
+from tests.formats.mutations import mutate, mutation
 
 _NOTHING = re.compile(b"")
 
@@ -36,25 +38,34 @@ def _stepped(data: bytes, monkeypatch: pytest.MonkeyPatch) -> str | None:
         return _verdict(data)
 
 
+def _data_pkl(archive) -> bytes:
+    with zipfile.ZipFile(archive) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+
+
 def _state_dict_pickles() -> list[bytes]:
     """torch.save's data.pkl for a small state dict, protocols 2 and 4, with short and long keys."""
+    import torch
+
+    from tests.formats.craft import trained_net
+
     sd = OrderedDict(trained_net().state_dict())
     sd["a" * 63 + ".weight"] = torch.ones(2)  # keys around the regex's short-string limit
     sd["b" * 70 + ".weight"] = torch.ones(2)
     sd["é" * 40] = torch.ones(2)  # 80 bytes of UTF-8
     out = []
     for protocol in (2, 4):
-        import io
-        import zipfile
-
         buf = io.BytesIO()
         torch.save({"state_dict": sd, "hyper_parameters": {"notes": "x" * 300}}, buf, pickle_protocol=protocol)
-        with zipfile.ZipFile(buf) as zf:
-            out.append(zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl"))))
+        out.append(_data_pkl(buf))
     return out
 
 
-PICKLES = _state_dict_pickles() + [pickle.dumps({"k": [1, 2.5, "s", None, (3,)] * 300}, protocol=p) for p in range(6)]
+# The samples' data.pkl (torch.save's, committed) and plain pickles of every protocol always; pickles
+# torch.save makes here where torch is installed (the Python 3.10 job has the others: its regex differs).
+PICKLES = ([_data_pkl(SAMPLES / n) for n in ("mobilenet_v1_tiny.pt", "resnet_tiny_lightning.ckpt")]
+           + [pickle.dumps({"k": [1, 2.5, "s", None, (3,)] * 300}, protocol=p) for p in range(6)]
+           + (_state_dict_pickles() if HAVE_TORCH else []))
 
 
 @pytest.mark.parametrize("data", PICKLES, ids=[f"pickle{i}" for i in range(len(PICKLES))])

@@ -12,6 +12,9 @@ from bninspect.formats import open_checkpoint
 from bninspect.formats.pickles import scan_globals
 from tests.formats.craft import Getter, Payload, TorchLoad, dumps, trained_net, write_zip
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def _lightning(marker, extra):
     """A Lightning-style dict with a real state dict, and a payload in hyper_parameters."""

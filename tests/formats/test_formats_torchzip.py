@@ -14,6 +14,9 @@ from bninspect.formats import open_checkpoint
 from bninspect.formats.torchzip import parse_class_code
 from tests.formats.craft import Storage, Tensor, dumps, record_offset, rewrite_zip, trained_net, write_zip
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach()

@@ -17,6 +17,9 @@ from bninspect.layers import discover  # noqa: E402
 from tests.conftest import SAMPLES, assert_one_line_error  # noqa: E402
 from tests.exports import BN_LAYERS, export_onnx  # noqa: E402
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 @pytest.fixture(scope="module")
 def model(onnx_exports):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 ov = pytest.importorskip("openvino")
 pytest.importorskip("onnx")
 

@@ -29,6 +29,9 @@ from torch import nn
 from bninspect.formats import open_checkpoint
 from tests.conftest import run_cli
 
+# Every test here makes or reads its files with torch (the Python 3.10 job has none).
+pytestmark = pytest.mark.torch
+
 # The throw-away package: a YOLO-style detector (Conv = conv + BN + SiLU, BN eps 1e-3 and
 # momentum 0.03 as YOLO-style models set them), a torchvision-style ResNet, and a class whose
 # construction, restoration and import all leave markers.

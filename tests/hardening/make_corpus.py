@@ -453,7 +453,8 @@ def _invalid(d: Path) -> list[Case]:
     add("st_dtype_unhashable", "dtype_list.safetensors",
         safetensors_bytes({**header, "bn.running_var": {**header["bn.running_var"], "dtype": []}}, data),
         "unknown dtype")
-    add("st_no_tensors", "no_tensors.safetensors", safetensors_bytes({"__metadata__": {"format": "pt"}}), "no tensors")
+    add("st_no_tensors", "no_tensors.safetensors", safetensors_bytes({"__metadata__": {"format": "pt"}}),
+        "No BatchNorm layers", code=OK)
     dup_text = json.dumps(header)[:-1] + ', "bn.weight": ' + json.dumps(header["bn.weight"]) + "}"
     add("st_duplicate_keys", "duplicate.safetensors", safetensors_bytes(dup_text.encode(), data), "BatchNorm", code=OK)
     add("st_duplicate_keys_strict", "duplicate.safetensors", None, "twice", strict=True)
@@ -508,7 +509,7 @@ def _strange(d: Path) -> list[Case]:
     _save(zero, d / "zero_dim.pt")
     # The user must learn that bn's statistics are malformed, not that bn has none (a bug fixed in
     # layers.py:discover, which called these "possible BatchNorm ... no running statistics").
-    add("zero_dim_bn", "zero_dim.pt", OK, "running_mean [], running_var []")
+    add("zero_dim_bn", "zero_dim.pt", OK, "running_mean is a 0-dim tensor, running_var is a 0-dim tensor")
     mism = OrderedDict(sd)
     mism["bn.running_mean"] = torch.zeros(7)
     _save(mism, d / "mismatched.pt")
@@ -540,7 +541,7 @@ def _strange(d: Path) -> list[Case]:
         }
         write_zip(d / f"{name}.pt", dumps(tensors), {"0": ones, "1": ones[:32], "3": ones[:4]})
     add("stride0_huge_bn", "stride0_huge_bn.pt", INVALID, "does not materialise")
-    add("stride0_huge_2d", "stride0_huge_2d.pt", OK, "running_mean [1000000, 1000000]")
+    add("stride0_huge_2d", "stride0_huge_2d.pt", OK, "running_mean is a tensor of shape [1000000, 1000000]")
     add("stride0_huge_other", "stride0_huge_other.pt", OK, "1 BatchNorm layers")
     # (pickle itself recurses while writing, so the nesting is written as opcodes around a real data.pkl)
     real = _save(sd, d / "_real.pt")

@@ -34,6 +34,9 @@ from tests.conftest import SAMPLES, bninspect_command
 from tests.hardening import hostile
 from tests.hardening.hostile import BUILDERS, Attack
 
+# The hostile files are made with torch (the Python 3.10 job has none).
+pytestmark = pytest.mark.torch
+
 pytest.importorskip("onnx")
 pytest.importorskip("openvino")
 
@@ -62,6 +65,7 @@ class Result:
 # with vfork, at exec), and this test process holds torch, 300 MB that are not bninspect's.
 _MEASURE = """
 import json, os, sys
+
 pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])

@@ -30,8 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLES, Run, assert_one_line_error, bninspect_command
+from tests.conftest import SAMPLES, Run, assert_one_line_error, bninspect_command, with_pythonpath
 from tests.hardening.make_corpus import MARKER_PREFIX, OK, UNSAFE, Case, build_corpus, snapshot
+
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
 
 GOOD = SAMPLES / "mobilenet_v1_tiny.pt"
 TIMEOUT = 90  # a blocked read (FIFO) must fail the run, not hang the suite; generous for a loaded CI box
@@ -95,8 +98,7 @@ def _jobs(cases: list[Case], commands: set[str]) -> list[Job]:
 
 
 def _run(args: list[str], cwd: Path) -> Run | None:
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(
-        [str(SAMPLES), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": with_pythonpath(str(SAMPLES))}
     try:
         proc = subprocess.run([*bninspect_command(), *args], capture_output=True, cwd=cwd, env=env,
                               timeout=TIMEOUT, stdin=subprocess.DEVNULL)

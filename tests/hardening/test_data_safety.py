@@ -17,6 +17,9 @@ import pytest
 from tests.conftest import SAMPLES, assert_one_line_error, run_cli
 from tests.hardening.make_corpus import snapshot
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 OLD = 10**18  # an mtime long past, so any rewrite shows even within one clock tick
 PYTHONPATH = {"PYTHONPATH": str(SAMPLES)}  # drift --arch sample_models:...
 

@@ -13,6 +13,9 @@ import torch
 from bninspect.formats import open_checkpoint
 from tests.conftest import SAMPLES
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 @pytest.mark.parametrize("version", ["2.5.1", "1.13.0"])
 @pytest.mark.parametrize("name", ["mobilenet_v1_tiny.pt", "mobilenet_v1_tiny_legacy.pt", "mobilenet_v1_tiny.safetensors",

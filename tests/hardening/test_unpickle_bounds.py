@@ -25,6 +25,9 @@ import torch
 from tests.conftest import Run, bninspect_command
 from tests.formats.craft import trained_net
 
+# Every test here makes or reads its files with torch (the Python 3.10 job has none).
+pytestmark = pytest.mark.torch
+
 MAX_PEAK = 2 << 30
 MAX_SECONDS = 30
 

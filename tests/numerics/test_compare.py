@@ -8,6 +8,9 @@ import pytest
 from bninspect import numerics as nx
 from bninspect.errors import UsageError
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def _layer(c=8, seed=0):
     rng = np.random.default_rng(seed)

@@ -7,6 +7,9 @@ import pytest
 
 from bninspect import numerics as nx
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 
 def _bn(c, seed=0):
     rng = np.random.default_rng(seed)

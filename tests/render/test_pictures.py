@@ -43,7 +43,7 @@ def test_show_channels_draws_mu_var_scale_and_marks_the_zero_variance_channels()
         assert set(drawn) - {MARK} <= set(LEVELS)
     assert "× = channels 3, 9 (BN105 running_var = 0 (constant channel))" in out
     # The levels span the other channels: σ² from its smallest non-zero value.
-    assert re.search(r"σ²\s+\S+\s+0\.0551 … 0\.508 without ×", out)
+    assert re.search(r"σ²\s+\S+\s+0\.0555 … 0\.512 without ×", out)
     # The numbers stay, under the picture.
     assert "features.3.bn: entry i of each tensor belongs to channel i" in out
     assert "σ² running_var" in out

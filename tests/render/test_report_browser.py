@@ -22,6 +22,9 @@ pytest.importorskip("matplotlib")
 
 from tests.conftest import SAMPLES, run_cli  # noqa: E402
 
+# The report opened here has every section, drift and diff too, which run on torch.
+pytestmark = pytest.mark.torch
+
 # The flags of a browser that talks to no one: no first-run, no background or component
 # updates, no sync; no sandbox (CI runs as root) and no GPU (headless, none here).
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

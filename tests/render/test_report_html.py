@@ -60,6 +60,7 @@ def write_report(tmp_path: Path, *args: str, name: str = "r.html") -> tuple[str,
     return out.read_text(encoding="utf-8"), run.out
 
 
+@pytest.mark.torch  # the second file makes the diff section, whose comparison runs on torch
 def test_the_file_stands_alone_no_script_no_reference_outside_it(tmp_path):
     html, _ = write_report(tmp_path, str(FAULTY / "zero_var.pt"), str(SAMPLES / "mobilenet_v1_tiny.safetensors"))
     doc = parse(html)
@@ -240,7 +241,7 @@ def test_a_file_without_batchnorm_is_an_answer(tmp_path):
 
 def test_a_torchscript_file_shows_its_stored_eps_and_modes(tmp_path):
     html, _ = write_report(tmp_path, str(SAMPLES / "mobilenet_v1_tiny_train.ts"))
-    assert "TorchScript archive" in html and "eps: 1e-05 (stored in the saved modules)" in html
+    assert "TorchScript archive" in html and "eps: 1e-05 (stored in the TorchScript modules)" in html
     assert html.count("BN202") >= 4  # saved in training mode, every layer: an error each
     assert "BatchNorm2d train" in html
 

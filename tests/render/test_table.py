@@ -11,7 +11,7 @@ import pytest
 from rich.cells import cell_len
 
 from bninspect.render.common import Column, Styled, _wrap, table
-from tests.conftest import SAMPLES, run_cli
+from tests.conftest import SAMPLES, needs_torch, run_cli
 
 COLUMNS = (Column("layer", wrap=True), Column("C", "right"), Column("producer", wrap=True))
 ROWS = [(Styled("layer4.2.bn3", "cyan"), "2048", "layer4.2.conv3 (conv 1×1)"),
@@ -139,9 +139,9 @@ _DRIFT = (str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs2.pt"), "--arch", "sample
                                   ("show", SAMPLES / "mobilenet_v1_tiny.pt", "--channels"),
                                   ("check", SAMPLES / "faulty"), ("check", SAMPLES / "faulty", "--format", "concise"),
                                   ("explain", SAMPLES / "resnet_tiny.pt", "bn1", "--channel", "3"),
-                                  ("verify", SAMPLES / "mobilenet_v1_tiny_train.ts"),
-                                  ("diff", SAMPLES / "mobilenet_v1_tiny.pt", SAMPLES / "mobilenet_v1_tiny_train.ts"),
-                                  ("drift", *_DRIFT)],
+                                  needs_torch(("verify", SAMPLES / "mobilenet_v1_tiny_train.ts")),
+                                  needs_torch(("diff", SAMPLES / "mobilenet_v1_tiny.pt", SAMPLES / "mobilenet_v1_tiny_train.ts")),
+                                  needs_torch(("drift", *_DRIFT))],
                          ids=["show", "channels", "check", "concise", "explain", "verify", "diff", "drift"])
 @pytest.mark.parametrize("columns", ["200", "70", "40"])
 def test_a_pipe_gets_the_terminal_text_without_styles(args, columns):

@@ -108,7 +108,7 @@ def test_usage_errors():
     assert_one_line_error(run_cli("check", zero, "--fail-on", "sometimes"), 2, "--fail-on must be one of")
     assert_one_line_error(run_cli("check", zero, "--select", "BN1O1"), 2, "did you mean BN101")
     for flags, needle in (({"format": "xml"}, "--format"), ({"max_scale": -1.0}, "--max-scale must be a positive"),
-                          ({"jobs": -2}, "--jobs"), ({"expect_eps": 0.0}, "--expect-eps")):
+                          ({"jobs": -2}, "--jobs"), ({"expect_eps": -1.0}, "--expect-eps must be a finite number ≥ 0")):
         with pytest.raises(UsageError, match=needle):
             resolve_options(flags, cwd="/")
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from tests.conftest import SAMPLES, assert_one_line_error
+
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
 
 
 def test_folder_scan_skips_files_without_state_dict_but_a_named_one_is_an_error(cli, tmp_path):

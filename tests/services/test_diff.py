@@ -17,6 +17,9 @@ from bninspect.services.diff import diff  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
 from tests.exports import BN_LAYERS, CKPT, edit_bn_attribute, edit_initializer, export_ir, export_onnx, sample_model  # noqa: E402
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 PT = str(CKPT)
 
 
@@ -336,3 +339,133 @@ def test_json_matches_the_golden_document(monkeypatch):
     body = json.loads(doc)
     assert body["verdict"] == "different" and body["exit_code"] == 1
     assert all(l["settings"][0]["setting"] == "training" for l in body["layers"])
+
+
+def _head_whose_bias_cancels_its_mean(tmp_path):
+    """Linear(64, 5) → BatchNorm1d(5), statistics from train-mode passes on post-ReLU features: the
+    rows of W have one sign, so W·h has a large mean (~14), and the Linear's bias cancels it (as
+    a Linear trained without the BN would): x ≈ 0 at the BN, b ≈ −14, small gains."""
+    import torch.nn as nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(64, 5), nn.BatchNorm1d(5)
+
+        def forward(self, x):
+            return self.bn(self.fc(x))
+
+    torch.manual_seed(0)
+    model = Head()
+    feats = torch.relu(torch.randn(512, 64)) * 4 + 2
+    with torch.no_grad():
+        model.fc.weight.abs_()
+        model.fc.bias.copy_(-(feats @ model.fc.weight.T).mean(0))
+        model.bn.weight.fill_(0.03)
+        model.bn.bias.fill_(0.01)
+        model.train()
+        for i in range(0, 512, 32):
+            model(feats[i:i + 32])
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "head.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (feats[:2],), str(tmp_path / "head.onnx"), dynamo=False)
+    return tmp_path / "head.pt", tmp_path / "head.onnx"
+
+
+@pytest.mark.skipif(not _has("openvino"), reason="openvino not installed")
+def test_linear_batchnorm1d_folded_by_openvino_is_equivalent(tmp_path, cli):
+    """The Gemm/MatMul fold path sums |s|·|x − b| + |s|·(|b| + |μ|) + |β|, not only A's terms: its
+    float32 rounding (2e-8 here) is no difference. A real change of 1e-5 in β still is."""
+    pt, onnx_path = _head_whose_bias_cancels_its_mean(tmp_path)
+    ir = export_ir(onnx_path, tmp_path / "head.xml", fp16=False)
+    run = cli("diff", str(pt), str(ir), "--json")
+    assert run.code == 0, run.out
+    doc = json.loads(run.out)
+    assert doc["verdict"] == "equivalent" and [(l["name"], l["mode"]) for l in doc["layers"]] == [("bn", "folded")]
+    assert 0 < doc["layers"][0]["output"]["max_abs"] < 1e-7
+
+    def nudge(beta):
+        beta[2] += 1e-5
+        return beta
+
+    tampered = export_ir(edit_initializer(onnx_path, tmp_path / "nudged.onnx", "bn.bias", nudge), tmp_path / "n.xml", fp16=False)
+    r = diff(str(pt), str(tampered))
+    assert r.verdict == "different" and r.layers[0].output.channel == 2
+
+
+def _tampered(tmp_path, name: str, change) -> str:
+    """The sample state dict with ``change(sd)`` applied, saved by torch as B."""
+    sd = torch.load(CKPT, weights_only=True)
+    change(sd)
+    torch.save(sd, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def _swap(sd, layer, i, j):
+    for n in ("weight", "bias", "running_mean", "running_var"):
+        t = sd[f"{layer}.{n}"]
+        t[[i, j]] = t[[j, i]]
+
+
+def _exchange(sd, layer, x, y):
+    sd[f"{layer}.{x}"], sd[f"{layer}.{y}"] = sd[f"{layer}.{y}"].clone(), sd[f"{layer}.{x}"].clone()
+
+
+CAUSES = {
+    "std for variance": (lambda sd: sd["features.3.bn.running_var"].sqrt_(),
+                         "standard deviation stored where the variance belongs: B's running_var = √(A's running_var) in every channel"),
+    "channels exchanged": (lambda sd: _swap(sd, "features.3.bn", 3, 5), "channels 3 and 5 exchanged (every tensor)"),
+    "channels permuted": (lambda sd: [_swap(sd, "features.3.bn", 3, 5), _swap(sd, "features.3.bn", 5, 9)],
+                          "channels permuted (every tensor): B's channel ← A's channel 3 ← 5, 5 ← 9, 9 ← 3 (3 channels)"),
+    "γ/β exchanged": (lambda sd: _exchange(sd, "features.3.bn", "weight", "bias"),
+                      "γ and β exchanged: B's weight is A's bias and B's bias A's weight"),
+    "μ/σ² exchanged": (lambda sd: _exchange(sd, "features.3.bn", "running_mean", "running_var"),
+                       "μ and σ² exchanged: B's running_mean is A's running_var and the reverse"),
+    "Bessel": (lambda sd: sd["features.3.bn.running_var"].mul_(16 / 15),
+               "running_var × 1.06667 in every channel (n/(n−1): the unbiased correction applied once more, n = 16)"),
+    "constant factor": (lambda sd: sd["features.3.bn.weight"].mul_(0.5), "weight × 0.5 in every channel"),
+}
+
+
+@pytest.mark.parametrize("case", list(CAUSES))
+def test_diff_names_the_usual_cause(tmp_path, case):
+    """As verify --expected does for outputs: the mistake that turns A's tensors into B's, per layer,
+    as the layer's first cause and the summary's."""
+    change, cause = CAUSES[case]
+    r = diff(PT, _tampered(tmp_path, "b.pt", change))
+    assert [d.name for d in r.layers if d.status == "different"] == ["features.3.bn"]
+    d = _layer(r, "features.3.bn")
+    assert d.explanations == [cause] and d.causes[0] == cause
+    assert r.causes[0] == f"features.3.bn: {cause}"
+
+
+def test_json_lists_the_channels_beyond_tolerance(tmp_path, cli):
+    def bump(sd):
+        sd["features.4.bn.running_var"][[3, 9, 20]] *= 1.5
+
+    run = cli("diff", PT, _tampered(tmp_path, "b.pt", bump), "--json")
+    assert run.code == 1, run.err
+    (layer,) = [l for l in json.loads(run.out)["layers"] if l["status"] == "different"]
+    var = next(t for t in layer["tensors"] if t["tensor"] == "running_var")
+    assert (var["channels_off"], var["channels_beyond"]) == ([3, 9, 20], 3)
+    assert layer["explanations"] == []
+
+
+def test_causes_are_ordered_by_their_effect_on_the_output(tmp_path):
+    """A 0.3% γ difference must not lead a β off by 0.5: the worst effect on the output comes first,
+    in the layer's causes and the summary's, and each cause says how far it moves the output."""
+    def change(sd):
+        sd["features.5.bn.weight"][0] *= 1.003
+        sd["features.5.bn.bias"][7] += 0.5
+
+    r = diff(PT, _tampered(tmp_path, "b.pt", change))
+    d = _layer(r, "features.5.bn")
+    assert [c.split(" ")[0] for c in d.causes[:2]] == ["bias", "weight"]
+    effects = {t.tensor: t.output_effect for t in d.tensors if not t.within}
+    assert effects["bias"] == pytest.approx(0.5, rel=1e-6) and 0 < effects["weight"] < 0.05
+    assert "alone it moves the output by up to 0.5" in d.causes[0]
+    assert r.causes[0].startswith("features.5.bn: bias channel 7")

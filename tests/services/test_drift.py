@@ -23,6 +23,9 @@ if str(SAMPLES) not in sys.path:
 import make_samples  # noqa: E402
 import sample_models  # noqa: E402
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 MOBILENET = "sample_models:mobilenet_v1_tiny"
 RESNET = "sample_models:resnet_tiny"
 BS64 = str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs64.pt")
@@ -357,6 +360,24 @@ def test_model_and_buffers_unchanged_after_drift_and_recalibration(tmp_path: Pat
     assert_unchanged(loaded.model, before)
 
 
+def test_small_batches_run_on_one_thread_and_the_setting_is_restored() -> None:
+    """Torch's thread pool on many tiny batches made drift 2-15x slower on a busy machine: the
+    sample's batches (32×3×16×16) run on one intra-op thread, and the caller's setting comes back."""
+    loaded = arch_model(BS64)
+    seen: list[int] = []
+    hook = loaded.model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = run(loaded, calib(), sizes=(2, 8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        hook.remove()
+    assert result.threads == 1 and seen and set(seen) == {1}
+    assert drift.drift_threads(drift.SMALL_BATCH_VALUES, CPU) >= 1
+
+
 def test_pickled_module_in_train_mode_is_restored() -> None:
     loaded = runner.load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None,
                                trust=True, key=None)
@@ -637,8 +658,10 @@ def test_cli_batch2_json_exit_1(cli) -> None:
     assert doc["thresholds"] == {"max_drift": 0.1, "batch_tolerance": 0.1, "min_agreement": 0.99}
     assert [m["batch_size"] for m in doc["output"]["eval_vs_train"]] == [2, 32]
     # the documented fields (README, bninspect.drift/1), no more and no fewer
-    assert list(doc) == ["schema", "file", "model", "data", "device", "batch_sizes", "pass_batch_size", "thresholds",
-                         "layers_measured", "min_batch_size", "layers", "output", "recalibration", "verdict", "notes"]
+    assert list(doc) == ["schema", "file", "model", "data", "device", "batch_sizes", "pass_batch_size", "threads",
+                         "thresholds", "layers_measured", "min_batch_size", "layers", "output", "recalibration", "verdict",
+                         "notes"]
+    assert doc["threads"] == 1
     assert list(doc["layers"][0]) == [
         "name", "kind", "channels", "eps", "reached", "elements_per_channel", "drift_score", "worst_channel",
         "worst_error", "worst_mean_shift", "worst_var_ratio", "max_abs_mean_shift", "var_ratio_range",

@@ -15,6 +15,9 @@ from bninspect.services.check import CheckOptions, check_file
 from bninspect.services.report import MAX_PAGES, report
 from tests.conftest import SAMPLES
 
+# Every test here makes or reads its files with torch (the Python 3.10 job has none).
+pytestmark = pytest.mark.torch
+
 FAULTY = SAMPLES / "faulty"
 MOBILENET_BNS = ["features.2.bn", "features.3.bn", "features.4.bn", "features.5.bn"]
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from bninspect.services.show import show
 from tests.conftest import SAMPLES, assert_one_line_error
@@ -45,7 +44,10 @@ def test_json_schema_and_original_keys(cli):
                                                   "layer2.0.bn2", "layer2.0.downsample.1"]
 
 
+@pytest.mark.torch
 def test_channels_table_matches_the_file_numbers():
+    import torch
+
     result = show(str(SAMPLES / "mobilenet_v1_tiny.safetensors"), layers=["features.2.*"], channels=True)
     assert [l.name for l in result.layers] == ["features.2.bn"]
     rows = result.layers[0].per_channel
@@ -164,7 +166,10 @@ def test_fifo_does_not_block(cli, tmp_path):
     assert_one_line_error(cli("show", str(fifo), timeout=30), 5, "not a regular file")
 
 
+@pytest.mark.torch
 def test_names_with_markup_and_escapes_are_printed_literally(cli, tmp_path):
+    import torch
+
     sd = {f"[bold red]evil\x1b[31m.{n}": torch.ones(3) for n in ("weight", "bias", "running_var")}
     sd["[bold red]evil\x1b[31m.running_mean"] = torch.zeros(3)
     path = tmp_path / "evil.pt"
@@ -203,3 +208,19 @@ def test_loading_leaves_the_collector_on_and_the_loaded_objects_out_of_its_walks
         assert gc.isenabled() and gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("header", [b"{}", b'{"__metadata__": {"format": "pt"}}'], ids=["empty", "metadata only"])
+def test_an_empty_safetensors_file_is_a_file_without_batchnorm(cli, tmp_path, header):
+    """The safetensors library reads a header without tensors as {}: a valid file with no BatchNorm."""
+    import struct
+
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    run = cli("show", str(path))
+    assert (run.code, run.err) == (0, ""), run.err
+    assert "the file holds no tensors" in run.out and "No BatchNorm layers in this file" in run.out
+    checked = cli("check", str(path), "--json")
+    assert checked.code == 0, checked.err
+    (result,) = json.loads(checked.out)["files"]
+    assert result["error"] is None and result["layers"] == 0 and result["findings"] == []

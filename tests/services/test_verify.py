@@ -17,6 +17,9 @@ from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Producer
 from bninspect.services import verify as sv
 
+# Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
+pytestmark = pytest.mark.torch
+
 C = 16
 
 
