@@ -54,9 +54,9 @@ def _witness_cell(d: LayerDiff) -> Styled:
 def _table(result: DiffResult, width: int) -> Styled:
     """One row per matched pair; a runtime column where the other side's runtime was run (--run)."""
     has_witness = any(d.witness is not None for d in result.layers)
-    columns = (Column("layer", wrap=True), Column("matched", wrap=True), Column("C", "right", wrap=True),
-               Column("status", wrap=True), Column("max rel. difference per tensor", wrap=True),
-               Column("output Δ", "right", wrap=True), *([Column("runtime Δ", "right", wrap=True)] if has_witness else []))
+    columns = (Column("layer", wrap=True), Column("matched", wrap=True), Column("C", "right"), Column("status"),
+               Column("max rel. difference per tensor", wrap=True), Column("output Δ", "right"),
+               *([Column("runtime Δ", "right")] if has_witness else []))
     rows = []
     for d in result.layers:
         name = visible(d.name) + (f" ↔ {visible(d.name_b)}" if d.name_b != d.name else "")
@@ -65,7 +65,7 @@ def _table(result: DiffResult, width: int) -> Styled:
         if has_witness:
             row.append(_witness_cell(d))
         rows.append(row)
-    return table(columns, rows, width=width, rich_fit=True)
+    return table(columns, rows, width=width)
 
 
 def render(result: DiffResult) -> None:

@@ -62,9 +62,9 @@ def to_json(result: DriftResult) -> str:
 def _layer_table(result: DriftResult, width: int) -> Styled:
     recal = result.recalibration is not None
     columns = (Column("layer", wrap=True),
-               *(Column(h, "right", wrap=True) for h in ("C", "drift", "worst ch", "mean shift σ", "var ratio")),
-               *(Column(f"B={b}", "right", wrap=True) for b in result.batch_sizes), Column("min B", "right", wrap=True),
-               *([Column("after", "right", wrap=True)] if recal else []))
+               *(Column(h, "right") for h in ("C", "drift", "worst ch", "mean shift σ", "var ratio")),
+               *(Column(f"B={b}", "right") for b in result.batch_sizes), Column("min B", "right"),
+               *([Column("after", "right")] if recal else []))
     rows: list[list[str | Styled]] = []
     for layer in result.layers:
         name = Styled(visible(layer.name), "cyan")
@@ -80,12 +80,13 @@ def _layer_table(result: DriftResult, width: int) -> Styled:
         if recal:
             row.append(num(layer.drift_after))
         rows.append(row)
-    return table(columns, rows, width=width, rich_fit=True,
+    return table(columns, rows, width=width,
                  title=Styled("Running statistics vs the data (drift = RMS error of the normalized output, in σ)"))
 
 
-_MISMATCH_COLUMNS = tuple(Column(h, "right", wrap=True)
-                          for h in ("batch size", "batches", "max |Δ|", "max |eval|", "top-1 agreement"))
+# "max |Δ|" holds why a batch size was not measured where it was not: that column may wrap.
+_MISMATCH_COLUMNS = (Column("batch size", "right"), Column("batches", "right"), Column("max |Δ|", "right", wrap=True),
+                     Column("max |eval|", "right"), Column("top-1 agreement", "right"))
 
 
 def _mismatch_table(result: DriftResult, width: int) -> Styled:
@@ -96,7 +97,7 @@ def _mismatch_table(result: DriftResult, width: int) -> Styled:
             continue
         agree = f"{row.top1_agreement:.1%}" if row.top1_agreement is not None else "—"
         rows.append((str(row.batch_size), str(row.batches), num(row.max_abs_diff), num(row.output_scale), agree))
-    return table(_MISMATCH_COLUMNS, rows, width=width, rich_fit=True,
+    return table(_MISMATCH_COLUMNS, rows, width=width,
                  title=Styled(f"Output with BN in eval vs train mode ({visible(result.output_kind)})"))
 
 

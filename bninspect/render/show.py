@@ -108,7 +108,7 @@ def render(result: ShowResult) -> None:
         if layer.per_channel is not None:
             pictures = picture_lines(layer._series, out.width, rule_titles()) if out.terminal and layer._series else []
             if pictures:  # on a terminal: the title, a picture per quantity, then the numbers
-                out.print(_channel_title(layer), wrap=False)
+                out.print(_channel_title(layer))
                 for line in pictures:
                     out.print(line, wrap=False)
             out.print(_channel_table(layer, out.width, titled=not pictures), wrap=False)

@@ -30,9 +30,8 @@ def _verdict(passed: bool, skipped: str = "") -> Styled:
     return Styled("pass", "green") if passed else Styled("FAIL", "bold red")
 
 
-_CASE_COLUMNS = (Column("case", wrap=True), Column("device", wrap=True), Column("max abs err", "right", wrap=True),
-                 Column("max rel err", "right", wrap=True), Column("rtol", "right", wrap=True),
-                 Column("used", "right", wrap=True), Column("result", wrap=True))
+_CASE_COLUMNS = (Column("case", wrap=True), Column("device"), Column("max abs err", "right"), Column("max rel err", "right"),
+                 Column("rtol", "right"), Column("used", "right"), Column("result", wrap=True))
 
 
 def _cases_table(result: VerifyResult, width: int) -> Styled:
@@ -43,7 +42,7 @@ def _cases_table(result: VerifyResult, width: int) -> Styled:
         if c.skipped:
             verdict.append(f" ({visible(c.skipped)})")
         rows.append((c.name, c.device, num(c.max_abs_err, 3), num(c.max_rel_err, 3), num(c.tolerance, 2), used, verdict))
-    return table(_CASE_COLUMNS, rows, width=width, rich_fit=True)
+    return table(_CASE_COLUMNS, rows, width=width)
 
 
 def _paths_cell(layer: LayerVerify) -> Styled:
@@ -58,8 +57,8 @@ def _paths_cell(layer: LayerVerify) -> Styled:
 
 
 def _layer_columns(result: VerifyResult) -> tuple[Column, ...]:
-    return (Column("layer"), Column("dtype", wrap=True), Column("eps", wrap=True),
-            *(Column(h, "right", wrap=True) for h in ("max abs err", "max rel err", "used")), Column("paths", wrap=True),
+    return (Column("layer", wrap=True), Column("dtype"), Column("eps", wrap=True),
+            *(Column(h, "right") for h in ("max abs err", "max rel err", "used")), Column("paths", wrap=True),
             Column("Δ if eps were", "right", wrap=True),
             Column("train−eval gap B=" + "/".join(map(str, result.train_batches)), "right", wrap=True),
             Column("result", wrap=True))
@@ -80,7 +79,7 @@ def _layers_table(result: VerifyResult, width: int) -> Styled:
         gap = " ".join(num(g.max_abs_diff, 2) for g in layer.train_eval_gap)
         rows.append((visible(layer.name), layer.dtype, eps, num(layer.max_abs_err, 2), num(layer.max_rel_err, 2),
                      f"{layer.used:.0%}", _paths_cell(layer), sens, gap, _verdict(layer.passed)))
-    return table(_layer_columns(result), rows, width=width, rich_fit=True)
+    return table(_layer_columns(result), rows, width=width)
 
 
 def _diagnosis_lines(d: Diagnosis) -> list[Styled | str]:

@@ -1,5 +1,5 @@
-"""render.common: the hand-laid tables of every command (rich's Table took 190 ms for 155 rows),
-and output that needs rich only on a terminal."""
+"""render.layout and render.common: our own word wrap and the one table fit every command uses,
+and output that needs rich only on a terminal (the same characters either way)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 from rich.cells import cell_len
 
-from bninspect.render.common import Column, Styled, _wrap, table
+from bninspect.render.layout import WRAP_MIN, Column, Styled, cell_width, fit, table, wrap
 from tests.conftest import SAMPLES, needs_torch, run_cli
 
 COLUMNS = (Column("layer", wrap=True), Column("C", "right"), Column("producer", wrap=True))
@@ -68,18 +68,29 @@ def test_a_title_goes_above_the_box():
 @pytest.mark.parametrize("text", ["aaa bbb ccc", "a" * 25 + " b", "  lead and trailing  ", "x" * 7,
                                   "wide 漢字漢字漢字 words", "one\ntwo three four", "fix: prune these channels"])
 @pytest.mark.parametrize("width", [3, 7, 10])
-def test_lines_break_where_rich_breaks_them(text, width):
-    from rich.text import Text
+def test_text_wraps_by_the_documented_rules(text, width):
+    """render.layout's rules: every line fits, a newline always ends a line, lines break between
+    words and drop the spaces there, an indent stays, and only a word wider than a line is cut."""
+    lines = wrap(text, width)
+    pieces = [text[a:b] for a, b in lines]
+    assert all(cell_width(p) <= width or len(p) == 1 for p in pieces)
+    assert [a for a, _ in lines] == sorted(a for a, _ in lines)
+    # Nothing but the spaces where a line breaks (and the newlines) is left out.
+    assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)
+    for (a1, b1), (a2, _) in zip(lines, lines[1:]):
+        between = text[b1:a2]
+        assert set(between) <= {" ", "\n"} and between.count("\n") <= 1
+        if not between:  # a cut inside a word: only where the word alone is wider than a line
+            word = re.search(r"[^ \n]*$", text[:b1]).group() + re.match(r"[^ \n]*", text[a2:]).group()
+            assert cell_width(word) > width
+    if text.startswith("  ") and width > 2:
+        assert pieces[0].startswith("  ")
 
-    ours = [text[a:b] for a, b in _wrap(text, width)]
-    theirs = [line.plain for line in Text(text).wrap(_console(width), width, overflow="fold")]
-    assert [s.rstrip() for s in ours] == [s.rstrip() for s in theirs]
 
-
-def _console(width: int):
-    from rich.console import Console
-
-    return Console(width=width)
+def test_wrapped_lines_take_as_many_words_as_fit():
+    assert [("aaa bbb ccc")[a:b] for a, b in wrap("aaa bbb ccc", 7)] == ["aaa bbb", "ccc"]
+    assert [("one\ntwo three four")[a:b] for a, b in wrap("one\ntwo three four", 10)] == ["one", "two three", "four"]
+    assert [("漢字漢字 ab")[a:b] for a, b in wrap("漢字漢字 ab", 5)] == ["漢字", "漢字", "ab"]  # wide characters take two cells
 
 
 _WORDS = ["a", "bn", "layer4.2.bn3", "0.001", "σ²", "漢字", "漢字漢字漢字", "x" * 30, "—", "↔", "…",
@@ -91,26 +102,15 @@ def _random_cell(rng: random.Random) -> str:
     return (" " if rng.random() < 0.1 else "") + "".join(words)[:-1]
 
 
-def _drawn_by_rich(columns, rows, width, title) -> str:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    drawn = Table(header_style="bold", pad_edge=False, title=title, title_justify="left")
-    for c in columns:
-        drawn.add_column(c.header, justify=c.justify, no_wrap=not c.wrap)
-    for row in rows:
-        drawn.add_row(*map(Text, row))
-    out = io.StringIO()
-    Console(file=out, width=width, highlight=False, emoji=False, color_system=None).print(drawn)
-    return out.getvalue()
+def _words(text: str) -> str:
+    return re.sub(r"\s", "", text)
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_rich_fit_lays_out_what_rich_would(seed):
-    """verify, diff and drift printed rich tables; with rich_fit their text is what rich drew at
-    any width: columns narrowed as rich narrows them, "…" where rich cuts, headers at the bottom,
-    the title wrapped and padded, lines cropped at the terminal (random tables, fixed seeds)."""
+def test_every_table_fits_or_is_drawn_whole_and_loses_nothing(seed):
+    """The one table fit (render.layout): a table fits the terminal wherever its columns can
+    narrow enough, columns that may not wrap (numbers) keep their width, and no character of a
+    cell is ever cut or hidden (random tables, fixed seeds)."""
     rng = random.Random(seed)
     for _ in range(60):
         n = rng.randint(1, 7)
@@ -118,15 +118,31 @@ def test_rich_fit_lays_out_what_rich_would(seed):
                           rng.choice(["left", "right"]), rng.random() < 0.7) for _ in range(n)]
         rows = [[_random_cell(rng) for _ in range(n)] for _ in range(rng.randint(0, 4))]
         width = rng.choice([3, 8, 12, 20, 30, 40, 55, 70, 100, 200])
-        title = rng.choice([None, "Running statistics vs the data (drift = RMS error of the normalized output, in σ)"])
-        ours = table(columns, rows, width=width, title=title, rich_fit=True).plain + "\n"
-        assert ours == _drawn_by_rich(columns, rows, width, title), (columns, rows, width, title)
+        drawn = table(columns, rows, width=width).plain
+        lines = drawn.split("\n")
+        assert len({cell_width(line) for line in lines}) == 1, (columns, rows, width)  # a box, every line as wide
+        widths = fit(columns, [c.header for c in columns], rows, width)
+        for c, w, i in zip(columns, widths, range(n)):
+            if not c.wrap:
+                widest = max([cell_width(line) for row in rows for line in row[i].split("\n")] + [0])
+                assert w >= widest, (columns, rows, width)
+        if sum(widths) + 3 * n - 1 > width:  # drawn whole only where every column is at its floor
+            for c, w, i in zip(columns, widths, range(n)):
+                words = max(cell_width(x) for x in c.header.split(" "))
+                widest = max([cell_width(line) for row in rows for line in row[i].split("\n")] + [0])
+                assert w <= WRAP_MIN if c.wrap else w == max(widest, words, 1), (columns, rows, width)
+        below = lines[next(k for k, line in enumerate(lines) if line.startswith("┡")) + 1:-1]
+        body = "".join(cell for row in rows for cell in row)
+        assert sorted(_words(body)) == sorted(_words("".join(line[1:-1] for line in below).replace("│", ""))), \
+            (columns, rows, width)
 
 
-def test_rich_fit_styles_what_it_cuts():
-    drawn = table((Column("layer"), Column("x")), [(Styled("features.3.bn", "cyan"), "1")], width=12, rich_fit=True)
-    assert "│featur… │" in drawn.plain
-    assert {drawn.plain[a:b] for a, b, style in drawn.spans if style == "cyan"} == {"featur", "…"}
+def test_a_column_that_may_wrap_narrows_before_headers_break_further():
+    columns = (Column("layer", wrap=True), Column("max abs err", "right"))
+    rows = [("model.backbone.stage_three_with_a_long_name.bn", "1.2e-07")]
+    drawn = table(columns, rows, width=30).plain.split("\n")
+    assert all(cell_width(line) <= 30 for line in drawn)
+    assert any("1.2e-07" in line for line in drawn)  # a number is never broken
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
