@@ -189,6 +189,7 @@ FORMAT_NAMES: dict[str, str] = {
     "safetensors": "safetensors",
     "torchscript": "TorchScript archive",
     "pickled-module": "pickled nn.Module (loaded with --trust)",
+    "live-module": "torch.nn.Module in memory (Python API)",
     "onnx": "ONNX model",
     "openvino-ir": "OpenVINO IR",
 }

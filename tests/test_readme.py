@@ -122,6 +122,26 @@ def test_readme_example_runs_as_written(example, workdir):
         assert shown(proc.stdout, example.command) == shown(example.output, example.command), example.command
 
 
+def python_examples(text: str | None = None) -> list[tuple[int, str]]:
+    """The README's ```python blocks (the Python API), with the line each starts on."""
+    text = README.read_text(encoding="utf-8") if text is None else text
+    return [(text.count("\n", 0, m.start(2)) + 1, m.group(2)) for m in FENCE.finditer(text) if m.group(1) == "python"]
+
+
+@pytest.mark.parametrize("line, code", [pytest.param(n, c, id=f"README.md:{n}",
+                                                     marks=[pytest.mark.torch] if "sample_models" in c else [])
+                                        for n, c in python_examples()])
+def test_readme_python_example_runs_as_written(line, code, workdir):
+    """Each Python API example runs from the repository root as a user would, silently on stderr,
+    and prints what its ``# →`` comments say."""
+    env = {**os.environ, "PYTHONPATH": with_pythonpath(str(ROOT))}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and proc.stderr == "", (line, proc.stderr)
+    for shown in re.findall(r"# → (.+?)(?:   |$)", code, re.M):  # what a line prints, before any remark
+        assert shown in proc.stdout, (line, shown, proc.stdout)
+
+
 def test_every_command_of_the_readme_is_an_example():
     """Outside the blocks this test runs, a bninspect command line is only a synopsis ([OPTIONS])."""
     text = README.read_text(encoding="utf-8")

@@ -74,14 +74,14 @@ def _argument_name(param) -> str:  # type: ignore[no-untyped-def]
     return f"{name}..." if param.nargs != 1 else name
 
 
-def _emit(result: object, renderer: object, as_json: bool) -> None:
-    """Hand a service's result to its renderer module: the JSON document, or tables and text."""
+def _emit(result: object, as_json: bool) -> None:
+    """Print a result of the Python API (``bninspect.api``): its JSON document, or its tables and text."""
     if as_json:
         from bninspect.render.common import write_document
 
-        write_document(renderer.to_json(result))  # type: ignore[attr-defined]
+        write_document(result.to_json())  # type: ignore[attr-defined]
     else:
-        renderer.render(result)  # type: ignore[attr-defined]
+        result.print()  # type: ignore[attr-defined]
 
 
 def show(
@@ -96,12 +96,10 @@ def show(
     strict: Strict = False,
 ) -> int:
     """List every BatchNorm layer: tensors, shapes, dtypes, statistics and the layer that feeds it."""
-    from bninspect.render import show as render_show
-    from bninspect.services.show import show as show_service
+    from bninspect import api
 
     about(ckpt)
-    result = show_service(ckpt, layers=layer, channels=channels, key=key, eps=eps, limit=limit, trust=trust, strict=strict)
-    _emit(result, render_show, as_json)
+    _emit(api.show(ckpt, layers=layer, channels=channels, key=key, eps=eps, limit=limit, trust=trust, strict=strict), as_json)
     return 0
 
 
@@ -116,12 +114,10 @@ def explain(
     strict: Strict = False,
 ) -> int:
     """Explain one layer with its own numbers: per-channel mapping, inference and training formulas."""
-    from bninspect.render import explain as render_explain
-    from bninspect.services.explain import explain as explain_service
+    from bninspect import api
 
     about(ckpt)
-    result = explain_service(ckpt, layer, channel=channel, key=key, eps=eps, trust=trust, strict=strict)
-    _emit(result, render_explain, as_json)
+    _emit(api.explain(ckpt, layer, channel=channel, key=key, eps=eps, trust=trust, strict=strict), as_json)
     return 0
 
 
@@ -146,17 +142,14 @@ def verify(
     strict: Strict = False,
 ) -> int:
     """Recompute BN inference (reference, F.batch_norm, folded, fused conv) and check it; without CKPT, check the kernels."""
-    from bninspect.render import verify as render_verify
-    from bninspect.services.common import parse_sizes
-    from bninspect.services.verify import run_verify
+    from bninspect import api
 
-    batches = tuple(parse_sizes(train_batch, "--train-batch"))
     about(ckpt, input_path, expected)
-    result = run_verify(ckpt, device=device, layer_globs=layer, eps=eps, trust=trust, key=key, strict=strict,
-                        input_path=input_path, channels_last=channels_last, output_path=output, expected_path=expected,
-                        batch=batch, spatial=spatial, train_batches=batches, seed=seed,
+    result = api.verify(ckpt, device=device, layers=layer, eps=eps, trust=trust, key=key, strict=strict,
+                        input=input_path, channels_last=channels_last, output=output, expected=expected,
+                        batch=batch, spatial=spatial, train_batch=train_batch, seed=seed,
                         input_channels_last=input_channels_last, output_channels_last=output_channels_last)
-    _emit(result, render_verify, as_json)
+    _emit(result, as_json)
     return result.exit_code
 
 
@@ -181,22 +174,17 @@ def check(
     strict: Strict = False,
 ) -> int:
     """Lint BatchNorm layers with coded rules (see `bninspect rules`); settings also from [tool.bninspect] in pyproject.toml."""
+    from bninspect import api
     from bninspect.render import check as render_check
-    from bninspect.services.check import resolve_options, run_check
 
-    def codes(values: Optional[List[str]]) -> Optional[List[str]]:
-        return [c for v in values for c in v.split(",") if c.strip()] if values else None
-
-    opts = resolve_options({
-        "select": codes(select), "ignore": codes(ignore), "fail_on": fail_on, "format": fmt, "jobs": jobs,
-        "min_updates": min_updates, "count_ratio": count_ratio, "max_scale": max_scale, "dead_gamma": dead_gamma,
-        "outlier_z": outlier_z, "eps_tolerance": eps_tolerance, "expect_eps": expect_eps,
-        "eps": eps, "key": key, "strict": strict or None, "debug": DEBUG["on"] or None,
-    })
+    thresholds = {"min_updates": min_updates, "count_ratio": count_ratio, "max_scale": max_scale,
+                  "dead_gamma": dead_gamma, "outlier_z": outlier_z, "eps_tolerance": eps_tolerance,
+                  "expect_eps": expect_eps}
     about(*paths)
-    report = run_check(paths, opts)
-    render_check.render(report, opts.format, as_json)
-    return report.exit_code
+    result = api.check(paths, select=select, ignore=ignore, fail_on=fail_on, format=fmt, jobs=jobs, eps=eps, key=key,
+                       strict=strict, debug=DEBUG["on"], **{k: v for k, v in thresholds.items() if v is not None})
+    render_check.render(result.data, result.options.format, as_json)  # unreadable files: a line each on stderr too
+    return result.exit_code
 
 
 def rules(
@@ -229,16 +217,16 @@ def drift(
     trust: Trust = False,
 ) -> int:
     """Run the model on data: running statistics vs the data, small-batch drift, eval/train mismatch."""
+    from bninspect import api
     from bninspect.render import drift as render_drift
-    from bninspect.services.drift import run_drift
 
     about(ckpt, data)
     with render_drift.progress_bar(enabled=not as_json) as progress:
-        result = run_drift(ckpt, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
+        result = api.drift(ckpt, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
                            synthetic=synthetic, batch_sizes=batch_sizes, device=device, max_drift=max_drift,
                            batch_tolerance=batch_tolerance, min_agreement=min_agreement,
                            write_recalibrated=write_recalibrated, progress=progress)
-    _emit(result, render_drift, as_json)
+    _emit(result, as_json)
     return result.exit_code
 
 
@@ -254,12 +242,11 @@ def diff(
     trust: Trust = False,
 ) -> int:
     """Where the BatchNorm behaviour of two artifacts differs: per layer, per channel, folded or not."""
-    from bninspect.render import diff as render_diff
-    from bninspect.services.diff import diff as diff_service
+    from bninspect import api
 
     about(a, b)
-    result = diff_service(a, b, layers=layer, trust=trust, key=key, key_b=key_b, eps=eps, run=run)
-    _emit(result, render_diff, as_json)
+    result = api.diff(a, b, layers=layer, trust=trust, key=key, key_b=key_b, eps=eps, run=run)
+    _emit(result, as_json)
     return result.exit_code
 
 
@@ -281,14 +268,12 @@ def report(
     strict: Strict = False,
 ) -> int:
     """Write one self-contained HTML file: the file, every layer, per-channel plots, check's findings; drift with --data, the diff with B."""
-    from bninspect.render import report as render_report
-    from bninspect.services.report import report as report_service
+    from bninspect import api
 
-    render_report.require()
-    result = report_service(ckpt, other, data=data, synthetic=synthetic, arch=arch, arch_kwargs=arch_kwargs,
-                            batch_sizes=batch_sizes, layers=layer, pages=pages, key=key, key_b=key_b, eps=eps,
-                            trust=trust, strict=strict, output=output)
-    render_report.render(result, output)
+    result = api.report(ckpt, other, data=data, synthetic=synthetic, arch=arch, arch_kwargs=arch_kwargs,
+                        batch_sizes=batch_sizes, layers=layer, pages=pages, key=key, key_b=key_b, eps=eps,
+                        trust=trust, strict=strict, output=output)
+    result.print()
     return 0
 
 

@@ -16,10 +16,12 @@ is rich's own.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
+import io
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from bninspect.errors import OutputClosed
 
@@ -104,6 +106,9 @@ class Out:
 
     def __init__(self, stderr: bool = False) -> None:
         self.file = sys.stderr if stderr else sys.stdout
+        if _CAPTURED and not stderr:  # the Python API asks for the text (``captured``)
+            self.file, self.width, self._rich = _CAPTURED[-1][0], _CAPTURED[-1][1], None
+            return
         styled = _is_terminal(self.file)
         self._rich = None if styled is False else console(stderr, terminal=styled)
         columns = os.environ.get("COLUMNS", "")
@@ -132,6 +137,22 @@ class Out:
             self.file.flush()  # a closed pipe shows here, not at exit after the CLI chose its status
         except BrokenPipeError:
             raise OutputClosed from None
+
+
+# Where ``captured`` collects what commands print, innermost last: (buffer, width).
+_CAPTURED: list[tuple[io.StringIO, int]] = []
+
+
+@contextlib.contextmanager
+def captured(width: int = 100) -> Iterator[io.StringIO]:
+    """Collect what renderers print to stdout, laid out for ``width`` cells and without styles,
+    in a buffer instead of writing it (the Python API's ``text()`` and notebook display)."""
+    buffer = io.StringIO()
+    _CAPTURED.append((buffer, width))
+    try:
+        yield buffer
+    finally:
+        _CAPTURED.pop()
 
 
 # A line of output holds at most this many characters. Each name in it is bounded already

@@ -466,11 +466,3 @@ def summary_line(result: ReportResult, path: str, size: int) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-
-
-def render(result: ReportResult, path: str) -> None:
-    """Write the report and print one line saying where and what."""
-    from bninspect.render.common import Out
-
-    size = save(result, path)
-    Out().print(summary_line(result, path, size))

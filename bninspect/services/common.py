@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import os
+from typing import Any
 
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Discovery, discover
@@ -36,10 +38,18 @@ def zero_eps_warnings(layers: list[BNLayer]) -> list[str]:
     return out
 
 
-def open_layers(path: str, *, trust: bool = False, key: str | None = None, strict: bool = False,
+def source_name(source: Any) -> str:
+    """How results and messages name a source: its path, or ``<ResNet in memory>`` for a live module."""
+    from bninspect.formats import live
+
+    return live.name_of(source) if live.is_module(source) else os.fspath(source)
+
+
+def open_layers(path: Any, *, trust: bool = False, key: str | None = None, strict: bool = False,
                 eps: float | None = None, refuse_unsafe: bool = True) -> Discovery:
     """Open a checkpoint safely and discover its BN layers (``eps`` overrides every layer's eps;
-    ``refuse_unsafe``: see :func:`bninspect.formats.open_checkpoint`).
+    ``refuse_unsafe``: see :func:`bninspect.formats.open_checkpoint`). ``path`` may also be a
+    live ``torch.nn.Module`` (the Python API): its own modules are read, nothing on it changes.
 
     A load makes a few objects per tensor (300,000 for a 10,000-layer .pt) that live as long
     as the command and form no reference cycles. Under the CLI (``process.freeze_loaded_objects``)
@@ -54,6 +64,13 @@ def open_layers(path: str, *, trust: bool = False, key: str | None = None, stric
     from bninspect.formats import open_checkpoint
 
     validate_eps(eps)
+    from bninspect.formats import live
+
+    if live.is_module(path):
+        if key is not None:
+            raise UsageError("key= picks a state dict inside a file; a live module is one model")
+        return discover(live.read(path), eps=eps)
+    path = os.fspath(path)
     if not process.freeze_loaded_objects:
         return discover(open_checkpoint(path, trust=trust, key=key, strict=strict, refuse_unsafe=refuse_unsafe), eps=eps)
     enabled = gc.isenabled()

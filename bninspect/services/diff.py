@@ -27,7 +27,7 @@ import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES, Checkpoint, TensorRef
 from bninspect.layers import BNLayer, Discovery
-from bninspect.services.common import open_layers, select, validate_eps, zero_eps_warnings
+from bninspect.services.common import open_layers, select, source_name, validate_eps, zero_eps_warnings
 
 SCHEMA = "bninspect.diff/1"
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -763,8 +763,8 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
 
     verdict, causes = _verdict(diffs, only_a, only_b)
     return DiffResult(
-        a=Side(path_a, fa, FORMAT_NAMES.get(fa, fa), len(da.layers), list(da.checkpoint.notes)),
-        b=Side(path_b, fb, FORMAT_NAMES.get(fb, fb), len(db.layers), list(db.checkpoint.notes)),
+        a=Side(source_name(path_a), fa, FORMAT_NAMES.get(fa, fa), len(da.layers), list(da.checkpoint.notes)),
+        b=Side(source_name(path_b), fb, FORMAT_NAMES.get(fb, fb), len(db.layers), list(db.checkpoint.notes)),
         verdict=verdict, causes=causes, layers=diffs, only_a=only_a, only_b=only_b, notes=notes,
         exit_code=0 if verdict in ("identical", "equivalent") else 1,
     )

@@ -15,7 +15,7 @@ from bninspect.errors import InvalidFileError, UsageError
 from bninspect.checkpoint import Checkpoint
 from bninspect.layers import BNLayer
 from bninspect.textfmt import num
-from bninspect.services.common import find_layer, open_layers, zero_eps_warnings
+from bninspect.services.common import find_layer, open_layers, source_name, zero_eps_warnings
 from bninspect.services.series import ChannelSeries, layer_series, rule_marks
 from bninspect.services.show import LayerSummary, summarize
 
@@ -107,7 +107,8 @@ _ONNX_NAMES = {"weight": "scale", "bias": "B", "running_mean": "input_mean", "ru
 _ONNX_OLD_NAMES = {**_ONNX_NAMES, "running_mean": "mean", "running_var": "var"}
 # OpenVINO BatchNormInference inputs (opset1 and opset5): data, gamma, beta, mean, variance.
 _IR_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "variance"}
-_MODULE_HOLDERS = {"torchscript": "the TorchScript module", "pickled-module": "the pickled module"}
+_MODULE_HOLDERS = {"torchscript": "the TorchScript module", "pickled-module": "the pickled module",
+                   "live-module": "the module"}
 
 
 def dialect(checkpoint: Checkpoint, layer: BNLayer) -> Dialect:
@@ -299,6 +300,7 @@ def explain(path: str, layer_name: str, *, channel: int | None = None, key: str 
             eps: float | None = None, trust: bool = False, strict: bool = False) -> ExplainResult:
     """Explain one BN layer of ``path`` with its own numbers; ``channel`` works one channel through."""
     found = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    path = source_name(path)  # a live module (Python API) is named, not printed
     if layer_name in found.malformed:  # there is such a layer, but its tensors do not fit together
         raise InvalidFileError(found.malformed[layer_name].message, path=path)
     layer = find_layer(found.layers + found.possible, layer_name)

@@ -143,7 +143,7 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     the most telling ``pages`` layers; drift with ``data``/``synthetic`` (and ``arch`` or
     ``trust``); the diff with ``other``. ``output`` is checked before any work (never an input)."""
     from bninspect.services.check import findings_for, resolve_options
-    from bninspect.services.common import open_layers, select
+    from bninspect.services.common import open_layers, select, source_name
     from bninspect.services.show import describe
 
     limit = DEFAULT_PAGES if pages is None else pages
@@ -153,7 +153,7 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
         raise UsageError("--arch, --arch-kwargs and --batch-sizes measure drift: give --data FILE (or --synthetic SHAPE) too")
     if data and synthetic:
         raise UsageError("give one of --data FILE or --synthetic SHAPE, not both")
-    inputs = [p for p in (path, other, data) if p]
+    inputs = [p for p in (path, other, data) if isinstance(p, str) and p]  # a live module (Python API) is no file
     if output is not None:
         check_output(output, inputs)
 
@@ -161,7 +161,7 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     found = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
     discovered = [*found.layers, *found.possible]
     wanted = {l.name for l in select(discovered, layers)} if layers else None  # a bad glob fails now
-    shown = describe(found, path)
+    shown = describe(found, source_name(path))
     findings = findings_for(found, opts)
     marks = channel_marks(findings)
     by_layer: dict[str, list[Finding]] = {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES
 from bninspect.layers import DEFAULT_EPS, TENSOR_NAMES, BNLayer, Discovery
-from bninspect.services.common import open_layers, select, zero_eps_warnings
+from bninspect.services.common import open_layers, select, source_name, zero_eps_warnings
 from bninspect.services.series import ChannelSeries, layer_series, rule_marks
 
 
@@ -156,7 +156,8 @@ def summarize(layer: BNLayer, channels: bool = False, marks: dict[int, list[str]
 # Where eps comes from in a format whose layers are modules or nodes, in the file's own terms.
 _EPS_HOLDERS = {"onnx": "from the BatchNormalization nodes' epsilon attributes",
                 "openvino-ir": "from the BatchNormInference layers' epsilon attributes",
-                "torchscript": "stored in the TorchScript modules"}
+                "torchscript": "stored in the TorchScript modules",
+                "live-module": "the modules' own"}
 
 
 def eps_note(layers: list[BNLayer], fmt: str = "") -> str:
@@ -179,7 +180,7 @@ def show(path: str, *, layers: list[str] | None = None, channels: bool = False, 
          eps: float | None = None, limit: int | None = None, trust: bool = False, strict: bool = False) -> ShowResult:
     """Open ``path`` and summarize its BN layers (filtered by ``layers`` globs, cut at ``limit``)."""
     found: Discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
-    return describe(found, path, layers=layers, channels=channels, limit=limit)
+    return describe(found, source_name(path), layers=layers, channels=channels, limit=limit)
 
 
 def describe(found: Discovery, path: str, *, layers: list[str] | None = None, channels: bool = False,

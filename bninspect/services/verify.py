@@ -580,9 +580,10 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
                             tolerances=tolerances, summary=summary)
 
     from bninspect.activations import read_activations, write_activations
-    from bninspect.services.common import open_layers, select
+    from bninspect.services.common import open_layers, select, source_name
 
     discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
+    path = source_name(path)  # a live module (Python API) is named, not printed
     layers = select(discovery.layers, layer_globs)
     if not layers:
         extra = (f" ({len(discovery.possible)} possible BatchNorm layers without running statistics: they normalize "
