@@ -231,8 +231,31 @@ class Layer:
         return (f"<BatchNorm layer {self.name}: {self.kind}, C={self.channels}, eps={self.eps:g}"
                 + (f", fed by {self.producer}" if self.producer else "") + ">")
 
+    def figure(self) -> str:
+        """μ, σ², γ, β and scale by channel and sorted, the channels check's rules name marked: an
+        SVG document, as ``report`` draws a layer's page (needs the ``bninspect[report]`` extra)."""
+        from bninspect.render import figures
+        from bninspect.render import report as render_report
+        from bninspect.services.series import layer_series, rule_marks
+
+        render_report.require()
+        layer = self._layer
+        marks = rule_marks([layer], self._loaded._found.checkpoint).get(layer.name, {})
+        values = {n: layer.values(n) for n in ("running_mean", "running_var", "weight", "bias")}
+        values["scale"] = layer_series(layer).scale
+        drawn, _ = figures.drawable_marks(marks)
+        with figures.figures() as drawing:
+            return drawing.layer_svg({n: v for n, v in values.items() if v is not None}, drawn, {})
+
     def _repr_html_(self) -> str:
-        return self.explain()._repr_html_()
+        """A notebook's display: what ``explain`` says, and the figure where matplotlib is installed."""
+        from bninspect.errors import UsageError
+
+        try:
+            picture = self.figure()
+        except UsageError:  # the report extra (matplotlib) is not installed: the text alone
+            picture = ""
+        return self.explain()._repr_html_() + picture
 
 
 class Loaded:

@@ -106,6 +106,13 @@ def test_a_notebook_shows_a_table_with_names_escaped(tmp_path):
     assert "running_mean" in bninspect.load(path)._repr_html_()
 
 
+def test_a_layer_in_a_notebook_is_explained_and_drawn():
+    layer = bninspect.load(SAMPLES / "faulty" / "negvar.pt").layers["features.4.bn"]
+    page = layer._repr_html_()
+    assert "features.4.bn is a BatchNorm2d over 64 channels" in page.replace("\n", " ")
+    assert page.count("<svg") == 1 and "running_var" in page
+
+
 # -- live modules -----------------------------------------------------------------------------------
 
 @pytest.fixture
