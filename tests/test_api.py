@@ -225,3 +225,19 @@ def test_report_of_a_live_module_saves_one_html_file_never_over_an_input(model, 
     with pytest.raises(bninspect.UsageError, match="overwrite an input"):
         bninspect.report(copy, output=copy)
     assert copy.read_bytes() == MOBILENET.read_bytes()
+
+
+@pytest.mark.torch
+@pytest.mark.cuda
+def test_verify_of_a_live_module_on_cuda_leaves_the_model_where_it_was(model):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    before = _state(model)
+    result = bninspect.verify(model, device="all")
+    assert result.passed, result.text(160)
+    assert result.devices == ["cpu", "cuda:0"]
+    assert all("cpu_vs_cuda" in {c.path for c in layer.checks} for layer in result.layers)
+    _unchanged(model, before)
+    assert all(p.device.type == "cpu" for p in model.parameters())
