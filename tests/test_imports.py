@@ -307,3 +307,13 @@ def test_import_bninspect_loads_no_heavy_module():
                           "'matplotlib', 'rich') if m in sys.modules))"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_numerics_reference_half_does_not_import_torch():
+    # the BN formulas show, check, explain and report use must come without torch; the eps
+    # defaults (read by `bninspect rules`) without numpy either
+    code = ("import sys\nfrom bninspect.numerics import TORCH_EPS\nassert 'numpy' not in sys.modules\n"
+            "import bninspect.numerics.reference, bninspect.layers\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

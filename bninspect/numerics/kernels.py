@@ -1,20 +1,9 @@
-"""The BatchNorm math in one place: a float64 reference, the device kernels, folding and fusion.
+"""The torch half of the BN math: kernels on devices, device names, conv-BN fusion, train vs eval.
 
-Every formula here is PyTorch's (torch/nn/modules/batchnorm.py ``_BatchNorm.forward`` and
-``torch.nn.functional.batch_norm``; ONNX's BatchNormalization operator spec states the same
-inference formula):
-
-* eval mode:  y = γ·(x − μ)/√(σ² + ε) + β, with μ, σ² the running statistics;
-* train mode: y = γ·(x − μ_B)/√(σ²_B + ε) + β, with μ_B and the **biased** batch variance σ²_B
-  (divide by n = elements per channel), while the running statistics are updated with the
-  **unbiased** one (divide by n − 1): running = (1 − m)·running + m·batch, m = momentum, or
-  m = 1/num_batches_tracked (after incrementing it) when momentum is None;
-* folded:     y = scale·x + shift, scale = γ/√(σ² + ε), shift = β − μ·scale;
-* fused conv: torch's own ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
-
-The reference is float64 numpy on values first rounded to the dtype under test, so a comparison
-measures the kernel's arithmetic, not the rounding of its inputs. This is the one module besides
-model runners that imports torch at top level: only commands doing tensor math import it.
+Each function runs torch's own code (``F.batch_norm``, real ``nn.BatchNorm*d`` modules, torch's
+``torch.nn.utils.fusion.fuse_conv_bn_weights``) in a given dtype on a given device, for comparison
+with the float64 reference of :mod:`bninspect.numerics.reference`, which holds the formulas. Only
+commands that do tensor math import this module.
 """
 
 from __future__ import annotations
@@ -29,56 +18,11 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from bninspect.errors import UsageError
-from bninspect.layers import fold  # noqa: F401  (the one definition; numerics.fold for callers here)
+from bninspect.numerics.reference import (ALTERNATIVE_EPS, BATCH_TERMS, DTYPES, after_producer, batch_spread, batch_stats,
+                                          batch_terms, draw_params, eval_magnitude, eval_reference, other_axis,
+                                          train_eval_gap_from, variance_mistakes)
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
-# Machine epsilon 2^-(p-1) of each format, p = significand bits incl. the implicit one
-# (IEEE 754: binary64 p=53, binary32 p=24, binary16 p=11; bfloat16 p=8).
-MACHINE_EPS: dict[str, float] = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How far a kernel result may sit from the float64 reference, per element.
-
-    |got − ref| ≤ atol + rtol·M, where M is the sum of the magnitudes of the terms the formula
-    adds (for eval: |scale|·(|x| + |μ|) + |β|). Bounding by M rather than |y| is the standard
-    forward-error bound for sums (Higham, Accuracy and Stability of Numerical Algorithms, §3):
-    when x ≈ μ the subtraction cancels and |y| says nothing about the rounding error.
-    """
-
-    dtype: str
-    rtol: float
-    atol: float
-
-    def allowed(self, magnitude: np.ndarray, growth: float = 1.0) -> np.ndarray:
-        """Per-element allowance for a result whose terms have this magnitude."""
-        return self.atol + self.rtol * growth * magnitude
-
-
-# The per-dtype tolerance table. rtol = 8 machine epsilons: a BN kernel does ~5 roundings per
-# element (subtract, rsqrt, two multiplies, add), each ≤ ½ eps, and CUDA's rsqrtf adds up to
-# 2 ulp; 8 eps covers that with margin. Measured on CPU (torch 2.13, the conformance matrix at
-# three seeds, train-mode cases included): the worst element used 0.45 of this allowance in
-# float64, 0.28 in float32, 0.12 in float16 and bfloat16 (torch computes half types in float32
-# and rounds once). atol = the smallest normal number: results that flush to zero or land in the
-# subnormal range may lose everything below it.
-TOLERANCES: dict[str, Tolerance] = {
-    name: Tolerance(name, 8 * MACHINE_EPS[name], float(torch.finfo(TORCH_DTYPES[name]).tiny))
-    for name in TORCH_DTYPES
-}
-
-
-def compute_dtype(dtype: str) -> str:
-    """The dtype a checkpoint's layer is recomputed in: its own float type, else float32."""
-    return dtype if dtype in TORCH_DTYPES else "float32"
-
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 
 def resolve_devices(device: str) -> list[str]:
     """``cpu``, ``cuda``, ``cuda:N`` or ``all`` as torch device names; no CUDA here is a usage error."""
@@ -118,110 +62,6 @@ def one_thread():
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """Values rounded to ``dtype`` and widened back to float64 (what a kernel in that dtype sees)."""
     return as_tensor(values, np.float64).to(TORCH_DTYPES[dtype]).double().numpy()
-
-
-def per_channel(values: np.ndarray, ndim: int) -> np.ndarray:
-    """A (C,) vector shaped to broadcast over channel axis 1 of an ndim-dimensional input."""
-    return np.asarray(values, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
-
-
-# ---------------------------------------------------------------- float64 reference (numpy)
-
-def eval_reference(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                   eps: float) -> np.ndarray:
-    """Eval-mode BatchNorm in float64, channel axis 1: y = γ·(x − μ)/√(σ² + ε) + β."""
-    n = x.ndim
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv_std = 1.0 / np.sqrt(per_channel(var, n) + eps)
-        return per_channel(gamma, n) * (x - per_channel(mean, n)) * inv_std + per_channel(beta, n)
-
-
-def eval_magnitude(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                   eps: float) -> np.ndarray:
-    """M for the tolerance: |γ/√(σ² + ε)|·(|x| + |μ|) + |β|, the magnitudes of the terms y sums."""
-    n = x.ndim
-    scale, _ = fold(mean, var, gamma, beta, eps)
-    return np.abs(per_channel(scale, n)) * (np.abs(x) + np.abs(per_channel(mean, n))) + np.abs(per_channel(beta, n))
-
-
-@dataclass
-class BatchStats:
-    """One batch's per-channel statistics, float64."""
-
-    mean: np.ndarray
-    var_biased: np.ndarray  # divide by n: what train mode normalizes with
-    var_unbiased: np.ndarray  # divide by n − 1: what updates running_var
-    n: int  # elements per channel: N × spatial
-
-
-def batch_stats(x: np.ndarray) -> BatchStats:
-    """Per-channel mean and variances over every axis but 1, in float64."""
-    axes = (0,) + tuple(range(2, x.ndim))
-    n = x.size // x.shape[1]
-    mean = x.mean(axis=axes)
-    # σ²_B = Σ(x − μ_B)²/n (biased); unbiased = σ²_B · n/(n − 1)
-    sq = ((x - per_channel(mean, x.ndim)) ** 2).sum(axis=axes)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unbiased = sq / (n - 1) if n > 1 else np.full_like(mean, np.nan)
-    return BatchStats(mean, sq / n, unbiased, n)
-
-
-def train_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, BatchStats]:
-    """Train-mode BatchNorm in float64: y = γ·(x − μ_B)/√(σ²_B + ε) + β with the biased σ²_B."""
-    stats = batch_stats(x)
-    return eval_reference(x, stats.mean, stats.var_biased, gamma, beta, eps), stats
-
-
-def momentum_factor(momentum: float | None, count: int) -> float:
-    """The batch's weight m in running = (1 − m)·running + m·batch: momentum, or 1/count when momentum is None."""
-    # count is num_batches_tracked after this batch: momentum=None is a cumulative average
-    return 1.0 / count if momentum is None else momentum
-
-
-def running_update(mean: np.ndarray, var: np.ndarray, stats: BatchStats, momentum: float | None,
-                   num_batches_tracked: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The running statistics after one train-mode step: (running_mean, running_var, num_batches_tracked)."""
-    # num_batches_tracked += 1 happens first; momentum=None then averages over all batches seen
-    count = num_batches_tracked + 1
-    factor = momentum_factor(momentum, count)
-    # running = (1 − m)·running + m·batch, with the UNBIASED batch variance for running_var
-    new_mean = (1.0 - factor) * mean + factor * stats.mean
-    new_var = (1.0 - factor) * var + factor * stats.var_unbiased
-    return new_mean, new_var, count
-
-
-# ---------------------------------------------------------------- comparison
-
-@dataclass
-class Comparison:
-    """A result against its reference: the worst errors and whether every element is within tolerance."""
-
-    max_abs_err: float
-    max_rel_err: float  # max |got − ref| / max |ref| (normwise: elementwise blows up where y ≈ 0)
-    worst_fraction: float  # max over elements of |got − ref| / allowance: ≤ 1 passes
-    passed: bool
-    worst_channel: int | None  # channel (axis 1) of the worst element, None for 1-D results
-
-
-def compare(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, tol: Tolerance, growth: float = 1.0) -> Comparison:
-    """Compare elementwise; NaN where the reference has NaN (and equal infinities) count as agreement."""
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(got - ref)
-        same = (np.isnan(got) & np.isnan(ref)) | (np.isinf(ref) & (got == ref))
-        err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
-        allowed = np.broadcast_to(tol.allowed(np.nan_to_num(magnitude, nan=0.0, posinf=np.inf), growth), err.shape)
-        fraction = np.where(err == 0, 0.0, err / allowed)
-    if err.size == 0:
-        return Comparison(0.0, 0.0, 0.0, True, None)
-    worst = int(np.argmax(fraction))
-    finite_ref = np.abs(ref[np.isfinite(ref)])
-    scale = float(finite_ref.max()) if finite_ref.size else 0.0
-    max_abs = float(err.max())
-    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    channel = int(np.unravel_index(worst, err.shape)[1]) if err.ndim >= 2 else None
-    return Comparison(max_abs, rel, float(fraction.reshape(-1)[worst]), bool(fraction.max() <= 1.0), channel)
 
 
 # ---------------------------------------------------------------- device kernels (torch)
@@ -306,15 +146,6 @@ def device_module_step(kind: str, x: np.ndarray, mean: np.ndarray, var: np.ndarr
 CONV_OPS = {"conv1d": (F.conv1d, 1), "conv2d": (F.conv2d, 2), "conv3d": (F.conv3d, 3)}
 
 
-def infer_groups(weight_shape: tuple[int, ...], channels: int, groups: int | None) -> int:
-    """The producer's groups: as the file says, else depthwise when weight is (C, 1, k…) with out = C, else 1."""
-    if groups:
-        return groups
-    if len(weight_shape) >= 3 and weight_shape[1] == 1 and weight_shape[0] == channels and channels > 1:
-        return channels
-    return 1
-
-
 def fuse_reference(weight: np.ndarray, bias: np.ndarray | None, mean: np.ndarray, var: np.ndarray, eps: float,
                    gamma: np.ndarray, beta: np.ndarray, transpose: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """torch's own conv-BN fusion, in float64: W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β."""
@@ -326,7 +157,7 @@ def fuse_reference(weight: np.ndarray, bias: np.ndarray | None, mean: np.ndarray
 
 @dataclass
 class FusedCheck:
-    """conv → BN in float64 against the fused conv on the device: arrays ready for :func:`compare`."""
+    """conv → BN in float64 against the fused conv on the device: arrays ready for ``reference.compare``."""
 
     got: np.ndarray
     ref: np.ndarray
@@ -344,6 +175,27 @@ def _no_tf32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = old
+
+
+def producer_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int = 1,
+                       stride: tuple[int, ...] | None = None, pads: tuple[tuple[int, int], ...] | None = None,
+                       dilation: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A linear layer (2-D ``weight``) or convolution in float64 on ``x``: (Σ w·x + b, Σ|w|·|x| + |b|),
+    what :func:`reference.after_producer` takes."""
+    x64 = x.astype(np.float64)
+    if weight.ndim == 2:
+        b = bias if bias is not None else np.zeros(weight.shape[0])
+        return x64 @ weight.T + b, np.abs(x64) @ np.abs(weight).T + np.abs(b)
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.ndim]
+    spatial = weight.ndim - 2
+    xt = as_tensor(x64)
+    if pads is not None and any(p for pair in pads for p in pair):
+        # F.pad takes (last dim begin, end, second-to-last begin, end, ...)
+        xt = F.pad(xt, tuple(p for pair in reversed(pads) for p in pair))
+    kw = {"stride": stride or (1,) * spatial, "dilation": dilation or (1,) * spatial, "groups": groups}
+    wt, bt = as_tensor(weight), None if bias is None else as_tensor(bias)
+    with torch.no_grad():
+        return conv(xt, wt, bt, **kw).numpy(), conv(xt.abs(), wt.abs(), None if bt is None else bt.abs(), **kw).numpy()
 
 
 def fused_conv_check(op: str, conv_weight: np.ndarray, conv_bias: np.ndarray | None, groups: int,
@@ -372,9 +224,7 @@ def fused_conv_check(op: str, conv_weight: np.ndarray, conv_bias: np.ndarray | N
         pre = conv(zt.double(), wt.double(), None if bt_ is None else bt_.double(), groups=groups).numpy()
         pre_mag = conv(zt.float().abs(), wt.float().abs(), None if bt_ is None else bt_.float().abs(), groups=groups)
         pre_mag = pre_mag.double().numpy() * (1 + 1e-5)
-    ref = eval_reference(pre, mean, var, g, bt, eps)
-    # terms of y = scale·(Σ w·z + b − μ) + β: eval_magnitude with Σ|w|·|z| + |b| in place of |x|
-    magnitude = eval_magnitude(pre_mag, mean, var, g, bt, eps)
+    ref, magnitude = after_producer(pre, pre_mag, mean, var, g, bt, eps)
 
     with torch.no_grad(), _no_tf32():
         fw, fb = fuse_conv_bn_weights(wt.to(device), None if bt_ is None else bt_.to(device), _tensor(mean, dtype, device),
@@ -385,29 +235,7 @@ def fused_conv_check(op: str, conv_weight: np.ndarray, conv_bias: np.ndarray | N
     return FusedCheck(_to_numpy(got), ref, magnitude, reduction)
 
 
-def dot_growth(reduction: int) -> float:
-    """Tolerance growth for a sum of ``reduction`` products: √K, the usual statistical rounding-error growth
-    (Higham §2.8: errors of a K-term sum grow like √K·u in practice, K·u at worst), plus the fold's own rounding."""
-    return float(np.sqrt(reduction)) + 2.0
-
-
 # ---------------------------------------------------------------- what-ifs
-
-def eps_change(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-               eps_from: float, eps_to: float) -> tuple[float, int | None]:
-    """The largest output change on ``x`` if a runtime used ``eps_to`` instead of ``eps_from``, and its channel.
-
-    y(ε₂) − y(ε₁) = γ·(x − μ)·(1/√(σ² + ε₂) − 1/√(σ² + ε₁)): it matters where σ² is comparable to ε.
-    """
-    # A NaN statistic (check's BN104) makes NaN outputs at both eps: no change to report there.
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(eval_reference(x, mean, var, gamma, beta, eps_to) - eval_reference(x, mean, var, gamma, beta, eps_from))
-    diff = np.where(np.isnan(diff), 0.0, diff)
-    if diff.size == 0:
-        return 0.0, None
-    worst = int(np.argmax(diff))
-    return float(diff.reshape(-1)[worst]), int(np.unravel_index(worst, diff.shape)[1])
-
 
 def train_eval_gap(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
                    shape: tuple[int, ...], seed: int) -> float:
@@ -427,41 +255,85 @@ def train_eval_gap(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: n
     # v = mean(z²) − z̄²: no cancellation to fear for N(0, 1) draws, and 10× faster than torch.var_mean
     zbar, norm, zmin, zmax = (t.double().numpy() for t in (z.mean(1), torch.linalg.vector_norm(z, dim=1), z.amin(1), z.amax(1)))
     v = np.maximum(norm**2 / n - zbar**2, 0.0)
-    _, sd = _draw_params(mean, var)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s_e = sd / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
-        s_t = sd / np.sqrt(sd**2 * v + eps)
-        slope, offset = s_t - s_e, s_t * zbar
-        gap = np.abs(gamma) * np.maximum(np.abs(slope * zmin - offset), np.abs(slope * zmax - offset))
-    return float(np.nanmax(gap)) if not np.all(np.isnan(gap)) else float("nan")
+    _, sd = draw_params(mean, var)
+    return train_eval_gap_from(sd, var, gamma, eps, zbar, v, zmin, zmax)
 
 
-def _draw_params(mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # negative or non-finite variances (broken checkpoints) draw with σ = 0 and NaN means with μ = 0,
-    # so a layer's own defects show in its outputs, not as NaN inputs
-    mu = np.nan_to_num(np.asarray(mean, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    sd = np.sqrt(np.clip(np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0, posinf=0.0), 0.0, None))
-    return mu, sd
+# ---------------------------------------------------------------- statistics of a data pass
+
+def channel_view(x: torch.Tensor) -> torch.Tensor:
+    """A BN input [N, C, *] as [C, elements] in float64 (the batch and spatial dims merged)."""
+    x = x.detach().to(torch.float64)
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
 
 
-def synthetic_input(mean: np.ndarray, var: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """x_c ~ N(μ_c, σ²_c) with channel axis 1: a correct eval-mode output is then ~N(β_c, γ_c²)."""
-    n = len(shape)
-    mu, sd = _draw_params(mean, var)
-    return per_channel(mu, n) + per_channel(sd, n) * rng.standard_normal(shape)
+class Population:
+    """Exact per-channel mean and sum of squared deviations, merged batch by batch (Chan et al.),
+    on the device the batches come from."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, flat: torch.Tensor) -> None:
+        """Merge one [C, elements] batch (see :func:`channel_view`)."""
+        nb = flat.shape[1]
+        if nb == 0:
+            return
+        mb = flat.mean(dim=1)
+        m2b = ((flat - mb[:, None]) ** 2).sum(dim=1)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        # Chan et al.: M2 = M2_a + M2_b + δ²·n_a·n_b/n, mean = mean_a + δ·n_b/n
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
+        self.n = n
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, biased variance, unbiased variance) as float64 numpy arrays."""
+        mean = self.mean.cpu().numpy()
+        m2 = self.m2.cpu().numpy()
+        unbiased = m2 / (self.n - 1) if self.n > 1 else np.zeros_like(m2)
+        return mean, m2 / self.n, unbiased
+
+
+class BatchSpread:
+    """Sums over batches of one size of the per-batch terms ``reference.batch_spread`` needs (per channel)."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self.k = 0
+        self.terms: dict[str, torch.Tensor] = {}
+        self.one_value = False
+
+    def add(self, flat: torch.Tensor) -> None:
+        """Add one [C, elements] batch (see :func:`channel_view`)."""
+        if flat.shape[1] < 2:
+            self.one_value = True  # PyTorch refuses train mode with one value per channel
+            return
+        mu = flat.mean(dim=1)
+        var = flat.var(dim=1, unbiased=False)  # train mode normalizes with the biased variance
+        s = torch.sqrt(var + self.eps)  # s_B = √(σ²_B + ε)
+        for name, value in zip(BATCH_TERMS, batch_terms(mu, var, s)):
+            self.terms[name] = self.terms[name] + value if name in self.terms else value
+        self.k += 1
+
+    def spread(self, mu_p: np.ndarray, var_p: np.ndarray) -> tuple[float, float, float]:
+        """``reference.batch_spread`` of the batches added so far, against population statistics (k ≥ 1)."""
+        return batch_spread({k: v.cpu().numpy() for k, v in self.terms.items()}, self.k, mu_p, var_p, self.eps)
 
 
 # ---------------------------------------------------------------- deployment mistakes, for --expected
-
-# Keras applications' ResNet uses epsilon=1.001e-5 (keras/applications/resnet.py); 1e-3 is the
-# Keras/TensorFlow BatchNormalization default; 0 is a runtime that drops ε.
-ALTERNATIVE_EPS = (1e-3, 1e-5, 1.001e-5, 0.0)
 
 
 def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
                  affine: bool, channels_last: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """What a runtime that made each usual mistake would output for ``x`` (logical N, C, … layout), float64,
-    with the magnitude M of that computation's terms (for :func:`compare`).
+    with the magnitude M of that computation's terms (for ``reference.compare``).
 
     One at a time: each candidate is two arrays the size of ``x``, and holding all of them at
     once made `verify --expected` need about forty times the input's float64 size.
@@ -477,8 +349,7 @@ def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.nda
     for alt in ALTERNATIVE_EPS:
         if alt != eps:
             yield add(f"eps {alt:g} instead of {eps:g}", mean, var, gamma, beta, alt)
-    with np.errstate(invalid="ignore"):  # not around a yield: the caller would run inside it
-        squared, root = var**2, np.sqrt(var)
+    squared, root = variance_mistakes(var)
     # the runtime took running_var for σ and squared it, or for σ² stored as σ and took its root
     yield add("running_var squared (read as a standard deviation)", mean, squared, gamma, beta, eps)
     yield add("square root of running_var used (variance stored as standard deviation)", mean, root, gamma, beta, eps)
@@ -492,8 +363,8 @@ def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.nda
         yield add(f"running_var × (n−1)/n (biased variance, n={n})", mean, var * (n - 1) / n, gamma, beta, eps)
     if x.ndim >= 3:
         yield ("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
-               _other_axis(eval_reference, x, mean, var, gamma, beta, eps, channels_last),
-               _other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last))
+               other_axis(eval_reference, x, mean, var, gamma, beta, eps, channels_last),
+               other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last))
     if affine:
         yield add("γ and β swapped", mean, var, beta, gamma, eps)
         yield add("affine dropped (γ = 1, β = 0)", mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)
@@ -503,52 +374,3 @@ def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.nda
         yield f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude
 
 
-def layout_name(ndim: int, channels_last: bool) -> str:
-    """A layout in the usual letters: N,C,H,W / N,H,W,C for 4-D, N,C,L / N,L,C, N,C,D,H,W / N,D,H,W,C."""
-    spatial = {3: "L", 4: "HW", 5: "DHW"}.get(ndim, "…")
-    return ",".join(["N", *spatial, "C"] if channels_last else ["N", "C", *spatial])
-
-
-def output_layout_mistakes(y: np.ndarray, magnitude: np.ndarray, file_shape: tuple[int, ...],
-                           channels_last: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The correct output ``y`` (logical N, C, …) as a runtime that wrote it in the other layout
-    would leave it in a file of ``file_shape``, read back as that file is read (``channels_last``):
-    transposed (an N,H,W,C array where N,C,H,W was meant), or its N,H,W,C buffer reshaped to the
-    file's shape without a transpose (what a copy into a preallocated array does). Only the
-    mistakes whose result has the file's shape are returned; each with its magnitude, alike."""
-    if y.ndim < 3:
-        return []
-    declared, other = layout_name(y.ndim, channels_last), layout_name(y.ndim, not channels_last)
-
-    def written(a: np.ndarray) -> np.ndarray:
-        # the runtime's output in the other layout
-        return np.ascontiguousarray(np.moveaxis(a, 1, -1) if not channels_last else a)
-
-    def read(a: np.ndarray) -> np.ndarray:
-        # what reading the file with the declared layout makes of it
-        return np.moveaxis(a, -1, 1) if channels_last else a
-
-    out = []
-    w, wm = written(y), written(magnitude)
-    if w.shape == tuple(file_shape) and read(w).shape == y.shape:
-        out.append((f"output in {other} layout where {declared} was expected (transposed)", read(w), read(wm)))
-    if w.size == int(np.prod(file_shape)) and read(w.reshape(file_shape)).shape == y.shape:
-        out.append((f"output's {other} buffer saved in an {declared}-shaped array (reshaped, not transposed)",
-                    read(w.reshape(file_shape)), read(wm.reshape(file_shape))))
-    return out
-
-
-def _other_axis(formula, x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                eps: float, channels_last: bool) -> np.ndarray:
-    """``formula`` (reference or magnitude) on the file's bytes read with the other channel convention, in the logical layout."""
-    file = np.moveaxis(x, 1, -1) if channels_last else x
-    flat = np.ascontiguousarray(file).reshape(-1)
-    c = x.shape[1]
-    with np.errstate(invalid="ignore"):
-        if channels_last:
-            # bytes N,…,C read as N,C,…: channel = index within a sample // (spatial size)
-            wrong = formula(flat.reshape(x.shape[0], c, -1), mean, var, gamma, beta, eps).reshape(file.shape)
-            return np.moveaxis(wrong, -1, 1)
-        # bytes N,C,… read as N,…,C: channel = flat index mod C
-        wrong = formula(np.moveaxis(flat.reshape(x.shape[0], -1, c), -1, 1), mean, var, gamma, beta, eps)
-        return np.moveaxis(wrong, 1, -1).reshape(x.shape)

@@ -4,12 +4,12 @@ Layers are matched by name, then by order and channel count; a BN that one side 
 its conv (an ONNX export with constant folding, OpenVINO's conversion, ``fuse_conv_bn``) is
 compared by folding the other side's conv + BN with ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
 
-Tolerances come from the less precise dtype of each pair (``numerics.MACHINE_EPS``):
+Tolerances come from the less precise dtype of each pair (``numerics.reference.MACHINE_EPS``):
 
 * a stored tensor agrees when |a − b| ≤ eps·|a| + tiny·eps/2 (one correct rounding to that
   dtype, subnormals included), so a value float16 cannot hold (a variance above 65504 becomes
   inf) is reported at its channel;
-* a folded weight/bias and the BN output agree within ``numerics.TOLERANCES`` against the
+* a folded weight/bias and the BN output agree within ``numerics.reference.TOLERANCES`` against the
   magnitude of the terms summed (γ/√(σ²+ε)·(|x|+|μ|) + |β|), as ``verify`` judges kernels.
 
 The output effect feeds both sides the same inputs drawn from side A's running statistics,
@@ -165,7 +165,7 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     ``magnitude`` None: a stored value, |Δ| ≤ eps·|a| + tiny·eps/2; otherwise a computed one (folded),
     |Δ| ≤ tiny + 8·eps·magnitude.
     """
-    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+    from bninspect.numerics.reference import MACHINE_EPS, TOLERANCES
 
     shape_a = list(a.shape) if a is not None else list(va.shape)
     shape_b = list(b.shape) if b is not None else list(vb.shape)
@@ -213,36 +213,29 @@ def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift
     ``channel_offset`` shifts B's input (a folded conv adds its own bias b: y_B = s_B·(z − b) + b'_B);
     ``beta`` (A's β) must come with it, for the folded side's rounding bound.
     """
-    from bninspect.numerics import TOLERANCES, compare, per_channel
+    from bninspect.numerics.reference import (TOLERANCES, compare, folded_magnitude, folded_output,
+                                              fused_output_magnitude, per_channel)
 
     x = _inputs(mean, var)
+    ya = folded_output(x, scale_a, shift_a)
     with np.errstate(invalid="ignore", over="ignore"):
-        ya = per_channel(scale_a, 2) * x + per_channel(shift_a, 2)
         xb = x if channel_offset is None else x - per_channel(channel_offset, 2)
-        yb = per_channel(scale_b, 2) * xb + per_channel(shift_b, 2)
-        s, mu = np.abs(per_channel(scale_a, 2)), np.abs(per_channel(mean, 2))
+        yb = folded_output(xb, scale_b, shift_b)
         if channel_offset is None:
-            # The terms summed on A's side: |scale|·(|x| + |μ|) + |shift| bounds its rounding (numerics.Tolerance).
-            magnitude = s * (np.abs(x) + mu) + np.abs(per_channel(shift_a, 2))
+            # The terms summed on A's side bound its rounding (numerics.reference.Tolerance).
+            magnitude = folded_magnitude(x, mean, scale_a, shift_a)
         else:
             # The fold path (conv, Gemm or MatMul with BN fused: torch.nn.utils.fusion, ONNX constant
-            # folding, OpenVINO): y_B = Σ_j W'_j·h_j + b' with W'_j = fl(W_j·s), b' = fl((b − μ)·s + β)
-            # and z = Σ_j W_j·h_j = x − b. Each stored value is within one tolerance δ of its exact
-            # value (the folded weight and bias comparisons check that): |W'_j − W_j·s| ≤ δ·|W_j·s|,
-            # |b' − (b − μ)·s − β| ≤ δ·(|b·s| + |μ·s| + |β|). Through the folded weights' per-channel
-            # scale s_eff (their least-squares ratio to W) that bounds the output by
-            # |y_B − y_A| ≤ δ·(|s|·|x − b| + |s|·(|b| + |μ|) + |β|). A's own terms, |s|·(|x| + |μ|) + |shift|,
-            # miss |s|·|b| twice over: a Linear → BatchNorm1d head whose bias cancels a large mean of W·h
-            # (x ≈ 0, b ≈ −14), correctly folded by OpenVINO, was judged different at 2.2e-8 (relative 2e-7).
-            b = np.abs(per_channel(channel_offset, 2))
-            magnitude = s * (np.abs(xb) + b + mu) + np.abs(per_channel(beta, 2))
+            # folding, OpenVINO): z = Σ_j W_j·h_j = x − b, and the folded weight and bias comparisons
+            # check each stored value; B's per-channel scale is the folded weights' least-squares ratio to W.
+            magnitude = fused_output_magnitude(xb, channel_offset, mean, scale_a, beta)
     cmp = compare(yb, ya, magnitude, TOLERANCES[dtype])
     return OutputEffect(cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed, SAMPLES_PER_CHANNEL)
 
 
 def _inputs(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """A's inputs x_c ~ N(μ_c, σ²_c), (SAMPLES_PER_CHANNEL, C): the same draws for every measurement of a layer."""
-    from bninspect.numerics import synthetic_input
+    from bninspect.numerics.reference import synthetic_input
 
     return synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, mean.shape[0]), np.random.default_rng(SEED))
 
@@ -251,15 +244,13 @@ def _effects(la: BNLayer, lb: BNLayer, d: LayerDiff) -> dict[str, float]:
     """How far each difference alone moves A's eval output, max |Δy| on A's inputs: each differing
     tensor's (``output_effect`` on its TensorDiff) and eps's (returned by setting name). The causes
     are ordered by these, worst first."""
-    from bninspect.layers import fold
+    from bninspect.numerics.reference import fold, folded_output
 
     params = {n: _stat(la, n) for n in BN_TENSORS}
     x = _inputs(params["running_mean"], params["running_var"])
 
     def output(p: dict[str, np.ndarray], eps: float) -> np.ndarray:
-        scale, shift = fold(p["running_mean"], p["running_var"], p["weight"], p["bias"], eps)
-        with np.errstate(invalid="ignore", over="ignore"):
-            return scale * x + shift
+        return folded_output(x, *fold(p["running_mean"], p["running_var"], p["weight"], p["bias"], eps))
 
     y0 = output(params, la.eps)
 
@@ -279,7 +270,7 @@ def _effects(la: BNLayer, lb: BNLayer, d: LayerDiff) -> dict[str, float]:
 def _explanations(la: BNLayer, lb: BNLayer, d: LayerDiff) -> list[tuple[str, set[str]]]:
     """The usual mistakes that turn A's tensors into B's (what ``verify --expected`` tests on
     outputs, here on the stored values): each with the tensors it accounts for."""
-    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+    from bninspect.numerics.reference import MACHINE_EPS, TOLERANCES, variance_mistakes
 
     differing = {t.tensor for t in d.tensors if not t.within and t.shape_a == t.shape_b}
     if not differing:
@@ -301,8 +292,7 @@ def _explanations(la: BNLayer, lb: BNLayer, d: LayerDiff) -> list[tuple[str, set
             found.append((text, {x, y}))
     left = differing - {n for _, names in found for n in names}
     if "running_var" in left:
-        with np.errstate(invalid="ignore", over="ignore"):
-            root, square = np.sqrt(a["running_var"]), a["running_var"] ** 2
+        square, root = variance_mistakes(a["running_var"])
         if fits(root, b["running_var"]):
             found.append(("standard deviation stored where the variance belongs: B's running_var = √(A's running_var) "
                           "in every channel", {"running_var"}))
@@ -472,8 +462,8 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
 
 
 def _fuse(weight: np.ndarray, bias: np.ndarray | None, layer: BNLayer, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The layer fused into its producer's ``weight``/``bias`` by :func:`numerics.fuse_reference`, float64."""
-    from bninspect.numerics import fuse_reference
+    """The layer fused into its producer's ``weight``/``bias`` by :func:`numerics.kernels.fuse_reference`, float64."""
+    from bninspect.numerics.kernels import fuse_reference
 
     return fuse_reference(weight, bias, _stat(layer, "running_mean"), _stat(layer, "running_var"), layer.eps,
                           layer.gamma(), layer.beta(), transpose)
@@ -537,9 +527,11 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     bt = target.bias.float64().reshape(-1) if target.bias is not None else np.zeros(layer.channels)
     dt_w = _lower(prod.weight.dtype, _dtype(layer, "running_var"))
     dt_bias = _lower(prod.bias.dtype if prod.bias is not None else dt_w, _dtype(layer, "running_var"))
+    from bninspect.numerics.reference import fused_bias_magnitude
+
     scale, _ = layer.folded()
     # Folded bias b' = (b − μ)·s + β: its rounding scales with the terms summed.
-    bias_mag = np.abs(layer.beta()) + np.abs(_stat(layer, "running_mean") * scale) + (np.abs((b0 if b0 is not None else 0) * scale))
+    bias_mag = fused_bias_magnitude(b0, _stat(layer, "running_mean"), scale, layer.beta())
     tw = _compare_tensor("folded weight", prod.weight, target.weight, wf, wt, np.abs(wf), dt_w, target.weight.dtype)
     tb = _compare_tensor("folded bias", None, target.bias, bf, bt, bias_mag, dt_bias,
                          target.bias.dtype if target.bias is not None else "float32")
@@ -583,26 +575,11 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
 
 
 def _implied_eps(layer: BNLayer, s_eff: np.ndarray, dtype: str) -> float | None:
-    """The eps the folded side was built with, where one eps explains every channel's scale and it is not ours.
+    """The eps the folded side was built with (``reference.implied_eps``) to three significant digits, or None."""
+    from bninspect.numerics.reference import MACHINE_EPS, implied_eps
 
-    s = γ/√(σ² + ε)  ⇒  ε = (γ/s)² − σ², per channel; the median, checked against all channels.
-    """
-    from bninspect.numerics import MACHINE_EPS
-
-    gamma, var = layer.gamma(), _stat(layer, "running_var")
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        per_channel = (gamma / s_eff) ** 2 - var
-        ok = np.isfinite(per_channel) & (gamma != 0) & (s_eff != 0)
-        if not ok.any():
-            return None
-        eps = float(np.median(per_channel[ok]))
-        if eps < 0 or math.isclose(eps, layer.eps, rel_tol=1e-2):
-            return None
-        fitted = gamma / np.sqrt(var + eps)
-        rtol = max(1e-5, 16 * MACHINE_EPS[dtype])
-        if not np.allclose(fitted[ok], s_eff[ok], rtol=rtol, atol=0.0):
-            return None
-    return float(f"{eps:.3g}")
+    eps = implied_eps(layer.gamma(), _stat(layer, "running_var"), s_eff, layer.eps, max(1e-5, 16 * MACHINE_EPS[dtype]))
+    return None if eps is None else float(f"{eps:.3g}")
 
 
 def _judge(d: LayerDiff, effects: dict[str, float] | None = None, explained: set[str] | frozenset = frozenset()) -> None:

@@ -53,7 +53,7 @@ def _stored(layer: BNLayer, name: str) -> np.ndarray:
 
 
 def _bn_witness(ref: BNLayer, onnx_layer: BNLayer, node: Any, model: Any, runtime: str) -> Witness:
-    from bninspect.numerics import TOLERANCES, compare, eval_magnitude, eval_reference, synthetic_input
+    from bninspect.numerics.reference import TOLERANCES, eval_check, synthetic_input
 
     params = [_stored(onnx_layer, n) for n in ("weight", "bias", "running_mean", "running_var")]
     x_dtype = params[0].dtype
@@ -65,9 +65,7 @@ def _bn_witness(ref: BNLayer, onnx_layer: BNLayer, node: Any, model: Any, runtim
     x = synthetic_input(mean, var, (BATCH, ref.channels, 1, 1), np.random.default_rng(SEED)).astype(x_dtype)
     x64 = x.astype(np.float64)  # the reference sees the input the runtime sees
     y = sess.run(["y"], {"x": x})[0].astype(np.float64)
-    gamma, beta = ref.gamma(), ref.beta()
-    cmp = compare(y, eval_reference(x64, mean, var, gamma, beta, ref.eps),
-                  eval_magnitude(x64, mean, var, gamma, beta, ref.eps), TOLERANCES[_dtype_name(x_dtype)])
+    cmp = eval_check(y, x64, mean, var, ref.gamma(), ref.beta(), ref.eps, TOLERANCES[_dtype_name(x_dtype)])
     return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
 
 
@@ -75,42 +73,24 @@ def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tup
                        pads: tuple[tuple[int, int], ...] | None = None,
                        dilation: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The other side's producer → BN in float64 on ``x``: (output, magnitude of the terms summed, reduction)."""
-    import torch
-    import torch.nn.functional as F
-
-    from bninspect.numerics import as_tensor, eval_magnitude, eval_reference
+    from bninspect.numerics.kernels import producer_reference
+    from bninspect.numerics.reference import after_producer
 
     prod = ref.producer
     assert prod is not None
     w0 = prod.weight.float64()
     b0 = prod.bias.float64() if prod.bias is not None else None
-    x64 = x.astype(np.float64)
-    if w0.ndim == 2:
-        bias = b0 if b0 is not None else np.zeros(ref.channels)
-        pre, pre_mag = x64 @ w0.T + bias, np.abs(x64) @ np.abs(w0).T + np.abs(bias)
-    else:
-        conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w0.ndim]
-        spatial = w0.ndim - 2
-        xt = as_tensor(x64)
-        if pads is not None and any(p for pair in pads for p in pair):
-            # F.pad takes (last dim begin, end, second-to-last begin, end, ...)
-            xt = F.pad(xt, tuple(p for pair in reversed(pads) for p in pair))
-        kw = {"stride": stride or (1,) * spatial, "dilation": dilation or (1,) * spatial, "groups": groups}
-        wt, bt = as_tensor(w0), None if b0 is None else as_tensor(b0)
-        with torch.no_grad():
-            pre = conv(xt, wt, bt, **kw).numpy()
-            pre_mag = conv(xt.abs(), wt.abs(), None if bt is None else bt.abs(), **kw).numpy()
+    pre, pre_mag = producer_reference(x, w0, b0, groups, stride, pads, dilation)
     mean, var, gamma, beta = ref.values("running_mean"), ref.values("running_var"), ref.gamma(), ref.beta()
-    # terms of y = scale·(Σ w·x + b − μ) + β: eval_magnitude with Σ|w|·|x| + |b| in place of |x|
-    magnitude = eval_magnitude(pre_mag, mean, var, gamma, beta, ref.eps)
-    return eval_reference(pre, mean, var, gamma, beta, ref.eps), magnitude, int(np.prod(w0.shape[1:]))
+    y, magnitude = after_producer(pre, pre_mag, mean, var, gamma, beta, ref.eps)
+    return y, magnitude, int(np.prod(w0.shape[1:]))
 
 
 def _folded_witness(ref: BNLayer, target: Target, node: Any, model: Any, runtime: str) -> Witness | None:
     """The folded Conv/Gemm node against the other side's producer → BN, on a seeded N(0, 1) input."""
     from onnx import helper
 
-    from bninspect.numerics import TOLERANCES, compare, dot_growth
+    from bninspect.numerics.reference import TOLERANCES, compare, dot_growth
 
     if ref.producer is None or target.transposed or node.op_type not in ("Conv", "Gemm"):
         return None
@@ -161,7 +141,7 @@ def _is_const(output: Any) -> bool:
 
 def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any, ops: dict[str, Any],
                 runtime: str) -> Witness | None:
-    from bninspect.numerics import TOLERANCES, compare, dot_growth, eval_magnitude, eval_reference, synthetic_input
+    from bninspect.numerics.reference import TOLERANCES, compare, dot_growth, eval_check, synthetic_input
 
     rng = np.random.default_rng(SEED)
     if d.mode == "bn":
@@ -176,9 +156,7 @@ def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any,
         mean, var = ref.values("running_mean"), ref.values("running_var")
         x = synthetic_input(mean, var, (BATCH, ref.channels) + (1,) * (rank - 2), rng).astype(np.float32)
         y = _ov_run(core, ov, node, port, node, x)
-        x64, gamma, beta = x.astype(np.float64), ref.gamma(), ref.beta()
-        cmp = compare(y, eval_reference(x64, mean, var, gamma, beta, ref.eps),
-                      eval_magnitude(x64, mean, var, gamma, beta, ref.eps), TOLERANCES[_lowest(ir_layer)])
+        cmp = eval_check(y, x.astype(np.float64), mean, var, ref.gamma(), ref.beta(), ref.eps, TOLERANCES[_lowest(ir_layer)])
         return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
     if d.folded_side != ir_side:
         return None
