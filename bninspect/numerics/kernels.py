@@ -24,13 +24,17 @@ from bninspect.numerics.reference import (ALTERNATIVE_EPS, BATCH_TERMS, DTYPES, 
 
 TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 
-def resolve_devices(device: str) -> list[str]:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``all`` as torch device names; no CUDA here is a usage error."""
+def resolve_devices(device: str, several: bool = True) -> list[str]:
+    """``cpu``, ``cuda``, ``cuda:N`` or (where ``several``) ``all`` as torch device names; no CUDA here is a usage error.
+
+    The one ``--device`` grammar: verify compares devices (``all`` is CPU and cuda:0 side by side),
+    the commands that run a model take one (:func:`resolve_device`).
+    """
     spec = device.strip().lower()
     if spec == "cpu":
         return ["cpu"]
-    if spec not in ("all", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
-        raise UsageError(f"unknown device '{device}'; use cpu, cuda, cuda:N or all")
+    if not ((several and spec == "all") or spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit())):
+        raise UsageError(f"unknown device '{device}'; use {'cpu, cuda, cuda:N or all' if several else 'cpu, cuda or cuda:N'}")
     if not torch.cuda.is_available():
         raise UsageError(f"--device {device} needs CUDA, and CUDA is not available here (torch {torch.__version__})")
     if spec == "all":
@@ -41,6 +45,11 @@ def resolve_devices(device: str) -> list[str]:
     if index >= count:
         raise UsageError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
     return [spec]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as one torch device, for the commands that run a model (drift)."""
+    return torch.device(resolve_devices(device, several=False)[0])
 
 
 @contextlib.contextmanager

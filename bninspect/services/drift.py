@@ -44,7 +44,7 @@ from torch import nn
 
 from bninspect.atomic import atomic_write, same_file
 from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
-from bninspect.numerics.kernels import BatchSpread, Population, channel_view
+from bninspect.numerics.kernels import BatchSpread, Population, channel_view, resolve_device
 from bninspect.numerics.reference import normalized_error, rms, statistics_shift
 from bninspect import runner
 from bninspect.runner import DataSource, LoadedModel, ModelState
@@ -719,7 +719,7 @@ def run_drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bo
     if not 0 <= min_agreement <= 1:
         raise UsageError("--min-agreement must be between 0 and 1")
     sizes = parse_batch_sizes(batch_sizes)
-    dev = runner.resolve_device(device)
+    dev = resolve_device(device)
     shape = runner.parse_shape(synthetic) if synthetic else None
     if write_recalibrated:
         _check_output_path(write_recalibrated, path, data)

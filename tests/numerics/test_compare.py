@@ -80,6 +80,17 @@ def test_resolve_devices_without_cuda():
                 kernels.resolve_devices(spec)
 
 
+def test_one_device_grammar_for_the_commands_that_run_a_model():
+    # drift takes one device: the same words and messages as verify's, without `all`
+    assert kernels.resolve_device(" CPU ") == torch.device("cpu")
+    for spec in ("all", "tpu", "cuda:x"):
+        with pytest.raises(UsageError, match=f"unknown device '{spec}'; use cpu, cuda or cuda:N$"):
+            kernels.resolve_device(spec)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            kernels.resolve_device("cuda:0")
+
+
 @pytest.mark.cuda
 def test_cuda_kernels_within_tolerance():
     import torch

@@ -629,8 +629,8 @@ def test_bad_batch_sizes(text: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="no CUDA device"):
-        runner.resolve_device("cuda")
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        kernels.resolve_device("cuda")
 
 
 @pytest.mark.cuda
