@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bninspect.layers import BNLayer, Discovery
-from bninspect.services.diff import LayerDiff, Target, Witness
+from bninspect.services.diff_results import Compared, LayerDiff, Target, Witness
 
 BATCH = 64
 SEED = 0
@@ -139,13 +139,14 @@ def _is_const(output: Any) -> bool:
     return node.get_type_name() == "Constant"
 
 
-def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any, ops: dict[str, Any],
+def _ov_witness(c: Compared, ir_side: str, disc: Discovery, core: Any, ov: Any, ops: dict[str, Any],
                 runtime: str) -> Witness | None:
     from bninspect.numerics.reference import TOLERANCES, compare, dot_growth, eval_check, synthetic_input
 
+    d = c.diff
     rng = np.random.default_rng(SEED)
     if d.mode == "bn":
-        la, lb = d._pair  # type: ignore[misc]
+        la, lb = c.pair
         ref, ir_layer = (la, lb) if ir_side == "b" else (lb, la)
         info = disc.checkpoint.modules.get(ir_layer.key_prefix)
         node = ops.get(str(info.attributes.get("ir_layer"))) if info is not None else None
@@ -160,7 +161,7 @@ def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any,
         return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
     if d.folded_side != ir_side:
         return None
-    ref, target = d._pair  # type: ignore[misc]
+    ref, target = c.pair
     info = disc.checkpoint.modules.get(target.key_prefix)
     node = ops.get(str(info.attributes.get("ir_layer"))) if info is not None else None
     if node is None or ref.producer is None or target.transposed:
@@ -196,7 +197,7 @@ def _lowest(layer: BNLayer) -> str:
     return "float16" if "float16" in dtypes else "bfloat16" if "bfloat16" in dtypes else "float32"
 
 
-def _attach_openvino(diffs: list[LayerDiff], da: Discovery, db: Discovery, ir_side: str) -> list[str]:
+def _attach_openvino(compared: list[Compared], da: Discovery, db: Discovery, ir_side: str) -> list[str]:
     try:
         import openvino as ov
     except ImportError:
@@ -207,12 +208,10 @@ def _attach_openvino(diffs: list[LayerDiff], da: Discovery, db: Discovery, ir_si
     ops = {op.get_friendly_name(): op for op in model.get_ops()}
     runtime = f"openvino {ov.__version__.split('-')[0]}"
     ran = 0
-    for d in diffs:
-        if d._pair is None:
-            continue
-        d.witness = _ov_witness(d, ir_side, disc, core, ov, ops, runtime)
-        ran += d.witness is not None
-        _confirm(d)
+    for c in compared:
+        c.diff.witness = _ov_witness(c, ir_side, disc, core, ov, ops, runtime)
+        ran += c.diff.witness is not None
+        _confirm(c.diff)
     other = "A" if ir_side == "b" else "B"
     return [f"--run: {ran} layer(s) of the IR run in {runtime} (CPU, f32 inference precision) against {other}'s "
             "float64 recomputation"]
@@ -225,13 +224,13 @@ def _confirm(d: LayerDiff) -> None:
         d.status = "different"
 
 
-def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> list[str]:
+def attach_witnesses(compared: list[Compared], da: Discovery, db: Discovery) -> list[str]:
     """Run the ONNX (ONNX Runtime) or OpenVINO IR (OpenVINO) side's BN or folded layers; returns notes for the user."""
     formats = (da.checkpoint.format, db.checkpoint.format)
     onnx_side = "b" if formats[1] == "onnx" else "a" if formats[0] == "onnx" else ""
     ir_side = "b" if formats[1] == "openvino-ir" else "a" if formats[0] == "openvino-ir" else ""
     if not onnx_side and ir_side:
-        return _attach_openvino(diffs, da, db, ir_side)
+        return _attach_openvino(compared, da, db, ir_side)
     if not onnx_side:
         return ["--run: neither side is an ONNX model or OpenVINO IR; nothing for a runtime to run"]
     try:
@@ -245,11 +244,10 @@ def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> li
     nodes = {n.name: n for n in model.graph.node}
     runtime = f"onnxruntime {onnxruntime.__version__}"
     ran = 0
-    for d in diffs:
-        if d._pair is None:
-            continue
+    for c in compared:
+        d = c.diff
         if d.mode == "bn":
-            la, lb = d._pair
+            la, lb = c.pair
             ref, onnx_layer = (la, lb) if onnx_side == "b" else (lb, la)
             info = onnx_disc.checkpoint.modules.get(onnx_layer.key_prefix)
             node = nodes.get(str(info.attributes.get("onnx_node"))) if info is not None else None
@@ -257,7 +255,7 @@ def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> li
                 continue
             d.witness = _bn_witness(ref, onnx_layer, node, model, runtime)
         elif d.folded_side == onnx_side:
-            ref, target = d._pair
+            ref, target = c.pair
             info = onnx_disc.checkpoint.modules.get(target.key_prefix)
             node = nodes.get(str(info.attributes.get("onnx_node"))) if info is not None else None
             if node is None:
