@@ -57,8 +57,7 @@ def one_thread():
     """Run torch's CPU kernels on one intra-op thread inside the block, then restore the setting.
 
     verify's tensors are small (a few MB at most), where threads buy little, and on a shared, loaded
-    machine OpenMP workers waiting on each other cost much: the ResNet-50 benchmark measured 11.0 s
-    with torch's default 2 threads and 1.3 s with one (2 cores, load average ~10).
+    machine OpenMP workers waiting on each other cost much (benchmarks/README.md has the numbers).
     """
     old = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -261,7 +260,7 @@ def train_eval_gap(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: n
     # z drawn as (C, N·spatial): the values are iid, so the layout is free and the reductions run contiguous
     z = torch.randn((shape[1], int(np.prod(shape)) // shape[1]), generator=torch.Generator().manual_seed(seed))
     n = z.shape[1]
-    # v = mean(z²) − z̄²: no cancellation to fear for N(0, 1) draws, and 10× faster than torch.var_mean
+    # v = mean(z²) − z̄²: no cancellation to fear for N(0, 1) draws, and much faster than torch.var_mean
     zbar, norm, zmin, zmax = (t.double().numpy() for t in (z.mean(1), torch.linalg.vector_norm(z, dim=1), z.amin(1), z.amax(1)))
     v = np.maximum(norm**2 / n - zbar**2, 0.0)
     _, sd = draw_params(mean, var)

@@ -4,7 +4,7 @@ A report is made of the other services' results, from one opening of the file: s
 summaries (every layer), check's findings (the rules, codes and ``[tool.bninspect]`` settings
 `bninspect check` uses), and where asked drift's measurements (``--data``/``--synthetic`` with
 a model) and diff's comparison with a second artifact. It adds no BN math of its own:
-per-channel values come from ``BNLayer`` (scale from ``layers.fold``), drift and diff numbers
+per-channel values come from ``BNLayer`` (scale from ``numerics.reference.fold``), drift and diff numbers
 from their services. ``render.report`` turns the result into HTML.
 
 Scale. Every layer gets an overview row (its sparklines cost microseconds), up to

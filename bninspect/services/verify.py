@@ -478,7 +478,7 @@ def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype
     diag = Diagnosis(layer.name, expected_path, "match", correct.residual, correct.relative_residual, True, best.cause,
                      [correct] + cands)
     # a mistake that explains the data ten times better than the correct formula wins even when the correct
-    # formula is within kernel tolerance: where σ² ≈ ε the tolerance is wide (see numerics.Tolerance)
+    # formula is within kernel tolerance: where σ² ≈ ε the tolerance is wide (see numerics.reference.Tolerance)
     clearly_better = best.fits and best.relative_residual < 0.1 * correct.relative_residual
     if correct.fits and not clearly_better:
         return diag
