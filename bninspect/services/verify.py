@@ -310,24 +310,14 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     shape = tuple(x.shape) if x is not None else _input_shape(layer, batch, spatial)
     result = LayerVerify(layer.name, layer.kind, layer.channels, dt, layer.eps, layer.eps_source, list(shape),
                          0.0, 0.0, tol.rtol, 0.0, True)
-    odd = [k for k in layer.unusable if k != "num_batches_tracked"]
-    if odd:
-        result.skipped = f"{', '.join(f'{k} is {layer.unusable[k]}' for k in odd)}: nothing consistent to recompute"
-        result.passed = False
-        return result, None
-    if mean_raw is None or var_raw is None:
-        result.skipped = "no running statistics: eval mode normalizes with batch statistics"
-        return result, None
-    wrong = [k for k in ("running_mean", "running_var", "weight", "bias") if layer.has(k) and layer.tensors[k].numel != layer.channels]
-    if wrong:
-        result.skipped = f"{', '.join(wrong)} do not hold {layer.channels} values: nothing consistent to recompute"
-        result.passed = False
+    skip = _skip_reason(layer)
+    if skip is not None:
+        result.skipped, result.passed = skip
         return result, None
     if layer.training:
         result.notes.append("saved in train mode: run as saved, it normalizes with batch statistics, not these "
                             "eval outputs (see the train−eval gap)")
     result.notes += [w.split(": ", 1)[1] for w in zero_eps_warnings([layer])]
-    affine = layer.has("weight") and layer.has("bias")
     mean, var = kernels.round_to(mean_raw, dt), kernels.round_to(var_raw, dt)
     gamma, beta = kernels.round_to(layer.gamma(), dt), kernels.round_to(layer.beta(), dt)
     eps = layer.eps
@@ -335,6 +325,43 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     x = kernels.round_to(x if x is not None else reference.synthetic_input(mean, var, shape, rng), dt)
 
     ref = reference.eval_reference(x, mean, var, gamma, beta, eps)
+    _device_checks(result, layer, x, ref, (mean, var, gamma, beta), devices, channels_last, seed + index)
+    worst = max(result.checks, key=lambda c: c.used)
+    result.max_abs_err = max(c.max_abs_err for c in result.checks)
+    result.max_rel_err = max(c.max_rel_err for c in result.checks)
+    result.used = worst.used
+    result.passed = all(c.passed for c in result.checks)
+    if not np.all(np.isfinite(ref)):
+        result.passed = False
+        result.notes.append("output is not finite: running_var below −eps, or NaN/Inf in the tensors")
+    result.eps_sensitivity = _eps_change(x, mean, var, gamma, beta, eps)
+    result.train_eval_gap = _train_gaps(layer, (mean, var, gamma, beta), spatial, train_batches, seed, index)
+    return result, ref
+
+
+def _skip_reason(layer: BNLayer) -> tuple[str, bool] | None:
+    """Why a layer cannot be recomputed, and whether that still passes (no running statistics: nothing to check)."""
+    odd = [k for k in layer.unusable if k != "num_batches_tracked"]
+    if odd:
+        return f"{', '.join(f'{k} is {layer.unusable[k]}' for k in odd)}: nothing consistent to recompute", False
+    if layer.values("running_mean") is None or layer.values("running_var") is None:
+        return "no running statistics: eval mode normalizes with batch statistics", True
+    wrong = [k for k in ("running_mean", "running_var", "weight", "bias") if layer.has(k) and layer.tensors[k].numel != layer.channels]
+    if wrong:
+        return f"{', '.join(wrong)} do not hold {layer.channels} values: nothing consistent to recompute", False
+    return None
+
+
+def _device_checks(result: LayerVerify, layer: BNLayer, x: np.ndarray, ref: np.ndarray,
+                   params: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], devices: list[str],
+                   channels_last: bool, seed: int) -> None:
+    """Each device's kernels against the reference ``ref`` on ``x``: F.batch_norm, folded, fused conv, and CPU vs CUDA."""
+    from bninspect.numerics import kernels, reference
+
+    mean, var, gamma, beta = params
+    dt, eps = result.dtype, layer.eps
+    tol = reference.TOLERANCES[dt]
+    affine = layer.has("weight") and layer.has("bias")
     mag = reference.eval_magnitude(x, mean, var, gamma, beta, eps)
     per_device: dict[str, np.ndarray] = {}
     for dev in devices:
@@ -343,7 +370,7 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
         result.checks.append(_check("batch_norm", dev, dt, reference.compare(got, ref, mag, tol), tol.rtol))
         folded = kernels.device_folded(x, mean, var, gamma, beta, eps, dt, dev)
         result.checks.append(_check("folded", dev, dt, reference.compare(folded, ref, mag, tol), tol.rtol))
-        fused = _fused(layer, mean, var, gamma if affine else None, beta if affine else None, eps, dt, dev, seed + index)
+        fused = _fused(layer, mean, var, gamma if affine else None, beta if affine else None, eps, dt, dev, seed)
         if isinstance(fused, str):
             if fused and dev == devices[0]:
                 result.notes.append(fused)
@@ -357,34 +384,38 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
         cmp = reference.compare(per_device[devices[1]], per_device[devices[0]], mag, tol, 2.0)
         result.checks.append(_check("cpu_vs_cuda", devices[1], dt, cmp, 2 * tol.rtol))
 
-    worst = max(result.checks, key=lambda c: c.used)
-    result.max_abs_err = max(c.max_abs_err for c in result.checks)
-    result.max_rel_err = max(c.max_rel_err for c in result.checks)
-    result.used = worst.used
-    result.passed = all(c.passed for c in result.checks)
-    if not np.all(np.isfinite(ref)):
-        result.passed = False
-        result.notes.append("output is not finite: running_var below −eps, or NaN/Inf in the tensors")
+
+def _eps_change(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                eps: float) -> EpsChange:
+    """The output change on ``x`` if a runtime used the other common eps default."""
+    from bninspect.numerics import reference
 
     alt = reference.other_common_eps(eps)
     change, channel = reference.eps_change(x, mean, var, gamma, beta, eps, alt)
     finite_var = var[np.isfinite(var)]
     finite_gamma = np.abs(gamma[np.isfinite(gamma)])
     spread = float(finite_gamma.max()) if finite_gamma.size and finite_gamma.max() > 0 else 1.0
-    result.eps_sensitivity = EpsChange(eps, alt, change, channel,
-                                            float(finite_var.min()) if finite_var.size else float("nan"),
-                                            change / spread)
-    # train/eval gaps on seeded batches of the default per-sample shape (--spatial), whatever the input:
-    # a 224×224 input at batch 32 would cost more than the whole verify
+    return EpsChange(eps, alt, change, channel, float(finite_var.min()) if finite_var.size else float("nan"),
+                     change / spread)
+
+
+def _train_gaps(layer: BNLayer, params: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], spatial: int,
+                train_batches: tuple[int, ...], seed: int, index: int) -> list[TrainGap]:
+    """The train−eval gap at each batch size, on seeded batches of the default per-sample shape
+    (--spatial) whatever the input: a 224×224 input at batch 32 would cost more than the whole verify."""
+    from bninspect.numerics import kernels
+
+    mean, var, gamma, beta = params
     tail = _input_shape(layer, 1, spatial)[2:]
+    gaps = []
     for b in train_batches:
         if b * int(np.prod(tail, dtype=np.int64)) <= 1:
-            result.train_eval_gap.append(TrainGap(b, None, "train mode needs more than one value per channel"))
+            gaps.append(TrainGap(b, None, "train mode needs more than one value per channel"))
             continue
         draw_seed = int(np.random.SeedSequence([seed, index, b]).generate_state(1)[0])
-        result.train_eval_gap.append(TrainGap(b, kernels.train_eval_gap(mean, var, gamma, beta, eps,
-                                                                   (b, layer.channels) + tail, draw_seed)))
-    return result, ref
+        gaps.append(TrainGap(b, kernels.train_eval_gap(mean, var, gamma, beta, layer.eps, (b, layer.channels) + tail,
+                                                       draw_seed)))
+    return gaps
 
 
 def verify_layers(layers: list[BNLayer], devices: list[str], **options) -> tuple[list[LayerVerify], dict[str, np.ndarray]]:
@@ -547,7 +578,6 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     ``channels_last`` says both --input and --output/--expected hold N,…,C data;
     ``input_channels_last`` and ``output_channels_last`` say it of one side only.
     """
-    in_cl, out_cl = channels_last or input_channels_last, channels_last or output_channels_last
     if batch < 1 or spatial < 1 or any(b < 1 for b in train_batches):
         raise UsageError("--batch, --spatial and --train-batch need positive integers")
     validate_eps(eps)
@@ -555,21 +585,44 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
         raise UsageError("--layer, --input, --output, --expected and --eps need a checkpoint")
     if (output_path or expected_path) and not input_path:
         raise UsageError("--output and --expected need --input (the activations the other runtime saw)")
-    from bninspect.numerics import kernels, reference
-    import torch
+    from bninspect.numerics import kernels
 
     devices = kernels.resolve_devices(device)
-    tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in reference.TOLERANCES.items()}
     if path is None:
-        cases = conformance(devices, seed)
-        failed = [c for c in cases if not c.passed]
-        skipped = sum(1 for c in cases if c.skipped)
-        summary = (f"{len(cases) - len(failed) - skipped} of {len(cases)} cases passed on {', '.join(devices)}"
-                   + (f", {len(failed)} failed" if failed else "") + (f", {skipped} skipped" if skipped else ""))
-        return VerifyResult("conformance", None, device, devices, torch.__version__, not failed, cases=cases,
-                            tolerances=tolerances, summary=summary)
+        return _run_conformance(device, devices, seed)
+    return _run_checkpoint(path, device, devices, layer_globs=layer_globs, eps=eps, trust=trust, key=key,
+                           strict=strict, input_path=input_path, output_path=output_path, expected_path=expected_path,
+                           batch=batch, spatial=spatial, train_batches=train_batches, seed=seed,
+                           in_cl=channels_last or input_channels_last, out_cl=channels_last or output_channels_last)
 
-    from bninspect.activations import read_activations, write_activations
+
+def _tolerances() -> dict[str, dict[str, float]]:
+    from bninspect.numerics import reference
+
+    return {k: {"rtol": t.rtol, "atol": t.atol} for k, t in reference.TOLERANCES.items()}
+
+
+def _run_conformance(device: str, devices: list[str], seed: int) -> VerifyResult:
+    """verify without a checkpoint: the built-in conformance matrix on every device."""
+    import torch
+
+    cases = conformance(devices, seed)
+    failed = [c for c in cases if not c.passed]
+    skipped = sum(1 for c in cases if c.skipped)
+    summary = (f"{len(cases) - len(failed) - skipped} of {len(cases)} cases passed on {', '.join(devices)}"
+               + (f", {len(failed)} failed" if failed else "") + (f", {skipped} skipped" if skipped else ""))
+    return VerifyResult("conformance", None, device, devices, torch.__version__, not failed, cases=cases,
+                        tolerances=_tolerances(), summary=summary)
+
+
+def _run_checkpoint(path: str, device: str, devices: list[str], *, layer_globs: list[str] | None, eps: float | None,
+                    trust: bool, key: str | None, strict: bool, input_path: str | None, output_path: str | None,
+                    expected_path: str | None, batch: int, spatial: int, train_batches: tuple[int, ...], seed: int,
+                    in_cl: bool, out_cl: bool) -> VerifyResult:
+    """verify with a checkpoint: every selected layer recomputed; with --input, --expected and --output, one layer's."""
+    import torch
+
+    from bninspect.activations import read_activations
     from bninspect.services.common import open_layers, select
 
     discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
@@ -581,39 +634,18 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     if (output_path or expected_path) and len(layers) != 1:
         raise UsageError(f"--output and --expected need exactly one layer; {len(layers)} selected (pick one with --layer)")
     acts = read_activations(input_path) if input_path else None
-    x = None
-    if acts is not None:
-        x = _logical(acts.values, in_cl)
-        bad = [l.name for l in layers if x.ndim < 2 or x.shape[1] != l.channels]
-        if bad:
-            axis = "last axis" if in_cl else "axis 1"
-            got = x.shape[1] if x.ndim >= 2 else "no"
-            raise UsageError(f"input has {got} channels on {axis}; layer {bad[0]} has "
-                             f"{next(l.channels for l in layers if l.name == bad[0])}"
-                             + ("" if in_cl else " (NHWC data? add --input-channels-last, or --channels-last for input "
-                                                 "and output)"), path=input_path)
+    x = _layer_input(acts.values, layers, in_cl, input_path) if acts is not None else None
 
     results, refs = verify_layers(layers, devices, x=x, channels_last=in_cl, batch=batch, spatial=spatial,
                                   train_batches=train_batches, seed=seed)
 
     diagnosis = None
     if expected_path:
-        exp = read_activations(expected_path)
-        if layers[0].name not in refs:
-            raise UsageError(f"layer {layers[0].name} has no running statistics to compare against")
-        y_exp, read_cl, swapped = _expected_layout(exp.values, x.shape, out_cl, expected_path, acts.values.shape)
-        diagnosis = diagnose(layers[0], kernels.round_to(x, reference.compute_dtype(acts.dtype)), y_exp, exp.dtype, in_cl,
-                             expected_path, output_channels_last=read_cl, expected_shape=tuple(exp.values.shape))
-        if swapped:
-            _layout_swapped(diagnosis, x.ndim, out_cl, tuple(exp.values.shape))
+        diagnosis = _diagnose_expected(layers[0], layers[0].name in refs, x, acts, expected_path, in_cl, out_cl)
     if output_path:
         if layers[0].name not in refs:
             raise UsageError(f"layer {layers[0].name} has no running statistics: nothing to write")
-        # the reference on the input as given (not rounded to the checkpoint's dtype): what the layer should output
-        layer = layers[0]
-        y = reference.eval_reference(x, layer.values("running_mean"), layer.values("running_var"), layer.gamma(),
-                              layer.beta(), layer.eps)
-        write_activations(output_path, _file_layout(y, out_cl), acts)
+        _write_output(layers[0], x, acts, output_path, out_cl)
 
     failed = [r for r in results if not r.passed]
     skipped = sum(1 for r in results if r.skipped and r.passed)
@@ -625,4 +657,47 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     return VerifyResult("checkpoint", path, device, devices, torch.__version__, not failed, results,
                         diagnosis=diagnosis, input=input_path, output=output_path,
                         synthetic={} if x is not None else {"batch": batch, "spatial": spatial, "seed": seed},
-                        train_batches=list(train_batches), tolerances=tolerances, summary=summary)
+                        train_batches=list(train_batches), tolerances=_tolerances(), summary=summary)
+
+
+def _layer_input(values: np.ndarray, layers: list[BNLayer], in_cl: bool, input_path: str) -> np.ndarray:
+    """--input in the logical N, C, … layout, or a usage error where its channels are not the layers'."""
+    x = _logical(values, in_cl)
+    bad = [l.name for l in layers if x.ndim < 2 or x.shape[1] != l.channels]
+    if bad:
+        axis = "last axis" if in_cl else "axis 1"
+        got = x.shape[1] if x.ndim >= 2 else "no"
+        raise UsageError(f"input has {got} channels on {axis}; layer {bad[0]} has "
+                         f"{next(l.channels for l in layers if l.name == bad[0])}"
+                         + ("" if in_cl else " (NHWC data? add --input-channels-last, or --channels-last for input "
+                                             "and output)"), path=input_path)
+    return x
+
+
+def _diagnose_expected(layer: BNLayer, recomputed: bool, x: np.ndarray, acts, expected_path: str, in_cl: bool,
+                       out_cl: bool) -> Diagnosis:
+    """--expected: the other runtime's output for --input, against the layer's and the usual mistakes'
+    (``recomputed``: verify had running statistics to recompute the layer with)."""
+    from bninspect.activations import read_activations
+    from bninspect.numerics import kernels, reference
+
+    exp = read_activations(expected_path)
+    if not recomputed:
+        raise UsageError(f"layer {layer.name} has no running statistics to compare against")
+    y_exp, read_cl, swapped = _expected_layout(exp.values, x.shape, out_cl, expected_path, acts.values.shape)
+    diagnosis = diagnose(layer, kernels.round_to(x, reference.compute_dtype(acts.dtype)), y_exp, exp.dtype, in_cl,
+                         expected_path, output_channels_last=read_cl, expected_shape=tuple(exp.values.shape))
+    if swapped:
+        _layout_swapped(diagnosis, x.ndim, out_cl, tuple(exp.values.shape))
+    return diagnosis
+
+
+def _write_output(layer: BNLayer, x: np.ndarray, acts, output_path: str, out_cl: bool) -> None:
+    """--output: the layer's float64 reference on --input, written in the input's format."""
+    from bninspect.activations import write_activations
+    from bninspect.numerics import reference
+
+    # the reference on the input as given (not rounded to the checkpoint's dtype): what the layer should output
+    y = reference.eval_reference(x, layer.values("running_mean"), layer.values("running_var"), layer.gamma(),
+                                 layer.beta(), layer.eps)
+    write_activations(output_path, _file_layout(y, out_cl), acts)
