@@ -389,20 +389,17 @@ def fold_targets(disc: Discovery) -> list[Target]:
 
 def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str) -> Compared:
     """A BN with its producer on one side against the conv it was folded into on the other."""
+    from bninspect.numerics.reference import fused_bias_magnitude
+
     a_is_bn = bn_side == "a"
     name_a, name_b = (layer.name, target.name) if a_is_bn else (target.name, layer.name)
     d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent")
     done = Compared(d, (layer, target))
     prod = layer.producer
-    problem = layer.shape_problem()
-    if problem:
+    problem = _unfoldable(layer, target)
+    if problem or prod is None:
         d.status = "different"
-        d.causes.append(f"cannot fold it to compare with {target.name}: {problem}")
-        return done
-    if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
-        d.status = "different"
-        shape = list(prod.weight.shape) if prod is not None else None
-        d.causes.append(f"{layer.name} has no producer of the folded conv's shape {list(target.weight.shape)} (it has {shape})")
+        d.causes.append(problem)
         return done
     w0 = prod.weight.float64()
     b0 = prod.bias.float64() if prod.bias is not None else None
@@ -411,8 +408,6 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     bt = target.bias.float64().reshape(-1) if target.bias is not None else np.zeros(layer.channels)
     dt_w = _lower(prod.weight.dtype, _dtype(layer, "running_var"))
     dt_bias = _lower(prod.bias.dtype if prod.bias is not None else dt_w, _dtype(layer, "running_var"))
-    from bninspect.numerics.reference import fused_bias_magnitude
-
     scale, _ = layer.folded()
     # Folded bias b' = (b − μ)·s + β: its rounding scales with the terms summed.
     bias_mag = fused_bias_magnitude(b0, _stat(layer, "running_mean"), scale, layer.beta())
@@ -424,15 +419,7 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
         tw.dtype_a, tw.dtype_b = tw.dtype_b, tw.dtype_a
         tb.dtype_a, tb.dtype_b = tb.dtype_b, tb.dtype_a
     d.tensors = [tw, tb]
-    # The folded conv's effective per-channel scale relative to the unfused conv (least squares),
-    # so the output effect can be measured where the BN sat: y = s·(z − b) + b'.
-    flat_w0, flat_wt = w0.reshape(w0.shape[0], -1), wt.reshape(wt.shape[0], -1)
-    if target.transposed:
-        flat_w0 = np.moveaxis(w0, 1, 0).reshape(layer.channels, -1)
-        flat_wt = np.moveaxis(wt, 1, 0).reshape(layer.channels, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s_eff = (flat_w0 * flat_wt).sum(axis=1) / (flat_w0 * flat_w0).sum(axis=1)
-    s_eff = np.nan_to_num(s_eff)
+    s_eff = _effective_scale(w0, wt, target.transposed, layer.channels)
     sa, ta = layer.folded()
     offset = b0 if b0 is not None else np.zeros(layer.channels)
     lower = _lower(dt_w, target.weight.dtype)
@@ -457,6 +444,30 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
                                       "difference", message))
         d.causes.insert(0, message)
     return done
+
+
+def _unfoldable(layer: BNLayer, target: Target) -> str:
+    """Why ``layer`` cannot be folded to compare with ``target`` ("" where it can)."""
+    problem = layer.shape_problem()
+    if problem:
+        return f"cannot fold it to compare with {target.name}: {problem}"
+    prod = layer.producer
+    if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
+        shape = list(prod.weight.shape) if prod is not None else None
+        return f"{layer.name} has no producer of the folded conv's shape {list(target.weight.shape)} (it has {shape})"
+    return ""
+
+
+def _effective_scale(w0: np.ndarray, wt: np.ndarray, transposed: bool, channels: int) -> np.ndarray:
+    """The folded conv's per-channel scale relative to the unfused conv (least squares), so the
+    output effect can be measured where the BN sat: y = s·(z − b) + b'."""
+    flat_w0, flat_wt = w0.reshape(w0.shape[0], -1), wt.reshape(wt.shape[0], -1)
+    if transposed:
+        flat_w0 = np.moveaxis(w0, 1, 0).reshape(channels, -1)
+        flat_wt = np.moveaxis(wt, 1, 0).reshape(channels, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s_eff = (flat_w0 * flat_wt).sum(axis=1) / (flat_w0 * flat_w0).sum(axis=1)
+    return np.nan_to_num(s_eff)
 
 
 def _implied_eps(layer: BNLayer, s_eff: np.ndarray, dtype: str) -> float | None:
