@@ -161,7 +161,7 @@ class DriftResult:
         return 1 if self.problems else 0
 
 
-# ── statistics accumulators (float64) ───────────────────────────────────────────────────────
+# ── small-batch drift from the accumulated batch terms ──────────────────────────────────────
 
 
 def _spread_result(spread: BatchSpread, batch_size: int, mu_p: np.ndarray, var_p: np.ndarray) -> BatchSizeDrift:
@@ -558,6 +558,8 @@ def _pass_batch_size(batch_sizes: list[int]) -> int:
     return lcm if lcm <= 4 * max(batch_sizes) else max(batch_sizes)
 
 
+# Longer than 60 lines on purpose: one try/finally holds every step that changes the model (its
+# device, threads, BN modes and buffers), so that one place restores it whatever fails.
 def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: list[int],
             device: torch.device, max_drift: float = DEFAULT_MAX_DRIFT,
             batch_tolerance: float = DEFAULT_BATCH_TOLERANCE, min_agreement: float = DEFAULT_MIN_AGREEMENT,
@@ -631,26 +633,10 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                                  if bns else "--write-recalibrated: the model has no BatchNorm layer")
             stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress, probe)
             state.restore()
-            source_path = loaded.checkpoint.path if loaded.checkpoint is not None else path
-            fmt, count, key_map = write_checkpoint(loaded, source_path, write_recalibrated, stats)
-            written = _stats_from_file(os.path.abspath(write_recalibrated), key_map, list(stats))
-            with torch.no_grad():
-                modules = dict(bns)
-                for name, (mean, var) in written.items():
-                    modules[name].running_mean.copy_(torch.from_numpy(mean))
-                    modules[name].running_var.copy_(torch.from_numpy(var))
-            after = _eval_pass(model, bns, source, pass_batch, [], device, dtype, progress,
-                               "drift after recalibration", probe)
-            by_name = {l.name: l for l in layers}
-            for name, module in bns:
-                if name in written:
-                    by_name[name].drift_after = _layer_drift(name, module, after, [], max_drift,
-                                                             batch_tolerance).drift_score
-            scores = [l.drift_score for l in layers if l.drift_score is not None]
-            after_scores = [l.drift_after for l in layers if l.drift_after is not None]
-            recal = Recalibration(path=write_recalibrated, format=fmt, layers=len(stats), tensors_written=count,
-                                  drift_before=max(scores) if scores else None,
-                                  drift_after=max(after_scores) if after_scores else None)
+            recal = _write_and_remeasure(loaded, path, write_recalibrated, stats, bns, layers,
+                                         lambda: _eval_pass(model, bns, source, pass_batch, [], device, dtype, progress,
+                                                            "drift after recalibration", probe),
+                                         max_drift, batch_tolerance)
     finally:
         state.restore()
         if device != original_device:
@@ -670,6 +656,31 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
     _overall_min_batch_size(result)
     result.problems = _problems(result)
     return result
+
+
+def _write_and_remeasure(loaded: LoadedModel, path: str, out: str, stats: dict[str, tuple[np.ndarray, np.ndarray]],
+                         bns: list[tuple[str, nn.Module]], layers: list[LayerDrift], eval_pass: Callable[[], _PassResult],
+                         max_drift: float, batch_tolerance: float) -> Recalibration:
+    """Write the recalibrated checkpoint, load its statistics back into the model and measure the drift
+    again with ``eval_pass``: what the written file holds, not what was meant to be written."""
+    source_path = loaded.checkpoint.path if loaded.checkpoint is not None else path
+    fmt, count, key_map = write_checkpoint(loaded, source_path, out, stats)
+    written = _stats_from_file(os.path.abspath(out), key_map, list(stats))
+    with torch.no_grad():
+        modules = dict(bns)
+        for name, (mean, var) in written.items():
+            modules[name].running_mean.copy_(torch.from_numpy(mean))
+            modules[name].running_var.copy_(torch.from_numpy(var))
+    after = eval_pass()
+    by_name = {l.name: l for l in layers}
+    for name, module in bns:
+        if name in written:
+            by_name[name].drift_after = _layer_drift(name, module, after, [], max_drift, batch_tolerance).drift_score
+    scores = [l.drift_score for l in layers if l.drift_score is not None]
+    after_scores = [l.drift_after for l in layers if l.drift_after is not None]
+    return Recalibration(path=out, format=fmt, layers=len(stats), tensors_written=count,
+                         drift_before=max(scores) if scores else None,
+                         drift_after=max(after_scores) if after_scores else None)
 
 
 def _overall_min_batch_size(result: DriftResult) -> None:
