@@ -85,7 +85,7 @@ def _encode(values: np.ndarray, like: Activations) -> bytes:
         return buf.getvalue()
     import torch
 
-    from bninspect.numerics import TORCH_DTYPES
+    from bninspect.numerics.kernels import TORCH_DTYPES
 
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(TORCH_DTYPES.get(like.dtype, torch.float32))
     if like.format == "pt":

@@ -27,9 +27,9 @@ import numpy as np
 
 from bninspect.checkpoint import MAX_SIZE, Checkpoint, ModuleInfo, TensorRef, natural_key
 from bninspect.errors import InvalidFileError
+from bninspect.numerics.reference import TORCH_EPS, fold
 
-# PyTorch's defaults for nn.BatchNorm*d (torch/nn/modules/batchnorm.py: eps=1e-5, momentum=0.1).
-DEFAULT_EPS = 1e-5
+# PyTorch's default momentum for nn.BatchNorm*d (torch/nn/modules/batchnorm.py: momentum=0.1).
 DEFAULT_MOMENTUM = 0.1
 
 TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -143,19 +143,6 @@ class BNLayer:
         if mean is None or var is None:
             raise ValueError(f"layer {self.name} has no running statistics")
         return fold(mean, var, self.gamma(), self.beta(), self.eps if eps is None else eps)
-
-
-def fold(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Inference as one multiply-add per channel: (scale, shift), float64.
-
-    Here rather than in numerics so that show and check, which must not import torch, use
-    the same definition as verify.
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # scale = γ / √(σ² + ε)
-        scale = gamma / np.sqrt(var + eps)
-    # shift = β − μ·scale
-    return scale, beta - mean * scale
 
 
 @dataclass
@@ -606,7 +593,7 @@ def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo 
     elif isinstance(attrs.get("eps"), (int, float)):
         eps_value, eps_source = float(attrs["eps"]), "module"
     else:
-        eps_value, eps_source = DEFAULT_EPS, "default"
+        eps_value, eps_source = TORCH_EPS, "default"
     if "momentum" in attrs:
         momentum, momentum_source = attrs["momentum"], "module"
     else:

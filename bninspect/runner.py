@@ -57,24 +57,6 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-# ── devices ─────────────────────────────────────────────────────────────────────────────────
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda`` (``cuda:N`` too); a usage error when CUDA is asked for and absent."""
-    name = name.strip().lower()
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available to this PyTorch build; use --device cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return dev
-    raise UsageError(f"--device must be cpu or cuda, not '{name}'")
-
-
 # ── building the model ──────────────────────────────────────────────────────────────────────
 
 

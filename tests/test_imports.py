@@ -307,3 +307,57 @@ def test_import_bninspect_loads_no_heavy_module():
                           "'matplotlib', 'rich') if m in sys.modules))"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_numerics_reference_half_does_not_import_torch():
+    # the BN formulas show, check, explain and report use must come without torch; the eps
+    # defaults (read by `bninspect rules`) without numpy either
+    code = ("import sys\nfrom bninspect.numerics import TORCH_EPS\nassert 'numpy' not in sys.modules\n"
+            "import bninspect.numerics.reference, bninspect.layers\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every bninspect module and the bninspect modules it imports, lazy imports inside functions included."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "bninspect"
+    files = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}
+
+    def module_of(name: str) -> str:
+        while name not in files:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {module_of(a.name) for a in node.names if a.name.startswith("bninspect.")}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("bninspect"):
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else module_of(node.module)
+                          for a in node.names}
+        # a submodule's package runs first anyway: that is containment, not an arrow back
+        graph[name] = {m for m in found if m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_import_graph_has_no_cycle():
+    graph = _module_imports()
+    assert "bninspect.services.diff" not in graph["bninspect.services.diff_witness"]
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " → ".join(path[path.index(name):] + [name]))
+        if name not in done:
+            for dep in sorted(graph[name]):
+                visit(dep, path + [name])
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

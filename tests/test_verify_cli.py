@@ -45,7 +45,7 @@ def test_torchscript_sample_uses_module_eps(cli, samples):
 
 
 def test_cuda_unavailable_is_a_usage_error(cli):
-    # cuda:N and all take the same path (numerics.resolve_devices, tested in-process)
+    # cuda:N and all take the same path (numerics.kernels.resolve_devices, tested in-process)
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     assert_one_line_error(cli("verify", "--device", "cuda"), 2, "CUDA is not available")

@@ -28,7 +28,7 @@ from bninspect.rules import SEVERITIES
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from bninspect.services.diff import LayerDiff
+    from bninspect.services.diff_results import ChannelDiff, LayerDiff
     from bninspect.services.drift import DriftResult, LayerDrift
     from bninspect.services.report import LayerRow
 
@@ -302,10 +302,10 @@ class Figures:
             self._diff_layer = (fig, ax)
         return self._diff_layer
 
-    def layer_diff_svg(self, d: LayerDiff) -> str | None:
-        """Per channel, each tensor's largest relative difference (channels beyond tolerance marked);
-        None where no channel differs at all (the page says so in words)."""
-        series = [(t, _finite(t._channel_rel)) for t in d.tensors if t._channel_rel is not None]
+    def layer_diff_svg(self, d: LayerDiff, channels: dict[str, ChannelDiff]) -> str | None:
+        """Per channel, each tensor's largest relative difference (``channels``, by tensor; channels beyond
+        tolerance marked); None where no channel differs at all (the page says so in words)."""
+        series = [(t, _finite(channels[t.tensor].relative)) for t in d.tensors if t.tensor in channels]
         positive = [(t, np.where(y > 0, y, np.nan)) for t, y in series]
         if not any(np.isfinite(y).any() for _, y in positive):
             return None
@@ -316,7 +316,7 @@ class Figures:
             ax.get_legend().remove()
         for i, (t, y) in enumerate(positive):
             ax.plot(*_envelope(y), lw=0.8, drawstyle="steps-mid", color=f"C{i}", label=t.tensor)
-            beyond = [c for c in np.flatnonzero(t._channel_beyond) if np.isfinite(y[c])]
+            beyond = [c for c in np.flatnonzero(channels[t.tensor].beyond) if np.isfinite(y[c])]
             if 0 < len(beyond) <= MAX_MARKS:
                 marker, colour = SEVERITY_STYLE["error"]
                 ax.plot(beyond, y[beyond], ls="", marker=marker, color=colour, ms=5, mec="black", mew=0.4)

@@ -392,7 +392,7 @@ def _page(page: LayerPage, row: LayerRow, figures: Figures, titles: dict[str, st
                    f"normalized output (▲: the worst channels).</figcaption></figure>")
     if page.diff is not None:
         d = page.diff
-        svg = figures.layer_diff_svg(d)
+        svg = figures.layer_diff_svg(d, page.diff_channels)
         causes = "".join(f"<li>{_msg(c)}</li>" for c in d.causes)
         text = (f'Diff with B (<code>{esc(d.name_b)}</code>, matched by {esc(d.matched_by)}): '
                 f'<span class="{d.status}">{d.status}</span>' + (f"<ul>{causes}</ul>" if causes else ""))

@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 SEVERITIES = ("error", "warning", "info")  # most severe first
 FAMILIES = {"BN0": "integrity", "BN1": "statistics", "BN2": "mode", "BN3": "deployment", "BN4": "safety"}
 
-# PyTorch's nn.BatchNorm default eps (torch/nn/modules/batchnorm.py) and the default of
-# Keras/TensorFlow's BatchNormalization (epsilon=1e-3, keras.io/api/layers/normalization_layers).
-TORCH_EPS = 1e-5
-KERAS_EPS = 1e-3
-
 
 @dataclass
 class Thresholds:

@@ -4,15 +4,12 @@ precision, folding into the producer)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
-from bninspect.rules.base import KERAS_EPS, TORCH_EPS, Context, aligned, channel_list, rule, sig
+from bninspect.numerics import KERAS_EPS, TORCH_EPS
+from bninspect.rules.base import Context, aligned, channel_list, rule, sig
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from bninspect.layers import BNLayer
 
 LOW_PRECISION = {
@@ -62,55 +59,6 @@ def eps_not_default(layer: BNLayer, ctx: Context):
             fix=f"construct this layer with eps={layer.eps:g} wherever the model is rebuilt; pin it with --expect-eps")
 
 
-def channel_change_bound(var: float, eps_lo: float = TORCH_EPS, eps_hi: float = KERAS_EPS) -> float:
-    """The relative change 1 − √((σ² + ε_lo)/(σ² + ε_hi)) of a channel with variance σ² (shrinks as σ² grows)."""
-    return 1.0 - math.sqrt((var + eps_lo) / (var + eps_hi))
-
-
-@dataclass
-class EpsSensitivity:
-    """How much a layer's output moves between two eps values, given its statistics."""
-
-    layer: float  # RMS over channels of the change, relative to the layer's output scale
-    channels: np.ndarray  # per channel: the change relative to max(own spread, layer scale); NaN if unusable
-
-
-def eps_sensitivity(var: np.ndarray, gamma: np.ndarray, eps: float,
-                    eps_lo: float = TORCH_EPS, eps_hi: float = KERAS_EPS) -> EpsSensitivity:
-    """How much the output moves when eps goes from ``eps_lo`` to ``eps_hi``, for inputs one
-    standard deviation from the mean, relative to the layer's output scale.
-
-    For channel c with σ_c = √var_c and input x = μ_c + σ_c:
-        y_c(ε) = γ_c·σ_c/√(σ_c² + ε) + β_c
-        Δ_c    = |γ_c|·σ_c·|1/√(σ_c² + ε_lo) − 1/√(σ_c² + ε_hi)|
-    Each channel's output spread under the stored statistics and the layer's own eps, and the
-    layer's output scale (their RMS):
-        s_c    = |γ_c|·σ_c/√(σ_c² + ε),   S = √(mean_c s_c²)
-    Layer: √(mean_c Δ_c²) / S, the change of the whole output relative to its scale; it is at
-    most the largest per-channel ratio Δ_c/s_c = 1 − √((σ_c² + ε_lo)/(σ_c² + ε_hi)) (for
-    σ² ≫ ε about (ε_hi − ε_lo)/(2σ²)). Per channel: Δ_c / max(s_c, S), so a channel small next
-    to the layer is judged against the layer and one that dominates against itself. Channels
-    with var_c ≤ 0 or non-finite values are left out (NaN): a constant or broken channel has no
-    input spread to change, and BN105/BN002/BN001 report those.
-    """
-    import numpy as np
-
-    ok = np.isfinite(var) & (var > 0) & np.isfinite(gamma)
-    nan = np.full(var.shape, np.nan)
-    if not ok.any():
-        return EpsSensitivity(math.nan, nan)
-    v, g = var[ok], np.abs(gamma[ok])
-    sigma = np.sqrt(v)
-    delta = g * sigma * np.abs(1.0 / np.sqrt(v + eps_lo) - 1.0 / np.sqrt(v + eps_hi))
-    spread = g * sigma / np.sqrt(v + eps)
-    scale = math.sqrt(float(np.mean(spread**2)))
-    if scale == 0.0:
-        return EpsSensitivity(math.nan, nan)
-    per_channel = nan.copy()
-    per_channel[ok] = delta / np.maximum(spread, scale)
-    return EpsSensitivity(math.sqrt(float(np.mean(delta**2))) / scale, per_channel)
-
-
 @rule("BN302", "eps-sensitive", "warning", "output depends strongly on eps (1e-5 vs 1e-3)")
 def eps_sensitive(layer: BNLayer, ctx: Context):
     """
@@ -139,6 +87,8 @@ def eps_sensitive(layer: BNLayer, ctx: Context):
     diff` against the exported model.
     """
     import numpy as np
+
+    from bninspect.numerics.reference import channel_change_bound, eps_sensitivity
 
     stats = aligned(layer, "running_var")
     gamma = layer.gamma()

@@ -7,7 +7,6 @@ converted from another framework has trained statistics and a count of 0.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -101,17 +100,17 @@ def few_updates(layer: BNLayer, ctx: Context):
     Train longer, or re-estimate the statistics with the final weights: run a few hundred
     batches in train mode without gradient steps (`bninspect drift --write-recalibrated`).
     """
+    from bninspect.numerics.reference import initial_weight
+
     n = layer.num_batches_tracked
     if n is None or not 0 < n < ctx.thresholds.min_updates or is_default(layer):
         return
+    weight = initial_weight(layer.momentum, n)
     if layer.momentum is None:
-        weight = 0.0
         how = ("momentum=None: a cumulative average, so the initial values weigh 0, "
                f"but the statistics average only {n} batches")
     else:
         m = layer.momentum
-        # new = (1 − m)·old + m·batch, n times: the initial value keeps weight (1 − m)^n.
-        weight = (1.0 - m) ** n
         how = f"with {_momentum_phrase(layer)} the initial values (mean 0, var 1) still weigh (1 − {m:g})^{n} = {weight:.3g}"
     yield few_updates.finding(
         layer, f"{layer.name}: num_batches_tracked = {n} < {ctx.thresholds.min_updates}: {how}",
@@ -230,6 +229,8 @@ def zero_variance(layer: BNLayer, ctx: Context):
     """
     import numpy as np
 
+    from bninspect.numerics.reference import zero_variance_gain
+
     var = layer.values("running_var")
     if var is None or var.shape[0] != layer.channels:
         return
@@ -237,7 +238,7 @@ def zero_variance(layer: BNLayer, ctx: Context):
     if not zero.any():
         return
     idx = np.flatnonzero(zero)
-    gain = 1.0 / math.sqrt(layer.eps) if layer.eps > 0 else math.inf
+    gain = zero_variance_gain(layer.eps)
     effect = (f"any deviation from the mean is amplified by γ/√ε = γ·{gain:.3g}" if layer.eps > 0 else
               "with eps 0 inference divides by √(σ² + ε) = 0 there: ±inf, NaN where x = μ")
     yield zero_variance.finding(
@@ -269,13 +270,14 @@ def extreme_scale(layer: BNLayer, ctx: Context):
     """
     import numpy as np
 
+    from bninspect.numerics.reference import abs_scale
+
     stats = aligned(layer, "running_var")
     gamma = layer.gamma()
     if stats is None or gamma.shape[0] != layer.channels:
         return
     (var,) = stats
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.abs(gamma) / np.sqrt(var + layer.eps)  # eval mode: y = scale·(x − μ) + β
+    scale = abs_scale(gamma, var, layer.eps)  # eval mode: y = scale·(x − μ) + β
     extreme = np.isfinite(scale) & (scale > ctx.thresholds.max_scale)
     if not extreme.any():
         return

@@ -4,12 +4,12 @@ Layers are matched by name, then by order and channel count; a BN that one side 
 its conv (an ONNX export with constant folding, OpenVINO's conversion, ``fuse_conv_bn``) is
 compared by folding the other side's conv + BN with ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
 
-Tolerances come from the less precise dtype of each pair (``numerics.MACHINE_EPS``):
+Tolerances come from the less precise dtype of each pair (``numerics.reference.MACHINE_EPS``):
 
 * a stored tensor agrees when |a − b| ≤ eps·|a| + tiny·eps/2 (one correct rounding to that
   dtype, subnormals included), so a value float16 cannot hold (a variance above 65504 becomes
   inf) is reported at its channel;
-* a folded weight/bias and the BN output agree within ``numerics.TOLERANCES`` against the
+* a folded weight/bias and the BN output agree within ``numerics.reference.TOLERANCES`` against the
   magnitude of the terms summed (γ/√(σ²+ε)·(|x|+|μ|) + |β|), as ``verify`` judges kernels.
 
 The output effect feeds both sides the same inputs drawn from side A's running statistics,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -28,6 +28,8 @@ import numpy as np
 from bninspect.checkpoint import FORMAT_NAMES, Checkpoint, TensorRef
 from bninspect.layers import BNLayer, Discovery
 from bninspect.services.common import open_layers, select, source_name, validate_eps, zero_eps_warnings
+from bninspect.services.diff_results import (ChannelDiff, Compared, DiffResult, LayerDiff, OutputEffect, SettingDiff,
+                                             Side, Target, TensorDiff)
 
 SCHEMA = "bninspect.diff/1"
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -35,116 +37,6 @@ SAMPLES_PER_CHANNEL = 256
 SEED = 0
 # Float types from least to most precise, to pick the tolerance of a pair.
 _PRECISION = ("bfloat16", "float16", "float32", "float64")
-
-
-@dataclass
-class TensorDiff:
-    """One tensor (or folded weight/bias) of a matched pair."""
-
-    tensor: str  # "running_var", "folded weight", ...
-    dtype_a: str
-    dtype_b: str
-    shape_a: list[int]
-    shape_b: list[int]
-    identical: bool  # same dtype, shape and bits
-    within: bool  # within the tolerance of the less precise dtype
-    max_abs: float
-    max_rel: float  # max |a − b| / |a| over elements where a ≠ 0
-    channel: int | None  # output channel of the largest relative difference
-    channels_beyond: int  # channels with an element beyond tolerance
-    value_a: float | None = None  # the worst element on each side
-    value_b: float | None = None
-    channels_off: list[int] = field(default_factory=list)  # those channels, every one of them
-    # How far B's tensor alone (A's elsewhere) moves the eval output: max |Δy| on A's inputs
-    # (None where it cannot be computed on its own: shapes differ, a folded layer's)
-    output_effect: float | None = None
-    # Per output channel, for the report's plots (not in the JSON document): the largest relative
-    # difference, and whether an element is beyond tolerance. None where the shapes differ.
-    _channel_rel: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _channel_beyond: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class SettingDiff:
-    """A module fact that differs (or is worth saying): eps, momentum, training, affine, kind."""
-
-    setting: str
-    a: Any
-    b: Any
-    severity: str  # "error" (breaks deployment), "difference", "note" (same meaning, said once)
-    message: str
-
-
-@dataclass
-class OutputEffect:
-    """The largest eval-mode output difference on inputs drawn from A's running statistics."""
-
-    max_abs: float
-    max_rel: float  # relative to the largest |output|
-    channel: int | None
-    within: bool
-    samples_per_channel: int
-
-
-@dataclass
-class Witness:
-    """A runtime's own output for B's BN layer against A's float64 recomputation."""
-
-    runtime: str  # "onnxruntime 1.32.0"
-    max_abs: float
-    max_rel: float
-    channel: int | None
-    within: bool
-    note: str = ""
-
-
-@dataclass
-class LayerDiff:
-    """One matched pair of layers (or a BN against the conv it was folded into)."""
-
-    name: str  # name on side A
-    name_b: str
-    matched_by: str  # "name" | "order" | "folded, by name" | "folded, by order"
-    mode: str  # "bn" (both sides have the BN) | "folded" (one side has it fused into its producer)
-    folded_side: str  # "" | "a" | "b"
-    channels: int
-    status: str  # "identical" | "equivalent" | "different"
-    tensors: list[TensorDiff] = field(default_factory=list)
-    settings: list[SettingDiff] = field(default_factory=list)
-    output: OutputEffect | None = None
-    witness: Witness | None = None
-    causes: list[str] = field(default_factory=list)
-    # The usual mistakes that account for B's values (std for variance, channels exchanged, γ/β or
-    # μ/σ² swapped, a constant factor), as verify --expected names them; they lead the causes.
-    explanations: list[str] = field(default_factory=list)
-    # The compared objects, for the runtime witnesses: (A's BNLayer, B's BNLayer) or (BNLayer, Target).
-    _pair: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class Side:
-    """One of the two artifacts: where it is, what format, how many BN layers, what the reader noted."""
-
-    path: str
-    format: str
-    format_name: str
-    layers: int
-    notes: list[str]
-
-
-@dataclass
-class DiffResult:
-    """Everything ``diff`` found; the renderer prints it, ``--json`` dumps it."""
-
-    a: Side
-    b: Side
-    verdict: str  # "identical" | "equivalent" | "different"
-    causes: list[str]  # the top causes, worst first
-    layers: list[LayerDiff]
-    only_a: list[str]
-    only_b: list[str]
-    notes: list[str]
-    exit_code: int
 
 
 # ---------------------------------------------------------------- tolerances
@@ -159,19 +51,20 @@ def _num(x: float) -> str:
 
 
 def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np.ndarray, vb: np.ndarray,
-                    magnitude: np.ndarray | None, dtype_a: str, dtype_b: str) -> TensorDiff:
+                    magnitude: np.ndarray | None, dtype_a: str, dtype_b: str) -> tuple[TensorDiff, ChannelDiff | None]:
     """Elementwise comparison per output channel (axis 0); tolerance of the less precise dtype.
+    With it, the per-channel largest relative difference and channels beyond tolerance (None where shapes differ).
 
     ``magnitude`` None: a stored value, |Δ| ≤ eps·|a| + tiny·eps/2; otherwise a computed one (folded),
     |Δ| ≤ tiny + 8·eps·magnitude.
     """
-    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+    from bninspect.numerics.reference import MACHINE_EPS, TOLERANCES
 
     shape_a = list(a.shape) if a is not None else list(va.shape)
     shape_b = list(b.shape) if b is not None else list(vb.shape)
     if va.shape != vb.shape:
         return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, False, False, math.inf, math.inf, None,
-                          int(va.shape[0]) if va.ndim else 1)
+                          int(va.shape[0]) if va.ndim else 1), None
     lower = _lower(dtype_a, dtype_b)
     identical = (a is not None and b is not None and dtype_a == dtype_b
                  and np.array_equal(a.numpy(), b.numpy(), equal_nan=True))
@@ -202,7 +95,7 @@ def _compare_tensor(label: str, a: TensorRef | None, b: TensorRef | None, va: np
     return TensorDiff(label, dtype_a, dtype_b, shape_a, shape_b, bool(identical), not bool(beyond.any()),
                       float(err.max()) if err.size else 0.0, float(per_channel.max()) if per_channel.size else 0.0,
                       worst if (err.size and float(err.max()) > 0) else None, beyond_channels, value_a, value_b,
-                      [int(c) for c in off], None, per_channel, channel_beyond)
+                      [int(c) for c in off]), ChannelDiff(per_channel, channel_beyond)
 
 
 def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift_a: np.ndarray,
@@ -213,36 +106,29 @@ def _output_effect(mean: np.ndarray, var: np.ndarray, scale_a: np.ndarray, shift
     ``channel_offset`` shifts B's input (a folded conv adds its own bias b: y_B = s_B·(z − b) + b'_B);
     ``beta`` (A's β) must come with it, for the folded side's rounding bound.
     """
-    from bninspect.numerics import TOLERANCES, compare, per_channel
+    from bninspect.numerics.reference import (TOLERANCES, compare, folded_magnitude, folded_output,
+                                              fused_output_magnitude, per_channel)
 
     x = _inputs(mean, var)
+    ya = folded_output(x, scale_a, shift_a)
     with np.errstate(invalid="ignore", over="ignore"):
-        ya = per_channel(scale_a, 2) * x + per_channel(shift_a, 2)
         xb = x if channel_offset is None else x - per_channel(channel_offset, 2)
-        yb = per_channel(scale_b, 2) * xb + per_channel(shift_b, 2)
-        s, mu = np.abs(per_channel(scale_a, 2)), np.abs(per_channel(mean, 2))
+        yb = folded_output(xb, scale_b, shift_b)
         if channel_offset is None:
-            # The terms summed on A's side: |scale|·(|x| + |μ|) + |shift| bounds its rounding (numerics.Tolerance).
-            magnitude = s * (np.abs(x) + mu) + np.abs(per_channel(shift_a, 2))
+            # The terms summed on A's side bound its rounding (numerics.reference.Tolerance).
+            magnitude = folded_magnitude(x, mean, scale_a, shift_a)
         else:
             # The fold path (conv, Gemm or MatMul with BN fused: torch.nn.utils.fusion, ONNX constant
-            # folding, OpenVINO): y_B = Σ_j W'_j·h_j + b' with W'_j = fl(W_j·s), b' = fl((b − μ)·s + β)
-            # and z = Σ_j W_j·h_j = x − b. Each stored value is within one tolerance δ of its exact
-            # value (the folded weight and bias comparisons check that): |W'_j − W_j·s| ≤ δ·|W_j·s|,
-            # |b' − (b − μ)·s − β| ≤ δ·(|b·s| + |μ·s| + |β|). Through the folded weights' per-channel
-            # scale s_eff (their least-squares ratio to W) that bounds the output by
-            # |y_B − y_A| ≤ δ·(|s|·|x − b| + |s|·(|b| + |μ|) + |β|). A's own terms, |s|·(|x| + |μ|) + |shift|,
-            # miss |s|·|b| twice over: a Linear → BatchNorm1d head whose bias cancels a large mean of W·h
-            # (x ≈ 0, b ≈ −14), correctly folded by OpenVINO, was judged different at 2.2e-8 (relative 2e-7).
-            b = np.abs(per_channel(channel_offset, 2))
-            magnitude = s * (np.abs(xb) + b + mu) + np.abs(per_channel(beta, 2))
+            # folding, OpenVINO): z = Σ_j W_j·h_j = x − b, and the folded weight and bias comparisons
+            # check each stored value; B's per-channel scale is the folded weights' least-squares ratio to W.
+            magnitude = fused_output_magnitude(xb, channel_offset, mean, scale_a, beta)
     cmp = compare(yb, ya, magnitude, TOLERANCES[dtype])
     return OutputEffect(cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed, SAMPLES_PER_CHANNEL)
 
 
 def _inputs(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """A's inputs x_c ~ N(μ_c, σ²_c), (SAMPLES_PER_CHANNEL, C): the same draws for every measurement of a layer."""
-    from bninspect.numerics import synthetic_input
+    from bninspect.numerics.reference import synthetic_input
 
     return synthetic_input(mean, var, (SAMPLES_PER_CHANNEL, mean.shape[0]), np.random.default_rng(SEED))
 
@@ -251,15 +137,13 @@ def _effects(la: BNLayer, lb: BNLayer, d: LayerDiff) -> dict[str, float]:
     """How far each difference alone moves A's eval output, max |Δy| on A's inputs: each differing
     tensor's (``output_effect`` on its TensorDiff) and eps's (returned by setting name). The causes
     are ordered by these, worst first."""
-    from bninspect.layers import fold
+    from bninspect.numerics.reference import fold, folded_output
 
     params = {n: _stat(la, n) for n in BN_TENSORS}
     x = _inputs(params["running_mean"], params["running_var"])
 
     def output(p: dict[str, np.ndarray], eps: float) -> np.ndarray:
-        scale, shift = fold(p["running_mean"], p["running_var"], p["weight"], p["bias"], eps)
-        with np.errstate(invalid="ignore", over="ignore"):
-            return scale * x + shift
+        return folded_output(x, *fold(p["running_mean"], p["running_var"], p["weight"], p["bias"], eps))
 
     y0 = output(params, la.eps)
 
@@ -279,7 +163,7 @@ def _effects(la: BNLayer, lb: BNLayer, d: LayerDiff) -> dict[str, float]:
 def _explanations(la: BNLayer, lb: BNLayer, d: LayerDiff) -> list[tuple[str, set[str]]]:
     """The usual mistakes that turn A's tensors into B's (what ``verify --expected`` tests on
     outputs, here on the stored values): each with the tensors it accounts for."""
-    from bninspect.numerics import MACHINE_EPS, TOLERANCES
+    from bninspect.numerics.reference import MACHINE_EPS, TOLERANCES, variance_mistakes
 
     differing = {t.tensor for t in d.tensors if not t.within and t.shape_a == t.shape_b}
     if not differing:
@@ -301,8 +185,7 @@ def _explanations(la: BNLayer, lb: BNLayer, d: LayerDiff) -> list[tuple[str, set
             found.append((text, {x, y}))
     left = differing - {n for _, names in found for n in names}
     if "running_var" in left:
-        with np.errstate(invalid="ignore", over="ignore"):
-            root, square = np.sqrt(a["running_var"]), a["running_var"] ** 2
+        square, root = variance_mistakes(a["running_var"])
         if fits(root, b["running_var"]):
             found.append(("standard deviation stored where the variance belongs: B's running_var = √(A's running_var) "
                           "in every channel", {"running_var"}))
@@ -427,19 +310,23 @@ def _dtype(layer: BNLayer, name: str) -> str:
     return ref.dtype if ref is not None else "float32"
 
 
-def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> LayerDiff:
+def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> Compared:
     """Two BN layers: each tensor, the settings, and the output effect."""
-    d = LayerDiff(la.name, lb.name, matched_by, "bn", "", la.channels, "identical", _pair=(la, lb))
+    d = LayerDiff(la.name, lb.name, matched_by, "bn", "", la.channels, "identical")
+    done = Compared(d, (la, lb))
     d.settings = _settings(la, lb, fa, fb)
     if la.channels != lb.channels:
         d.status = "different"
         d.causes.append(f"{la.channels} vs {lb.channels} channels")
-        return d
+        return done
     for name in BN_TENSORS:
         ra, rb = la.tensors.get(name), lb.tensors.get(name)
         if ra is None and rb is None:
             continue
-        d.tensors.append(_compare_tensor(name, ra, rb, _stat(la, name), _stat(lb, name), None, _dtype(la, name), _dtype(lb, name)))
+        t, channels = _compare_tensor(name, ra, rb, _stat(la, name), _stat(lb, name), None, _dtype(la, name), _dtype(lb, name))
+        d.tensors.append(t)
+        if channels is not None:
+            done.channels[name] = channels
     # Statistics that are there but not tensors are a shape problem (below), not track_running_stats=False.
     stats = [l.has("running_mean") and l.has("running_var")
              or not {"running_mean", "running_var"}.isdisjoint(l.unusable) for l in (la, lb)]
@@ -468,28 +355,15 @@ def compare_bn(la: BNLayer, lb: BNLayer, fa: str, fb: str, matched_by: str) -> L
         sb, tb = lb.folded()
         d.output = _output_effect(_stat(la, "running_mean"), _stat(la, "running_var"), sa, ta, sb, tb, lower)
     _judge(d, effects, explained)
-    return d
+    return done
 
 
 def _fuse(weight: np.ndarray, bias: np.ndarray | None, layer: BNLayer, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The layer fused into its producer's ``weight``/``bias`` by :func:`numerics.fuse_reference`, float64."""
-    from bninspect.numerics import fuse_reference
+    """The layer fused into its producer's ``weight``/``bias`` by :func:`numerics.kernels.fuse_reference`, float64."""
+    from bninspect.numerics.kernels import fuse_reference
 
     return fuse_reference(weight, bias, _stat(layer, "running_mean"), _stat(layer, "running_var"), layer.eps,
                           layer.gamma(), layer.beta(), transpose)
-
-
-@dataclass
-class Target:
-    """A conv/linear on the folded side that no BN there normalizes: where a BN may have gone."""
-
-    name: str
-    key_prefix: str
-    weight: TensorRef
-    bias: TensorRef | None
-    out_channels: int
-    transposed: bool
-    folded_bn: str | None  # the BN the file says was fused in, where it says
 
 
 def fold_targets(disc: Discovery) -> list[Target]:
@@ -513,23 +387,20 @@ def fold_targets(disc: Discovery) -> list[Target]:
     return out
 
 
-def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str) -> LayerDiff:
+def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str) -> Compared:
     """A BN with its producer on one side against the conv it was folded into on the other."""
+    from bninspect.numerics.reference import fused_bias_magnitude
+
     a_is_bn = bn_side == "a"
     name_a, name_b = (layer.name, target.name) if a_is_bn else (target.name, layer.name)
-    d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent",
-                  _pair=(layer, target))
+    d = LayerDiff(name_a, name_b, matched_by, "folded", "b" if a_is_bn else "a", layer.channels, "equivalent")
+    done = Compared(d, (layer, target))
     prod = layer.producer
-    problem = layer.shape_problem()
-    if problem:
+    problem = _unfoldable(layer, target)
+    if problem or prod is None:
         d.status = "different"
-        d.causes.append(f"cannot fold it to compare with {target.name}: {problem}")
-        return d
-    if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
-        d.status = "different"
-        shape = list(prod.weight.shape) if prod is not None else None
-        d.causes.append(f"{layer.name} has no producer of the folded conv's shape {list(target.weight.shape)} (it has {shape})")
-        return d
+        d.causes.append(problem)
+        return done
     w0 = prod.weight.float64()
     b0 = prod.bias.float64() if prod.bias is not None else None
     wf, bf = _fuse(w0, b0, layer, target.transposed)
@@ -539,23 +410,16 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
     dt_bias = _lower(prod.bias.dtype if prod.bias is not None else dt_w, _dtype(layer, "running_var"))
     scale, _ = layer.folded()
     # Folded bias b' = (b − μ)·s + β: its rounding scales with the terms summed.
-    bias_mag = np.abs(layer.beta()) + np.abs(_stat(layer, "running_mean") * scale) + (np.abs((b0 if b0 is not None else 0) * scale))
-    tw = _compare_tensor("folded weight", prod.weight, target.weight, wf, wt, np.abs(wf), dt_w, target.weight.dtype)
-    tb = _compare_tensor("folded bias", None, target.bias, bf, bt, bias_mag, dt_bias,
-                         target.bias.dtype if target.bias is not None else "float32")
+    bias_mag = fused_bias_magnitude(b0, _stat(layer, "running_mean"), scale, layer.beta())
+    tw, channels_w = _compare_tensor("folded weight", prod.weight, target.weight, wf, wt, np.abs(wf), dt_w, target.weight.dtype)
+    tb, channels_b = _compare_tensor("folded bias", None, target.bias, bf, bt, bias_mag, dt_bias,
+                                     target.bias.dtype if target.bias is not None else "float32")
+    done.channels = {t.tensor: c for t, c in ((tw, channels_w), (tb, channels_b)) if c is not None}
     if not a_is_bn:  # keep "a" and "b" meaning the two files as given
         tw.dtype_a, tw.dtype_b = tw.dtype_b, tw.dtype_a
         tb.dtype_a, tb.dtype_b = tb.dtype_b, tb.dtype_a
     d.tensors = [tw, tb]
-    # The folded conv's effective per-channel scale relative to the unfused conv (least squares),
-    # so the output effect can be measured where the BN sat: y = s·(z − b) + b'.
-    flat_w0, flat_wt = w0.reshape(w0.shape[0], -1), wt.reshape(wt.shape[0], -1)
-    if target.transposed:
-        flat_w0 = np.moveaxis(w0, 1, 0).reshape(layer.channels, -1)
-        flat_wt = np.moveaxis(wt, 1, 0).reshape(layer.channels, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s_eff = (flat_w0 * flat_wt).sum(axis=1) / (flat_w0 * flat_w0).sum(axis=1)
-    s_eff = np.nan_to_num(s_eff)
+    s_eff = _effective_scale(w0, wt, target.transposed, layer.channels)
     sa, ta = layer.folded()
     offset = b0 if b0 is not None else np.zeros(layer.channels)
     lower = _lower(dt_w, target.weight.dtype)
@@ -579,30 +443,39 @@ def compare_folded(layer: BNLayer, target: Target, bn_side: str, matched_by: str
         d.settings.append(SettingDiff("eps", layer.eps if a_is_bn else implied, implied if a_is_bn else layer.eps,
                                       "difference", message))
         d.causes.insert(0, message)
-    return d
+    return done
+
+
+def _unfoldable(layer: BNLayer, target: Target) -> str:
+    """Why ``layer`` cannot be folded to compare with ``target`` ("" where it can)."""
+    problem = layer.shape_problem()
+    if problem:
+        return f"cannot fold it to compare with {target.name}: {problem}"
+    prod = layer.producer
+    if prod is None or tuple(prod.weight.shape) != tuple(target.weight.shape):
+        shape = list(prod.weight.shape) if prod is not None else None
+        return f"{layer.name} has no producer of the folded conv's shape {list(target.weight.shape)} (it has {shape})"
+    return ""
+
+
+def _effective_scale(w0: np.ndarray, wt: np.ndarray, transposed: bool, channels: int) -> np.ndarray:
+    """The folded conv's per-channel scale relative to the unfused conv (least squares), so the
+    output effect can be measured where the BN sat: y = s·(z − b) + b'."""
+    flat_w0, flat_wt = w0.reshape(w0.shape[0], -1), wt.reshape(wt.shape[0], -1)
+    if transposed:
+        flat_w0 = np.moveaxis(w0, 1, 0).reshape(channels, -1)
+        flat_wt = np.moveaxis(wt, 1, 0).reshape(channels, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s_eff = (flat_w0 * flat_wt).sum(axis=1) / (flat_w0 * flat_w0).sum(axis=1)
+    return np.nan_to_num(s_eff)
 
 
 def _implied_eps(layer: BNLayer, s_eff: np.ndarray, dtype: str) -> float | None:
-    """The eps the folded side was built with, where one eps explains every channel's scale and it is not ours.
+    """The eps the folded side was built with (``reference.implied_eps``) to three significant digits, or None."""
+    from bninspect.numerics.reference import MACHINE_EPS, implied_eps
 
-    s = γ/√(σ² + ε)  ⇒  ε = (γ/s)² − σ², per channel; the median, checked against all channels.
-    """
-    from bninspect.numerics import MACHINE_EPS
-
-    gamma, var = layer.gamma(), _stat(layer, "running_var")
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        per_channel = (gamma / s_eff) ** 2 - var
-        ok = np.isfinite(per_channel) & (gamma != 0) & (s_eff != 0)
-        if not ok.any():
-            return None
-        eps = float(np.median(per_channel[ok]))
-        if eps < 0 or math.isclose(eps, layer.eps, rel_tol=1e-2):
-            return None
-        fitted = gamma / np.sqrt(var + eps)
-        rtol = max(1e-5, 16 * MACHINE_EPS[dtype])
-        if not np.allclose(fitted[ok], s_eff[ok], rtol=rtol, atol=0.0):
-            return None
-    return float(f"{eps:.3g}")
+    eps = implied_eps(layer.gamma(), _stat(layer, "running_var"), s_eff, layer.eps, max(1e-5, 16 * MACHINE_EPS[dtype]))
+    return None if eps is None else float(f"{eps:.3g}")
 
 
 def _judge(d: LayerDiff, effects: dict[str, float] | None = None, explained: set[str] | frozenset = frozenset()) -> None:
@@ -689,6 +562,14 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
 
     ``eps`` stands in for A's eps where A does not store one (a plain state dict).
     """
+    result, _ = diff_with_details(path_a, path_b, layers=layers, trust=trust, key=key, key_b=key_b, eps=eps, run=run)
+    return result
+
+
+def diff_with_details(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bool = False,
+                      key: str | None = None, key_b: str | None = None, eps: float | None = None,
+                      run: bool = False) -> tuple[DiffResult, list[Compared]]:
+    """:func:`diff`, and beside its result each layer's :class:`Compared` (the report plots their channels)."""
     validate_eps(eps)
     da = open_layers(path_a, trust=trust, key=key)
     db = open_layers(path_b, trust=trust, key=key_b)
@@ -696,7 +577,48 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
         for layer in da.layers:
             if layer.eps_source == "default":
                 layer.eps, layer.eps_source = float(eps), "user"
+    matching = _match(da, db)
+    notes = matching.notes
+    compared = _compare_matched(da, db, matching)
+    only_a = [l.name for l in da.layers if id(l) not in matching.used_a]
+    only_b = [l.name for l in db.layers if id(l) not in matching.used_b]
+    if layers:
+        import fnmatch
+
+        keep = {l.name for l in select(da.layers + db.layers, layers)}
+        compared = [c for c in compared if c.diff.name in keep or c.diff.name_b in keep]
+        only_a = [n for n in only_a if any(fnmatch.fnmatchcase(n, g) for g in layers)]
+        only_b = [n for n in only_b if any(fnmatch.fnmatchcase(n, g) for g in layers)]
+
+    if run:
+        from bninspect.services.diff_witness import attach_witnesses
+
+        notes += attach_witnesses(compared, da, db)
+    diffs = [c.diff for c in compared]
+    notes += _closing_notes(da, db, diffs)
+    verdict, causes = _verdict(diffs, only_a, only_b)
     fa, fb = da.checkpoint.format, db.checkpoint.format
+    return DiffResult(
+        a=Side(source_name(path_a), fa, FORMAT_NAMES.get(fa, fa), len(da.layers), list(da.checkpoint.notes)),
+        b=Side(source_name(path_b), fb, FORMAT_NAMES.get(fb, fb), len(db.layers), list(db.checkpoint.notes)),
+        verdict=verdict, causes=causes, layers=diffs, only_a=only_a, only_b=only_b, notes=notes,
+        exit_code=0 if verdict in ("identical", "equivalent") else 1,
+    ), compared
+
+
+@dataclass
+class _Matching:
+    """How the layers of A and B pair up: BN with BN (by name, then order), BN with a folded conv."""
+
+    matched: list[tuple[str, BNLayer, BNLayer]]  # (how, A's, B's)
+    folded: list[tuple[BNLayer, Target, str, str]]  # (the BN, the conv it went into, how, the BN's side)
+    used_a: set[int]  # ids of A's layers in a pair
+    used_b: set[int]
+    notes: list[str]
+
+
+def _match(da: Discovery, db: Discovery) -> _Matching:
+    """Pair the layers: by name, then the rest by order and channel count, then BNs against folded convs."""
     notes: list[str] = []
     matched = [("name", x, y) for x, y in _match_names(da.layers, db.layers)]
     used_a = {id(x) for _, x, _ in matched}
@@ -716,39 +638,33 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
         folded += [(l, t, how, "a") for l, t, how in _match_folded(rest_a, fold_targets(db))]
     if rest_b:
         folded += [(l, t, how, "b") for l, t, how in _match_folded(rest_b, fold_targets(da))]
-    folded_a = {id(l) for l, _, _, side in folded if side == "a"}
-    folded_b = {id(l) for l, _, _, side in folded if side == "b"}
     if folded:
         sides = sorted({"B" if side == "a" else "A" for *_, side in folded})
         notes.append(f"{len(folded)} BN layer(s) are folded into their conv on {' and '.join(sides)}: compared as "
                      "torch.nn.utils.fusion.fuse_conv_bn_weights of the other side's conv + BN")
+    used_a |= {id(l) for l, _, _, side in folded if side == "a"}
+    used_b |= {id(l) for l, _, _, side in folded if side == "b"}
+    return _Matching(matched, folded, used_a, used_b, notes)
 
+
+def _compare_matched(da: Discovery, db: Discovery, matching: _Matching) -> list[Compared]:
+    """Every pair compared, in A's layer order (a BN of B folded on A's side: at its place in B)."""
     order_a = {id(l): i for i, l in enumerate(da.layers)}
     order_b = {id(l): i for i, l in enumerate(db.layers)}
-    results: list[tuple[int, LayerDiff]] = []
-    for how, x, y in matched:
+    fa, fb = da.checkpoint.format, db.checkpoint.format
+    results: list[tuple[int, Compared]] = []
+    for how, x, y in matching.matched:
         results.append((order_a[id(x)], compare_bn(x, y, fa, fb, how)))
-    for layer, target, how, side in folded:
+    for layer, target, how, side in matching.folded:
         pos = order_a[id(layer)] if side == "a" else order_b[id(layer)]
         results.append((pos, compare_folded(layer, target, side, how)))
     results.sort(key=lambda r: r[0])
-    diffs = [d for _, d in results]
-    if layers:
-        keep = {l.name for l in select(da.layers + db.layers, layers)}
-        diffs = [d for d in diffs if d.name in keep or d.name_b in keep]
-    only_a = [l.name for l in da.layers if id(l) not in used_a and id(l) not in folded_a]
-    only_b = [l.name for l in db.layers if id(l) not in used_b and id(l) not in folded_b]
-    if layers:
-        import fnmatch
+    return [c for _, c in results]
 
-        only_a = [n for n in only_a if any(fnmatch.fnmatchcase(n, g) for g in layers)]
-        only_b = [n for n in only_b if any(fnmatch.fnmatchcase(n, g) for g in layers)]
 
-    if run:
-        from bninspect.services.diff_witness import attach_witnesses
-
-        notes += attach_witnesses(diffs, da, db)
-
+def _closing_notes(da: Discovery, db: Discovery, diffs: list[LayerDiff]) -> list[str]:
+    """What the user should know about the whole comparison: sides without BN, eps 0, dtype changes."""
+    notes: list[str] = []
     if not da.layers and not db.layers:
         notes.append("neither side has BatchNorm layers (both folded, or none): there is nothing to compare")
     else:
@@ -760,14 +676,7 @@ def diff(path_a: str, path_b: str, *, layers: list[str] | None = None, trust: bo
                             and t.tensor in BN_TENSORS + ("folded weight",)})
     for da_t, db_t in dtype_changes:
         notes.append(f"dtype changes {da_t} → {db_t}; values are compared within {_lower(da_t, db_t)} rounding")
-
-    verdict, causes = _verdict(diffs, only_a, only_b)
-    return DiffResult(
-        a=Side(source_name(path_a), fa, FORMAT_NAMES.get(fa, fa), len(da.layers), list(da.checkpoint.notes)),
-        b=Side(source_name(path_b), fb, FORMAT_NAMES.get(fb, fb), len(db.layers), list(db.checkpoint.notes)),
-        verdict=verdict, causes=causes, layers=diffs, only_a=only_a, only_b=only_b, notes=notes,
-        exit_code=0 if verdict in ("identical", "equivalent") else 1,
-    )
+    return notes
 
 
 def _verdict(diffs: list[LayerDiff], only_a: list[str], only_b: list[str]) -> tuple[str, list[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bninspect.layers import BNLayer, Discovery
-from bninspect.services.diff import LayerDiff, Target, Witness
+from bninspect.services.diff_results import Compared, LayerDiff, Target, Witness
 
 BATCH = 64
 SEED = 0
@@ -53,7 +53,7 @@ def _stored(layer: BNLayer, name: str) -> np.ndarray:
 
 
 def _bn_witness(ref: BNLayer, onnx_layer: BNLayer, node: Any, model: Any, runtime: str) -> Witness:
-    from bninspect.numerics import TOLERANCES, compare, eval_magnitude, eval_reference, synthetic_input
+    from bninspect.numerics.reference import TOLERANCES, eval_check, synthetic_input
 
     params = [_stored(onnx_layer, n) for n in ("weight", "bias", "running_mean", "running_var")]
     x_dtype = params[0].dtype
@@ -65,9 +65,7 @@ def _bn_witness(ref: BNLayer, onnx_layer: BNLayer, node: Any, model: Any, runtim
     x = synthetic_input(mean, var, (BATCH, ref.channels, 1, 1), np.random.default_rng(SEED)).astype(x_dtype)
     x64 = x.astype(np.float64)  # the reference sees the input the runtime sees
     y = sess.run(["y"], {"x": x})[0].astype(np.float64)
-    gamma, beta = ref.gamma(), ref.beta()
-    cmp = compare(y, eval_reference(x64, mean, var, gamma, beta, ref.eps),
-                  eval_magnitude(x64, mean, var, gamma, beta, ref.eps), TOLERANCES[_dtype_name(x_dtype)])
+    cmp = eval_check(y, x64, mean, var, ref.gamma(), ref.beta(), ref.eps, TOLERANCES[_dtype_name(x_dtype)])
     return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
 
 
@@ -75,42 +73,24 @@ def _conv_bn_reference(ref: BNLayer, x: np.ndarray, groups: int = 1, stride: tup
                        pads: tuple[tuple[int, int], ...] | None = None,
                        dilation: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The other side's producer → BN in float64 on ``x``: (output, magnitude of the terms summed, reduction)."""
-    import torch
-    import torch.nn.functional as F
-
-    from bninspect.numerics import as_tensor, eval_magnitude, eval_reference
+    from bninspect.numerics.kernels import producer_reference
+    from bninspect.numerics.reference import after_producer
 
     prod = ref.producer
     assert prod is not None
     w0 = prod.weight.float64()
     b0 = prod.bias.float64() if prod.bias is not None else None
-    x64 = x.astype(np.float64)
-    if w0.ndim == 2:
-        bias = b0 if b0 is not None else np.zeros(ref.channels)
-        pre, pre_mag = x64 @ w0.T + bias, np.abs(x64) @ np.abs(w0).T + np.abs(bias)
-    else:
-        conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w0.ndim]
-        spatial = w0.ndim - 2
-        xt = as_tensor(x64)
-        if pads is not None and any(p for pair in pads for p in pair):
-            # F.pad takes (last dim begin, end, second-to-last begin, end, ...)
-            xt = F.pad(xt, tuple(p for pair in reversed(pads) for p in pair))
-        kw = {"stride": stride or (1,) * spatial, "dilation": dilation or (1,) * spatial, "groups": groups}
-        wt, bt = as_tensor(w0), None if b0 is None else as_tensor(b0)
-        with torch.no_grad():
-            pre = conv(xt, wt, bt, **kw).numpy()
-            pre_mag = conv(xt.abs(), wt.abs(), None if bt is None else bt.abs(), **kw).numpy()
+    pre, pre_mag = producer_reference(x, w0, b0, groups, stride, pads, dilation)
     mean, var, gamma, beta = ref.values("running_mean"), ref.values("running_var"), ref.gamma(), ref.beta()
-    # terms of y = scale·(Σ w·x + b − μ) + β: eval_magnitude with Σ|w|·|x| + |b| in place of |x|
-    magnitude = eval_magnitude(pre_mag, mean, var, gamma, beta, ref.eps)
-    return eval_reference(pre, mean, var, gamma, beta, ref.eps), magnitude, int(np.prod(w0.shape[1:]))
+    y, magnitude = after_producer(pre, pre_mag, mean, var, gamma, beta, ref.eps)
+    return y, magnitude, int(np.prod(w0.shape[1:]))
 
 
 def _folded_witness(ref: BNLayer, target: Target, node: Any, model: Any, runtime: str) -> Witness | None:
     """The folded Conv/Gemm node against the other side's producer → BN, on a seeded N(0, 1) input."""
     from onnx import helper
 
-    from bninspect.numerics import TOLERANCES, compare, dot_growth
+    from bninspect.numerics.reference import TOLERANCES, compare, dot_growth
 
     if ref.producer is None or target.transposed or node.op_type not in ("Conv", "Gemm"):
         return None
@@ -159,13 +139,14 @@ def _is_const(output: Any) -> bool:
     return node.get_type_name() == "Constant"
 
 
-def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any, ops: dict[str, Any],
+def _ov_witness(c: Compared, ir_side: str, disc: Discovery, core: Any, ov: Any, ops: dict[str, Any],
                 runtime: str) -> Witness | None:
-    from bninspect.numerics import TOLERANCES, compare, dot_growth, eval_magnitude, eval_reference, synthetic_input
+    from bninspect.numerics.reference import TOLERANCES, compare, dot_growth, eval_check, synthetic_input
 
+    d = c.diff
     rng = np.random.default_rng(SEED)
     if d.mode == "bn":
-        la, lb = d._pair  # type: ignore[misc]
+        la, lb = c.pair
         ref, ir_layer = (la, lb) if ir_side == "b" else (lb, la)
         info = disc.checkpoint.modules.get(ir_layer.key_prefix)
         node = ops.get(str(info.attributes.get("ir_layer"))) if info is not None else None
@@ -176,13 +157,11 @@ def _ov_witness(d: LayerDiff, ir_side: str, disc: Discovery, core: Any, ov: Any,
         mean, var = ref.values("running_mean"), ref.values("running_var")
         x = synthetic_input(mean, var, (BATCH, ref.channels) + (1,) * (rank - 2), rng).astype(np.float32)
         y = _ov_run(core, ov, node, port, node, x)
-        x64, gamma, beta = x.astype(np.float64), ref.gamma(), ref.beta()
-        cmp = compare(y, eval_reference(x64, mean, var, gamma, beta, ref.eps),
-                      eval_magnitude(x64, mean, var, gamma, beta, ref.eps), TOLERANCES[_lowest(ir_layer)])
+        cmp = eval_check(y, x.astype(np.float64), mean, var, ref.gamma(), ref.beta(), ref.eps, TOLERANCES[_lowest(ir_layer)])
         return Witness(runtime, cmp.max_abs_err, cmp.max_rel_err, cmp.worst_channel, cmp.passed)
     if d.folded_side != ir_side:
         return None
-    ref, target = d._pair  # type: ignore[misc]
+    ref, target = c.pair
     info = disc.checkpoint.modules.get(target.key_prefix)
     node = ops.get(str(info.attributes.get("ir_layer"))) if info is not None else None
     if node is None or ref.producer is None or target.transposed:
@@ -218,7 +197,7 @@ def _lowest(layer: BNLayer) -> str:
     return "float16" if "float16" in dtypes else "bfloat16" if "bfloat16" in dtypes else "float32"
 
 
-def _attach_openvino(diffs: list[LayerDiff], da: Discovery, db: Discovery, ir_side: str) -> list[str]:
+def _attach_openvino(compared: list[Compared], da: Discovery, db: Discovery, ir_side: str) -> list[str]:
     try:
         import openvino as ov
     except ImportError:
@@ -229,12 +208,10 @@ def _attach_openvino(diffs: list[LayerDiff], da: Discovery, db: Discovery, ir_si
     ops = {op.get_friendly_name(): op for op in model.get_ops()}
     runtime = f"openvino {ov.__version__.split('-')[0]}"
     ran = 0
-    for d in diffs:
-        if d._pair is None:
-            continue
-        d.witness = _ov_witness(d, ir_side, disc, core, ov, ops, runtime)
-        ran += d.witness is not None
-        _confirm(d)
+    for c in compared:
+        c.diff.witness = _ov_witness(c, ir_side, disc, core, ov, ops, runtime)
+        ran += c.diff.witness is not None
+        _confirm(c.diff)
     other = "A" if ir_side == "b" else "B"
     return [f"--run: {ran} layer(s) of the IR run in {runtime} (CPU, f32 inference precision) against {other}'s "
             "float64 recomputation"]
@@ -247,13 +224,13 @@ def _confirm(d: LayerDiff) -> None:
         d.status = "different"
 
 
-def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> list[str]:
+def attach_witnesses(compared: list[Compared], da: Discovery, db: Discovery) -> list[str]:
     """Run the ONNX (ONNX Runtime) or OpenVINO IR (OpenVINO) side's BN or folded layers; returns notes for the user."""
     formats = (da.checkpoint.format, db.checkpoint.format)
     onnx_side = "b" if formats[1] == "onnx" else "a" if formats[0] == "onnx" else ""
     ir_side = "b" if formats[1] == "openvino-ir" else "a" if formats[0] == "openvino-ir" else ""
     if not onnx_side and ir_side:
-        return _attach_openvino(diffs, da, db, ir_side)
+        return _attach_openvino(compared, da, db, ir_side)
     if not onnx_side:
         return ["--run: neither side is an ONNX model or OpenVINO IR; nothing for a runtime to run"]
     try:
@@ -267,11 +244,10 @@ def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> li
     nodes = {n.name: n for n in model.graph.node}
     runtime = f"onnxruntime {onnxruntime.__version__}"
     ran = 0
-    for d in diffs:
-        if d._pair is None:
-            continue
+    for c in compared:
+        d = c.diff
         if d.mode == "bn":
-            la, lb = d._pair
+            la, lb = c.pair
             ref, onnx_layer = (la, lb) if onnx_side == "b" else (lb, la)
             info = onnx_disc.checkpoint.modules.get(onnx_layer.key_prefix)
             node = nodes.get(str(info.attributes.get("onnx_node"))) if info is not None else None
@@ -279,7 +255,7 @@ def attach_witnesses(diffs: list[LayerDiff], da: Discovery, db: Discovery) -> li
                 continue
             d.witness = _bn_witness(ref, onnx_layer, node, model, runtime)
         elif d.folded_side == onnx_side:
-            ref, target = d._pair
+            ref, target = c.pair
             info = onnx_disc.checkpoint.modules.get(target.key_prefix)
             node = nodes.get(str(info.attributes.get("onnx_node"))) if info is not None else None
             if node is None:

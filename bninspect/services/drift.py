@@ -44,6 +44,8 @@ from torch import nn
 
 from bninspect.atomic import atomic_write, same_file
 from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
+from bninspect.numerics.kernels import BatchSpread, Population, channel_view, resolve_device
+from bninspect.numerics.reference import normalized_error, rms, statistics_shift
 from bninspect import runner
 from bninspect.runner import DataSource, LoadedModel, ModelState
 from bninspect.services.common import parse_sizes
@@ -159,108 +161,17 @@ class DriftResult:
         return 1 if self.problems else 0
 
 
-# ── statistics accumulators (float64) ───────────────────────────────────────────────────────
+# ── small-batch drift from the accumulated batch terms ──────────────────────────────────────
 
 
-def _channel_view(x: torch.Tensor) -> torch.Tensor:
-    """A BN input [N, C, *] as [C, elements] in float64 (the batch and spatial dims merged)."""
-    x = x.detach().to(torch.float64)
-    return x.transpose(0, 1).reshape(x.shape[1], -1)
-
-
-class _Population:
-    """Exact per-channel mean and sum of squared deviations, merged batch by batch (Chan et al.)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def add(self, flat: torch.Tensor) -> None:
-        nb = flat.shape[1]
-        if nb == 0:
-            return
-        mb = flat.mean(dim=1)
-        m2b = ((flat - mb[:, None]) ** 2).sum(dim=1)
-        if self.mean is None:
-            self.n, self.mean, self.m2 = nb, mb, m2b
-            return
-        # Chan et al.: M2 = M2_a + M2_b + δ²·n_a·n_b/n, mean = mean_a + δ·n_b/n
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
-        self.n = n
-
-    def stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, biased variance, unbiased variance) as float64 numpy arrays."""
-        mean = self.mean.cpu().numpy()
-        m2 = self.m2.cpu().numpy()
-        unbiased = m2 / (self.n - 1) if self.n > 1 else np.zeros_like(m2)
-        return mean, m2 / self.n, unbiased
-
-
-class _BatchSpread:
-    """Sums over batches of size B of the per-batch terms the drift formulas need (per channel).
-
-    The population statistics are known only at the end, so the squares are expanded:
-    Σ(μ_B − μ_p)² = Σμ_B² − 2μ_pΣμ_B + Kμ_p², and likewise for the variance and output terms.
-    """
-
-    def __init__(self, eps: float) -> None:
-        self.eps = eps
-        self.k = 0
-        self.terms: dict[str, torch.Tensor] = {}
-        self.one_value = False
-
-    def add(self, flat: torch.Tensor) -> None:
-        if flat.shape[1] < 2:
-            self.one_value = True  # PyTorch refuses train mode with one value per channel
-            return
-        mu = flat.mean(dim=1)
-        var = flat.var(dim=1, unbiased=False)  # train mode normalizes with the biased variance
-        s = torch.sqrt(var + self.eps)
-        for name, value in (("mu", mu), ("mu2", mu**2), ("var", var), ("var2", var**2),
-                            ("var_s2", var / s**2), ("var_s", var / s)):
-            self.terms[name] = self.terms[name] + value if name in self.terms else value
-        self.k += 1
-
-    def result(self, batch_size: int, mu_p: np.ndarray, var_p: np.ndarray) -> BatchSizeDrift:
-        if self.one_value:
-            return BatchSizeDrift(batch_size, 0, None, None, None,
-                                  skipped="one value per channel: train-mode BN cannot run at this batch size")
-        if self.k == 0:
-            return BatchSizeDrift(batch_size, 0, None, None, None, skipped="fewer samples than the batch size")
-        t = {k: v.cpu().numpy() for k, v in self.terms.items()}
-        k = self.k
-        s_p = np.sqrt(var_p + self.eps)
-        mean_sq = np.maximum(t["mu2"] - 2 * mu_p * t["mu"] + k * mu_p**2, 0.0) / k
-        var_sq = np.maximum(t["var2"] - 2 * var_p * t["var"] + k * var_p**2, 0.0) / k
-        # per batch: σ²_B(1/s_B − 1/s_p)² + ((μ_p − μ_B)/s_p)², averaged over the K batches
-        out_sq = (t["var_s2"] - 2 * t["var_s"] / s_p + t["var"] / s_p**2) / k + mean_sq / s_p**2
-        return BatchSizeDrift(
-            batch_size,
-            k,
-            mean_spread=_rms(np.sqrt(mean_sq) / s_p),
-            var_spread=_rms(np.sqrt(var_sq) / (var_p + self.eps)),
-            output_error=_rms(np.sqrt(np.maximum(out_sq, 0.0))),
-        )
-
-
-def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.asarray(values, dtype=np.float64) ** 2)))
-
-
-def normalized_error(mu_p: np.ndarray, var_b: np.ndarray, var_p: np.ndarray,
-                     mu_u: np.ndarray, var_u: np.ndarray, eps: float) -> np.ndarray:
-    """Per channel: RMS of (x − μ_u)/s_u − (x − μ_p)/s_p over data of mean μ_p and biased variance var_b.
-
-    = √(var_b·(1/s_u − 1/s_p)² + ((μ_p − μ_u)/s_u)²), s = √(σ² + ε); 0 when the used statistics
-    (μ_u, var_u) equal the ideal ones (μ_p, var_p).
-    """
-    s_u, s_p = np.sqrt(var_u + eps), np.sqrt(var_p + eps)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.sqrt(var_b * (1 / s_u - 1 / s_p) ** 2 + ((mu_p - mu_u) / s_u) ** 2)
+def _spread_result(spread: BatchSpread, batch_size: int, mu_p: np.ndarray, var_p: np.ndarray) -> BatchSizeDrift:
+    if spread.one_value:
+        return BatchSizeDrift(batch_size, 0, None, None, None,
+                              skipped="one value per channel: train-mode BN cannot run at this batch size")
+    if spread.k == 0:
+        return BatchSizeDrift(batch_size, 0, None, None, None, skipped="fewer samples than the batch size")
+    mean_spread, var_spread, output_error = spread.spread(mu_p, var_p)
+    return BatchSizeDrift(batch_size, spread.k, mean_spread=mean_spread, var_spread=var_spread, output_error=output_error)
 
 
 # ── one eval pass with hooks ────────────────────────────────────────────────────────────────
@@ -298,8 +209,8 @@ def _to_model(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torc
 
 @dataclass
 class _PassResult:
-    population: dict[str, _Population]
-    spreads: dict[str, dict[int, _BatchSpread]]
+    population: dict[str, Population]
+    spreads: dict[str, dict[int, BatchSpread]]
     order: list[str]  # BN names in the order the forward pass first called them
 
 
@@ -332,17 +243,17 @@ def _eval_pass(model: nn.Module, bns: list[tuple[str, nn.Module]], source: DataS
                batch_sizes: list[int], device: torch.device, dtype: torch.dtype,
                progress: ProgressHook | None, phase: str, probe: runner.Probe | None = None) -> _PassResult:
     """One eval-mode pass over the data: population statistics and per-B batch terms of each BN input."""
-    population = {name: _Population() for name, _ in bns}
-    spreads = {name: {b: _BatchSpread(float(m.eps)) for b in batch_sizes} for name, m in bns}
+    population = {name: Population() for name, _ in bns}
+    spreads = {name: {b: BatchSpread(float(m.eps)) for b in batch_sizes} for name, m in bns}
     order: list[str] = []
 
     def on_input(name: str, x: torch.Tensor) -> None:
         if name not in order:
             order.append(name)
-        population[name].add(_channel_view(x))
+        population[name].add(channel_view(x))
         for b in batch_sizes:
             for start in range(0, x.shape[0] - b + 1, b):  # full chunks only: a batch of exactly B
-                spreads[name][b].add(_channel_view(x[start:start + b]))
+                spreads[name][b].add(channel_view(x[start:start + b]))
 
     runner.set_bn_mode(model, bn_train=False)
     total = math.ceil(len(source) / pass_batch)
@@ -366,14 +277,12 @@ def _layer_drift(name: str, module: nn.Module, pass_result: _PassResult, batch_s
     mu_p, var_b, var_p = pop.stats()
     mu_r = module.running_mean.detach().cpu().to(torch.float64).numpy()
     var_r = module.running_var.detach().cpu().to(torch.float64).numpy()
-    s_p = np.sqrt(var_p + eps)
     error = normalized_error(mu_p, var_b, var_p, mu_r, var_r, eps)
     error = np.where(np.isfinite(error), error, np.inf)
-    shift = (mu_r - mu_p) / s_p
-    ratio = (var_r + eps) / (var_p + eps)
+    shift, ratio = statistics_shift(mu_p, var_p, mu_r, var_r, eps)
     worst = int(np.argmax(error))
     layer.elements_per_channel = pop.n
-    layer.drift_score = _rms(error)
+    layer.drift_score = rms(error)
     layer.worst_channel = worst
     layer.worst_error = float(error[worst])
     layer.worst_mean_shift = float(shift[worst])
@@ -384,7 +293,7 @@ def _layer_drift(name: str, module: nn.Module, pass_result: _PassResult, batch_s
     layer.mean_shift = shift.tolist()
     layer.var_ratio = ratio.tolist()
     layer.channel_error = error.tolist()
-    layer.by_batch_size = [pass_result.spreads[name][b].result(b, mu_p, var_p) for b in batch_sizes]
+    layer.by_batch_size = [_spread_result(pass_result.spreads[name][b], b, mu_p, var_p) for b in batch_sizes]
     layer.min_batch_size = _min_batch_size(layer.by_batch_size, tolerance)
     layer.exceeds = not (layer.drift_score <= max_drift)
     return layer
@@ -474,10 +383,10 @@ def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list
     total = math.ceil(len(source) / pass_batch)
     for i, name in enumerate(order):
         module = modules[name]
-        pop = _Population()
+        pop = Population()
 
-        def on_input(_: str, x: torch.Tensor, pop: _Population = pop) -> None:
-            pop.add(_channel_view(x))
+        def on_input(_: str, x: torch.Tensor, pop: Population = pop) -> None:
+            pop.add(channel_view(x))
             raise _Stop()  # the rest of the model does not matter for this layer
 
         with _watch(model, {name: module}, probe, on_input) as run:
@@ -649,6 +558,8 @@ def _pass_batch_size(batch_sizes: list[int]) -> int:
     return lcm if lcm <= 4 * max(batch_sizes) else max(batch_sizes)
 
 
+# Longer than 60 lines on purpose: one try/finally holds every step that changes the model (its
+# device, threads, BN modes and buffers), so that one place restores it whatever fails.
 def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: list[int],
             device: torch.device, max_drift: float = DEFAULT_MAX_DRIFT,
             batch_tolerance: float = DEFAULT_BATCH_TOLERANCE, min_agreement: float = DEFAULT_MIN_AGREEMENT,
@@ -722,26 +633,10 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                                  if bns else "--write-recalibrated: the model has no BatchNorm layer")
             stats = _recalibrate(model, bns, order, source, pass_batch, device, dtype, progress, probe)
             state.restore()
-            source_path = loaded.checkpoint.path if loaded.checkpoint is not None else path
-            fmt, count, key_map = write_checkpoint(loaded, source_path, write_recalibrated, stats)
-            written = _stats_from_file(os.path.abspath(write_recalibrated), key_map, list(stats))
-            with torch.no_grad():
-                modules = dict(bns)
-                for name, (mean, var) in written.items():
-                    modules[name].running_mean.copy_(torch.from_numpy(mean))
-                    modules[name].running_var.copy_(torch.from_numpy(var))
-            after = _eval_pass(model, bns, source, pass_batch, [], device, dtype, progress,
-                               "drift after recalibration", probe)
-            by_name = {l.name: l for l in layers}
-            for name, module in bns:
-                if name in written:
-                    by_name[name].drift_after = _layer_drift(name, module, after, [], max_drift,
-                                                             batch_tolerance).drift_score
-            scores = [l.drift_score for l in layers if l.drift_score is not None]
-            after_scores = [l.drift_after for l in layers if l.drift_after is not None]
-            recal = Recalibration(path=write_recalibrated, format=fmt, layers=len(stats), tensors_written=count,
-                                  drift_before=max(scores) if scores else None,
-                                  drift_after=max(after_scores) if after_scores else None)
+            recal = _write_and_remeasure(loaded, path, write_recalibrated, stats, bns, layers,
+                                         lambda: _eval_pass(model, bns, source, pass_batch, [], device, dtype, progress,
+                                                            "drift after recalibration", probe),
+                                         max_drift, batch_tolerance)
     finally:
         state.restore()
         if device != original_device:
@@ -761,6 +656,31 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
     _overall_min_batch_size(result)
     result.problems = _problems(result)
     return result
+
+
+def _write_and_remeasure(loaded: LoadedModel, path: str, out: str, stats: dict[str, tuple[np.ndarray, np.ndarray]],
+                         bns: list[tuple[str, nn.Module]], layers: list[LayerDrift], eval_pass: Callable[[], _PassResult],
+                         max_drift: float, batch_tolerance: float) -> Recalibration:
+    """Write the recalibrated checkpoint, load its statistics back into the model and measure the drift
+    again with ``eval_pass``: what the written file holds, not what was meant to be written."""
+    source_path = loaded.checkpoint.path if loaded.checkpoint is not None else path
+    fmt, count, key_map = write_checkpoint(loaded, source_path, out, stats)
+    written = _stats_from_file(os.path.abspath(out), key_map, list(stats))
+    with torch.no_grad():
+        modules = dict(bns)
+        for name, (mean, var) in written.items():
+            modules[name].running_mean.copy_(torch.from_numpy(mean))
+            modules[name].running_var.copy_(torch.from_numpy(var))
+    after = eval_pass()
+    by_name = {l.name: l for l in layers}
+    for name, module in bns:
+        if name in written:
+            by_name[name].drift_after = _layer_drift(name, module, after, [], max_drift, batch_tolerance).drift_score
+    scores = [l.drift_score for l in layers if l.drift_score is not None]
+    after_scores = [l.drift_after for l in layers if l.drift_after is not None]
+    return Recalibration(path=out, format=fmt, layers=len(stats), tensors_written=count,
+                         drift_before=max(scores) if scores else None,
+                         drift_after=max(after_scores) if after_scores else None)
 
 
 def _overall_min_batch_size(result: DriftResult) -> None:
@@ -810,7 +730,7 @@ def run_drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bo
     if not 0 <= min_agreement <= 1:
         raise UsageError("--min-agreement must be between 0 and 1")
     sizes = parse_batch_sizes(batch_sizes)
-    dev = runner.resolve_device(device)
+    dev = resolve_device(device)
     shape = runner.parse_shape(synthetic) if synthetic else None
     if write_recalibrated:
         _check_output_path(write_recalibrated, path, data)

@@ -6,7 +6,6 @@ so the text renderer and the JSON document say the same thing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from bninspect.errors import InvalidFileError, UsageError
 from bninspect.checkpoint import Checkpoint
 from bninspect.layers import BNLayer
+from bninspect.numerics.reference import channel_fold, channel_output, initial_weight, std
 from bninspect.textfmt import num
 from bninspect.services.common import find_layer, open_layers, source_name, zero_eps_warnings
 from bninspect.services.series import ChannelSeries, layer_series, rule_marks
@@ -66,13 +66,11 @@ def _channel_walk(layer: BNLayer, i: int) -> ChannelWalk:
     mean, var = layer.values("running_mean"), layer.values("running_var")
     assert mean is not None and var is not None
     g, b, m, v, e = float(gamma[i]), float(beta[i]), float(mean[i]), float(var[i]), layer.eps
-    scale = g / math.sqrt(v + e) if v + e > 0 else float("nan")
-    shift = b - m * scale
-    sd = math.sqrt(v) if v >= 0 else float("nan")
+    scale, shift = channel_fold(m, v, g, b, e)
+    sd = std(v)
 
     def y(x: float) -> float:
-        # eval mode: y = γ·(x − μ)/√(σ² + ε) + β, the same as scale·x + shift
-        return g * (x - m) / math.sqrt(v + e) + b if v + e > 0 else float("nan")
+        return channel_output(x, m, v, g, b, e)
 
     examples = [
         {"input": "x = μ (the channel's average input)", "x": m, "y": y(m)},
@@ -185,7 +183,7 @@ def _sections(layer: BNLayer, walk: ChannelWalk | None, d: Dialect) -> list[Sect
     out.append(Section("Training (train mode)" if d.family == "pytorch" else "Training", _training(layer, d)))
     out.append(Section("num_batches_tracked" if d.family == "pytorch" else "Update count", [_count(layer, d, mean, var)]))
     if walk is not None:
-        sd = math.sqrt(walk.running_var) if walk.running_var >= 0 else float("nan")
+        sd = std(walk.running_var)
         lines = [
             f"Channel {walk.index}: γ = {num(walk.weight, 6)}, β = {num(walk.bias, 6)}, μ = {num(walk.running_mean, 6)}, "
             f"σ² = {num(walk.running_var, 6)} (σ = {num(sd, 6)}), ε = {walk.eps:g}. "
@@ -260,7 +258,7 @@ def _training(layer: BNLayer, d: Dialect) -> list[str]:
         src = (f"stored in {d.holder}" if layer.momentum_source == "module"
                else f"PyTorch's default; not stored in {d.holder}")
         mom_text = (f"m = momentum = {m:g} ({src}). After k updates the initial value (μ = 0, σ² = 1) still weighs "
-                    f"(1−m)^k: {(1 - m) ** 100:.3g} after 100 batches, {(1 - m) ** 1000:.3g} after 1000.")
+                    f"(1−m)^k: {initial_weight(m, 100):.3g} after 100 batches, {initial_weight(m, 1000):.3g} after 1000.")
     return [
         "In train mode (model.train()) BatchNorm ignores the running statistics for its output: it normalizes with the "
         "current batch's per-channel mean and biased variance (over N and the spatial positions). It then updates the "

@@ -4,7 +4,7 @@ A report is made of the other services' results, from one opening of the file: s
 summaries (every layer), check's findings (the rules, codes and ``[tool.bninspect]`` settings
 `bninspect check` uses), and where asked drift's measurements (``--data``/``--synthetic`` with
 a model) and diff's comparison with a second artifact. It adds no BN math of its own:
-per-channel values come from ``BNLayer`` (scale from ``layers.fold``), drift and diff numbers
+per-channel values come from ``BNLayer`` (scale from ``numerics.reference.fold``), drift and diff numbers
 from their services. ``render.report`` turns the result into HTML.
 
 Scale. Every layer gets an overview row (its sparklines cost microseconds), up to
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from bninspect.checkpoint import Checkpoint
     from bninspect.layers import BNLayer
-    from bninspect.services.diff import DiffResult, LayerDiff
+    from bninspect.services.diff_results import ChannelDiff, DiffResult, LayerDiff
     from bninspect.services.drift import DriftResult, LayerDrift
 
 DEFAULT_PAGES = 50
@@ -61,6 +61,7 @@ class LayerPage:
     marks: dict[int, list[str]]  # channel → codes of the findings naming it
     drift: LayerDrift | None = None
     diff: LayerDiff | None = None
+    diff_channels: dict[str, ChannelDiff] = field(default_factory=dict)  # per compared tensor, for the plot
 
 
 @dataclass
@@ -175,10 +176,11 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
                              findings=by_layer.get(layer.name, [])))
 
     drift_result = diff_result = None
+    compared = []
     if other:  # before drift: a bad B should fail in a second, not after the model ran on the data
-        from bninspect.services.diff import diff
+        from bninspect.services.diff import diff_with_details
 
-        diff_result = diff(path, other, trust=trust, key=key, key_b=key_b, eps=eps)
+        diff_result, compared = diff_with_details(path, other, trust=trust, key=key, key_b=key_b, eps=eps)
     if data or synthetic:
         from bninspect.services.drift import (DEFAULT_BATCH_TOLERANCE, DEFAULT_MAX_DRIFT, DEFAULT_MIN_AGREEMENT,
                                               run_drift)
@@ -189,8 +191,8 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
                                  min_agreement=DEFAULT_MIN_AGREEMENT, write_recalibrated=None)
 
     drifts = {l.name: l for l in drift_result.layers} if drift_result else {}
-    diffs = {d.name: d for d in diff_result.layers if d.folded_side != "a"} if diff_result else {}
-    different = {name for name, d in diffs.items() if d.status == "different"}
+    diffs = {c.diff.name: c for c in compared if c.diff.folded_side != "a"}
+    different = {name for name, c in diffs.items() if c.diff.status == "different"}
     if drift_result is not None and not drift_result.synthetic:  # thresholds do not apply to synthetic input
         different |= {name for name, l in drifts.items() if l.exceeds}
     page_rows = _choose_pages(rows, limit, wanted, different)
@@ -199,7 +201,9 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
         row.page = True
         layer = discovered[row.index]
         pages_out.append(LayerPage(row=row.index, values=_page_values(layer, row.series), marks=row.series.marks,
-                                   drift=drifts.get(layer.name), diff=diffs.get(layer.name)))
+                                   drift=drifts.get(layer.name)))
+        if layer.name in diffs:
+            pages_out[-1].diff, pages_out[-1].diff_channels = diffs[layer.name].diff, diffs[layer.name].channels
 
     counts = {s: 0 for s in SEVERITIES}
     for f in findings:

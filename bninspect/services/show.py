@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from bninspect.checkpoint import FORMAT_NAMES
-from bninspect.layers import DEFAULT_EPS, TENSOR_NAMES, BNLayer, Discovery
+from bninspect.layers import TENSOR_NAMES, BNLayer, Discovery
+from bninspect.numerics.reference import TORCH_EPS
 from bninspect.services.common import open_layers, select, source_name, zero_eps_warnings
 from bninspect.services.series import ChannelSeries, layer_series, rule_marks
 
@@ -170,10 +171,10 @@ def eps_note(layers: list[BNLayer], fmt: str = "") -> str:
     if sources == {"user"}:
         return f"eps: {listed} (from --eps)"
     if sources == {"default"}:
-        return f"eps: {DEFAULT_EPS:g} (PyTorch default; not stored in this file — pass --eps if the model used another)"
+        return f"eps: {TORCH_EPS:g} (PyTorch default; not stored in this file — pass --eps if the model used another)"
     if sources == {"module"}:
         return f"eps: {listed} ({_EPS_HOLDERS.get(fmt, 'stored in the saved modules')})"
-    return f"eps: {listed} (from the saved modules where present, else the PyTorch default {DEFAULT_EPS:g})"
+    return f"eps: {listed} (from the saved modules where present, else the PyTorch default {TORCH_EPS:g})"
 
 
 def show(path: str, *, layers: list[str] | None = None, channels: bool = False, key: str | None = None,

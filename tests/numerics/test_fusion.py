@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bninspect import numerics as nx
+from bninspect.numerics import kernels, reference
 
 # Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
 pytestmark = pytest.mark.torch
@@ -26,10 +26,10 @@ def _bn(c, seed=0):
 def test_fused_conv_within_tolerance(op, wshape, groups, dtype):
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.2, wshape)
-    mean, var, gamma, beta = (nx.round_to(a, dtype) for a in _bn(wshape[0]))
-    check = nx.fused_conv_check(op, w, rng.normal(size=wshape[0]), groups, mean, var, gamma, beta, 1e-5, dtype, "cpu")
+    mean, var, gamma, beta = (kernels.round_to(a, dtype) for a in _bn(wshape[0]))
+    check = kernels.fused_conv_check(op, w, rng.normal(size=wshape[0]), groups, mean, var, gamma, beta, 1e-5, dtype, "cpu")
     assert check.got.shape == check.ref.shape and check.got.shape[-1] == 2
-    cmp = nx.compare(check.got, check.ref, check.magnitude, nx.TOLERANCES[dtype], nx.dot_growth(check.reduction))
+    cmp = reference.compare(check.got, check.ref, check.magnitude, reference.TOLERANCES[dtype], reference.dot_growth(check.reduction))
     assert cmp.passed, cmp
 
 
@@ -38,15 +38,15 @@ def test_fused_conv_detects_a_wrong_eps_in_the_fold():
     w = rng.normal(0, 0.2, (8, 4, 3, 3))
     mean, var, gamma, beta = _bn(8)
     var[3] = 1e-5
-    good = nx.fused_conv_check("conv2d", w, None, 1, mean, var, gamma, beta, 1e-5, "float32", "cpu")
-    bad = nx.fused_conv_check("conv2d", w, None, 1, mean, var, gamma, beta, 1e-3, "float32", "cpu")
-    tol, growth = nx.TOLERANCES["float32"], nx.dot_growth(good.reduction)
-    assert not nx.compare(bad.got, good.ref, good.magnitude, tol, growth).passed
+    good = kernels.fused_conv_check("conv2d", w, None, 1, mean, var, gamma, beta, 1e-5, "float32", "cpu")
+    bad = kernels.fused_conv_check("conv2d", w, None, 1, mean, var, gamma, beta, 1e-3, "float32", "cpu")
+    tol, growth = reference.TOLERANCES["float32"], reference.dot_growth(good.reduction)
+    assert not reference.compare(bad.got, good.ref, good.magnitude, tol, growth).passed
 
 
 def test_infer_groups():
-    assert nx.infer_groups((32, 1, 3, 3), 32, None) == 32
-    assert nx.infer_groups((32, 1, 1, 1), 32, None) == 32
-    assert nx.infer_groups((64, 32, 1, 1), 64, None) == 1
-    assert nx.infer_groups((64, 8, 3, 3), 64, 8) == 8
-    assert nx.infer_groups((1, 1, 3, 3), 1, None) == 1
+    assert reference.infer_groups((32, 1, 3, 3), 32, None) == 32
+    assert reference.infer_groups((32, 1, 1, 1), 32, None) == 32
+    assert reference.infer_groups((64, 32, 1, 1), 64, None) == 1
+    assert reference.infer_groups((64, 8, 3, 3), 64, 8) == 8
+    assert reference.infer_groups((1, 1, 3, 3), 1, None) == 1

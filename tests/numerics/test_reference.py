@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import numerics as nx
+from bninspect.numerics import kernels, reference
 
 # Every test here needs torch (the Python 3.10 job of .ci/run runs without it).
 pytestmark = pytest.mark.torch
@@ -67,7 +67,7 @@ def _affine(s):
 def test_eval_matches_torch_module(s):
     _, y = _forward(s, training=False)
     g, b = _affine(s)
-    ref = nx.eval_reference(s["x"], s["mean"], s["var"], g, b, s["eps"])
+    ref = reference.eval_reference(s["x"], s["mean"], s["var"], g, b, s["eps"])
     np.testing.assert_allclose(ref, y, rtol=1e-12, atol=1e-12)
 
 
@@ -76,9 +76,9 @@ def test_eval_matches_torch_module(s):
 def test_train_step_matches_torch_module(s):
     bn, y = _forward(s, training=True)
     g, b = _affine(s)
-    ref, stats = nx.train_reference(s["x"], g, b, s["eps"])
+    ref, stats = reference.train_reference(s["x"], g, b, s["eps"])
     np.testing.assert_allclose(ref, y, rtol=1e-10, atol=1e-10)
-    mean, var, count = nx.running_update(s["mean"], s["var"], stats, s["momentum"], s["tracked"])
+    mean, var, count = reference.running_update(s["mean"], s["var"], stats, s["momentum"], s["tracked"])
     assert count == int(bn.num_batches_tracked) == s["tracked"] + 1
     np.testing.assert_allclose(mean, bn.running_mean.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(var, bn.running_var.numpy(), rtol=1e-12, atol=1e-12)
@@ -87,9 +87,9 @@ def test_train_step_matches_torch_module(s):
 def test_running_var_uses_unbiased_variance():
     # one channel, values 0 and 2: biased variance 1, unbiased 2; momentum 1 copies the batch value
     x = np.array([[0.0], [2.0]])
-    stats = nx.batch_stats(x)
+    stats = reference.batch_stats(x)
     assert (stats.var_biased[0], stats.var_unbiased[0], stats.n) == (1.0, 2.0, 2)
-    _, var, _ = nx.running_update(np.zeros(1), np.ones(1), stats, 1.0, 0)
+    _, var, _ = reference.running_update(np.zeros(1), np.ones(1), stats, 1.0, 0)
     assert var[0] == 2.0
     bn = torch.nn.BatchNorm1d(1, momentum=1.0).double().train()
     bn(torch.from_numpy(x))
@@ -102,9 +102,9 @@ def test_momentum_none_is_cumulative_average():
     mean, var, count = np.zeros(2), np.ones(2), 0
     batch_means = []
     for _ in range(5):
-        stats = nx.batch_stats(rng.normal(size=(6, 2)))
+        stats = reference.batch_stats(rng.normal(size=(6, 2)))
         batch_means.append(stats.mean)
-        mean, var, count = nx.running_update(mean, var, stats, None, count)
+        mean, var, count = reference.running_update(mean, var, stats, None, count)
     np.testing.assert_allclose(mean, np.mean(batch_means, axis=0), rtol=1e-14)
     assert count == 5
 
@@ -113,19 +113,19 @@ def test_fold_is_eval_formula():
     rng = np.random.default_rng(0)
     mean, var, gamma, beta = rng.normal(size=4), rng.uniform(0.1, 2, 4), rng.normal(size=4), rng.normal(size=4)
     x = rng.normal(size=(3, 4, 2, 2))
-    scale, shift = nx.fold(mean, var, gamma, beta, 1e-5)
-    np.testing.assert_allclose(nx.per_channel(scale, 4) * x + nx.per_channel(shift, 4),
-                               nx.eval_reference(x, mean, var, gamma, beta, 1e-5), rtol=1e-13, atol=1e-13)
+    scale, shift = reference.fold(mean, var, gamma, beta, 1e-5)
+    np.testing.assert_allclose(reference.per_channel(scale, 4) * x + reference.per_channel(shift, 4),
+                               reference.eval_reference(x, mean, var, gamma, beta, 1e-5), rtol=1e-13, atol=1e-13)
 
 
 def test_synthetic_input_has_the_layer_statistics():
     mean, var = np.array([5.0, -2.0]), np.array([4.0, 0.25])
-    x = nx.synthetic_input(mean, var, (4000, 2, 4), np.random.default_rng(0))
-    stats = nx.batch_stats(x)
+    x = reference.synthetic_input(mean, var, (4000, 2, 4), np.random.default_rng(0))
+    stats = reference.batch_stats(x)
     np.testing.assert_allclose(stats.mean, mean, atol=0.05)
     np.testing.assert_allclose(stats.var_unbiased, var, rtol=0.05)
     # broken statistics draw finite values
-    assert np.isfinite(nx.synthetic_input(np.array([np.nan]), np.array([-1.0]), (2, 1), np.random.default_rng(0))).all()
+    assert np.isfinite(reference.synthetic_input(np.array([np.nan]), np.array([-1.0]), (2, 1), np.random.default_rng(0))).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 6, 4, 4), (8, 6, 4, 4), (32, 6, 3), (2, 6)])
@@ -144,4 +144,4 @@ def test_train_eval_gap_matches_two_batch_norm_passes(shape):
     train = torch.nn.functional.batch_norm(x, None, None, g, b, True, 0.0, 1e-5)
     evaluated = torch.nn.functional.batch_norm(x, m, v, g, b, False, 0.0, 1e-5)
     expected = float((train - evaluated).abs().max())
-    assert nx.train_eval_gap(mean, var, gamma, beta, 1e-5, shape, 7) == pytest.approx(expected, rel=1e-5)
+    assert kernels.train_eval_gap(mean, var, gamma, beta, 1e-5, shape, 7) == pytest.approx(expected, rel=1e-5)

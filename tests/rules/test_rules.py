@@ -12,7 +12,7 @@ from bninspect.checkpoint import TensorRef
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Producer
 from bninspect.rules import RULES, Context, Thresholds, find_rule, run_rules, select_rules
-from bninspect.rules.deployment import channel_change_bound, eps_sensitivity
+from bninspect.numerics.reference import channel_change_bound, eps_sensitivity
 from bninspect.rules.statistics import max_abs_robust_z, robust_z
 
 C = 16

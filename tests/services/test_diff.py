@@ -469,3 +469,29 @@ def test_causes_are_ordered_by_their_effect_on_the_output(tmp_path):
     assert effects["bias"] == pytest.approx(0.5, rel=1e-6) and 0 < effects["weight"] < 0.05
     assert "alone it moves the output by up to 0.5" in d.causes[0]
     assert r.causes[0].startswith("features.5.bn: bias channel 7")
+
+
+def test_result_holds_only_plain_data(exports):
+    # what --json dumps holds no arrays and no layers, not even in private fields: the per-channel
+    # arrays and the compared objects travel beside it (diff_with_details), for the report and --run
+    from dataclasses import fields, is_dataclass
+
+    import numpy as np
+
+    def walk(value, where):
+        assert not isinstance(value, np.ndarray), where
+        if is_dataclass(value):
+            assert {f.name for f in fields(value)} == set(vars(value)), where
+            for f in fields(value):
+                walk(getattr(value, f.name), f"{where}.{f.name}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for k, item in value.items():
+                walk(item, f"{where}[{k!r}]")
+        else:
+            assert value is None or isinstance(value, (str, int, float, bool)), f"{where}: {type(value).__name__}"
+
+    for other in (str(exports["folded"]), str(SAMPLES / "drift" / "mobilenet_v1_tiny_bs2.pt")):
+        walk(diff(PT, other), "result")

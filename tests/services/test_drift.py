@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bninspect import numerics, runner
+from bninspect import runner
+from bninspect.numerics import kernels
 from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
 from bninspect.formats import open_checkpoint
 from bninspect.services import drift
@@ -78,7 +79,7 @@ def assert_unchanged(model: torch.nn.Module, before: tuple[dict, list]) -> None:
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread: on a shared CI machine torch's default pool oversubscribes (10x slower here)."""
-    with numerics.one_thread():
+    with kernels.one_thread():
         yield
 
 
@@ -180,7 +181,7 @@ def test_population_merge_is_exact_in_float64() -> None:
     """Chan's merge over uneven batches gives numpy's mean and variance of everything at once."""
     rng = np.random.default_rng(3)
     data = rng.normal(5.0, 0.01, size=(3, 10_000)) + 1e4  # a large mean: naive Σx² would cancel
-    pop = drift._Population()
+    pop = kernels.Population()
     for a, b in ((0, 1), (1, 4000), (4000, 4001), (4001, 10_000)):
         pop.add(torch.from_numpy(data[:, a:b]))
     mean, biased, unbiased = pop.stats()
@@ -628,8 +629,8 @@ def test_bad_batch_sizes(text: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="no CUDA device"):
-        runner.resolve_device("cuda")
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        kernels.resolve_device("cuda")
 
 
 @pytest.mark.cuda

@@ -97,14 +97,15 @@ def test_diff_with_b_is_the_diff_service_result_with_per_channel_differences():
         assert page.diff is not None and page.diff.name == name
         var = next(t for t in page.diff.tensors if t.tensor == "running_var")
         va, vb = sa[f"{name}.running_var"].double().numpy(), sb[f"{name}.running_var"].double().numpy()
-        np.testing.assert_allclose(var._channel_rel, np.abs(va - vb) / np.abs(va), rtol=1e-12)
-        assert var._channel_beyond.sum() == var.channels_beyond
+        channels = page.diff_channels["running_var"]
+        np.testing.assert_allclose(channels.relative, np.abs(va - vb) / np.abs(va), rtol=1e-12)
+        assert channels.beyond.sum() == var.channels_beyond
 
 
 def test_identical_b_gives_no_differing_channel():
     r = report(str(SAMPLES / "mobilenet_v1_tiny.pt"), str(SAMPLES / "mobilenet_v1_tiny.safetensors"))
     assert r.diff.verdict == "identical"
-    assert all(not t._channel_rel.any() for p in r.pages for t in p.diff.tensors)
+    assert all(not p.diff_channels[t.tensor].relative.any() for p in r.pages for t in p.diff.tensors)
 
 
 def test_drift_on_data_with_arch(monkeypatch):

@@ -94,15 +94,15 @@ def test_conformance_matrix_passes_on_cpu():
 
 def test_conformance_case_catches_a_broken_module(monkeypatch):
     # a kernel that normalizes train batches with the unbiased variance must fail its case
-    from bninspect import numerics as nx
+    from bninspect.numerics import reference
 
-    real = nx.batch_stats
+    real = reference.batch_stats
 
     def biased_swapped(x):
         s = real(x)
-        return nx.BatchStats(s.mean, s.var_unbiased, s.var_unbiased, s.n)
+        return reference.BatchStats(s.mean, s.var_unbiased, s.var_unbiased, s.n)
 
-    monkeypatch.setattr(nx, "batch_stats", biased_swapped)
+    monkeypatch.setattr(reference, "batch_stats", biased_swapped)
     assert not sv.run_case(sv.Case("BatchNorm2d", (4, 8, 3, 3), "float32", training=True), "cpu", 0).passed
 
 
