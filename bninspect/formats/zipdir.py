@@ -155,6 +155,11 @@ class MemberReader:
         central directory (signature, name, method, no encryption)."""
         name = member.filename
         expected = len(name.encode("utf-8"))
+        if not 0 <= member.header_offset < self.size:
+            # zipfile shifts every offset by where the directory is against where the end record
+            # says it is: a lying end record puts local headers before the start of the file.
+            raise self._fail(member, f"its local header offset {member.header_offset} lies outside the file "
+                                     "(corrupt archive)")
         header = os.pread(self.file.fd, _LOCAL.size + expected, member.header_offset)
         if len(header) < _LOCAL.size:
             raise self._fail(member, "its local header lies past the end of the file (truncated archive)")

@@ -355,6 +355,12 @@ def zips(d: Path) -> Built:
             if "/data/" in info.filename:
                 out[info.header_offset + 30 + len(info.filename) - 1] = ord("x")
     (d / "conflict_records.pt").write_bytes(bytes(out))
+    # A zip64 end record whose directory offset lies: zipfile shifts every local header offset
+    # by the difference, to before the start of the file.
+    shifted = bytearray(data)
+    end64 = shifted.rfind(b"PK\x06\x06")
+    struct.pack_into("<Q", shifted, end64 + 48, struct.unpack_from("<Q", shifted, end64 + 48)[0] + 100_000)
+    (d / "negative_offsets.pt").write_bytes(bytes(shifted))
     # Activations and data of a billion values, deflated into ~1 MB: torch.load inflated them whole.
     shape = (2, 32, 2048, 2048)
     n = int(np.prod(shape))
@@ -373,6 +379,8 @@ def zips(d: Path) -> Built:
         Attack("record-inflates-past-its-size", ("show", "liar.pt"), INVALID, "inflates to more than the 16 bytes"),
         Attack("central-and-local-names-disagree", ("show", "conflict.pt"), INVALID, "disagree"),
         Attack("central-and-local-record-names-disagree", ("show", "conflict_records.pt"), INVALID, "disagree"),
+        Attack("end-record-shifts-offsets-before-the-file", ("show", "negative_offsets.pt"), INVALID, "outside the file"),
+        Attack("end-record-shifts-offsets-check", ("check", "negative_offsets.pt"), INVALID, "outside the file"),
         Attack("verify-input-deflate-bomb", ("verify", "model.pt", "--layer", "features.2.bn", "--input", "act_bomb.pt"),
                INVALID, "values"),
         Attack("drift-data-deflate-bomb", ("drift", "model.pt", "--arch", "sample_models:mobilenet_v1_tiny", "--data",
