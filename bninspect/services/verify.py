@@ -579,7 +579,8 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
         return VerifyResult("conformance", None, device, devices, torch.__version__, not failed, cases=cases,
                             tolerances=tolerances, summary=summary)
 
-    from bninspect.activations import read_activations, write_activations
+    from bninspect.formats.arrays import read_activations
+    from bninspect.formats.writers import write_activations
     from bninspect.services.common import open_layers, select
 
     discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
