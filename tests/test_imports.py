@@ -175,25 +175,16 @@ def test_output_into_a_pipe_does_not_load_rich_console(safetensors_file, args):
     assert "rich.console" not in loaded(err)
 
 
-def _typer_converts_with_pydantic() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("typer._coercion") is not None
-
-
-@pytest.mark.skipif(not _typer_converts_with_pydantic(), reason="this typer converts options with click's types")
-@pytest.mark.parametrize("args", [("rules",), ("rules", "--json"), ("--help",), ("show", "--limit", "1", "--layer", "*"),
+@pytest.mark.parametrize("args", [("rules",), ("rules", "--json"), ("show", "--limit", "1", "--layer", "*"),
                                   ("check", "--eps", "1e-3", "--select", "BN1,BN2", "--jobs", "1")],
-                         ids=["rules", "rules-json", "help", "show", "check"])
-def test_options_are_converted_without_pydantic(safetensors_file, args):
-    """typer >= 0.29 converts option values through pydantic, whose import alone (~170 ms)
-    was more than half of `bninspect rules`; our str/int/float/bool options are converted
-    plainly (cli._plain_conversions). Values still arrive converted: the command succeeds."""
+                         ids=["rules", "rules-json", "show", "check"])
+def test_option_values_arrive_converted_through_typers_public_api(safetensors_file, args):
+    """Option values are converted by typer itself (pydantic in typer >= 0.29: its cost is the
+    framework's floor, measured in benchmarks/), never by patching it: the command succeeds."""
     if args[0] in ("show", "check"):
         args = (*args, str(safetensors_file))
     code, _, err = probe(*args)
     assert code == 0, err
-    assert "pydantic" not in loaded(err)
 
 
 @pytest.mark.parametrize("fixture", ["safetensors_file", needs_torch("zip_pt_file"), needs_torch("lightning_file")])
