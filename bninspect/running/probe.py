@@ -41,22 +41,11 @@ def script_probe(model: torch.jit.ScriptModule) -> tuple[Probe, list[str]]:
     try:
         graph = model.inlined_graph
         self_value = next(iter(graph.inputs()))
-
-        def module_path(value) -> str | None:
-            parts = []
-            while value is not self_value:
-                node = value.node()
-                if node.kind() != "prim::GetAttr":
-                    return None
-                parts.append(node.s("name"))
-                value = next(iter(node.inputs()))
-            return ".".join(reversed(parts[1:]))  # parts[0] is the buffer's own name
-
         known = {name for name, _ in bn_modules(model)}
         names, values = [], []
         for node in graph.findAllNodes("aten::batch_norm"):
             inputs = list(node.inputs())
-            name = module_path(inputs[3])  # running_mean, read from the module that owns it
+            name = _owner(inputs[3], self_value)  # running_mean, read from the module that owns it
             top_level = inputs[0].node().owningBlock() == graph.return_node().owningBlock()
             if name in known and name not in names and top_level:
                 names.append(name)
@@ -84,3 +73,16 @@ def script_probe(model: torch.jit.ScriptModule) -> tuple[Probe, list[str]]:
         return dict(zip(names, result[count:]))
 
     return probe, names
+
+
+def _owner(value: torch.Value, self_value: torch.Value) -> str | None:
+    """The path of the module whose attribute ``value`` is read from (a chain of
+    ``prim::GetAttr`` from the graph's ``self``), None where it is computed."""
+    parts = []
+    while value is not self_value:
+        node = value.node()
+        if node.kind() != "prim::GetAttr":
+            return None
+        parts.append(node.s("name"))
+        value = next(iter(node.inputs()))
+    return ".".join(reversed(parts[1:]))  # parts[0] is the buffer's own name
