@@ -136,8 +136,8 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
 
 
 def _check_one(path: str, opts: CheckOptions) -> FileResult:
-    # What a worker is sent is pickled by name; check_file is looked up when this runs, so a
-    # replaced one (the tests' dying worker) is what runs.
+    # check_file is looked up when this runs (in a forked child, or a worker that got this by
+    # name without fork), so a replaced one (the tests' dying child) is what runs.
     return check_file(path, opts)
 
 
@@ -156,7 +156,7 @@ def run_check(paths: list[str], opts: CheckOptions) -> CheckReport:
     jobs = opts.jobs or os.cpu_count() or 1
     jobs = min(jobs, len(files))
     if jobs > 1:
-        from bninspect.services.pool import Stopped, map_in_processes  # not for --jobs 1: multiprocessing's import
+        from bninspect.services.pool import Stopped, map_in_processes
 
         results = [_stopped(path, r) if isinstance(r, Stopped) else r
                    for path, r in zip(files, map_in_processes(functools.partial(_check_one, opts=opts), files, jobs))]

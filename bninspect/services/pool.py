@@ -1,39 +1,28 @@
-"""Checking files in several processes (`check --jobs N`): the standard library's process pool.
+"""Checking files in several processes (`check --jobs N`): this process and N - 1 forked children.
 
-Workers are forked where the platform can (every module is already imported, so a worker
-starts in about a millisecond; elsewhere the platform's default start method serves). Each
-item is one task, so a fast worker takes the next file as soon as it is done and a folder that
-alternates fast and slow files still shares out evenly. A few tasks more than there are
-workers are in flight at a time: enough to keep every worker busy, and the most a dead worker
-can leave unanswered.
+Every process takes the next item's index from a shared pipe (4 bytes each, so each read takes
+one whole index) until the pipe is empty; a child then sends its results back pickled through a
+pipe of its own. Forked children start in about a millisecond with every module imported, this
+process works too, and only one message per child travels back.
 
-A worker killed mid-run (out of memory, a signal) breaks the pool: the items then in flight
-are run again, each alone in a process of its own, so that the one that kills its process is
-named with how it stopped and the others get their results; the remaining items go to a fresh
-pool. An exception raised by the function (``check_file`` lets one out only under --debug) is
-raised here, with the worker's traceback as its cause. Results come back in input order.
+Hand-made rather than the standard library's ``ProcessPoolExecutor`` because, measured side by
+side (benchmarks/README.md, "check --jobs"), the executor lost the `--jobs 2` goal: 1.52x on
+the folder's work against 1.82x for this pool (the goal is 1.7x). Without ``os.fork``
+(Windows) the executor does the work.
+
+A child killed mid-run (out of memory, a signal) loses the results it had not sent: each of
+its items is a :class:`Stopped` naming how it stopped. An exception raised by the function in
+a child (``check_file`` lets one out only under --debug) is raised here. Results come back in
+input order.
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
 import os
+import pickle
 import signal
-import sys
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
-
-# Tasks in flight per worker: one running, one waiting in the pool's queue.
-_IN_FLIGHT_PER_WORKER = 2
-_CHUNKS_PER_WORKER = 8
-
-
-def _each(function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    return [function(item) for item in items]
+from typing import Any, Callable, NoReturn, Sequence
 
 
 @dataclass
@@ -43,93 +32,87 @@ class Stopped:
     why: str
 
 
-def _context() -> Any:
-    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-
-
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches every process of the terminal's group: the parent stops the workers, which
-    # would otherwise each print a KeyboardInterrupt traceback from their idle wait.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def map_in_processes(function: Callable[[Any], Any], items: Sequence[Any], jobs: int) -> list[Any]:
-    """``[function(item) for item in items]`` in ``jobs`` worker processes; an item whose process
-    died is a :class:`Stopped` in its place."""
-    # A forked worker flushes the output buffers it inherited when it exits: what is buffered
-    # here now would be written twice.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # closed, or a reader gone: nothing to write twice
-            stream.flush()
-    results: dict[int, Any] = {}
-    pending = deque(range(len(items)))
-    while pending:
-        suspects = _run_pool(function, items, jobs, pending, results)
-        for i in suspects:
-            results[i] = _alone(function, items[i])
-    return [results[i] for i in range(len(items))]
+    """``[function(item) for item in items]`` in ``jobs`` processes (this one and ``jobs - 1``
+    forked children); an item whose child died is a :class:`Stopped` in its place."""
+    if not hasattr(os, "fork"):
+        from concurrent.futures import ProcessPoolExecutor
 
-
-def _run_pool(function: Callable[[Any], Any], items: Sequence[Any], jobs: int, pending: deque[int],
-              results: dict[int, Any]) -> list[int]:
-    """Run ``pending`` items in one pool until they are done or the pool breaks; returns the
-    items that were in flight when it broke (none where it did not)."""
-    before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_ignore_interrupts)
-    in_flight: dict[Future, list[int]] = {}
-    size = max(1, len(pending) // (jobs * _CHUNKS_PER_WORKER))
-    finished = False
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(function, items))
+    queue_read, queue_write = os.pipe()
+    children: dict[int, int] = {}  # pid → the read end of the pipe its results come back through
     try:
-        while pending or in_flight:
-            while pending and len(in_flight) < jobs * _IN_FLIGHT_PER_WORKER:
-                chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
-                in_flight[pool.submit(_each, function, [items[i] for i in chunk])] = chunk
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                try:
-                    results.update(zip(in_flight[future], future.result()))
-                except BrokenProcessPool:
-                    finished = True
-                    return sorted(i for chunk in in_flight.values() for i in chunk)
-                del in_flight[future]
-        finished = True
-        return []
+        for _ in range(jobs - 1):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(queue_write)  # else the queue never ends for this child
+                _child(function, items, queue_read, read_end, write_end)
+            os.close(write_end)
+            children[pid] = read_end
+        with os.fdopen(queue_write, "wb") as queue:  # blocks while the children take indices
+            queue_write = -1
+            queue.write(b"".join(i.to_bytes(4, "little") for i in range(len(items))))
+        results = _take(function, items, queue_read)
+        stopped = None
+        for pid, read_end in list(children.items()):
+            del children[pid]
+            theirs, why = _collect(pid, read_end)
+            results.update(theirs)
+            stopped = stopped or why
+        return [results[i] if i in results else Stopped(stopped or "unknown") for i in range(len(items))]
+    finally:  # an error or Ctrl-C in this process: leave no child behind
+        os.close(queue_read)
+        if queue_write >= 0:
+            os.close(queue_write)
+        for pid, read_end in children.items():
+            os.close(read_end)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _take(function: Callable[[Any], Any], items: Sequence[Any], queue: int) -> dict[int, Any]:
+    """Run the items whose indices this process reads from the queue, until it is empty."""
+    done: dict[int, Any] = {}
+    while index := os.read(queue, 4):
+        if len(index) != 4:  # never seen: every write and read of the queue is a multiple of 4 bytes
+            raise RuntimeError("the --jobs queue handed out part of an index")
+        i = int.from_bytes(index, "little")
+        done[i] = function(items[i])
+    return done
+
+
+def _child(function: Callable[[Any], Any], items: Sequence[Any], queue: int, read_end: int,
+           write_end: int) -> NoReturn:
+    """A forked child: run items from the queue, write the results (or the function's error)
+    to its pipe, exit."""
+    code = 1
+    try:
+        os.close(read_end)
+        try:
+            payload: object = _take(function, items, queue)
+        except Exception as exc:  # only with --debug does a file's error get out of check_file
+            payload = exc
+        with os.fdopen(write_end, "wb") as pipe:
+            pickle.dump(payload, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        code = 0
     finally:
-        pool.shutdown(wait=finished, cancel_futures=True)
-        if not finished:  # an error or Ctrl-C here: leave no worker behind
-            for worker in set(multiprocessing.active_children()) - before:
-                worker.kill()
-                worker.join()
+        os._exit(code)  # no atexit handlers, no flush of output buffers inherited from the parent
 
 
-def _alone(function: Callable[[Any], Any], item: Any) -> Any:
-    """``function(item)`` in a process of its own: its result, or how that process stopped."""
-    context = _context() or multiprocessing.get_context()
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_answer, args=(function, item, send))
-    process.start()
-    send.close()
+def _collect(pid: int, read_end: int) -> tuple[dict[int, Any], str | None]:
+    """A child's results by index, and why it stopped if it died before sending them."""
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
     try:
-        ok, value = receive.recv()
-    except EOFError:  # it died before it answered
-        process.join()
-        code = process.exitcode or 0
-        return Stopped(f"signal {-code}" if code < 0 else f"exit status {code}")
-    finally:
-        receive.close()
-    process.join()
-    if not ok:
-        raise value
-    return value
-
-
-def _answer(function: Callable[[Any], Any], item: Any, send: Any) -> None:
-    """In the process of :func:`_alone`: send back ``(True, result)`` or ``(False, exception)``."""
-    _ignore_interrupts()
-    try:
-        answer = (True, function(item))
-    except Exception as exc:  # only with --debug does check_file let one out
-        answer = (False, exc)
-    send.send(answer)
-    send.close()
-    os._exit(0)  # no atexit handlers, no flush of output buffers inherited from the parent
+        payload = pickle.loads(data) if status == 0 else None
+    except Exception:
+        payload = None
+    if isinstance(payload, Exception):
+        raise payload
+    if payload is None:  # killed (out of memory, a signal) or failed to send
+        code = os.waitstatus_to_exitcode(status)
+        return {}, f"signal {-code}" if code < 0 else f"exit status {code}"
+    return payload, None
