@@ -201,15 +201,17 @@ def drop_caches() -> bool:
     return _CAN_DROP
 
 
-def measure(argv: list[str]) -> tuple[float, float, float, float, int, str]:
-    """Run argv once in a fresh process: (wall s, CPU s, peak RSS MiB, MiB read from disk, exit code, stderr tail).
+def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float, float, int, str]:
+    """Run argv once in a fresh process: (wall s, CPU s, peak RSS MiB, MiB read from disk, exit code, stderr tail);
+    ``env`` adds to the children's environment.
 
     CPU time (user + system, the child and its reaped children) is reported beside wall time
     because it barely moves when other jobs share the cores, where wall time does."""
     with tempfile.TemporaryFile() as err:
         before = _read_bytes()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=CHILD_ENV)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                env={**CHILD_ENV, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         read = (_read_bytes() - before) / MiB

@@ -34,6 +34,22 @@ def same_file(a: str, b: str) -> bool:
         return False
 
 
+def check_output(path: str, option: str, inputs: list[tuple[str, str]]) -> str:
+    """``path`` made absolute, or a one-line error before any work is done: a directory, a folder
+    that does not exist, or (through any link) one of ``inputs``, given as (what it is, path):
+    ``option`` must not overwrite *what*. :func:`atomic_write` refuses every file the process
+    read in any case; this says so in the option's words, before the command runs."""
+    out = os.path.abspath(path)
+    if os.path.isdir(out):
+        raise PathProblemError(f"is a directory; {option} needs a file name", path=path)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise PathProblemError("its directory does not exist", path=path)
+    for what, given in inputs:
+        if same_file(out, given):
+            raise UsageError(f"{option} must not overwrite {what}; choose another file", path=path)
+    return out
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over ``path``;
     UsageError (nothing written) where ``path`` is a file this process has read."""

@@ -427,9 +427,17 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
     of the wrong type or out of range makes the file invalid (InvalidFileError).
     """
     _check_facts(checkpoint)
+    order, groups, odd = _prefixes(checkpoint)
+    found = _classify(checkpoint, order, groups, odd)
+    layers, possible = _pair(checkpoint, found, groups, odd, eps)
+    return Discovery(checkpoint, layers, possible, found.other, found.malformed)
+
+
+def _prefixes(checkpoint: Checkpoint) -> tuple[list[str], dict[str, dict[str, TensorRef]], dict[str, dict[str, str]]]:
+    """Every module prefix in key order, its tensors by leaf name, and per prefix the entries
+    that are not tensors ({leaf: what its value is instead})."""
     order, groups = _groups(checkpoint.tensors)
-    modules = checkpoint.modules
-    odd: dict[str, dict[str, str]] = {}  # prefix → {tensor name: what its value is instead}
+    odd: dict[str, dict[str, str]] = {}
     for key, what in checkpoint.not_tensors.items():
         prefix, _, leaf = key.rpartition(".")
         odd.setdefault(prefix, {})[leaf] = what
@@ -438,32 +446,46 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             order.append(prefix)
     # Modules a saved model declares as BN but whose tensors are all None (affine=False,
     # track_running_stats=False) have no keys: give them a place in key order too.
-    for path, info in modules.items():
+    for path, info in checkpoint.modules.items():
         if _is_bn_module(info) and path not in groups:
             groups[path] = {}
             order.append(path)
     if not checkpoint.ordered:
         order.sort(key=natural_key)
+    return order, groups, odd
 
-    # Pass 1: classify every module prefix in order.
-    entries: list[tuple[str, int, str, str, int]] = []  # (role, position, prefix, display, channels), role bn | maybe
-    producers: list[tuple[int, Producer]] = []  # (position in order, producer)
-    other: dict[str, int] = {}
-    malformed: dict[str, Malformed] = {}
+
+@dataclass
+class _Classified:
+    """Pass 1 of discovery: every module prefix put in its place."""
+
+    entries: list[tuple[str, int, str, str, int]] = field(default_factory=list)  # (role bn | maybe, position, prefix, display, channels)
+    producers: list[tuple[int, Producer]] = field(default_factory=list)  # (position in order, producer)
+    other: dict[str, int] = field(default_factory=dict)  # other normalization layers by kind
+    malformed: dict[str, Malformed] = field(default_factory=dict)
+
+    def count_other(self, kind: str) -> None:
+        """One more layer of another kind (LayerNorm, GroupNorm, ...)."""
+        self.other[kind] = self.other.get(kind, 0) + 1
+
+
+def _classify(checkpoint: Checkpoint, order: list[str], groups: dict[str, dict[str, TensorRef]],
+              odd: dict[str, dict[str, str]]) -> _Classified:
+    """Classify every module prefix in order: producer, BN (or possible BN), other norm, malformed."""
+    found = _Classified()
     prev_width: int | None = None
     for pos, prefix in enumerate(order):
-        t, info = groups[prefix], modules.get(prefix)
+        t, info = groups[prefix], checkpoint.modules.get(prefix)
         display = checkpoint.display(prefix) or "(root)"
         if info is not None and _OTHER_NORMS.match(info.type_name):
-            other[info.type_name] = other.get(info.type_name, 0) + 1
+            found.count_other(info.type_name)
             continue
         if info is None and _elementwise_affine(prefix, t):
-            guess = _norm_guess(prefix)
-            other[guess] = other.get(guess, 0) + 1
+            found.count_other(_norm_guess(prefix))
             continue
         if _is_weight_layer(t, info):
             prod = _readings(prefix, t, info, prev_width, display, checkpoint.ordered)
-            producers.append((pos, prod))
+            found.producers.append((pos, prod))
             alt = prod.transposed_reading
             # What it outputs before a BN says: the plain reading, unless its name says transposed.
             prev_width = (alt if alt is not None and _TRANSPOSED_NAME.search(prefix) else prod).out_channels
@@ -475,49 +497,60 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
             # disagree (check's BN003 reports that), and so does a module that says BatchNorm
             # and has no statistics (track_running_stats=False).
             channels = _channels(t, info)
-            entries.append(("bn", pos, prefix, display, channels))
+            found.entries.append(("bn", pos, prefix, display, channels))
             prev_width = channels
             continue
         if ("running_mean" in t or "running_var" in t or _is_bn_module(info)
                 or not _BN_ONLY_NAMES.isdisjoint(bad)):
-            # Entries named like a BN's that do not fit together: statistics of other shapes
-            # (0-dim, 2-D, two lengths) or values that are not tensors. Where one 1-D tensor
-            # gives C, a layer that BN003 reports; else a named problem. Never dropped, never
-            # guessed at.
-            channels = _width(t, info)
-            if channels is None or not _real(t):  # complex "statistics" are no BatchNorm's, even of one length
-                malformed[display] = Malformed(_malformed(display, t, bad), bool(bad))
-                continue
-            for name in _FLOAT_TENSORS:
-                ref = t.get(name)
-                if ref is not None and ref.ndim != 1:
-                    # Named, never read: its values would be meaningless per channel, and a
-                    # stride-0 view of [10^6, 10^6] would be 10^12 of them.
-                    del t[name]
-                    odd.setdefault(prefix, {})[name] = ("a 0-dim tensor" if ref.ndim == 0
-                                                        else f"a tensor of shape {list(ref.shape)}")
-            entries.append(("bn", pos, prefix, display, channels))
-            prev_width = channels
+            width = _misfit_bn(prefix, display, t, info, bad, odd, found.malformed)
+            if width is not None:
+                found.entries.append(("bn", pos, prefix, display, width))
+                prev_width = width
             continue
         w, b = t.get("weight"), t.get("bias")
         if w is None and b is None or (w is not None and w.ndim != 1) or (b is not None and b.ndim != 1):
             continue
         if w is not None and b is not None and w.shape == b.shape and _BN_NAME.search(prefix):
-            entries.append(("maybe", pos, prefix, display, w.shape[0]))
+            found.entries.append(("maybe", pos, prefix, display, w.shape[0]))
             prev_width = w.shape[0]
             continue
         # 1-D affine parameters without running statistics and no BN evidence: a LayerNorm,
         # GroupNorm or similar. Counted for the "no BatchNorm here" message, never reported as BN.
-        guess = _norm_guess(prefix)
-        other[guess] = other.get(guess, 0) + 1
+        found.count_other(_norm_guess(prefix))
+    return found
 
-    # Pass 2: match each BN with its producer.
+
+def _misfit_bn(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo | None, bad: Mapping[str, str],
+               odd: dict[str, dict[str, str]], malformed: dict[str, Malformed]) -> int | None:
+    """Entries named like a BN's that do not fit together: statistics of other shapes (0-dim,
+    2-D, two lengths) or values that are not tensors. Where one 1-D tensor gives C, a layer that
+    BN003 reports (its channel count returned); else a named problem in ``malformed``. Never
+    dropped, never guessed at."""
+    channels = _width(t, info)
+    if channels is None or not _real(t):  # complex "statistics" are no BatchNorm's, even of one length
+        malformed[display] = Malformed(_malformed(display, t, bad), bool(bad))
+        return None
+    for name in _FLOAT_TENSORS:
+        ref = t.get(name)
+        if ref is not None and ref.ndim != 1:
+            # Named, never read: its values would be meaningless per channel, and a
+            # stride-0 view of [10^6, 10^6] would be 10^12 of them.
+            del t[name]
+            odd.setdefault(prefix, {})[name] = ("a 0-dim tensor" if ref.ndim == 0
+                                                else f"a tensor of shape {list(ref.shape)}")
+    return channels
+
+
+def _pair(checkpoint: Checkpoint, found: _Classified, groups: dict[str, dict[str, TensorRef]],
+          odd: dict[str, dict[str, str]], eps: float | None) -> tuple[list[BNLayer], list[BNLayer]]:
+    """Pass 2: match each BN with its producer; (layers, possible layers)."""
+    producers = found.producers
     tree = None if checkpoint.ordered else _TreeIndex(producers)
     layers: list[BNLayer] = []
     possible: list[BNLayer] = []
     last_bn = -1
     cursor = 0  # producers before `cursor` are behind the previous BN: each is looked at once
-    for role, at, prefix, display, channels in entries:
+    for role, at, prefix, display, channels in found.entries:
         window: list[Producer] = []
         if tree is None:
             # Ordered files: conv/linear layers after the previous BN and before this one.
@@ -531,9 +564,9 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
         else:
             producer = tree.match(prefix, channels, at)
         if role == "maybe" and producer is None:
-            other[_SCALE_SHIFT] = other.get(_SCALE_SHIFT, 0) + 1
+            found.count_other(_SCALE_SHIFT)
             continue
-        layer = _layer(prefix, display, groups[prefix], modules.get(prefix),
+        layer = _layer(prefix, display, groups[prefix], checkpoint.modules.get(prefix),
                        channels, producer, window, eps, checkpoint.ordered)
         layer.unusable = dict(odd.get(prefix, _NO_STRINGS))
         if "running_mean" in layer.unusable or "running_var" in layer.unusable:
@@ -550,7 +583,7 @@ def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
                 "(consistent with BatchNorm(track_running_stats=False))"
             )
             possible.append(layer)
-    return Discovery(checkpoint, layers, possible, other, malformed)
+    return layers, possible
 
 
 def _malformed(display: str, t: dict[str, TensorRef], bad: Mapping[str, str]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import bninspect_command, needs_torch
+from tests.conftest import needs_torch
 
 # Runs the real CLI entry point in-process, then reports on stderr whether torch is loaded,
 # which of numpy, rich, rich.console, pydantic and matplotlib, and how many threads the process has (Linux). atexit fires
@@ -61,13 +61,6 @@ def loaded(stderr: str) -> set[str]:
     """Which of numpy, rich, pydantic and matplotlib the probed command imported, from probe()'s stderr."""
     line = [ln for ln in stderr.splitlines() if ln.startswith("LOADED=")][-1]
     return set(filter(None, line.removeprefix("LOADED=").split(",")))
-
-
-def require_command(name: str) -> None:
-    """Skip while a command is still being written (its --help fails)."""
-    rc = subprocess.run([*bninspect_command(), name, "--help"], capture_output=True, timeout=120).returncode
-    if rc != 0:
-        pytest.skip(f"`bninspect {name}` does not exist yet")
 
 
 def _bn_state(prefix: str = "") -> dict[str, np.ndarray]:
@@ -126,7 +119,6 @@ def test_help_does_not_import_torch():
 
 
 def test_rules_does_not_import_torch():
-    require_command("rules")
     code, torch_imported, err = probe("rules")
     assert code == 0, err
     assert not torch_imported
@@ -198,7 +190,6 @@ def test_option_values_arrive_converted_through_typers_public_api(safetensors_fi
 @pytest.mark.parametrize("fixture", ["safetensors_file", needs_torch("zip_pt_file"), needs_torch("lightning_file")])
 @pytest.mark.parametrize("args", [("show",), ("show", "--json")], ids=["table", "json"])
 def test_show_does_not_import_torch(request, fixture, args):
-    require_command("show")
     path = request.getfixturevalue(fixture)
     code, torch_imported, err = probe(*args, str(path))
     assert code == 0, err
@@ -207,7 +198,6 @@ def test_show_does_not_import_torch(request, fixture, args):
 
 @pytest.mark.parametrize("fixture", ["safetensors_file", needs_torch("zip_pt_file"), needs_torch("lightning_file")])
 def test_check_does_not_import_torch(request, fixture):
-    require_command("check")
     path = request.getfixturevalue(fixture)
     code, torch_imported, err = probe("check", str(path))
     assert code in (0, 1), err  # 1 = findings, still a completed check
@@ -246,7 +236,6 @@ def test_reads_the_bn_bytes_not_the_file(big_conv_file, args):
     Counts read/pread bytes (``rchar``), so a reader that touched the weight through mmap
     would slip past this test; the benchmark's cold-cache disk reads cover that case.
     """
-    require_command(args[0])
     proc = subprocess.run([sys.executable, "-c", _READ_PROBE, *args, str(big_conv_file)], capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode in (0, 1), proc.stderr

@@ -1,4 +1,4 @@
-"""Array files: the activations of `verify --input/--expected` and the inputs of `drift --data`.
+"""Array files, read: the activations of `verify --input/--expected` and the inputs of `drift --data`.
 
 They are inputs like any checkpoint, so they go through the same readers and limits: each is
 opened by ``paths.open_regular`` (a regular file, never blocking, recorded as read so that no
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bninspect.checkpoint import SHAPE_RULE, STORED_DTYPES, TensorRef, is_shape
-from bninspect.errors import InvalidFileError, NoStateDictError, UnsafeFileError
+from bninspect.errors import InvalidFileError, NoStateDictError, UnsafeFileError, UsageError
 from bninspect.formats import legacy, safetensors, torchzip
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 
@@ -100,6 +100,88 @@ def open_arrays(path: str, what: str = "an array file") -> ArrayFile:
         arrays = {name: _array(ref, safetensors.read_rows, path) for name, ref in tensors.items()}
         return ArrayFile(path, "safetensors", "dict", arrays, holds="no tensors")
     raise InvalidFileError(NOT_AN_ARRAY, path=path)
+
+
+# Values of one activation file. verify keeps a few float64 arrays of this size at once (the
+# input, the expected output, one candidate explanation and its magnitudes): 8 Mi values keep
+# `verify --expected` near 1.1 GB; real activations of one layer are a few million values.
+MAX_VALUES = 1 << 23
+
+
+@dataclass
+class Activations:
+    """One array from a file, as float64, with what is needed to write a sibling file in the same format."""
+
+    path: str
+    format: str  # "npy" | "pt" | "safetensors"
+    values: np.ndarray  # float64, in the file's layout
+    dtype: str  # torch-style name of the stored dtype ("float32", "bfloat16", ...)
+    key: str | None = None  # safetensors tensor name, or the dict key a .pt held it under
+
+
+def read_activations(path: str) -> Activations:
+    """One floating-point array from a .npy, .pt or .safetensors file, as float64 (`verify
+    --input/--expected`)."""
+    found = open_arrays(path)
+    if found.layout == "sequence":
+        raise InvalidFileError("holds a list or tuple, expected a tensor", path=path)
+    if len(found.arrays) != 1:
+        names = ", ".join(sorted(found.arrays)[:5]) or "none"
+        raise InvalidFileError(f"expected exactly one tensor, found {len(found.arrays)} ({names})", path=path)
+    key, array = next(iter(found.arrays.items()))
+    if not (array.dtype.startswith("float") or array.dtype == "bfloat16"):
+        raise InvalidFileError(f"holds a {array.dtype} tensor, expected floating point", path=path)
+    if math.prod(array.shape) > MAX_VALUES:
+        raise InvalidFileError(f"holds {math.prod(array.shape):,} values (shape {list(array.shape)}); bninspect verifies "
+                               f"at most {MAX_VALUES:,} at once (save fewer samples)", path=path)
+    return Activations(path, found.format, array.values().astype(np.float64), array.dtype,
+                       key if found.layout == "dict" else None)
+
+
+# Names a tensor file's inputs commonly go by when it holds more than one tensor.
+INPUT_NAMES = ("x", "inputs", "input", "images", "data", "calib", "samples")
+
+
+def open_inputs(path: str) -> tuple[ArrayRef, str]:
+    """The tensor of model inputs in a data file (`drift --data`; first dimension = samples) and
+    a description of it. A sequence (``(inputs, labels)``, the usual dataset dump) gives its
+    first tensor; a dict or safetensors file its only tensor, or the one named like inputs
+    (``INPUT_NAMES``)."""
+    found = open_arrays(path, "a data file")
+    if not found.arrays:
+        raise InvalidFileError(f"--data: the file holds {found.holds}, not a tensor of inputs", path=path)
+    if found.layout == "sequence":
+        array = next(iter(found.arrays.values()))
+    else:
+        array = _pick(found.arrays, path)
+    _check_inputs(array.shape, array.dtype, path)
+    kind = {"npy": ".npy", "pt": "torch", "safetensors": "safetensors"}[found.format]
+    name = next(k for k, v in found.arrays.items() if v is array)
+    label = f" '{name}'" if found.layout == "dict" else ""
+    return array, f"{os.path.basename(path)} ({kind}{label} {array.dtype} {list(array.shape)})"
+
+
+def _pick(found: dict[str, ArrayRef], path: str) -> ArrayRef:
+    if len(found) == 1:
+        return next(iter(found.values()))
+    for name in INPUT_NAMES:
+        if name in found:
+            return found[name]
+    raise UsageError(
+        f"--data holds {len(found)} tensors ({', '.join(list(found)[:5])}); "
+        f"save one tensor of inputs or name it one of {', '.join(INPUT_NAMES)}",
+        path=path,
+    )
+
+
+def _check_inputs(shape: tuple[int, ...], dtype: str, path: str) -> None:
+    if len(shape) < 1 or shape[0] == 0:
+        raise InvalidFileError("--data holds no samples (the first dimension counts samples)", path=path)
+    if len(shape) < 2:
+        raise InvalidFileError(f"--data is a 1-d tensor {list(shape)}; the first dimension counts samples, "
+                               "so each sample needs at least one more", path=path)
+    if dtype.startswith("complex") or dtype == "bool":
+        raise InvalidFileError(f"--data has dtype {dtype}; models take real numbers", path=path)
 
 
 def _npy(file: SharedFile) -> ArrayFile:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -248,13 +249,9 @@ def _attrs(node: Any, path: str) -> dict[str, Any]:
     return found
 
 
-def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoint:
-    """Read an ONNX model's BN and producer nodes into a Checkpoint (no code runs)."""
-    if key is not None:
-        raise UsageError("--key applies to nested checkpoints, not to ONNX models", path=path)
-    model = load_model(path)
-    graph = model.graph
-    companions = _Companions(path)
+def _constants(graph: Any) -> Callable[[str], Any | None]:
+    """``const(name)``: the stored tensor a node input names (an initializer or a Constant
+    node's value, through Identity aliases), None where the input is computed."""
     consts: dict[str, Any] = {t.name: t for t in graph.initializer}
     for node in graph.node:  # the TorchScript exporter sometimes keeps weights in Constant nodes
         if node.op_type == "Constant" and node.output:
@@ -271,76 +268,110 @@ def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoi
     def const(name: str) -> Any | None:
         return consts.get(alias.get(name, name))
 
-    ranks = _ranks(model)
+    return const
+
+
+@dataclass
+class _Reading:
+    """One ONNX graph being read into tensors and modules, a node at a time."""
+
+    path: str
+    const: Callable[[str], Any | None]
+    ranks: dict[str, int]
+    opset: int | None
+    companions: _Companions
+    tensors: dict[str, TensorRef] = field(default_factory=dict)
+    modules: dict[str, ModuleInfo] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    used: set[str] = field(default_factory=set)
+    training_nodes: list[str] = field(default_factory=list)
+
+    def stored(self, name: str) -> bool:
+        """Whether the input ``name`` is a stored tensor of an element type bninspect reads."""
+        t = self.const(name)
+        return t is not None and int(t.data_type) in ONNX_DTYPES
+
+    def batch_norm(self, node: Any, index: int) -> None:
+        """A BatchNormalization node: its four tensors and attributes, or a note why it is skipped."""
+        const = self.const
+        if len(node.input) < 5 or any(const(n) is None for n in node.input[1:5]):
+            self.notes.append(f"BatchNormalization node '{node.name}' takes its parameters from computed values; skipped")
+            return
+        if not all(self.stored(n) for n in node.input[1:5]):
+            self.notes.append(f"BatchNormalization node '{node.name}' stores its parameters in an element type "
+                              "bninspect does not read; skipped")
+            return
+        scale, bias, mean, var = (const(n) for n in node.input[1:5])
+        name = _module_name(node, index, mean.name, ".running_mean", self.used)
+        attrs = _attrs(node, self.path)
+        onnx_momentum = _decimal(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM))
+        training = bool(attrs.get("training_mode", 0))
+        if training:
+            self.training_nodes.append(name)
+        rank = self.ranks.get(node.input[0])
+        kind = f"BatchNorm{rank - 2}d" if rank in (3, 4, 5) else ("BatchNorm1d" if rank == 2 else "BatchNorm")
+        for suffix, t in (("weight", scale), ("bias", bias), ("running_mean", mean), ("running_var", var)):
+            self.tensors[f"{name}.{suffix}"] = tensor_ref(t, self.path, self.companions)
+        self.modules[name] = ModuleInfo(name, kind, {
+            "eps": _decimal(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
+            # PyTorch's m weighs the batch, ONNX's weighs the running value: m = 1 − momentum.
+            "momentum": _decimal(1.0 - onnx_momentum),
+            "onnx_momentum": onnx_momentum,
+            "training": training,
+            "track_running_stats": True,
+            "onnx_node": node.name,
+            # What the node itself sets (else the spec's default applies) and its opset, for
+            # explanations in the file's own terms.
+            "onnx_attributes": tuple(sorted(attrs)),
+            "onnx_opset": self.opset,
+        })
+
+    def producer(self, node: Any, index: int) -> None:
+        """A Conv/ConvTranspose/Gemm/MatMul node with a stored weight: its weight (as PyTorch
+        lays it out), bias and shape facts."""
+        weight = self.const(node.input[1])
+        attrs = _attrs(node, self.path)
+        wref = tensor_ref(weight, self.path, self.companions)
+        if node.op_type == "MatMul":
+            if wref.ndim != 2:
+                return
+            wref = _transposed(wref)  # MatMul's B is [in, out]
+        elif node.op_type == "Gemm" and not attrs.get("transB", 0):
+            wref = _transposed(wref)
+        name = _module_name(node, index, weight.name, ".weight", self.used)
+        self.tensors[f"{name}.weight"] = wref
+        bias_name = node.input[2] if len(node.input) > 2 and node.op_type != "MatMul" else ""
+        if bias_name and self.stored(bias_name):
+            self.tensors[f"{name}.bias"] = tensor_ref(self.const(bias_name), self.path, self.companions)
+        type_name = PRODUCER_OPS[node.op_type]
+        info: dict[str, Any] = {"onnx_node": node.name}
+        if type_name != "Linear":
+            spatial = max(wref.ndim - 2, 1)
+            type_name = f"{type_name}{spatial}d"
+            info["groups"] = int(attrs.get("group", 1))
+            info["kernel_size"] = tuple(wref.shape[2:])
+        self.modules[name] = ModuleInfo(name, type_name, info)
+
+
+def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoint:
+    """Read an ONNX model's BN and producer nodes into a Checkpoint (no code runs)."""
+    if key is not None:
+        raise UsageError("--key applies to nested checkpoints, not to ONNX models", path=path)
+    model = load_model(path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    tensors: dict[str, TensorRef] = {}
-    modules: dict[str, ModuleInfo] = {}
-    notes: list[str] = []
-    used: set[str] = set()
-    training_nodes: list[str] = []
-    for index, node in enumerate(graph.node):
+    reading = _Reading(path, _constants(model.graph), _ranks(model), opset, _Companions(path))
+    for index, node in enumerate(model.graph.node):
         if node.op_type == "BatchNormalization":
-            if len(node.input) < 5 or any(const(n) is None for n in node.input[1:5]):
-                notes.append(f"BatchNormalization node '{node.name}' takes its parameters from computed values; skipped")
-                continue
-            if any(int(const(n).data_type) not in ONNX_DTYPES for n in node.input[1:5]):
-                notes.append(f"BatchNormalization node '{node.name}' stores its parameters in an element type "
-                             "bninspect does not read; skipped")
-                continue
-            scale, bias, mean, var = (const(n) for n in node.input[1:5])
-            name = _module_name(node, index, mean.name, ".running_mean", used)
-            attrs = _attrs(node, path)
-            onnx_momentum = _decimal(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM))
-            training = bool(attrs.get("training_mode", 0))
-            if training:
-                training_nodes.append(name)
-            rank = ranks.get(node.input[0])
-            kind = f"BatchNorm{rank - 2}d" if rank in (3, 4, 5) else ("BatchNorm1d" if rank == 2 else "BatchNorm")
-            for suffix, t in (("weight", scale), ("bias", bias), ("running_mean", mean), ("running_var", var)):
-                tensors[f"{name}.{suffix}"] = tensor_ref(t, path, companions)
-            modules[name] = ModuleInfo(name, kind, {
-                "eps": _decimal(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
-                # PyTorch's m weighs the batch, ONNX's weighs the running value: m = 1 − momentum.
-                "momentum": _decimal(1.0 - onnx_momentum),
-                "onnx_momentum": onnx_momentum,
-                "training": training,
-                "track_running_stats": True,
-                "onnx_node": node.name,
-                # What the node itself sets (else the spec's default applies) and its opset, for
-                # explanations in the file's own terms.
-                "onnx_attributes": tuple(sorted(attrs)),
-                "onnx_opset": opset,
-            })
-        elif (node.op_type in PRODUCER_OPS and len(node.input) >= 2 and const(node.input[1]) is not None
-              and int(const(node.input[1]).data_type) in ONNX_DTYPES):
-            weight = const(node.input[1])
-            attrs = _attrs(node, path)
-            wref = tensor_ref(weight, path, companions)
-            if node.op_type == "MatMul":
-                if wref.ndim != 2:
-                    continue
-                wref = _transposed(wref)  # MatMul's B is [in, out]
-            elif node.op_type == "Gemm" and not attrs.get("transB", 0):
-                wref = _transposed(wref)
-            name = _module_name(node, index, weight.name, ".weight", used)
-            tensors[f"{name}.weight"] = wref
-            bias_name = node.input[2] if len(node.input) > 2 and node.op_type != "MatMul" else ""
-            if bias_name and const(bias_name) is not None and int(const(bias_name).data_type) in ONNX_DTYPES:
-                tensors[f"{name}.bias"] = tensor_ref(const(bias_name), path, companions)
-            type_name = PRODUCER_OPS[node.op_type]
-            info: dict[str, Any] = {"onnx_node": node.name}
-            if type_name != "Linear":
-                spatial = max(wref.ndim - 2, 1)
-                type_name = f"{type_name}{spatial}d"
-                info["groups"] = int(attrs.get("group", 1))
-                info["kernel_size"] = tuple(wref.shape[2:])
-            modules[name] = ModuleInfo(name, type_name, info)
-    if training_nodes:
-        notes.append(f"{len(training_nodes)} BatchNormalization node(s) have training_mode=1: a runtime "
+            reading.batch_norm(node, index)
+        elif node.op_type in PRODUCER_OPS and len(node.input) >= 2 and reading.stored(node.input[1]):
+            reading.producer(node, index)
+    notes, modules = reading.notes, reading.modules
+    if reading.training_nodes:
+        notes.append(f"{len(reading.training_nodes)} BatchNormalization node(s) have training_mode=1: a runtime "
                      "normalizes with batch statistics, not the stored ones")
     if modules and not any(m.type_name.startswith("BatchNorm") for m in modules.values()):
         notes.append("no BatchNormalization nodes: an export with constant folding fuses BN into the Conv/Gemm "
                      "before it (`diff` against the checkpoint compares them in folded form)")
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     notes.append(f"ONNX opset {opsets.get('ai.onnx', '?')}, producer {model.producer_name or '?'} {model.producer_version}".strip())
-    return Checkpoint(path=path, format="onnx", tensors=tensors, modules=modules, notes=notes)
+    return Checkpoint(path=path, format="onnx", tensors=reading.tensors, modules=modules, notes=notes)

@@ -27,7 +27,9 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+import defusedxml.ElementTree as DefusedET
 import numpy as np
+from defusedxml import DefusedXmlException
 
 from bninspect.checkpoint import MAX_SIZE, SHAPE_RULE, STORED_DTYPES, Checkpoint, ModuleInfo, TensorRef, decode, is_shape
 from bninspect.errors import InvalidFileError, UsageError
@@ -119,11 +121,12 @@ def _parse(path: str) -> dict[str, _Layer]:
         raw = pread_exact(fd, size, 0, path, "the XML")
     finally:
         os.close(fd)
-    # An IR never declares a DOCTYPE; refusing it rules out entity-expansion tricks.
-    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
-        raise InvalidFileError("OpenVINO IR with a DOCTYPE/ENTITY declaration refused", path=path)
+    # An IR never declares a DOCTYPE: defusedxml refuses one in any encoding (a UTF-16 file hides
+    # "<!DOCTYPE" from a byte search), which rules out entity expansion and external references.
     try:
-        root = ET.fromstring(raw)
+        root = DefusedET.fromstring(raw, forbid_dtd=True)
+    except DefusedXmlException:
+        raise InvalidFileError("OpenVINO IR with a DOCTYPE/ENTITY declaration refused", path=path) from None
     except ET.ParseError as exc:
         raise InvalidFileError(f"not well-formed XML ({exc})", path=path) from None
     if root.tag != "net" or root.find("layers") is None:

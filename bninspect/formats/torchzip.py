@@ -377,16 +377,46 @@ def _load(storage: _Storage, offset: int, shape: tuple[int, ...], strides: tuple
     return decode(values, storage.dtype)
 
 
-def _archive_prefix(names: dict[str, Any], path: str) -> str:
+def _data_prefix(names: dict[str, Any]) -> str | None:
+    """The folder holding ``data.pkl`` (``"name/"``, or "" at the top), None where there is none."""
     for name in names:
         head, sep, tail = name.partition("/")
         if tail == "data.pkl" and sep:
             return head + "/"
-    if "data.pkl" in names:
-        return ""
-    raise InvalidFileError(
-        "a zip archive without data.pkl: not a torch.save or TorchScript archive", path=path
-    )
+    return "" if "data.pkl" in names else None
+
+
+def _archive_prefix(names: dict[str, Any], path: str) -> str:
+    prefix = _data_prefix(names)
+    if prefix is None:
+        raise InvalidFileError("a zip archive without data.pkl: not a torch.save or TorchScript archive", path=path)
+    return prefix
+
+
+def _scripted(names: dict[str, Any], prefix: str) -> bool:
+    """The one test for TorchScript: torch.jit.save writes ``constants.pkl`` and ``code/`` beside ``data.pkl``."""
+    code = f"{prefix}code/"  # once, not per member: a 10,000-layer archive has 60,006
+    return f"{prefix}constants.pkl" in names or any(n.startswith(code) for n in names)
+
+
+def is_torch_archive(path: str, head: bytes) -> bool:
+    """Whether the zip archive at ``path`` (``head``: its first bytes) holds a ``data.pkl``, as
+    torch.save and torch.jit.save archives do; other zips are not checkpoints. InvalidFileError
+    where its directory cannot be read."""
+    # torch.save writes data.pkl first: its name in the first local header settles it without
+    # reading the directory (a folder walk asks this of every zip it meets).
+    first = head[30:30 + int.from_bytes(head[26:28], "little")]
+    if first == b"data.pkl" or first.endswith(b"/data.pkl"):
+        return True
+    return _data_prefix(_open_archive(path, False).infos) is not None
+
+
+def is_torchscript(path: str) -> bool:
+    """Whether the zip archive at ``path`` is a TorchScript archive (torch.jit.save), by its members;
+    InvalidFileError where its directory cannot be read."""
+    names = _open_archive(path, False).infos
+    prefix = _data_prefix(names)
+    return prefix is not None and _scripted(names, prefix)
 
 
 def _open_archive(path: str, strict: bool, what: str = "a checkpoint file") -> _Archive:
@@ -449,8 +479,7 @@ def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None, objec
     path = file.path
     members = archive.infos
     prefix = _archive_prefix(members, path)
-    code = f"{prefix}code/"  # once, not per member: a 10,000-layer archive has 60,006
-    torchscript = f"{prefix}constants.pkl" in members or any(n.startswith(code) for n in members)
+    torchscript = _scripted(members, prefix)
     if archive.strict:
         for member in members.values():
             archive.members.check(member)

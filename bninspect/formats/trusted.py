@@ -16,12 +16,9 @@ from collections import deque
 from typing import Any, Iterator
 
 from bninspect.checkpoint import Checkpoint
-from bninspect.errors import InvalidFileError, UnsafeFileError
-from bninspect.formats import containers
+from bninspect.errors import InvalidFileError
+from bninspect.formats import containers, torchzip
 from bninspect.formats.paths import open_regular, read_head
-
-REFUSED = "refused: {what} runs code from the file; pass --trust if you trust where it came from"
-
 
 @contextlib.contextmanager
 def _importable_beside(path: str) -> Iterator[None]:
@@ -49,7 +46,9 @@ def _missing_class(exc: BaseException) -> str | None:
     return "a class that no longer exists (" + " ".join(str(exc).split())[:120] + ")"
 
 
-def _torch_load(path: str) -> Any:
+def load_object(path: str) -> Any:
+    """What ``torch.load(weights_only=False)`` makes of a torch.save file (runs code from it; the
+    user passed --trust), its classes importable from beside it; InvalidFileError in our words."""
     import torch
 
     fd = open_regular(path)
@@ -73,7 +72,7 @@ def read(path: str, *, key: str | None, strict: bool) -> Checkpoint:
     passed --trust (``formats.open_checkpoint`` decides that, and only there)."""
     from bninspect.formats.torchobj import to_tree
 
-    obj = _torch_load(path)
+    obj = load_object(path)
     tree = to_tree(obj, path)
     fmt = "torch-zip" if read_head(path, 4) == b"PK\x03\x04" else "torch-legacy"
     checkpoint = containers.build_checkpoint(tree, path=path, format=fmt, key=key,
@@ -96,15 +95,13 @@ def _find_module(obj: Any) -> Any:
     return None
 
 
-def load_module(path: str, *, trust: bool) -> Any:
-    """The real ``torch.nn.Module`` in a file (TorchScript or pickled module); needs ``trust``."""
-    scripted = read_head(path, 4)[:4] == b"PK\x03\x04" and _is_torchscript(path)
-    if not trust:
-        what = "loading its TorchScript code with torch.jit.load" if scripted else "building the pickled model"
-        raise UnsafeFileError(REFUSED.format(what=what), path=path)
+def load_module(path: str) -> Any:
+    """The real ``torch.nn.Module`` in a file (TorchScript or pickled module), built by running
+    its code: the one place a model is made from a file, reached only when the user passed
+    --trust (``running.build.load_model`` decides that)."""
     import torch
 
-    if scripted:
+    if torchzip.sniff(read_head(path, 4)) and torchzip.is_torchscript(path):
         fd = open_regular(path)
         with os.fdopen(fd, "rb") as f:
             try:
@@ -113,17 +110,8 @@ def load_module(path: str, *, trust: bool) -> Any:
                     return torch.jit.load(f, map_location="cpu")
             except Exception as exc:
                 raise InvalidFileError(f"torch.jit.load failed on it ({type(exc).__name__})", path=path) from None
-    module = _find_module(_torch_load(path))
+    module = _find_module(load_object(path))
     if module is None:
         raise InvalidFileError("holds weights but no model (nn.Module); a state dict needs the model's code", path=path)
     return module
 
-
-def _is_torchscript(path: str) -> bool:
-    import zipfile
-
-    try:
-        with os.fdopen(open_regular(path), "rb") as fh, zipfile.ZipFile(fh) as zf:
-            return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError):
-        raise InvalidFileError("a truncated or corrupt zip archive", path=path) from None

@@ -54,8 +54,8 @@ def open_layers(path: Any, *, trust: bool = False, key: str | None = None, stric
     A load makes a few objects per tensor (300,000 for a 10,000-layer .pt) that live as long
     as the command and form no reference cycles. Under the CLI (``process.freeze_loaded_objects``)
     the cyclic collector is paused while they are made and then told to leave them be
-    (gc.freeze): it would otherwise walk them again and again for nothing (`show --limit 20`
-    on the 10,000-layer .pt: 1.15 -> 1.01 s, ab.py). A load that fails is left to the
+    (gc.freeze): it would otherwise walk them again and again for nothing (measured:
+    benchmarks/README.md, "Measured design choices"). A load that fails is left to the
     collector as usual.
     """
     import gc

@@ -42,12 +42,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from bninspect.atomic import atomic_write, same_file
-from bninspect.errors import BNInspectError, InvalidFileError, PathProblemError, UsageError
+from bninspect.errors import BNInspectError, UsageError
 from bninspect.numerics.kernels import BatchSpread, Population, channel_view, resolve_device
 from bninspect.numerics.reference import normalized_error, rms, statistics_shift
-from bninspect import runner
-from bninspect.runner import DataSource, LoadedModel, ModelState
+from bninspect.formats.writers import check_checkpoint_output, write_state_dict
+from bninspect.running.build import load_model
+from bninspect.running.data import SyntheticSource, batches, open_data, parse_shape
+from bninspect.running.interface import DataSource, LoadedModel, Probe
+from bninspect.running.modules import ModelState, bn_modules, input_dtype, output_tensor, set_bn_mode
+from bninspect.running.probe import GRAPH_SHAPE, NoProbe, script_probe
+from bninspect.running.weights import tensor_of
 from bninspect.services.common import parse_sizes
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -56,9 +60,6 @@ DEFAULT_BATCH_TOLERANCE = 0.1
 DEFAULT_MIN_AGREEMENT = 0.99
 SYNTHETIC_SEED = 0
 WORST_CHANNELS = 3
-
-# Extensions written as torch.save archives by --write-recalibrated (anything else: .safetensors).
-TORCH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 ProgressHook = Callable[[str, int, int], None]  # (phase description, done, total)
 
@@ -215,12 +216,12 @@ class _PassResult:
 
 
 @contextlib.contextmanager
-def _watch(model: nn.Module, modules: dict[str, nn.Module], probe: runner.Probe | None,
+def _watch(model: nn.Module, modules: dict[str, nn.Module], probe: Probe | None,
            on_input: Callable[[str, torch.Tensor], None]) -> Iterator[Callable[[torch.Tensor], None]]:
     """Yield ``run(x)``: one forward pass that hands each watched BN layer's input to ``on_input``.
 
     Eager modules: forward pre-hooks, removed on exit. TorchScript: the probe from
-    :func:`bninspect.runner.script_probe` returns the inputs, in the graph's (call) order.
+    :func:`bninspect.running.probe.script_probe` returns the inputs, in the graph's (call) order.
     """
     if probe is not None:
         def run_probe(x: torch.Tensor) -> None:
@@ -241,7 +242,7 @@ def _watch(model: nn.Module, modules: dict[str, nn.Module], probe: runner.Probe 
 
 def _eval_pass(model: nn.Module, bns: list[tuple[str, nn.Module]], source: DataSource, pass_batch: int,
                batch_sizes: list[int], device: torch.device, dtype: torch.dtype,
-               progress: ProgressHook | None, phase: str, probe: runner.Probe | None = None) -> _PassResult:
+               progress: ProgressHook | None, phase: str, probe: Probe | None = None) -> _PassResult:
     """One eval-mode pass over the data: population statistics and per-B batch terms of each BN input."""
     population = {name: Population() for name, _ in bns}
     spreads = {name: {b: BatchSpread(float(m.eps)) for b in batch_sizes} for name, m in bns}
@@ -255,10 +256,10 @@ def _eval_pass(model: nn.Module, bns: list[tuple[str, nn.Module]], source: DataS
             for start in range(0, x.shape[0] - b + 1, b):  # full chunks only: a batch of exactly B
                 spreads[name][b].add(channel_view(x[start:start + b]))
 
-    runner.set_bn_mode(model, bn_train=False)
+    set_bn_mode(model, bn_train=False)
     total = math.ceil(len(source) / pass_batch)
     with _watch(model, dict(bns), probe, on_input) as run:
-        for i, batch in enumerate(runner.batches(source, pass_batch)):
+        for i, batch in enumerate(batches(source, pass_batch)):
             run(_to_model(batch, dtype, device))
             if progress:
                 progress(phase, i + 1, total)
@@ -333,11 +334,11 @@ def _mode_mismatch(model: nn.Module, source: DataSource, batch_sizes: list[int],
         try:
             for i in range(full):
                 x = _to_model(source.batch(i * b, (i + 1) * b), dtype, device)
-                runner.set_bn_mode(model, bn_train=False)
-                y_eval = runner.output_tensor(_forward(model, x))
-                runner.set_bn_mode(model, bn_train=True)
+                set_bn_mode(model, bn_train=False)
+                y_eval = output_tensor(_forward(model, x))
+                set_bn_mode(model, bn_train=True)
                 try:
-                    y_train = runner.output_tensor(_forward(model, x))
+                    y_train = output_tensor(_forward(model, x))
                 finally:
                     state.restore_buffers()  # train mode moved the running statistics (even when it failed midway)
                 if y_eval is None or y_train is None:
@@ -357,7 +358,7 @@ def _mode_mismatch(model: nn.Module, source: DataSource, batch_sizes: list[int],
         except _OneValue:
             row.skipped = "one value per channel: train-mode BN cannot run at this batch size"
         finally:
-            runner.set_bn_mode(model, bn_train=False)
+            set_bn_mode(model, bn_train=False)
         if not row.skipped:
             row.max_abs_diff, row.output_scale = max_diff, scale
             row.top1_agreement = agree / count if classes and count else None
@@ -370,7 +371,7 @@ def _mode_mismatch(model: nn.Module, source: DataSource, batch_sizes: list[int],
 
 def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list[str], source: DataSource,
                  pass_batch: int, device: torch.device, dtype: torch.dtype, progress: ProgressHook | None,
-                 probe: runner.Probe | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                 probe: Probe | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Population (mean, unbiased variance) per BN layer, each measured after its predecessors got theirs.
 
     Layers are taken in the order the forward pass calls them; once a layer's input statistics
@@ -379,7 +380,7 @@ def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list
     """
     modules = dict(bns)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    runner.set_bn_mode(model, bn_train=False)
+    set_bn_mode(model, bn_train=False)
     total = math.ceil(len(source) / pass_batch)
     for i, name in enumerate(order):
         module = modules[name]
@@ -390,7 +391,7 @@ def _recalibrate(model: nn.Module, bns: list[tuple[str, nn.Module]], order: list
             raise _Stop()  # the rest of the model does not matter for this layer
 
         with _watch(model, {name: module}, probe, on_input) as run:
-            for j, batch in enumerate(runner.batches(source, pass_batch)):
+            for j, batch in enumerate(batches(source, pass_batch)):
                 try:
                     run(_to_model(batch, dtype, device))
                 except _Stop:
@@ -410,23 +411,8 @@ def _check_output_path(out: str, input_path: str, data: str | None = None) -> st
     """``out`` made absolute, or a one-line error before anything runs: a directory, a missing
     directory, another suffix, or one of the inputs (the atomic writer refuses every file the
     run read; this says so before the model runs)."""
-    out_abs = os.path.abspath(out)
-    if os.path.isdir(out_abs):
-        raise PathProblemError("is a directory; --write-recalibrated needs a file name", path=out)
-    parent = os.path.dirname(out_abs)
-    if not os.path.isdir(parent):
-        raise PathProblemError("its directory does not exist", path=out)
-    if same_file(out_abs, input_path):
-        raise UsageError("--write-recalibrated must not overwrite the input checkpoint; choose another file",
-                         path=out)
-    if data is not None and same_file(out_abs, data):
-        raise UsageError("--write-recalibrated must not overwrite the input --data file; choose another file",
-                         path=out)
-    lower = out_abs.lower()
-    if not (lower.endswith(".safetensors") or lower.endswith(TORCH_EXTENSIONS)):
-        raise UsageError("--write-recalibrated: name the file .safetensors, or .pt/.pth/.ckpt/.bin for torch.save",
-                         path=out)
-    return out_abs
+    inputs = [("the input checkpoint", input_path)] + ([("the input --data file", data)] if data is not None else [])
+    return check_checkpoint_output(out, "--write-recalibrated", inputs)
 
 
 def _original_state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
@@ -435,7 +421,7 @@ def _original_state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
     state = {}
     for key, ref in loaded.checkpoint.tensors.items():
-        tensor = runner.tensor_of(ref.numpy())
+        tensor = tensor_of(ref.numpy())
         if ref.dtype == "bfloat16":
             tensor = tensor.to(torch.bfloat16)  # numpy widened it to float32 exactly; narrowing is exact
         state[key] = tensor
@@ -443,7 +429,7 @@ def _original_state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
-                       stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[str, int, dict[str, str]]:
+                     stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[str, int, dict[str, str]]:
     """Write the checkpoint with ``stats`` as running statistics; returns (format, tensors, model key → file key)."""
     out_abs = _check_output_path(out, input_path)
     key_map = dict(loaded.key_map) if loaded.checkpoint is not None else {
@@ -456,51 +442,8 @@ def write_checkpoint(loaded: LoadedModel, input_path: str, out: str,
     state = _original_state(loaded)
     for key, values in replaced.items():
         state[key] = torch.from_numpy(values.copy()).to(state[key].dtype).reshape(state[key].shape)
-
-    if out_abs.lower().endswith(".safetensors"):
-        from safetensors.torch import save_file
-
-        atomic_write(out_abs, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                                                     metadata={"format": "pt"}))
-        return "safetensors", len(state), key_map
-    checkpoint = loaded.checkpoint
-    if checkpoint is not None and checkpoint.format in ("torch-zip", "torch-legacy"):
-        container = _reload_container(input_path, checkpoint.container)
-        obj, target = container
-        for key in replaced:
-            target[key] = state[key]
-        atomic_write(out_abs, lambda tmp: torch.save(obj, tmp))
-    else:
-        atomic_write(out_abs, lambda tmp: torch.save(state, tmp))
-    return "torch-zip", len(state), key_map
-
-
-def _reload_container(path: str, container: str):
-    """The whole input checkpoint (weights_only: no code runs) and the dict holding its state dict."""
-    import pickle
-
-    from bninspect.formats.paths import open_regular
-
-    try:
-        # Through our descriptor, like every read: a regular file, never blocking, recorded as read.
-        with os.fdopen(open_regular(path), "rb") as fh:
-            obj = torch.load(fh, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InvalidFileError(
-            "the checkpoint holds objects that need code to load, so it cannot be re-saved as a whole; "
-            "write the recalibrated state dict as .safetensors instead", path=path) from None
-    target = obj
-    for part in [p for p in container.split("/") if p]:
-        if isinstance(target, dict) and part in target:
-            target = target[part]
-        elif isinstance(target, (list, tuple)) and part.isdigit() and int(part) < len(target):
-            target = target[int(part)]
-        else:
-            raise InvalidFileError(f"cannot find the state dict at '{container}' again to re-save it; "
-                                   "write .safetensors instead", path=path)
-    if not isinstance(target, dict):
-        raise InvalidFileError("the state dict is not a dict; write .safetensors instead", path=path)
-    return obj, target
+    fmt = write_state_dict(out_abs, state, changed=replaced, like=loaded.checkpoint, trust=loaded.trust)
+    return fmt, len(state), key_map
 
 
 def _stats_from_file(out: str, key_map: dict[str, str], names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -577,7 +520,7 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
     if not usable:
         raise UsageError(f"every --batch-sizes value exceeds the {len(source)} samples of the data")
     pass_batch = _pass_batch_size(usable)
-    bns = runner.bn_modules(model)
+    bns = bn_modules(model)
     scripted = isinstance(model, torch.jit.ScriptModule)
     if source.synthetic:
         notes.append("synthetic input measures the mechanics of BN (batch-size noise, eval/train gap), not whether "
@@ -591,19 +534,22 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
     try:
         if device != original_device:
             model.to(device)
-        dtype = runner.input_dtype(model)
+        dtype = input_dtype(model)
         layers: list[LayerDrift] = []
         order: list[str] = []
         probe = None
+        no_probe = GRAPH_SHAPE
         if bns and scripted:
-            found = runner.script_probe(model)
-            if found is not None:
-                probe = found[0]
-                missed = [name for name, _ in bns if name not in found[1]]
+            try:
+                probe, watched = script_probe(model)
+            except NoProbe as why:
+                no_probe = str(why)
+            else:
+                missed = [name for name, _ in bns if name not in watched]
                 if missed:
                     notes.append(f"{len(missed)} BN layers of the TorchScript graph could not be watched and are left "
                                  f"out: {', '.join(missed[:4])}")
-                bns = [(name, module) for name, module in bns if name in found[1]]
+                bns = [(name, module) for name, module in bns if name in watched]
         result = None
         if bns and (probe is not None or not scripted):
             try:
@@ -622,8 +568,7 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
             notes.append("the model has no BatchNorm layer with running statistics: nothing can drift, "
                          "and eval and train mode differ only if other modules make them")
         else:
-            notes.append("this TorchScript graph does not show its BN inputs in the plain form bninspect reads; "
-                         "measured at the output only (give --arch to measure every layer)")
+            notes.append(f"{no_probe}; measured at the output only (give --arch to measure every layer)")
         mismatch, output_kind = _mode_mismatch(model, source, usable, device, dtype, progress)
         state.restore()
         recal = None
@@ -731,11 +676,11 @@ def run_drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bo
         raise UsageError("--min-agreement must be between 0 and 1")
     sizes = parse_batch_sizes(batch_sizes)
     dev = resolve_device(device)
-    shape = runner.parse_shape(synthetic) if synthetic else None
+    shape = parse_shape(synthetic) if synthetic else None
     if write_recalibrated:
         _check_output_path(write_recalibrated, path, data)
-    loaded = runner.load_model(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key)
-    source = runner.SyntheticSource(shape, SYNTHETIC_SEED) if shape else runner.open_data(data)
+    loaded = load_model(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key)
+    source = SyntheticSource(shape, SYNTHETIC_SEED) if shape else open_data(data)
     return measure(loaded, source, path=path, batch_sizes=sizes, device=dev, max_drift=max_drift,
                    batch_tolerance=batch_tolerance, min_agreement=min_agreement,
                    write_recalibrated=write_recalibrated, progress=progress)

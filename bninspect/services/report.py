@@ -16,12 +16,11 @@ drift finds beyond ``--max-drift`` counts as an error), then the others in model
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bninspect.atomic import same_file
-from bninspect.errors import PathProblemError, UsageError
+from bninspect import atomic
+from bninspect.errors import UsageError
 from bninspect.rules import SEVERITIES, Finding, select_rules
 from bninspect.services.series import ChannelSeries, channel_marks, layer_series
 from bninspect.services.show import LayerSummary, ShowResult
@@ -104,14 +103,7 @@ def safety_verdict(checkpoint: Checkpoint) -> str | None:
 def check_output(path: str, inputs: list[str]) -> None:
     """Refuse an output path that is a directory, lies in a missing directory, or is (through
     any link) one of the files the report reads."""
-    out = os.path.abspath(path)
-    if os.path.isdir(out):
-        raise PathProblemError("is a directory; -o needs a file name", path=path)
-    if not os.path.isdir(os.path.dirname(out)):
-        raise PathProblemError("its directory does not exist", path=path)
-    for given in inputs:
-        if same_file(out, given):
-            raise UsageError(f"-o must not overwrite an input ({given}); choose another file", path=path)
+    atomic.check_output(path, "-o", [(f"an input ({given})", given) for given in inputs])
 
 
 def _page_values(layer: BNLayer, series: ChannelSeries) -> dict[str, np.ndarray]:

@@ -622,7 +622,7 @@ def _run_checkpoint(path: str, device: str, devices: list[str], *, layer_globs: 
     """verify with a checkpoint: every selected layer recomputed; with --input, --expected and --output, one layer's."""
     import torch
 
-    from bninspect.activations import read_activations
+    from bninspect.formats.arrays import read_activations
     from bninspect.services.common import open_layers, select, source_name
 
     discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
@@ -679,7 +679,7 @@ def _diagnose_expected(layer: BNLayer, recomputed: bool, x: np.ndarray, acts, ex
                        out_cl: bool) -> Diagnosis:
     """--expected: the other runtime's output for --input, against the layer's and the usual mistakes'
     (``recomputed``: verify had running statistics to recompute the layer with)."""
-    from bninspect.activations import read_activations
+    from bninspect.formats.arrays import read_activations
     from bninspect.numerics import kernels, reference
 
     exp = read_activations(expected_path)
@@ -695,7 +695,7 @@ def _diagnose_expected(layer: BNLayer, recomputed: bool, x: np.ndarray, acts, ex
 
 def _write_output(layer: BNLayer, x: np.ndarray, acts, output_path: str, out_cl: bool) -> None:
     """--output: the layer's float64 reference on --input, written in the input's format."""
-    from bninspect.activations import write_activations
+    from bninspect.formats.writers import write_activations
     from bninspect.numerics import reference
 
     # the reference on the input as given (not rounded to the checkpoint's dtype): what the layer should output

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bninspect.errors import InvalidFileError, UnsafeFileError
+from bninspect.errors import InvalidFileError
 from bninspect.formats import legacy, open_checkpoint
 from bninspect.formats.trusted import load_module
 from tests.formats.craft import TinyNet, trained_net
@@ -98,27 +98,27 @@ def test_trusted_model_whose_class_is_gone(tmp_path):
     _, path = _pickled_module(tmp_path, False)
     (tmp_path / "my_models.py").write_text("import torch.nn as nn\nclass Other(nn.Module):\n    pass\n")
     with pytest.raises(InvalidFileError, match="needs class 'my_models.Net', which cannot be imported"):
-        load_module(str(path), trust=True)
+        load_module(str(path))
     sys.modules.pop("my_models", None)
     (tmp_path / "my_models.py").unlink()
     with pytest.raises(InvalidFileError, match="needs module 'my_models', which cannot be imported"):
-        load_module(str(path), trust=True)
+        load_module(str(path))
     assert list(open_checkpoint(path).tensors)[:2] == ["conv.weight", "conv.bias"]
 
 
-def test_load_module_needs_trust(tmp_path):
+def test_load_module_builds_the_real_model(tmp_path):
+    """TorchScript with torch.jit.load, a pickled module with torch.load; a state dict has no model.
+    (Only --trust reaches it: tests/services/test_drift.py::test_file_model_needs_trust.)"""
     net = trained_net()
     ts = tmp_path / "net.ts"
     torch.jit.save(torch.jit.script(net), ts)
-    with pytest.raises(UnsafeFileError, match="TorchScript code .* runs code from the file; pass --trust"):
-        load_module(str(ts), trust=False)
-    module = load_module(str(ts), trust=True)
+    module = load_module(str(ts))
     x = torch.randn(1, 3, 12, 12)
     torch.testing.assert_close(module(x), net(x), rtol=0, atol=0)
     sd = tmp_path / "sd.pt"
     torch.save(net.state_dict(), sd)
     with pytest.raises(InvalidFileError, match="no model"):
-        load_module(str(sd), trust=True)
+        load_module(str(sd))
     whole = tmp_path / "whole.pt"
     torch.save({"model": TinyNet()}, whole)
-    assert isinstance(load_module(str(whole), trust=True), TinyNet)
+    assert isinstance(load_module(str(whole)), TinyNet)

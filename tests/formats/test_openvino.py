@@ -112,12 +112,17 @@ def test_truncated_bin_is_invalid(tmp_path):
     assert info.value.exit_code == 4
 
 
-def test_doctype_refused(tmp_path):
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_doctype_refused(cli, tmp_path, encoding):
+    """A DTD is refused by the parser in any encoding: in UTF-16, "<!DOCTYPE" is not in the bytes."""
     path = _bn_ir(tmp_path / "m.xml", "5")
     text = path.read_text().replace('<net ', '<!DOCTYPE net [<!ENTITY a "aaaa">]>\n<net ', 1)
-    path.write_text(text)
-    with pytest.raises(InvalidFileError, match="DOCTYPE"):
+    path.write_bytes(text.encode(encoding))
+    assert (b"<!DOCTYPE" in path.read_bytes()) == (encoding == "utf-8")
+    with pytest.raises(InvalidFileError, match="OpenVINO IR with a DOCTYPE/ENTITY declaration refused"):
         ir_reader.read(str(path))
+    # Through the command, the format is told by content first.
+    assert_one_line_error(cli("show", str(path)), 4, "m.xml")
 
 
 def test_quantized_weights_are_noted_not_read(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from bninspect.errors import UsageError
-from bninspect.services.check import CheckOptions, collect_files, find_config, resolve_options, run_check
+from bninspect.services.check import CheckOptions, collect_files, resolve_options, run_check
+from bninspect.services.check_config import find_config
 from tests.conftest import SAMPLES, assert_one_line_error, run_cli
 
 FAULTY = SAMPLES / "faulty"

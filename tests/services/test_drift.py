@@ -11,10 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bninspect import runner
 from bninspect.numerics import kernels
 from bninspect.errors import InvalidFileError, PathProblemError, UnsafeFileError, UsageError
 from bninspect.formats import open_checkpoint
+from bninspect.running.build import build_arch, load_model
+from bninspect.running.data import SyntheticSource, batches, open_data, parse_shape
+from bninspect.running.interface import DataSource, LoadedModel
+from bninspect.running.modules import bn_modules
+from bninspect.running.probe import NoProbe, script_probe
 from bninspect.services import drift
 from tests.conftest import SAMPLES, assert_one_line_error
 
@@ -36,7 +40,7 @@ MOBILENET_BNS = ["features.2.bn", "features.3.bn", "features.4.bn", "features.5.
 CPU = torch.device("cpu")
 
 
-class TensorSource(runner.DataSource):
+class TensorSource(DataSource):
     """Inputs already in memory (tests only)."""
 
     def __init__(self, x: torch.Tensor) -> None:
@@ -53,11 +57,11 @@ def calib(shift: float = 0.0) -> torch.Tensor:
     return x
 
 
-def arch_model(path: str, arch: str = MOBILENET) -> runner.LoadedModel:
-    return runner.load_model(path, arch=arch, arch_kwargs=None, trust=False, key=None)
+def arch_model(path: str, arch: str = MOBILENET) -> LoadedModel:
+    return load_model(path, arch=arch, arch_kwargs=None, trust=False, key=None)
 
 
-def run(loaded: runner.LoadedModel, x: torch.Tensor, sizes=(2, 8, 32), **kw) -> drift.DriftResult:
+def run(loaded: LoadedModel, x: torch.Tensor, sizes=(2, 8, 32), **kw) -> drift.DriftResult:
     return drift.measure(loaded, TensorSource(x), path="ckpt", batch_sizes=list(sizes), device=CPU, **kw)
 
 
@@ -84,19 +88,19 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def bs64() -> runner.LoadedModel:
+def bs64() -> LoadedModel:
     return arch_model(BS64)
 
 
 @pytest.fixture(scope="module")
-def bs2() -> runner.LoadedModel:
+def bs2() -> LoadedModel:
     return arch_model(BS2)
 
 
 # ── measurement 1: the samples' drift lands where it should ─────────────────────────────────
 
 
-def test_batch64_model_fits_its_data(bs64: runner.LoadedModel) -> None:
+def test_batch64_model_fits_its_data(bs64: LoadedModel) -> None:
     """Trained at batch 64: every layer's statistics describe held-out data (drift < 0.03), exit 0."""
     result = run(bs64, calib())
     assert [l.name for l in result.layers] == MOBILENET_BNS
@@ -106,7 +110,7 @@ def test_batch64_model_fits_its_data(bs64: runner.LoadedModel) -> None:
     assert result.loaded_in_train_mode is None  # a state dict has no mode
 
 
-def test_batch2_model_drifts_most_in_the_deepest_layer(bs2: runner.LoadedModel) -> None:
+def test_batch2_model_drifts_most_in_the_deepest_layer(bs2: LoadedModel) -> None:
     """Trained at batch 2: noisy running statistics, worst at features.5.bn, over the default threshold."""
     result = run(bs2, calib())
     scores = {l.name: l.drift_score for l in result.layers}
@@ -117,7 +121,7 @@ def test_batch2_model_drifts_most_in_the_deepest_layer(bs2: runner.LoadedModel) 
     assert any(p.startswith("features.5.bn: drift score") for p in result.problems)
 
 
-def test_shifted_data_is_caught_at_the_first_layer(bs64: runner.LoadedModel) -> None:
+def test_shifted_data_is_caught_at_the_first_layer(bs64: LoadedModel) -> None:
     """Every pixel + 1.0 after training: the first BN (after conv → ReLU → dw conv) drifts most."""
     result = run(bs64, calib(make_samples.CALIB_SHIFT))
     scores = {l.name: l.drift_score for l in result.layers}
@@ -130,7 +134,7 @@ def _layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Te
     """Every BN layer's input for all of x at once (eval mode), in float64: the brute-force view."""
     seen: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, inp, n=name: seen.__setitem__(n, inp[0].double()))
-               for name, m in runner.bn_modules(model)]
+               for name, m in bn_modules(model)]
     try:
         model.eval()
         with torch.no_grad():
@@ -141,12 +145,12 @@ def _layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Te
     return seen
 
 
-def test_drift_score_and_batch_errors_equal_brute_force(bs2: runner.LoadedModel) -> None:
+def test_drift_score_and_batch_errors_equal_brute_force(bs2: LoadedModel) -> None:
     """The expanded float64 formulas equal the element-wise errors of the normalized outputs."""
     x = calib()
     result = run(bs2, x, sizes=(4, 16))
     inputs = _layer_inputs(bs2.model, x)
-    modules = dict(runner.bn_modules(bs2.model))
+    modules = dict(bn_modules(bs2.model))
     for layer in result.layers:
         a, bn = inputs[layer.name], modules[layer.name]
         eps = bn.eps
@@ -190,7 +194,7 @@ def test_population_merge_is_exact_in_float64() -> None:
     np.testing.assert_allclose(unbiased, data.var(axis=1, ddof=1), rtol=1e-9)
 
 
-def test_min_batch_size_is_where_the_error_stays_within_tolerance(bs2: runner.LoadedModel) -> None:
+def test_min_batch_size_is_where_the_error_stays_within_tolerance(bs2: LoadedModel) -> None:
     result = run(bs2, calib(), sizes=(1, 2, 8, 32), batch_tolerance=0.1)
     for layer in result.layers:
         errors = {r.batch_size: r.output_error for r in layer.by_batch_size}
@@ -207,7 +211,7 @@ def test_min_batch_size_is_where_the_error_stays_within_tolerance(bs2: runner.Lo
 # ── measurement 3 and the model's mode ──────────────────────────────────────────────────────
 
 
-def test_eval_train_mismatch_shrinks_with_batch_size(bs64: runner.LoadedModel) -> None:
+def test_eval_train_mismatch_shrinks_with_batch_size(bs64: LoadedModel) -> None:
     result = run(bs64, calib(), sizes=(1, 2, 32))
     assert result.output_kind == "class scores [N, 4]"
     rows = {m.batch_size: m for m in result.mismatch}
@@ -218,8 +222,8 @@ def test_eval_train_mismatch_shrinks_with_batch_size(bs64: runner.LoadedModel) -
 
 
 def test_torchscript_saved_in_train_mode_is_reported() -> None:
-    loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None,
-                               trust=True, key=None)
+    loaded = load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None,
+                        trust=True, key=None)
     assert loaded.source == "torchscript"
     before = snapshot(loaded.model)
     result = run(loaded, calib(), sizes=(8, 32))
@@ -246,8 +250,8 @@ def test_arch_with_a_torchscript_file_measures_layers_and_reads_its_saved_mode()
 def test_torchscript_probe_sees_what_eager_hooks_see(tmp_path: Path) -> None:
     """The same trained model as TorchScript (probe) and via --arch (hooks): the same numbers, and it recalibrates."""
     ts_path = str(SAMPLES / "mobilenet_v1_tiny_train.ts")
-    scripted = runner.load_model(ts_path, arch=None, arch_kwargs=None, trust=True, key=None)
-    probe, names = runner.script_probe(scripted.model)
+    scripted = load_model(ts_path, arch=None, arch_kwargs=None, trust=True, key=None)
+    probe, names = script_probe(scripted.model)
     assert names == MOBILENET_BNS
     before = snapshot(scripted.model)
     out = tmp_path / "fixed.safetensors"
@@ -264,20 +268,36 @@ def test_torchscript_probe_sees_what_eager_hooks_see(tmp_path: Path) -> None:
 
 
 def test_torchscript_whose_graph_copy_fails_is_measured_at_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None,
-                               trust=True, key=None)
+    loaded = load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None,
+                        trust=True, key=None)
 
     def broken(x: torch.Tensor) -> dict:
         raise RuntimeError("a graph this probe cannot run")
 
-    monkeypatch.setattr(runner, "script_probe", lambda model: (broken, MOBILENET_BNS))
+    monkeypatch.setattr(drift, "script_probe", lambda model: (broken, MOBILENET_BNS))
     result = run(loaded, calib(), sizes=(32,))
     assert result.layers_measured is False and result.mismatch[0].max_abs_diff > 0
     assert any("measured at the output only" in n for n in result.notes)
 
 
+@pytest.mark.parametrize("private", ["_create_function_from_graph", "TupleType"])
+def test_torchscript_probe_without_its_private_torch_api_measures_the_output(monkeypatch: pytest.MonkeyPatch,
+                                                                              private: str) -> None:
+    """The probe needs private torch APIs: a release that renames one gets the output measurement
+    and a note saying why, never a traceback."""
+    loaded = load_model(str(SAMPLES / "mobilenet_v1_tiny_train.ts"), arch=None, arch_kwargs=None, trust=True, key=None)
+    monkeypatch.delattr(torch._C, private)
+    with pytest.raises(NoProbe, match="lacks the private graph API"):
+        script_probe(loaded.model)
+    result = run(loaded, calib(), sizes=(32,))
+    assert result.layers_measured is False and result.layers == [] and result.mismatch[0].max_abs_diff > 0
+    assert any(n.startswith(f"this PyTorch ({torch.__version__}) lacks the private graph API") and
+               n.endswith("measured at the output only (give --arch to measure every layer)") for n in result.notes)
+    assert result.loaded_in_train_mode is True and result.exit_code == 1  # what it can still tell, it tells
+
+
 def test_torchscript_in_eval_mode_is_not_flagged_for_its_mode() -> None:
-    loaded = runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=True, key=None)
+    loaded = load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=True, key=None)
     result = run(loaded, calib(), sizes=(32,))
     assert result.loaded_in_train_mode is False
     assert result.problems == []
@@ -285,7 +305,7 @@ def test_torchscript_in_eval_mode_is_not_flagged_for_its_mode() -> None:
 
 def test_batch_size_one_with_one_value_per_channel_is_skipped_not_crashed() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)).eval()
-    loaded = runner.LoadedModel(model=model, source="arch", description="test")
+    loaded = LoadedModel(model=model, source="arch", description="test")
     x = torch.randn(16, 5, generator=torch.Generator().manual_seed(0))
     result = run(loaded, x, sizes=(1, 4))
     row1 = result.layers[0].by_batch_size[0]
@@ -299,7 +319,7 @@ def test_a_failed_train_forward_does_not_leak_statistics_into_the_next_batch_siz
     """BN1d after a BN2d: at batch 1 the second one refuses, after the first has updated its buffers."""
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Flatten(),
                                 torch.nn.Linear(3 * 4, 4), torch.nn.BatchNorm1d(4)).eval()
-    loaded = runner.LoadedModel(model=model, source="arch", description="test")
+    loaded = LoadedModel(model=model, source="arch", description="test")
     x = torch.randn(8, 2, 2, 2, generator=torch.Generator().manual_seed(1))
     alone = run(loaded, x, sizes=(4,)).mismatch[0]
     after_failure = run(loaded, x, sizes=(1, 4)).mismatch
@@ -334,7 +354,7 @@ def test_dropout_stays_off_and_dict_outputs_are_read() -> None:
     torch.manual_seed(0)
     model = _DictHead().train()
     x = torch.randn(32, 2, 8, dtype=torch.float64)  # float64 data into a float32 model: cast, not an error
-    loaded = runner.LoadedModel(model=model, source="arch", description="test")
+    loaded = LoadedModel(model=model, source="arch", description="test")
     before = snapshot(model)
     result = run(loaded, x, sizes=(32,))
     assert_unchanged(model, before)
@@ -380,10 +400,10 @@ def test_small_batches_run_on_one_thread_and_the_setting_is_restored() -> None:
 
 
 def test_pickled_module_in_train_mode_is_restored() -> None:
-    loaded = runner.load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None,
-                               trust=True, key=None)
+    loaded = load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None,
+                        trust=True, key=None)
     loaded.model.train()
-    loaded.training_as_loaded = {n: True for n, _ in runner.bn_modules(loaded.model)}
+    loaded.training_as_loaded = {n: True for n, _ in bn_modules(loaded.model)}
     before = snapshot(loaded.model)
     result = run(loaded, calib(), sizes=(8,))
     assert_unchanged(loaded.model, before)
@@ -393,7 +413,7 @@ def test_pickled_module_in_train_mode_is_restored() -> None:
 # ── recalibration ───────────────────────────────────────────────────────────────────────────
 
 
-def test_recalibration_removes_drift_and_keeps_every_other_tensor(tmp_path: Path, bs2: runner.LoadedModel) -> None:
+def test_recalibration_removes_drift_and_keeps_every_other_tensor(tmp_path: Path, bs2: LoadedModel) -> None:
     out = tmp_path / "fixed.safetensors"
     result = run(bs2, calib(), sizes=(32,), write_recalibrated=str(out))
     recal = result.recalibration
@@ -416,7 +436,7 @@ def test_recalibration_removes_drift_and_keeps_every_other_tensor(tmp_path: Path
     assert max(l.drift_score for l in again.layers) < 1e-6 and again.exit_code == 0
 
 
-def test_recalibrated_running_var_is_the_unbiased_population_variance(tmp_path: Path, bs2: runner.LoadedModel) -> None:
+def test_recalibrated_running_var_is_the_unbiased_population_variance(tmp_path: Path, bs2: LoadedModel) -> None:
     out = tmp_path / "fixed.safetensors"
     run(bs2, calib(), sizes=(32,), write_recalibrated=str(out))
     fixed = arch_model(str(out))
@@ -442,6 +462,45 @@ def test_recalibration_keeps_a_lightning_container(tmp_path: Path) -> None:
     changed = [k for k, v in original["state_dict"].items() if not torch.equal(written["state_dict"][k], v)]
     assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
     assert oct(out.stat().st_mode & 0o777) != oct(0o600)
+
+
+def _with_extras(tmp_path: Path, extra: object) -> str:
+    """The batch-2 sample's state dict in a training checkpoint, beside ``extra``."""
+    path = tmp_path / "train.ckpt"
+    torch.save({"state_dict": torch.load(BS2, weights_only=True), "extra": extra}, path)
+    return str(path)
+
+
+def test_arch_respects_trust_for_a_file_whose_load_runs_code(tmp_path: Path) -> None:
+    """--trust is decided once, in open_checkpoint: with --arch too, such a file is refused
+    without it and loaded with it (torch.load, which runs the payload: a harmless one here)."""
+    path = _with_extras(tmp_path, _SystemCall())
+    with pytest.raises(UnsafeFileError, match="posix.system"):
+        load_model(path, arch=MOBILENET, arch_kwargs=None, trust=False, key=None)
+    loaded = load_model(path, arch=MOBILENET, arch_kwargs=None, trust=True, key=None)
+    reference = torch.load(BS2, weights_only=True)
+    assert all(torch.equal(value, reference[key]) for key, value in loaded.model.state_dict().items())
+
+
+def test_recalibration_re_saves_a_whole_container_only_with_trust(tmp_path: Path) -> None:
+    """A script's extras (argparse.Namespace) need code to load: the whole file is written again
+    with --trust only; without it the error says to write .safetensors."""
+    import argparse
+
+    path = _with_extras(tmp_path, argparse.Namespace(lr=0.1))
+    out = tmp_path / "fixed.ckpt"
+    with pytest.raises(InvalidFileError, match="cannot be re-saved as a whole; write the recalibrated state dict as "
+                                               ".safetensors instead"):
+        run(arch_model(path), calib(), sizes=(32,), write_recalibrated=str(out))
+    assert not out.exists()
+    trusted = load_model(path, arch=MOBILENET, arch_kwargs=None, trust=True, key=None)
+    result = run(trusted, calib(), sizes=(32,), write_recalibrated=str(out))
+    assert result.recalibration.format == "torch-zip" and result.recalibration.drift_after < 1e-6
+    written = torch.load(out, weights_only=False)
+    assert written["extra"] == argparse.Namespace(lr=0.1)
+    original = torch.load(BS2, weights_only=True)
+    changed = [k for k, v in original.items() if not torch.equal(written["state_dict"][k], v)]
+    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
 
 
 @pytest.mark.parametrize("name", ["same", "symlink"])
@@ -500,8 +559,8 @@ def test_state_dict_that_does_not_fit_lists_keys_and_counts() -> None:
 
 def test_shape_mismatch_is_named() -> None:
     with pytest.raises(UsageError, match=r"shapes differ for 2 \(fc.weight \[4, 32\] vs model \[7, 32\], fc.bias"):
-        runner.load_model(str(SAMPLES / "resnet_tiny.pt"), arch="sample_models:ResNetTiny",
-                          arch_kwargs='{"num_classes": 7}', trust=False, key=None)
+        load_model(str(SAMPLES / "resnet_tiny.pt"), arch="sample_models:ResNetTiny",
+                   arch_kwargs='{"num_classes": 7}', trust=False, key=None)
 
 
 @pytest.mark.parametrize("spec, kwargs, message", [
@@ -516,7 +575,7 @@ def test_shape_mismatch_is_named() -> None:
 ])
 def test_arch_errors(spec: str, kwargs: str | None, message: str) -> None:
     with pytest.raises(UsageError, match=None) as err:
-        runner.build_arch(spec, kwargs)
+        build_arch(spec, kwargs)
     assert message in err.value.line()
 
 
@@ -525,7 +584,7 @@ def test_arch_imports_from_the_current_directory(tmp_path: Path, monkeypatch: py
     (tmp_path / "drift_test_net.py").write_text("import torch\ndef build():\n    return torch.nn.BatchNorm1d(3)\n")
     monkeypatch.chdir(tmp_path)
     path_before = list(sys.path)
-    model = runner.build_arch("drift_test_net:build")
+    model = build_arch("drift_test_net:build")
     assert isinstance(model, torch.nn.BatchNorm1d)
     assert sys.path == path_before
     sys.modules.pop("drift_test_net", None)
@@ -533,10 +592,10 @@ def test_arch_imports_from_the_current_directory(tmp_path: Path, monkeypatch: py
 
 def test_file_model_needs_trust() -> None:
     with pytest.raises(UnsafeFileError, match="pass --trust"):
-        runner.load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=False, key=None)
+        load_model(str(SAMPLES / "mobilenet_v1_tiny.ts"), arch=None, arch_kwargs=None, trust=False, key=None)
     # Running the pickled model itself needs its classes, and so --trust ...
     with pytest.raises(UnsafeFileError, match="pass --trust"):
-        runner.load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None, trust=False, key=None)
+        load_model(str(SAMPLES / "resnet_tiny_module.pt"), arch=None, arch_kwargs=None, trust=False, key=None)
 
 
 def test_arch_takes_the_statically_read_weights_of_a_pickled_model() -> None:
@@ -558,9 +617,9 @@ def test_data_formats_give_the_same_batches(tmp_path: Path) -> None:
     save_file({"images": x, "labels": torch.zeros(64)}, str(tmp_path / "x.safetensors"))
     torch.save((x, torch.zeros(64)), tmp_path / "xy.pt")
     for name in ("x.npy", "x.safetensors", "xy.pt"):
-        source = runner.open_data(str(tmp_path / name))
+        source = open_data(str(tmp_path / name))
         assert len(source) == 64 and source.sample_shape == (3, 16, 16)
-        assert torch.equal(torch.cat(list(runner.batches(source, 24))), x), name
+        assert torch.equal(torch.cat(list(batches(source, 24))), x), name
 
 
 class _SystemCall:
@@ -576,46 +635,46 @@ def test_data_refusals(tmp_path: Path) -> None:
     # Refusals to run code are exit 3 (unsafe), as for checkpoints and verify --input.
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UnsafeFileError, match="needs pickle, refused"):
-        runner.open_data(str(tmp_path / "obj.npy"))
+        open_data(str(tmp_path / "obj.npy"))
     np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
     with pytest.raises(InvalidFileError, match="1-d tensor"):
-        runner.open_data(str(tmp_path / "flat.npy"))
+        open_data(str(tmp_path / "flat.npy"))
     torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}, tmp_path / "two.pt")
     with pytest.raises(UsageError, match="holds 2 tensors"):
-        runner.open_data(str(tmp_path / "two.pt"))
+        open_data(str(tmp_path / "two.pt"))
     # A class the file only names is data (a real load imports it, nothing more) ...
     torch.save({"x": torch.zeros(2, 3), "opt": torch.optim.SGD}, tmp_path / "named.pt")
-    assert len(runner.open_data(str(tmp_path / "named.pt"))) == 2
+    assert len(open_data(str(tmp_path / "named.pt"))) == 2
     # ... a call that runs code is refused, in either torch.save format.
     for legacy in (False, True):
         torch.save({"x": torch.zeros(2, 3), "cmd": _SystemCall()}, tmp_path / "code.pt",
                    _use_new_zipfile_serialization=not legacy)
         with pytest.raises(UnsafeFileError, match="posix.system"):
-            runner.open_data(str(tmp_path / "code.pt"))
+            open_data(str(tmp_path / "code.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file at all")
     with pytest.raises(InvalidFileError, match="not a tensor file"):
-        runner.open_data(str(tmp_path / "junk.pt"))
+        open_data(str(tmp_path / "junk.pt"))
     with pytest.raises(PathProblemError):
-        runner.open_data(str(tmp_path / "missing.pt"))
+        open_data(str(tmp_path / "missing.pt"))
 
 
 def test_synthetic_data_is_seeded_and_the_same_at_every_batch_size() -> None:
-    source = runner.SyntheticSource((150, 3, 4, 4), seed=0)
+    source = SyntheticSource((150, 3, 4, 4), seed=0)
     whole = source.batch(0, 150)
     assert whole.shape == (150, 3, 4, 4)
-    assert torch.equal(torch.cat(list(runner.batches(source, 7))), whole)
-    assert torch.equal(runner.SyntheticSource((150, 3, 4, 4), seed=0).batch(60, 70), whole[60:70])
-    assert not torch.equal(runner.SyntheticSource((150, 3, 4, 4), seed=1).batch(0, 10), whole[:10])
+    assert torch.equal(torch.cat(list(batches(source, 7))), whole)
+    assert torch.equal(SyntheticSource((150, 3, 4, 4), seed=0).batch(60, 70), whole[60:70])
+    assert not torch.equal(SyntheticSource((150, 3, 4, 4), seed=1).batch(0, 10), whole[:10])
 
 
 @pytest.mark.parametrize("text", ["16", "16x0x4", "ax3", "16x3x-1"])
 def test_bad_synthetic_shapes(text: str) -> None:
     with pytest.raises(UsageError, match="--synthetic must look like"):
-        runner.parse_shape(text)
+        parse_shape(text)
 
 
-def test_synthetic_run_does_not_judge_fitness(bs64: runner.LoadedModel) -> None:
-    result = drift.measure(bs64, runner.SyntheticSource((32, 3, 16, 16)), path="ckpt", batch_sizes=[32], device=CPU)
+def test_synthetic_run_does_not_judge_fitness(bs64: LoadedModel) -> None:
+    result = drift.measure(bs64, SyntheticSource((32, 3, 16, 16)), path="ckpt", batch_sizes=[32], device=CPU)
     assert result.synthetic and any("mechanics" in n for n in result.notes)
     assert max(l.drift_score for l in result.layers) > 0.1  # N(0,1) noise is not the training data…
     assert not any("drift score" in p for p in result.problems)  # …so it is not held against the checkpoint
@@ -635,7 +694,7 @@ def test_cuda_without_cuda_is_a_usage_error() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_run_matches_cpu_and_leaves_the_model_on_the_cpu(bs64: runner.LoadedModel) -> None:
+def test_cuda_run_matches_cpu_and_leaves_the_model_on_the_cpu(bs64: LoadedModel) -> None:
     before = snapshot(bs64.model)
     on_gpu = drift.measure(bs64, TensorSource(calib()), path="ckpt", batch_sizes=[8, 32], device=torch.device("cuda"))
     assert_unchanged(bs64.model, before)

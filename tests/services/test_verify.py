@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bninspect.activations import read_activations, write_activations
+from bninspect.formats.arrays import read_activations
+from bninspect.formats.writers import write_activations
 from bninspect.checkpoint import TensorRef
 from bninspect.errors import UsageError
 from bninspect.layers import BNLayer, Producer
