@@ -132,8 +132,8 @@ _SERVICE_ONLY = (
 def service_only(cmd: str, path: Path) -> list[str]:
     """What `bninspect show|check PATH` does without its command line, in a fresh interpreter."""
     call = {"show": f"from bninspect.services.show import show; render.render(show({str(path)!r}))",
-            "check": ("from bninspect.services.check import resolve_options, run_check; "
-                      f"o = resolve_options({{}}); render.render(run_check([{str(path)!r}], o), o.format, False)")}[cmd]
+            "check": ("from bninspect.services.check import check, resolve_options; "
+                      f"o = resolve_options({{}}); render.render(check([{str(path)!r}], o), o.format, False)")}[cmd]
     return [PY, "-c", _SERVICE_ONLY.format(cmd=cmd, call=call)]
 
 

@@ -366,11 +366,11 @@ def check(sources: Source | Iterable[Source], *, select: Sequence[str] | str | N
 
         found = open_layers(sources, eps=eps)
         return _check_found(found, source_name(sources), settings)
-    from bninspect.services.check import run_check
+    from bninspect.services.check import check as service
 
     paths = [os.fspath(p) for p in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     options = _check_options(settings)
-    return CheckResult(run_check(paths, options), options)
+    return CheckResult(service(paths, options), options)
 
 
 def verify(source: Source | None = None, *, device: str = "cpu", layers: Sequence[str] | str | None = None,
@@ -383,12 +383,12 @@ def verify(source: Source | None = None, *, device: str = "cpu", layers: Sequenc
     reference (on a live module: its own buffers); without ``source``, this machine's BN kernels.
     ``input``/``expected``/``output``: real activations, another runtime's outputs, where to write."""
     from bninspect.services.common import parse_sizes
-    from bninspect.services.verify import run_verify
+    from bninspect.services.verify import verify as service
 
     batches = tuple(parse_sizes(train_batch if isinstance(train_batch, str) else ",".join(map(str, train_batch)),
                                 "--train-batch"))
-    return Result("verify", run_verify(None if source is None else _source(source), device=device,
-                                       layer_globs=_globs(layers), eps=eps, trust=trust, key=key, strict=strict,
+    return Result("verify", service(None if source is None else _source(source), device=device,
+                                       layers=_globs(layers), eps=eps, trust=trust, key=key, strict=strict,
                                        input_path=_path(input), channels_last=channels_last, output_path=_path(output),
                                        expected_path=_path(expected), batch=batch, spatial=spatial,
                                        train_batches=batches, seed=seed, input_channels_last=input_channels_last,
@@ -415,9 +415,9 @@ def drift(source: str | os.PathLike[str], *, data: str | os.PathLike[str] | None
     pickled model) on ``data`` (or ``synthetic`` inputs, e.g. "16x3x64x64") and measure how far
     the running statistics are from the data's, per batch size. ``progress(phase, done, total)``
     is called as the work advances (the CLI draws its progress bar with it)."""
-    from bninspect.services.drift import run_drift
+    from bninspect.services.drift import drift as service
 
-    return Result("drift", run_drift(_file(source, "drift"), arch=arch, arch_kwargs=_kwargs(arch_kwargs), trust=trust,
+    return Result("drift", service(_file(source, "drift"), arch=arch, arch_kwargs=_kwargs(arch_kwargs), trust=trust,
                                      key=key, data=_path(data), synthetic=synthetic, batch_sizes=_sizes(batch_sizes),
                                      device=device, max_drift=max_drift, batch_tolerance=batch_tolerance,
                                      min_agreement=min_agreement, write_recalibrated=_path(write_recalibrated),

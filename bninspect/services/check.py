@@ -28,7 +28,7 @@ SCHEMA = "bninspect.check/2"
 
 # The service's face: the CLI resolves the options and runs the check through this module.
 __all__ = ["SCHEMA", "CheckOptions", "CheckReport", "FileResult", "check_file", "collect_files", "count", "exit_code",
-           "findings_for", "resolve_options", "run_check"]
+           "findings_for", "resolve_options", "check"]
 
 
 @dataclass
@@ -147,7 +147,7 @@ def _stopped(path: str, stopped: Stopped) -> FileResult:
                                        "rerun with --jobs 1", exit_code=InvalidFileError.exit_code)
 
 
-def run_check(paths: list[str], opts: CheckOptions) -> CheckReport:
+def check(paths: list[str], opts: CheckOptions) -> CheckReport:
     """Check every file under ``paths`` (in ``opts.jobs`` processes) and decide the exit code."""
     if not paths:
         raise UsageError("give one or more checkpoint files or folders")

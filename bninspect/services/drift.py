@@ -660,10 +660,10 @@ def _problems(result: DriftResult) -> list[str]:
     return problems
 
 
-def run_drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bool, key: str | None,
-              data: str | None, synthetic: str | None, batch_sizes: str | None, device: str,
-              max_drift: float, batch_tolerance: float, min_agreement: float,
-              write_recalibrated: str | None, progress: ProgressHook | None = None) -> DriftResult:
+def drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bool, key: str | None,
+          data: str | None, synthetic: str | None, batch_sizes: str | None, device: str,
+          max_drift: float, batch_tolerance: float, min_agreement: float,
+          write_recalibrated: str | None, progress: ProgressHook | None = None) -> DriftResult:
     """The ``drift`` command: validate options, build the model, open the data, measure."""
     if (data is None) == (synthetic is None):
         raise UsageError("give exactly one of --data FILE or --synthetic SHAPE")

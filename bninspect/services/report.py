@@ -175,9 +175,9 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
         diff_result, compared = diff_with_details(path, other, trust=trust, key=key, key_b=key_b, eps=eps)
     if data or synthetic:
         from bninspect.services.drift import (DEFAULT_BATCH_TOLERANCE, DEFAULT_MAX_DRIFT, DEFAULT_MIN_AGREEMENT,
-                                              run_drift)
+                                              drift)
 
-        drift_result = run_drift(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
+        drift_result = drift(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
                                  synthetic=synthetic, batch_sizes=batch_sizes, device="cpu",
                                  max_drift=DEFAULT_MAX_DRIFT, batch_tolerance=DEFAULT_BATCH_TOLERANCE,
                                  min_agreement=DEFAULT_MIN_AGREEMENT, write_recalibrated=None)

@@ -567,12 +567,12 @@ def _layout_swapped(d: Diagnosis, ndim: int, declared: bool, shape: tuple[int, .
     d.cause = layout if d.cause == "match" else f"{layout}; {d.cause}"
 
 
-def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] | None = None,
-               eps: float | None = None, trust: bool = False, key: str | None = None, strict: bool = False,
-               input_path: str | None = None, channels_last: bool = False, output_path: str | None = None,
-               expected_path: str | None = None, batch: int = 2, spatial: int = 4,
-               train_batches: tuple[int, ...] = DEFAULT_TRAIN_BATCHES, seed: int = 0,
-               input_channels_last: bool = False, output_channels_last: bool = False) -> VerifyResult:
+def verify(path: str | None, *, device: str = "cpu", layers: list[str] | None = None,
+           eps: float | None = None, trust: bool = False, key: str | None = None, strict: bool = False,
+           input_path: str | None = None, channels_last: bool = False, output_path: str | None = None,
+           expected_path: str | None = None, batch: int = 2, spatial: int = 4,
+           train_batches: tuple[int, ...] = DEFAULT_TRAIN_BATCHES, seed: int = 0,
+           input_channels_last: bool = False, output_channels_last: bool = False) -> VerifyResult:
     """``bninspect verify``: the conformance matrix without ``path``, every selected layer with it.
 
     ``channels_last`` says both --input and --output/--expected hold N,…,C data;
@@ -581,7 +581,7 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     if batch < 1 or spatial < 1 or any(b < 1 for b in train_batches):
         raise UsageError("--batch, --spatial and --train-batch need positive integers")
     validate_eps(eps)
-    if path is None and (input_path or output_path or expected_path or layer_globs or eps is not None):
+    if path is None and (input_path or output_path or expected_path or layers or eps is not None):
         raise UsageError("--layer, --input, --output, --expected and --eps need a checkpoint")
     if (output_path or expected_path) and not input_path:
         raise UsageError("--output and --expected need --input (the activations the other runtime saw)")
@@ -590,7 +590,7 @@ def run_verify(path: str | None, *, device: str = "cpu", layer_globs: list[str] 
     devices = kernels.resolve_devices(device)
     if path is None:
         return _run_conformance(device, devices, seed)
-    return _run_checkpoint(path, device, devices, layer_globs=layer_globs, eps=eps, trust=trust, key=key,
+    return _run_checkpoint(path, device, devices, layers=layers, eps=eps, trust=trust, key=key,
                            strict=strict, input_path=input_path, output_path=output_path, expected_path=expected_path,
                            batch=batch, spatial=spatial, train_batches=train_batches, seed=seed,
                            in_cl=channels_last or input_channels_last, out_cl=channels_last or output_channels_last)
@@ -615,7 +615,7 @@ def _run_conformance(device: str, devices: list[str], seed: int) -> VerifyResult
                         tolerances=_tolerances(), summary=summary)
 
 
-def _run_checkpoint(path: str, device: str, devices: list[str], *, layer_globs: list[str] | None, eps: float | None,
+def _run_checkpoint(path: str, device: str, devices: list[str], *, layers: list[str] | None, eps: float | None,
                     trust: bool, key: str | None, strict: bool, input_path: str | None, output_path: str | None,
                     expected_path: str | None, batch: int, spatial: int, train_batches: tuple[int, ...], seed: int,
                     in_cl: bool, out_cl: bool) -> VerifyResult:
@@ -627,7 +627,7 @@ def _run_checkpoint(path: str, device: str, devices: list[str], *, layer_globs: 
 
     discovery = open_layers(path, trust=trust, key=key, strict=strict, eps=eps)
     path = source_name(path)  # a live module (Python API) is named, not printed
-    layers = select(discovery.layers, layer_globs)
+    layers = select(discovery.layers, layers)
     if not layers:
         extra = (f" ({len(discovery.possible)} possible BatchNorm layers without running statistics: they normalize "
                  "with batch statistics, so there is no inference to recompute)" if discovery.possible else "")

@@ -249,7 +249,7 @@ def test_no_library_warning_is_made_in_process(tmp_path):
     import torch
 
     from bninspect.services.show import show
-    from bninspect.services.verify import run_verify
+    from bninspect.services.verify import verify
     from tests.exports import export_onnx, sample_model
 
     sd = {"bn.weight": torch.ones(4), "bn.bias": torch.zeros(4), "bn.running_mean": torch.zeros(4),
@@ -261,7 +261,7 @@ def test_no_library_warning_is_made_in_process(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert show(str(tmp_path / "complex.pt")).layers == []
-        result = run_verify(str(onnx_path))
+        result = verify(str(onnx_path))
     assert result.layers and all(layer.passed for layer in result.layers)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bninspect.services.check import CheckOptions, run_check
+from bninspect.services.check import CheckOptions, check
 from bninspect.rules import Thresholds
 from tests.conftest import needs_torch
 
@@ -51,7 +51,7 @@ HEALTHY = ["mobilenet_v1_tiny.pt", "mobilenet_v1_tiny.safetensors", "mobilenet_v
 
 def _check(names: list[str]) -> dict[str, object]:
     # Default options throughout: the healthy samples must pass the rules as users run them.
-    report = run_check([str(SAMPLES / n) for n in names], CheckOptions())
+    report = check([str(SAMPLES / n) for n in names], CheckOptions())
     return {Path(f.path).relative_to(SAMPLES).as_posix(): f for f in report.files}
 
 
@@ -102,7 +102,7 @@ def test_bn102_default_threshold_is_silent_on_healthy_samples_and_fires_on_few_u
     """The healthy samples trained more steps than BN102's default of 200; few_updates.pt has 5."""
     assert Thresholds().min_updates == 200 < _trained_steps()
     opts = CheckOptions(select=["BN102"])
-    report = run_check([str(SAMPLES / n) for n in [*HEALTHY, "faulty/few_updates.pt"]], opts)
+    report = check([str(SAMPLES / n) for n in [*HEALTHY, "faulty/few_updates.pt"]], opts)
     *healthy, few = report.files
     assert [(Path(f.path).name, f.findings) for f in healthy if f.findings] == []
     assert len(few.findings) == 4 and all(x.evidence["num_batches_tracked"] == 5 for x in few.findings)

@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from bninspect.errors import UsageError
-from bninspect.services.check import CheckOptions, collect_files, resolve_options, run_check
+from bninspect.services.check import CheckOptions, check, collect_files, resolve_options
 from bninspect.services.check_config import find_config
 from tests.conftest import SAMPLES, assert_one_line_error, run_cli
 
@@ -42,7 +42,7 @@ def test_json_document_shape():
 
 def codes_of(paths: list[Path], **flags) -> tuple[int, list[tuple[str, str, str]]]:
     """In-process: resolve flags as the CLI does (no pyproject here), check, list (file, code, severity)."""
-    report = run_check([str(p) for p in paths], resolve_options(flags, cwd="/"))
+    report = check([str(p) for p in paths], resolve_options(flags, cwd="/"))
     return report.exit_code, [(Path(f.path).name, x.code, x.severity) for f in report.files for x in f.findings]
 
 
@@ -86,7 +86,7 @@ def test_pyproject_settings_apply_and_flags_override(tmp_path):
     (sub / "pyproject.toml").write_text('[project]\nname = "inner, without the table"\n')
     zero, half = str(FAULTY / "zero_var.pt"), str(FAULTY / "half_stats.pt")
     # BN303 ignored by the table; the table's min-updates (BN102 on 240 updates) is overridden by the flag
-    assert run_check([half], resolve_options({"min_updates": 200}, cwd=str(sub))).exit_code == 0
+    assert check([half], resolve_options({"min_updates": 200}, cwd=str(sub))).exit_code == 0
     assert resolve_options({}, cwd=str(sub)).thresholds.min_updates == 1000
     r = run_cli("check", zero, "--json", cwd=sub)  # fail-on warning from the table
     assert r.code == 1 and json.loads(r.out)["config"] == str(tmp_path / "pyproject.toml")
@@ -166,7 +166,7 @@ def _copies(folder: Path, n: int) -> list[str]:
 def test_jobs_share_files_over_processes_in_order(tmp_path):
     """Three jobs over five files: every file is checked once and the report keeps the folder's order."""
     names = _copies(tmp_path, 5)
-    report = run_check([str(tmp_path)], CheckOptions(jobs=3))
+    report = check([str(tmp_path)], CheckOptions(jobs=3))
     assert [Path(f.path).name for f in report.files] == names
     assert all([x.code for x in f.findings] == ["BN105"] and not f.error for f in report.files)
 
@@ -194,7 +194,7 @@ def test_a_dead_job_fails_its_files_not_the_run(tmp_path, monkeypatch):
     names = _copies(tmp_path, 6)
     monkeypatch.setattr("bninspect.services.check.check_file",
                         _in_a_child(lambda: os.kill(os.getpid(), signal.SIGKILL)))
-    report = run_check([str(tmp_path)], CheckOptions(jobs=2))
+    report = check([str(tmp_path)], CheckOptions(jobs=2))
     assert [Path(f.path).name for f in report.files] == names
     failed = [f for f in report.files if f.error]
     assert len(failed) == 1  # the child died on the first file it took
@@ -213,7 +213,7 @@ def test_debug_error_in_a_job_reaches_the_parent(tmp_path, monkeypatch):
 
     monkeypatch.setattr("bninspect.services.check.check_file", _in_a_child(bug))
     with pytest.raises(RuntimeError, match="rule bug in a child"):
-        run_check([str(tmp_path)], CheckOptions(jobs=2, debug=True))
+        check([str(tmp_path)], CheckOptions(jobs=2, debug=True))
 
 
 def test_nothing_loadable_exits_with_the_files_class(tmp_path):
@@ -275,7 +275,7 @@ def test_resolve_options_merges_defaults_table_and_flags(tmp_path):
 
 @pytest.mark.parametrize("fail_on,code", [("error", 0), ("warning", 1), ("info", 1), ("never", 0)])
 def test_exit_code_follows_fail_on(fail_on, code):
-    report = run_check([str(FAULTY / "dead_gamma.pt"), str(FAULTY / "zero_var.pt")], CheckOptions(fail_on=fail_on))
+    report = check([str(FAULTY / "dead_gamma.pt"), str(FAULTY / "zero_var.pt")], CheckOptions(fail_on=fail_on))
     assert report.exit_code == code
 
 
@@ -290,13 +290,13 @@ def test_a_bug_on_one_file_is_reported_and_the_others_are_checked(monkeypatch):
         return real(ctx, rules)
 
     monkeypatch.setattr(check_service, "run_rules", flaky)
-    report = run_check([str(FAULTY / "nan.pt"), str(FAULTY / "zero_var.pt")], CheckOptions())
+    report = check([str(FAULTY / "nan.pt"), str(FAULTY / "zero_var.pt")], CheckOptions())
     bad, good = report.files
     assert bad.exit_code == 4 and "unexpected failure (ZeroDivisionError: boom)" in bad.error and bad.findings == []
     assert good.error is None and {f.code for f in good.findings} == {"BN105"}
     assert report.exit_code == 1
     with pytest.raises(ZeroDivisionError):  # --debug lets it through, with its traceback
-        run_check([str(FAULTY / "nan.pt")], CheckOptions(debug=True))
+        check([str(FAULTY / "nan.pt")], CheckOptions(debug=True))
 
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "check_faulty.json"
@@ -310,7 +310,7 @@ def test_json_matches_the_golden_document(monkeypatch):
     monkeypatch.chdir(SAMPLES.parent)  # relative paths in the document
     names = ["sample_checkpoints/faulty/nan.pt", "sample_checkpoints/faulty/mixed_counts.pt",
              "sample_checkpoints/faulty/eps_sensitive.pt"]
-    doc = to_json(run_check(names, resolve_options({}, cwd="/"))) + "\n"
+    doc = to_json(check(names, resolve_options({}, cwd="/"))) + "\n"
     if os.environ.get("BNINSPECT_REGEN_GOLDEN"):
         GOLDEN.write_text(doc, encoding="utf-8")
     assert doc == GOLDEN.read_text(encoding="utf-8")

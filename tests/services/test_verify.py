@@ -262,11 +262,11 @@ def test_pickled_npy_is_refused(tmp_path):
 
 def test_usage_errors():
     with pytest.raises(UsageError, match="need a checkpoint"):
-        sv.run_verify(None, input_path="x.npy")
+        sv.verify(None, input_path="x.npy")
     with pytest.raises(UsageError, match="need --input"):
-        sv.run_verify("ckpt.pt", expected_path="y.npy")
+        sv.verify("ckpt.pt", expected_path="y.npy")
     with pytest.raises(UsageError, match="positive"):
-        sv.run_verify(None, train_batches=(0,))
+        sv.verify(None, train_batches=(0,))
 
 
 def test_input_with_the_wrong_channel_axis_suggests_channels_last(tmp_path):
@@ -274,10 +274,10 @@ def test_input_with_the_wrong_channel_axis_suggests_channels_last(tmp_path):
 
     np.save(tmp_path / "nhwc.npy", np.zeros((2, 5, 5, 32), np.float32))
     with pytest.raises(UsageError, match="5 channels on axis 1; layer features.2.bn has 32.*--channels-last"):
-        sv.run_verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), layer_globs=["features.2.bn"],
+        sv.verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), layers=["features.2.bn"],
                       input_path=str(tmp_path / "nhwc.npy"))
     with pytest.raises(UsageError, match="exactly one layer"):
-        sv.run_verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), input_path=str(tmp_path / "nhwc.npy"),
+        sv.verify(str(SAMPLES / "mobilenet_v1_tiny.pt"), input_path=str(tmp_path / "nhwc.npy"),
                       output_path=str(tmp_path / "y.npy"))
 
 
@@ -314,7 +314,7 @@ def test_checkpoint_in_its_own_dtype(tmp_path, dtype):
     path = tmp_path / "m.safetensors"
     save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()
                if v.is_floating_point()}, path)
-    result = sv.run_verify(str(path))
+    result = sv.verify(str(path))
     (layer,) = result.layers
     assert (layer.name, layer.dtype, layer.passed) == ("1", dtype, True), layer
     assert {c.path for c in layer.checks} == {"batch_norm", "folded", "fused_conv"}
@@ -328,4 +328,4 @@ def test_file_with_only_possible_batchnorm_is_a_usage_error():
     if not path.exists():
         pytest.skip("faulty samples not generated")
     with pytest.raises(UsageError, match="possible BatchNorm layers without running statistics"):
-        sv.run_verify(str(path))
+        sv.verify(str(path))
