@@ -405,41 +405,40 @@ def diff(a: Source, b: Source, *, layers: Sequence[str] | str | None = None, run
                                   eps=eps, run=run))
 
 
-def drift(source: str | os.PathLike[str], *, data: str | os.PathLike[str] | None = None, synthetic: str | None = None,
+def drift(source: Source, *, data: str | os.PathLike[str] | Any = None, synthetic: str | None = None,
           arch: str | None = None, arch_kwargs: Mapping[str, Any] | str | None = None,
           batch_sizes: Sequence[int] | str | None = None, device: str = "cpu", max_drift: float = 0.1,
           batch_tolerance: float = 0.1, min_agreement: float = 0.99,
           write_recalibrated: str | os.PathLike[str] | None = None, key: str | None = None,
           trust: bool = False, progress: Callable[[str, int, int], None] | None = None) -> Result:
     """``bninspect drift``: run the model (``arch`` builds it, or ``trust`` loads a TorchScript/
-    pickled model) on ``data`` (or ``synthetic`` inputs, e.g. "16x3x64x64") and measure how far
-    the running statistics are from the data's, per batch size. ``progress(phase, done, total)``
-    is called as the work advances (the CLI draws its progress bar with it)."""
+    pickled model; a live module runs as it is, on a copy) on ``data`` (a file, or a tensor or
+    numpy array of samples) or ``synthetic`` inputs (e.g. "16x3x64x64"), and measure how far the
+    running statistics are from the data's, per batch size. ``progress(phase, done, total)`` is
+    called as the work advances (the CLI draws its progress bar with it)."""
     from bninspect.services.drift import drift as service
 
-    return Result("drift", service(_file(source, "drift"), arch=arch, arch_kwargs=_kwargs(arch_kwargs), trust=trust,
-                                     key=key, data=_path(data), synthetic=synthetic, batch_sizes=_sizes(batch_sizes),
+    return Result("drift", service(_source(source), arch=arch, arch_kwargs=_kwargs(arch_kwargs), trust=trust,
+                                     key=key, data=_data(data), synthetic=synthetic, batch_sizes=_sizes(batch_sizes),
                                      device=device, max_drift=max_drift, batch_tolerance=batch_tolerance,
                                      min_agreement=min_agreement, write_recalibrated=_path(write_recalibrated),
                                      progress=progress))
 
 
-def report(source: Source, other: Source | None = None, *, data: str | os.PathLike[str] | None = None,
+def report(source: Source, other: Source | None = None, *, data: str | os.PathLike[str] | Any = None,
            synthetic: str | None = None, arch: str | None = None, arch_kwargs: Mapping[str, Any] | str | None = None,
            batch_sizes: Sequence[int] | str | None = None, layers: Sequence[str] | str | None = None,
            pages: int | None = None, key: str | None = None, key_b: str | None = None, eps: float | None = None,
            trust: bool = False, strict: bool = False, output: str | os.PathLike[str] | None = None) -> Report:
     """``bninspect report``: every layer, check's findings, per-channel plots (``pages`` layers),
-    drift with ``data``/``synthetic`` (files only), the diff with ``other``. ``output``: write the
+    drift with ``data`` (a file, tensor or array) or ``synthetic``, the diff with ``other``. ``output``: write the
     HTML file there (checked before any work: never over an input); ``.save(path)`` writes it
     anywhere later; a notebook shows it inline. Needs the ``bninspect[report]`` extra."""
     from bninspect.render import report as render_report
     from bninspect.services.report import report as service
 
     render_report.require()
-    if data is not None or synthetic is not None:
-        source = _file(source, "report's drift measurements")
-    result = Report("report", service(_source(source), None if other is None else _source(other), data=_path(data),
+    result = Report("report", service(_source(source), None if other is None else _source(other), data=_data(data),
                                       synthetic=synthetic, arch=arch, arch_kwargs=_kwargs(arch_kwargs),
                                       batch_sizes=_sizes(batch_sizes), layers=_globs(layers), pages=pages, key=key,
                                       key_b=key_b, eps=eps, trust=trust, strict=strict, output=_path(output)))
@@ -462,12 +461,9 @@ def _source(source: Any) -> Any:
     raise UsageError(f"expected a checkpoint path or a torch.nn.Module, not {type(source).__name__}")
 
 
-def _file(source: Any, what: str) -> str:
-    from bninspect.errors import UsageError
-
-    if not isinstance(source, (str, os.PathLike)):
-        raise UsageError(f"{what} runs the model from its file (with arch= or trust=); give the checkpoint's path")
-    return os.fspath(source)
+def _data(data: Any) -> Any:
+    """A data file's path as a str; a tensor or array of samples as it is."""
+    return os.fspath(data) if isinstance(data, (str, os.PathLike)) else data
 
 
 def _path(path: str | os.PathLike[str] | None) -> str | None:

@@ -208,14 +208,32 @@ def test_diff_of_a_live_module_and_its_state_dict_names_what_the_file_lost(model
 
 
 @pytest.mark.torch
-def test_drift_names_what_it_needs_for_a_live_module(model):
-    with pytest.raises(bninspect.UsageError, match="give the checkpoint's path"):
-        bninspect.drift(model, synthetic="4x3x32x32")
+def test_drift_runs_a_copy_of_a_live_module_on_data_in_memory(model):
+    """The model's own statistics against data it never saw in training: a real, large drift,
+    measured on a copy (the model's modes and buffers stay as they were)."""
+    import torch
+
+    before = _state(model)
+    data = torch.randn(64, 3, 32, 32) * 3 + 2  # far from what the three warm-up batches showed
+    kept = data.clone()
+    result = bninspect.drift(model, data=data, batch_sizes=[4, 16])
+    assert result.model_source == "live-module" and result.path == "<MobileNetV1Tiny in memory>"
+    assert {l.name for l in result.layers} == set(bninspect.load(model).layers)
+    assert max(l.drift_score for l in result.layers) > 0.1 and result.exit_code == 1
+    assert torch.equal(data, kept)
+    _unchanged(model, before)
+    with pytest.raises(bninspect.UsageError, match="live module runs as it is"):
+        bninspect.drift(model, data=data, arch="sample_models:mobilenet_v1_tiny")
+    with pytest.raises(bninspect.UsageError, match="two or more dimensions"):
+        bninspect.drift(model, data=torch.ones(5))
 
 
 @pytest.mark.torch
 def test_report_of_a_live_module_saves_one_html_file_never_over_an_input(model, tmp_path):
-    report = bninspect.report(model, pages=2)
+    import torch
+
+    report = bninspect.report(model, pages=2, synthetic="8x3x32x32", batch_sizes=[2, 8])
+    assert report.drift is not None and report.drift.synthetic
     size = report.save(tmp_path / "r.html")
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert size == len(text.encode()) and "&lt;MobileNetV1Tiny in memory&gt;" in text and "<svg" in text

@@ -125,3 +125,18 @@ def load_model(path: str, *, arch: str | None, arch_kwargs: str | None, trust: b
                          description="TorchScript archive" if source == "torchscript" else "pickled nn.Module")
     loaded.training_as_loaded = {name: bool(m.training) for name, m in bn_modules(model)}
     return loaded
+
+
+def live_model(model: nn.Module, name: str) -> LoadedModel:
+    """A live module to run (the Python API): a deep copy, so that running it in train mode,
+    moving it to a device or recalibrating it never touches the caller's model."""
+    import copy
+
+    try:
+        copied = copy.deepcopy(model)
+    except Exception as exc:  # noqa: BLE001 - whatever a user's module raises when copied: our words
+        raise UsageError(f"drift runs a copy of the model, and this {type(model).__name__} cannot be copied "
+                         f"(copy.deepcopy: {type(exc).__name__}); save it and give drift the file with arch=") from None
+    loaded = LoadedModel(model=copied, source="live-module", description=name)
+    loaded.training_as_loaded = {n: bool(m.training) for n, m in bn_modules(copied)}
+    return loaded

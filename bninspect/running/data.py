@@ -74,6 +74,23 @@ def open_data(path: str) -> DataSource:
     return _ArraySource(lambda a, b: tensor_of(array.rows(a, b)), array.shape, description)
 
 
+def memory_source(values: object) -> DataSource:
+    """Inputs already in memory (the Python API: a tensor or numpy array, first dimension =
+    samples), handed out as copies so that the caller's array is never written."""
+    import numpy as np
+
+    try:
+        tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    except TypeError:
+        raise UsageError(f"data must be a file path, a tensor or a numpy array of numbers, not {type(values).__name__}") from None
+    if tensor.ndim < 2 or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise UsageError(f"data must be real-valued samples (N, ...) with two or more dimensions, not a "
+                         f"{str(tensor.dtype).replace('torch.', '')} array of shape {list(tensor.shape)}")
+    shape = "x".join(map(str, tensor.shape))
+    return _ArraySource(lambda a, b: tensor[a:b].detach().to("cpu", copy=True), tuple(tensor.shape),
+                        f"a {str(tensor.dtype).replace('torch.', '')} array in memory, {shape}")
+
+
 def batches(source: DataSource, size: int) -> Iterator[torch.Tensor]:
     """The source's samples in consecutive batches of ``size`` (the last one may be smaller)."""
     for start in range(0, len(source), size):

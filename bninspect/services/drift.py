@@ -46,8 +46,8 @@ from bninspect.errors import BNInspectError, UsageError
 from bninspect.numerics.kernels import BatchSpread, Population, channel_view, resolve_device
 from bninspect.numerics.reference import normalized_error, rms, statistics_shift
 from bninspect.formats.writers import check_checkpoint_output, write_state_dict
-from bninspect.running.build import load_model
-from bninspect.running.data import SyntheticSource, batches, open_data, parse_shape
+from bninspect.running.build import live_model, load_model
+from bninspect.running.data import SyntheticSource, batches, memory_source, open_data, parse_shape
 from bninspect.running.interface import DataSource, LoadedModel, Probe
 from bninspect.running.modules import ModelState, bn_modules, input_dtype, output_tensor, set_bn_mode
 from bninspect.running.probe import GRAPH_SHAPE, NoProbe, script_probe
@@ -664,7 +664,8 @@ def drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bool, 
           data: str | None, synthetic: str | None, batch_sizes: str | None, device: str,
           max_drift: float, batch_tolerance: float, min_agreement: float,
           write_recalibrated: str | None, progress: ProgressHook | None = None) -> DriftResult:
-    """The ``drift`` command: validate options, build the model, open the data, measure."""
+    """The ``drift`` command: validate options, build the model, open the data, measure. ``path``
+    may be a live ``nn.Module`` and ``data`` a tensor or numpy array (the Python API)."""
     if (data is None) == (synthetic is None):
         raise UsageError("give exactly one of --data FILE or --synthetic SHAPE")
     if arch_kwargs and not arch:
@@ -677,10 +678,20 @@ def drift(path: str, *, arch: str | None, arch_kwargs: str | None, trust: bool, 
     sizes = parse_batch_sizes(batch_sizes)
     dev = resolve_device(device)
     shape = parse_shape(synthetic) if synthetic else None
-    if write_recalibrated:
-        _check_output_path(write_recalibrated, path, data)
-    loaded = load_model(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key)
-    source = SyntheticSource(shape, SYNTHETIC_SEED) if shape else open_data(data)
+    from bninspect.formats import live
+
+    if live.is_module(path):  # the Python API: a copy of the caller's model runs, never the model
+        if arch or write_recalibrated:
+            raise UsageError("a live module runs as it is: arch= builds a model from a file, and write_recalibrated= "
+                             "re-saves a file; give drift the checkpoint's path for those")
+        loaded = live_model(path, live.name_of(path))
+        path = live.name_of(path)
+    else:
+        if write_recalibrated:
+            _check_output_path(write_recalibrated, path, data)
+        loaded = load_model(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key)
+    source = (SyntheticSource(shape, SYNTHETIC_SEED) if shape else
+              open_data(data) if isinstance(data, str) else memory_source(data))
     return measure(loaded, source, path=path, batch_sizes=sizes, device=dev, max_drift=max_drift,
                    batch_tolerance=batch_tolerance, min_agreement=min_agreement,
                    write_recalibrated=write_recalibrated, progress=progress)

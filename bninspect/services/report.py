@@ -142,9 +142,9 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     limit = DEFAULT_PAGES if pages is None else pages
     if not 0 < limit <= MAX_PAGES:
         raise UsageError(f"--pages must be between 1 and {MAX_PAGES} (each page is a figure of ~0.1 s and ~100 kB), not {limit}")
-    if (arch or arch_kwargs or batch_sizes) and not (data or synthetic):
+    if (arch or arch_kwargs or batch_sizes) and data is None and not synthetic:
         raise UsageError("--arch, --arch-kwargs and --batch-sizes measure drift: give --data FILE (or --synthetic SHAPE) too")
-    if data and synthetic:
+    if data is not None and synthetic:
         raise UsageError("give one of --data FILE or --synthetic SHAPE, not both")
     inputs = [p for p in (path, other, data) if isinstance(p, str) and p]  # a live module (Python API) is no file
     if output is not None:
@@ -173,7 +173,7 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
         from bninspect.services.diff import diff_with_details
 
         diff_result, compared = diff_with_details(path, other, trust=trust, key=key, key_b=key_b, eps=eps)
-    if data or synthetic:
+    if data is not None or synthetic:
         from bninspect.services.drift import (DEFAULT_BATCH_TOLERANCE, DEFAULT_MAX_DRIFT, DEFAULT_MIN_AGREEMENT,
                                               drift)
 
