@@ -22,7 +22,7 @@ RANKS = {
     "formats": 3, "atomic": 3,                       # reading files (and the one writer)
     "layers": 4,                                     # discovery: BatchNorm layers from a checkpoint
     "rules": 5,                                      # check's rules
-    "running": 6, "process": 6,                      # running a model; process-wide settings
+    "running": 6, "settings": 6,                     # running a model; process-wide settings
     "services": 7,                                   # one function per command, returning data
     "render": 8,                                     # results as text, JSON, HTML
     "api": 9, "cli": 10, "__main__": 11, "__init__": 11,   # the faces: Python API, command line

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import typer
 
-from bninspect import process
+from bninspect import settings
 from bninspect.cli import commands
 from bninspect.errors import EXIT_INVALID, EXIT_USAGE, BNInspectError, OutputClosed
 
@@ -124,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     gc.set_threshold(50_000, 20, 20)
     # And what a checkpoint load made is frozen out of the collector's walks altogether
     # (services.common.open_layers); a library caller's process is left as it is.
-    process.freeze_loaded_objects = True
+    settings.freeze_loaded_objects = True
     # numpy's pip wheels start an OpenBLAS thread per core at import, and those threads spin for
     # a while, taking the core that `check --jobs 2` needs; our arrays are a few thousand values.
     # torch has its own pools; a user's setting is kept.

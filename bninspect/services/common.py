@@ -52,7 +52,7 @@ def open_layers(path: Any, *, trust: bool = False, key: str | None = None, stric
     live ``torch.nn.Module`` (the Python API): its own modules are read, nothing on it changes.
 
     A load makes a few objects per tensor (300,000 for a 10,000-layer .pt) that live as long
-    as the command and form no reference cycles. Under the CLI (``process.freeze_loaded_objects``)
+    as the command and form no reference cycles. Under the CLI (``settings.freeze_loaded_objects``)
     the cyclic collector is paused while they are made and then told to leave them be
     (gc.freeze): it would otherwise walk them again and again for nothing (measured:
     benchmarks/README.md, "Measured design choices"). A load that fails is left to the
@@ -60,7 +60,7 @@ def open_layers(path: Any, *, trust: bool = False, key: str | None = None, stric
     """
     import gc
 
-    from bninspect import process
+    from bninspect import settings
     from bninspect.formats import open_checkpoint
 
     validate_eps(eps)
@@ -71,7 +71,7 @@ def open_layers(path: Any, *, trust: bool = False, key: str | None = None, stric
             raise UsageError("key= picks a state dict inside a file; a live module is one model")
         return discover(live.read(path), eps=eps)
     path = os.fspath(path)
-    if not process.freeze_loaded_objects:
+    if not settings.freeze_loaded_objects:
         return discover(open_checkpoint(path, trust=trust, key=key, strict=strict, refuse_unsafe=refuse_unsafe), eps=eps)
     enabled = gc.isenabled()
     gc.disable()

@@ -187,15 +187,15 @@ def test_loading_leaves_the_collector_on_and_the_loaded_objects_out_of_its_walks
     file built). A library caller's process is not frozen at all."""
     import gc
 
-    from bninspect import process
+    from bninspect import settings
     from bninspect.errors import InvalidFileError
     from bninspect.services.common import open_layers
 
     gc.unfreeze()
-    monkeypatch.setattr(process, "freeze_loaded_objects", False)
+    monkeypatch.setattr(settings, "freeze_loaded_objects", False)
     assert open_layers(str(SAMPLES / "resnet_tiny.pt")).layers
     assert gc.isenabled() and gc.get_freeze_count() == 0
-    monkeypatch.setattr(process, "freeze_loaded_objects", True)
+    monkeypatch.setattr(settings, "freeze_loaded_objects", True)
     try:
         before = gc.get_freeze_count()
         assert open_layers(str(SAMPLES / "resnet_tiny.pt")).layers

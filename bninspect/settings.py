@@ -1,4 +1,4 @@
-"""What the command line decides for the whole process, read by the code it runs.
+"""Process-wide settings the command line turns on, read by the code it runs.
 
 The services are also a library: a caller's process belongs to the caller, so nothing here is
 on unless ``cli.main`` turns it on.
