@@ -139,13 +139,7 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     from bninspect.services.common import open_layers, select, source_name
     from bninspect.services.show import describe
 
-    limit = DEFAULT_PAGES if pages is None else pages
-    if not 0 < limit <= MAX_PAGES:
-        raise UsageError(f"--pages must be between 1 and {MAX_PAGES} (each page is a figure of ~0.1 s and ~100 kB), not {limit}")
-    if (arch or arch_kwargs or batch_sizes) and data is None and not synthetic:
-        raise UsageError("--arch, --arch-kwargs and --batch-sizes measure drift: give --data FILE (or --synthetic SHAPE) too")
-    if data is not None and synthetic:
-        raise UsageError("give one of --data FILE or --synthetic SHAPE, not both")
+    limit = _validate(pages, data, synthetic, arch, arch_kwargs, batch_sizes)
     inputs = [p for p in (path, other, data) if isinstance(p, str) and p]  # a live module (Python API) is no file
     if output is not None:
         check_output(output, inputs)
@@ -156,19 +150,10 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     wanted = {l.name for l in select(discovered, layers)} if layers else None  # a bad glob fails now
     shown = describe(found, source_name(path))
     findings = findings_for(found, opts)
-    marks = channel_marks(findings)
-    by_layer: dict[str, list[Finding]] = {}
-    for f in findings:
-        by_layer.setdefault(f.layer, []).append(f)
-
-    summaries = [*shown.layers, *shown.possible]
-    rows = []
-    for i, (layer, summary) in enumerate(zip(discovered[:MAX_ROWS], summaries)):
-        rows.append(LayerRow(index=i, summary=summary, series=layer_series(layer, marks.get(layer.name)),
-                             findings=by_layer.get(layer.name, [])))
+    rows = _rows(discovered, [*shown.layers, *shown.possible], findings)
 
     drift_result = diff_result = None
-    compared = []
+    compared: list = []
     if other:  # before drift: a bad B should fail in a second, not after the model ran on the data
         from bninspect.services.diff import diff_with_details
 
@@ -178,24 +163,9 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
                                               drift)
 
         drift_result = drift(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust, key=key, data=data,
-                                 synthetic=synthetic, batch_sizes=batch_sizes, device="cpu",
-                                 max_drift=DEFAULT_MAX_DRIFT, batch_tolerance=DEFAULT_BATCH_TOLERANCE,
-                                 min_agreement=DEFAULT_MIN_AGREEMENT, write_recalibrated=None)
-
-    drifts = {l.name: l for l in drift_result.layers} if drift_result else {}
-    diffs = {c.diff.name: c for c in compared if c.diff.folded_side != "a"}
-    different = {name for name, c in diffs.items() if c.diff.status == "different"}
-    if drift_result is not None and not drift_result.synthetic:  # thresholds do not apply to synthetic input
-        different |= {name for name, l in drifts.items() if l.exceeds}
-    page_rows = _choose_pages(rows, limit, wanted, different)
-    pages_out = []
-    for row in page_rows:
-        row.page = True
-        layer = discovered[row.index]
-        pages_out.append(LayerPage(row=row.index, values=_page_values(layer, row.series), marks=row.series.marks,
-                                   drift=drifts.get(layer.name)))
-        if layer.name in diffs:
-            pages_out[-1].diff, pages_out[-1].diff_channels = diffs[layer.name].diff, diffs[layer.name].channels
+                             synthetic=synthetic, batch_sizes=batch_sizes, device="cpu", max_drift=DEFAULT_MAX_DRIFT,
+                             batch_tolerance=DEFAULT_BATCH_TOLERANCE, min_agreement=DEFAULT_MIN_AGREEMENT,
+                             write_recalibrated=None)
 
     counts = {s: 0 for s in SEVERITIES}
     for f in findings:
@@ -204,6 +174,51 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
         file=shown, trusted=trust, safety=safety_verdict(found.checkpoint), rows=rows,
         rows_omitted=len(discovered) - len(rows), findings=findings[:MAX_FINDINGS],
         findings_omitted=max(0, len(findings) - MAX_FINDINGS), counts=counts,
-        rules=[r.code for r in select_rules(opts.select, opts.ignore)], config=opts.config, pages=pages_out, pages_limit=limit,
+        rules=[r.code for r in select_rules(opts.select, opts.ignore)], config=opts.config,
+        pages=_pages(rows, discovered, limit, wanted, drift_result, compared), pages_limit=limit,
         drift=drift_result, diff=diff_result, inputs=inputs,
     )
+
+
+def _validate(pages: int | None, data: object, synthetic: str | None, arch: str | None, arch_kwargs: str | None,
+              batch_sizes: str | None) -> int:
+    """The number of pages asked for, after the option combinations a report refuses."""
+    limit = DEFAULT_PAGES if pages is None else pages
+    if not 0 < limit <= MAX_PAGES:
+        raise UsageError(f"--pages must be between 1 and {MAX_PAGES} (each page is a figure of ~0.1 s and ~100 kB), not {limit}")
+    if (arch or arch_kwargs or batch_sizes) and data is None and not synthetic:
+        raise UsageError("--arch, --arch-kwargs and --batch-sizes measure drift: give --data FILE (or --synthetic SHAPE) too")
+    if data is not None and synthetic:
+        raise UsageError("give one of --data FILE or --synthetic SHAPE, not both")
+    return limit
+
+
+def _rows(discovered: list[BNLayer], summaries: list[LayerSummary], findings: list[Finding]) -> list[LayerRow]:
+    """The overview's rows (at most MAX_ROWS): each layer's summary, series and findings."""
+    marks = channel_marks(findings)
+    by_layer: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_layer.setdefault(f.layer, []).append(f)
+    return [LayerRow(index=i, summary=summary, series=layer_series(layer, marks.get(layer.name)),
+                     findings=by_layer.get(layer.name, []))
+            for i, (layer, summary) in enumerate(zip(discovered[:MAX_ROWS], summaries))]
+
+
+def _pages(rows: list[LayerRow], discovered: list[BNLayer], limit: int, wanted: set[str] | None,
+           drift_result: DriftResult | None, compared: list) -> list[LayerPage]:
+    """The layers that get a page (problems first, see _choose_pages) with what each page plots."""
+    drifts = {l.name: l for l in drift_result.layers} if drift_result else {}
+    diffs = {c.diff.name: c for c in compared if c.diff.folded_side != "a"}
+    different = {name for name, c in diffs.items() if c.diff.status == "different"}
+    if drift_result is not None and not drift_result.synthetic:  # thresholds do not apply to synthetic input
+        different |= {name for name, l in drifts.items() if l.exceeds}
+    pages_out = []
+    for row in _choose_pages(rows, limit, wanted, different):
+        row.page = True
+        layer = discovered[row.index]
+        page = LayerPage(row=row.index, values=_page_values(layer, row.series), marks=row.series.marks,
+                         drift=drifts.get(layer.name))
+        if layer.name in diffs:
+            page.diff, page.diff_channels = diffs[layer.name].diff, diffs[layer.name].channels
+        pages_out.append(page)
+    return pages_out
