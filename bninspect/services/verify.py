@@ -465,6 +465,22 @@ def _fused(layer: BNLayer, mean, var, gamma, beta, eps: float, dt: str, device: 
 
 # ---------------------------------------------------------------- --expected
 
+def _score(expected: np.ndarray, cause: str, y: np.ndarray, m: np.ndarray, tol) -> Candidate:
+    """How well one candidate computation ``y`` explains ``expected``: within the allowance (from
+    the magnitudes ``m`` of the terms that computation adds: its own μ, σ², channel mapping), and
+    its RMS residual relative to the expected output's RMS."""
+    from bninspect.numerics import reference
+
+    cmp = reference.compare(expected, y, m, tol)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # NaN where both have NaN is agreement (a broken channel reproduced); anywhere else it is a miss
+        both = np.isnan(y) & np.isnan(expected)
+        diff = np.where(both, 0.0, np.nan_to_num(y - expected, nan=np.inf, posinf=np.inf, neginf=np.inf))
+        rms_e = reference.rms(np.where(np.isfinite(expected), expected, 0.0)) or 1.0
+        rel = reference.rms(diff) / rms_e
+    return Candidate(cause, cmp.max_abs_err, rel if math.isfinite(rel) else math.inf, cmp.passed)
+
+
 def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype: str, channels_last: bool,
              expected_path: str = "", output_channels_last: bool | None = None,
              expected_shape: tuple[int, ...] | None = None) -> Diagnosis:
@@ -484,26 +500,15 @@ def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype
     mag = reference.eval_magnitude(x, mean, var, gamma, beta, eps)
     ref = reference.eval_reference(x, mean, var, gamma, beta, eps)
 
-    def score(cause: str, y: np.ndarray, m: np.ndarray, t) -> Candidate:
-        # the allowance uses the magnitudes of the terms that computation adds (its own μ, σ², channel mapping)
-        cmp = reference.compare(expected, y, m, t)
-        with np.errstate(invalid="ignore", over="ignore"):
-            # NaN where both have NaN is agreement (a broken channel reproduced); anywhere else it is a miss
-            both = np.isnan(y) & np.isnan(expected)
-            diff = np.where(both, 0.0, np.nan_to_num(y - expected, nan=np.inf, posinf=np.inf, neginf=np.inf))
-            rms_e = reference.rms(np.where(np.isfinite(expected), expected, 0.0)) or 1.0
-            rel = reference.rms(diff) / rms_e
-        return Candidate(cause, cmp.max_abs_err, rel if math.isfinite(rel) else math.inf, cmp.passed)
-
-    correct = score("match", ref, mag, tol)
+    correct = _score(expected, "match", ref, mag, tol)
     cands = []
     for cause, y, m in kernels.explanations(x, mean, var, gamma, beta, eps, affine, channels_last):
         half = cause.split()[0]
-        cands.append(score(cause, y, m, reference.TOLERANCES[half] if cause.endswith("arithmetic") else tol))
+        cands.append(_score(expected, cause, y, m, reference.TOLERANCES[half] if cause.endswith("arithmetic") else tol))
     out_cl = channels_last if output_channels_last is None else output_channels_last
     file_shape = expected_shape or (tuple(np.moveaxis(expected, 1, -1).shape) if out_cl and x.ndim >= 3 else expected.shape)
     for cause, y, m in reference.output_layout_mistakes(ref, mag, file_shape, out_cl):
-        cands.append(score(cause, y, m, tol))
+        cands.append(_score(expected, cause, y, m, tol))
     cands.sort(key=lambda c: (not c.fits, c.relative_residual))
     best = cands[0]
     diag = Diagnosis(layer.name, expected_path, "match", correct.residual, correct.relative_residual, True, best.cause,
