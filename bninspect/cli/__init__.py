@@ -32,8 +32,8 @@ EXIT_BROKEN_PIPE = 141
 _SETTINGS = dict(
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Plain help: typer's rich help imports rich's markdown, syntax and traceback (~125 ms)
-    # before printing a line.
+    # Plain help: typer's rich help imports rich's markdown, syntax and traceback before printing
+    # a line (benchmarks/README.md).
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -177,9 +177,8 @@ def scan_globals(stream: io.BufferedIOBase | io.BytesIO) -> tuple[list[str], int
 # names, and zero-fills it: ``LONG_BINPUT 0x20000000`` alone makes it allocate and touch 8 GiB
 # (measured: 18 GB peak RSS from a 10-byte pickle). A real pickler numbers memo entries 0, 1,
 # 2, ... and every entry takes at least a byte of pickle, so an index as large as the pickle's
-# length is never legitimate; refusing those caps the memo at 16 bytes per pickle byte (the
-# earlier rule, "at most 65,536 beyond the entries so far", had the same worst case plus 1 MiB,
-# but needed a count of entries, hence a Python loop over every opcode: 330 ms at 10,000 layers).
+# length is never legitimate; refusing those caps the memo at 16 bytes per pickle byte, and needs
+# no count of entries (a Python loop over every opcode; benchmarks/README.md).
 # BINPUT's one-byte index cannot grow the array past 512 entries, nor MEMOIZE (the next free
 # index) by more than one entry per opcode.
 #
@@ -190,7 +189,7 @@ def scan_globals(stream: io.BufferedIOBase | io.BytesIO) -> tuple[list[str], int
 _PUT, _LONG_BINPUT, _STOP = 0x70, 0x72, 0x2E
 _BINUNICODE, _SHORT_BINUNICODE = 0x58, 0x8C
 # Strings shorter than this (dict keys, storage keys) are matched by the regular expression;
-# each count needs a branch of its own, and compiling 64 of them takes 4 ms.
+# each count needs a branch of its own, compiled once per process.
 _SHORT_STRING = 64
 
 
@@ -267,11 +266,10 @@ def _run_matcher(bits: int) -> Callable[[bytes, int], re.Match[bytes]]:
     branches = [_long_binput_below(bits), sized.pop(1), sized.pop(0), _byte(_BINUNICODE) + _counted(0, _SHORT_STRING - 1, 3),
                 *sized.values(), _byte(_SHORT_BINUNICODE) + _counted(0, _SHORT_STRING - 1, 0)]
     branches += [_one_of(codes) + b"[^\n]*\n" * count for count, codes in sorted(lines.items())]
-    # Possessive: no backtracking state is kept per opcode (3x faster than a plain repeat).
-    # Python 3.10's re has no possessive repeat (3.11+). A greedy one matches the same run (each
-    # branch is chosen by its opcode byte, nothing follows to backtrack for) but keeps state per
-    # opcode: 540 MiB for a 10 MB pickle. Bounded at 1024 opcodes a match, the loop below steps
-    # one opcode in Python between blocks: 20 MiB, 0.14 s (0.10 s possessive on 3.11).
+    # Possessive: no backtracking state is kept per opcode. Python 3.10's re has no possessive
+    # repeat (3.11+); a greedy one matches the same run (each branch is chosen by its opcode byte,
+    # nothing follows to backtrack for) but keeps state per opcode, so there it is bounded at 1024
+    # opcodes a match and the loop below steps one opcode between blocks (benchmarks/README.md).
     repeat = b")*+" if sys.version_info >= (3, 11) else b"){0,1024}"
     return re.compile(b"(?:" + b"|".join(branches) + repeat, re.DOTALL).match
 

@@ -468,11 +468,9 @@ def parse_batch_sizes(text: str | None) -> list[int]:
     return parse_sizes(text, "--batch-sizes") if text else list(DEFAULT_BATCH_SIZES)
 
 
-# Input values per batch below which a forward pass's ops take microseconds. There waiting for a
-# second intra-op thread costs more than it saves, and on a machine whose other cores are busy
-# far more: `drift` on the sample (batches of 32×3×16×16, 24,576 values) took the same 1.9 s on an
-# idle 2-core machine with 1 or 2 threads, and 2.8 s against 1.9 s with the second core busy
-# (the issue measured 2-15× on a loaded one). 2^18 is a batch of 21 RGB images of 64×64.
+# Input values per batch below which a forward pass's ops take microseconds: waiting for a second
+# intra-op thread then costs more than it saves (measured: benchmarks/README.md, "Measured design
+# choices"). 2^18 is a batch of 21 RGB images of 64×64.
 SMALL_BATCH_VALUES = 1 << 18
 
 
