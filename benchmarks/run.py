@@ -452,6 +452,11 @@ def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> 
                      f"{torch_note(name)}", verdict(t <= allowed and res[name].torch_imported is False)))
 
     bn_mib = facts.get("resnet152_bn_bytes", 0) / MiB
+    # The 15x goals (issue 8) were set when the CLI patched typer to skip its pydantic conversion.
+    # Issue 17 re-anchors them on the framework's own floor: what a minimal public-API Typer app
+    # costs beyond a bare interpreter is the framework's share, not bninspect's; the end-to-end
+    # ratio is printed beside it.
+    framework = None if floor is None or bare is None else max(floor - bare, 0.0)
     for label, ref_name in (("safetensors", "naive torch.load .pt + pick BN"), ("pt", "naive torch.load .pt + pick BN"),
                             ("Lightning", "naive torch.load Lightning + pick BN"),
                             ("legacy", "naive torch.load legacy .pt + pick BN"),
@@ -464,14 +469,16 @@ def goals(res: dict[str, Result], facts: dict, ceiling: float | None = None) -> 
             if t is None or ref is None:
                 rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load, ≤ 10% memory", r.status if t is None else "no baseline", "n/a"))
                 continue
-            ok = t * 15 <= ref and m <= 0.10 * ref_rss
+            own = t - framework if framework is not None else t
+            ok = own * 15 <= ref and m <= 0.10 * ref_rss
             if label in ("safetensors", "legacy", "pickled model"):
                 ok = ok and r.torch_imported is False
             ref_cpu, c = w(ref_name, "cpu"), w(name, "cpu")
-            rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load (wall), ≤ 10% memory"
-                         + (", no torch (naive = torch.load of the same weights as .pt)" if label == "safetensors" else ""),
-                         f"{ref / t:.1f}× faster ({fmt_s(t)}; CPU {ref_cpu / c:.1f}×), {100 * m / ref_rss:.1f}% memory ({fmt_mib(m)}), "
-                         f"{torch_note(name)}", verdict(ok)))
+            share = f" beyond Typer's floor ({fmt_s(framework)} of framework)" if framework is not None else ""
+            rows.append((f"`{cmd}` {label}: ≥ 15× faster than naive torch.load beyond the framework's floor (wall), "
+                         "≤ 10% memory" + (", no torch (naive = torch.load of the same weights as .pt)" if label == "safetensors" else ""),
+                         f"{ref / own:.1f}×{share}; end to end {ref / t:.1f}× ({fmt_s(t)}; CPU {ref_cpu / c:.1f}×), "
+                         f"{100 * m / ref_rss:.1f}% memory ({fmt_mib(m)}), {torch_note(name)}", verdict(ok)))
             if label == "safetensors" and cmd != "show --json":
                 cr = r.med("cold_read")
                 if cr is None:

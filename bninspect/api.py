@@ -412,8 +412,8 @@ def drift(source: Source, *, data: str | os.PathLike[str] | Any = None, syntheti
           write_recalibrated: str | os.PathLike[str] | None = None, key: str | None = None,
           trust: bool = False, progress: Callable[[str, int, int], None] | None = None) -> Result:
     """``bninspect drift``: run the model (``arch`` builds it, or ``trust`` loads a TorchScript/
-    pickled model; a live module runs as it is, on a copy) on ``data`` (a file, or a tensor or
-    numpy array of samples) or ``synthetic`` inputs (e.g. "16x3x64x64"), and measure how far the
+    pickled model; a live module runs as it is, on a copy) on ``data`` (a file, a tensor or numpy
+    array of samples, or a DataLoader: its batches' inputs, up to 2^28 values) or ``synthetic`` inputs (e.g. "16x3x64x64"), and measure how far the
     running statistics are from the data's, per batch size. ``progress(phase, done, total)`` is
     called as the work advances (the CLI draws its progress bar with it)."""
     from bninspect.services.drift import drift as service
@@ -431,7 +431,7 @@ def report(source: Source, other: Source | None = None, *, data: str | os.PathLi
            pages: int | None = None, key: str | None = None, key_b: str | None = None, eps: float | None = None,
            trust: bool = False, strict: bool = False, output: str | os.PathLike[str] | None = None) -> Report:
     """``bninspect report``: every layer, check's findings, per-channel plots (``pages`` layers),
-    drift with ``data`` (a file, tensor or array) or ``synthetic``, the diff with ``other``. ``output``: write the
+    drift with ``data`` (a file, tensor, array or DataLoader) or ``synthetic``, the diff with ``other``. ``output``: write the
     HTML file there (checked before any work: never over an input); ``.save(path)`` writes it
     anywhere later; a notebook shows it inline. Needs the ``bninspect[report]`` extra."""
     from bninspect.render import report as render_report

@@ -222,6 +222,9 @@ def test_drift_runs_a_copy_of_a_live_module_on_data_in_memory(model):
     assert max(l.drift_score for l in result.layers) > 0.1 and result.exit_code == 1
     assert torch.equal(data, kept)
     _unchanged(model, before)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, torch.zeros(64)), batch_size=10)
+    from_loader = bninspect.drift(model, data=loader, batch_sizes=[4, 16])  # (inputs, labels) batches
+    assert [l.drift_score for l in from_loader.layers] == [l.drift_score for l in result.layers]
     with pytest.raises(bninspect.UsageError, match="live module runs as it is"):
         bninspect.drift(model, data=data, arch="sample_models:mobilenet_v1_tiny")
     with pytest.raises(bninspect.UsageError, match="two or more dimensions"):

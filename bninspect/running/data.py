@@ -74,11 +74,44 @@ def open_data(path: str) -> DataSource:
     return _ArraySource(lambda a, b: tensor_of(array.rows(a, b)), array.shape, description)
 
 
+# A DataLoader (or any iterable of batches) is read until this many input values: the samples
+# drift measures are held in memory at once (1 GiB of float32), and a loader may be endless.
+MAX_LOADER_VALUES = 1 << 28
+
+
+def _from_loader(loader: object) -> torch.Tensor:
+    """The samples of an iterable of batches (a DataLoader's: a tensor, or (inputs, labels, ...)
+    or {"input"/first tensor: ...}), concatenated up to MAX_LOADER_VALUES values."""
+    taken, total = [], 0
+    for batch in loader:  # type: ignore[attr-defined]
+        if isinstance(batch, dict):
+            batch = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        elif isinstance(batch, (tuple, list)):
+            batch = batch[0] if batch else None
+        if not isinstance(batch, torch.Tensor):
+            raise UsageError("data= as an iterable must give tensors of inputs (a DataLoader's batches, or "
+                             f"(inputs, labels) pairs), not {type(batch).__name__}")
+        if total + batch.numel() > MAX_LOADER_VALUES and taken:
+            break
+        taken.append(batch.detach().to("cpu"))
+        total += batch.numel()
+    if not taken:
+        raise UsageError("data= gave no batches")
+    try:
+        return torch.cat(taken)
+    except RuntimeError:
+        raise UsageError("data='s batches differ in their sample shape "
+                         f"({', '.join(str(list(t.shape[1:])) for t in taken[:3])})") from None
+
+
 def memory_source(values: object) -> DataSource:
     """Inputs already in memory (the Python API: a tensor or numpy array, first dimension =
-    samples), handed out as copies so that the caller's array is never written."""
+    samples, or an iterable of batches such as a DataLoader), handed out as copies so that the
+    caller's data is never written."""
     import numpy as np
 
+    if not isinstance(values, (torch.Tensor, np.ndarray, list, tuple)) and hasattr(values, "__iter__"):
+        values = _from_loader(values)
     try:
         tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
     except TypeError:
