@@ -70,19 +70,16 @@ class Result:
         """The ``--json`` document as Python values."""
         return json.loads(self.to_json())
 
-    def _print(self) -> None:
-        self._renderer().render(self._data)
-
     def print(self) -> None:
         """Print what the command prints, to stdout (styled on a terminal, plain into a pipe)."""
-        self._print()
+        self._renderer().render(self._data)
 
     def text(self, width: int = 100) -> str:
         """What the command prints, laid out for ``width`` cells, without styles."""
         from bninspect.render.common import captured
 
         with captured(width) as buffer:
-            self._print()
+            self.print()
         return buffer.getvalue()
 
     def __str__(self) -> str:
@@ -112,9 +109,6 @@ class CheckResult(Result):
         """Every file's findings, in file order (each has code, severity, layer, message, fix, channels)."""
         return [f for file in self._data.files for f in file.findings]
 
-    def _print(self) -> None:
-        self.print()
-
     def print(self, format: str | None = None) -> None:  # noqa: A002 - the CLI's --format
         """Print the findings as ``check`` does: ``table``, or ``concise`` (one line per finding);
         by default as the ``format`` setting says."""
@@ -137,17 +131,17 @@ class Report(Result):
         """The report as one self-contained HTML document."""
         from bninspect.render import report as render_report
 
-        render_report.require()
         return render_report.to_html(self._data)
 
     def save(self, path: str | os.PathLike[str]) -> int:
         """Write the report to ``path`` (never over one of its inputs); returns the bytes written."""
         from bninspect.render import report as render_report
 
-        render_report.require()
         return render_report.save(self._data, os.fspath(path))
 
-    def _print(self) -> None:
+    def print(self) -> None:
+        """Print the line ``bninspect report`` prints once it wrote the file (``output=``), or the
+        file's layer table where no file was written."""
         from bninspect.render import report as render_report
         from bninspect.render import show as render_show
         from bninspect.render.common import Out
@@ -156,11 +150,6 @@ class Report(Result):
             render_show.render(self._data.file)
         else:
             Out().print(render_report.summary_line(self._data, *self.written))
-
-    def print(self) -> None:
-        """Print the line ``bninspect report`` prints once it wrote the file (``output=``), or the
-        file's layer table where no file was written."""
-        self._print()
 
     def _repr_html_(self) -> str:
         # The document sits in an iframe: its styles stay its own, the notebook's stay the notebook's.
@@ -291,7 +280,10 @@ class Loaded:
 
     def check(self, **settings: Any) -> CheckResult:
         """``bninspect check`` of what was loaded (settings as :func:`check` takes them)."""
-        return _check_found(self._found, self.path, settings)
+        from bninspect.services.check import check_discovered
+
+        options = _check_options(settings)
+        return CheckResult(check_discovered(self._found, self.path, options), options)
 
     def __repr__(self) -> str:
         return f"<bninspect.Loaded {self.path}: {len(self.layers)} BatchNorm layers ({self.format})>"
@@ -348,28 +340,20 @@ def check(sources: Source | Iterable[Source], *, select: Sequence[str] | str | N
     cannot be read is a result with its ``error`` (as the command reports it), or with ``debug``
     the exception itself. ``format`` (table or concise) is how ``print()`` lays findings out.
     """
-    import dataclasses
-
-    from bninspect.errors import UsageError
-    from bninspect.rules import Thresholds
-
-    known = [f.name for f in dataclasses.fields(Thresholds)]
-    unknown = sorted(set(thresholds) - set(known))
-    if unknown:
-        raise UsageError(f"check() has no setting {', '.join(unknown)}; its rule settings are {', '.join(known)}")
     settings = {"select": select, "ignore": ignore, "fail_on": fail_on, "eps": eps, "key": key, "strict": strict,
                 "jobs": jobs, "debug": debug, "format": format, **thresholds}
     from bninspect.formats import live
 
+    options = _check_options(settings)
     if live.is_module(sources):
+        from bninspect.services.check import check_discovered
         from bninspect.services.common import open_layers, source_name
 
-        found = open_layers(sources, eps=eps)
-        return _check_found(found, source_name(sources), settings)
+        found = open_layers(sources, eps=options.eps)
+        return CheckResult(check_discovered(found, source_name(sources), options), options)
     from bninspect.services.check import check as service
 
     paths = [os.fspath(p) for p in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
-    options = _check_options(settings)
     return CheckResult(service(paths, options), options)
 
 
@@ -489,21 +473,19 @@ def _codes(codes: Sequence[str] | str | None) -> list[str] | None:
 
 
 def _check_options(settings: dict[str, Any]) -> Any:
-    from bninspect.services.check import resolve_options
+    """check's options from the API's keyword arguments (rule settings by their option names)."""
+    import dataclasses
 
+    from bninspect.errors import UsageError
+    from bninspect.rules import Thresholds
+    from bninspect.services.check import CheckOptions, resolve_options
+
+    rules = [f.name for f in dataclasses.fields(Thresholds)]
+    options = {f.name for f in dataclasses.fields(CheckOptions)} - {"thresholds", "config"}
+    unknown = sorted(set(settings) - set(rules) - options)
+    if unknown:
+        raise UsageError(f"check() has no setting {', '.join(unknown)}; its rule settings are {', '.join(rules)}")
     flags = dict(settings)
     flags["select"], flags["ignore"] = _codes(flags.get("select")), _codes(flags.get("ignore"))
     flags["strict"], flags["debug"] = flags.get("strict") or None, flags.get("debug") or None
     return resolve_options(flags)
-
-
-def _check_found(found: Discovery, name: str, settings: dict[str, Any]) -> CheckResult:
-    """check's result for layers already discovered (a live module, a Loaded)."""
-    from bninspect.services.check import CheckReport, FileResult, findings_for
-    from bninspect.rules import select_rules
-
-    opts = _check_options(settings)
-    file = FileResult(path=name, format=found.checkpoint.format, layers=len(found.layers),
-                      possible=len(found.possible), findings=findings_for(found, opts), safety=found.checkpoint.verdict)
-    rules = [r.code for r in select_rules(opts.select, opts.ignore)]
-    return CheckResult(CheckReport(files=[file], rules=rules, fail_on=opts.fail_on, config=opts.config), opts)

@@ -28,7 +28,7 @@ SCHEMA = "bninspect.check/2"
 
 # The service's face: the CLI resolves the options and runs the check through this module.
 __all__ = ["SCHEMA", "CheckOptions", "CheckReport", "FileResult", "check_file", "collect_files", "count", "exit_code",
-           "findings_for", "resolve_options", "check"]
+           "findings_for", "file_result", "check_discovered", "resolve_options", "check"]
 
 
 @dataclass
@@ -109,10 +109,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
     result = FileResult(path=path)
     try:
         found = open_layers(path, key=opts.key, strict=opts.strict, eps=opts.eps, refuse_unsafe=False)
-        result.format = found.checkpoint.format
-        result.layers, result.possible = len(found.layers), len(found.possible)
-        result.findings = findings_for(found, opts)
-        result.safety = found.checkpoint.verdict
+        return file_result(found, path, opts)
     except BNInspectError as exc:
         if opts.debug:
             raise
@@ -130,9 +127,19 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
         result.error = (f"{path}: unexpected failure ({type(exc).__name__}: {detail}); this is a bug in bninspect, "
                         "rerun with --debug and report it")
         result.exit_code = InvalidFileError.exit_code
-    if result.error:
-        result.format, result.layers, result.possible, result.findings, result.safety = None, 0, 0, [], None
     return result
+
+
+def file_result(found: Discovery, path: str, opts: CheckOptions) -> FileResult:
+    """The FileResult of layers already discovered in ``path`` (a file's, a live module's)."""
+    return FileResult(path=path, format=found.checkpoint.format, layers=len(found.layers), possible=len(found.possible),
+                      findings=findings_for(found, opts), safety=found.checkpoint.verdict)
+
+
+def check_discovered(found: Discovery, path: str, opts: CheckOptions) -> CheckReport:
+    """check's report on layers already discovered (the Python API: a live module, a loaded file)."""
+    return CheckReport(files=[file_result(found, path, opts)], rules=[r.code for r in select_rules(opts.select, opts.ignore)],
+                       fail_on=opts.fail_on, config=opts.config)
 
 
 def _check_one(path: str, opts: CheckOptions) -> FileResult:
