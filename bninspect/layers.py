@@ -415,9 +415,19 @@ def _check_facts(checkpoint: Checkpoint) -> None:
         for name in _FACTS.keys() & info.attributes.keys():
             problem = _fact_problem(name, info.attributes[name])
             if problem is not None:
-                shown = repr(info.attributes[name])
+                shown = _fact_repr(info.attributes[name])
                 raise InvalidFileError(f"module {checkpoint.display(path) or '(root)'}: {name} is {shown[:80]}"
                                        f"{'…' if len(shown) > 80 else ''}, not {problem}", path=checkpoint.path)
+
+
+def _fact_repr(value: object) -> str:
+    """repr of a module fact, with an int too long for str() (Python refuses past 4,300 digits)
+    named by its size."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_fact_repr, value)) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return repr(value)
 
 
 def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:

@@ -403,3 +403,20 @@ def test_batchnorm_entries_without_a_length_are_named_in_show_and_check(tmp_path
     assert "rms is not listed as a BatchNorm layer: weight missing, bias missing, running_mean [1, 17]" in " ".join(shown["notes"])
     report = json.loads(cli("check", str(tmp_path / "odd.pt"), "--json", "--select", "BN003").out)
     assert [(f["layer"], f["severity"]) for f in report["findings"]] == [("bn2", "error"), ("rms", "info")]
+
+
+def test_a_module_fact_too_long_to_print_is_named_by_its_size():
+    """A pickled module may hold an eps of 5,000 digits; str() of it raises, the error must not."""
+    import numpy as np
+    import pytest
+
+    from bninspect.checkpoint import Checkpoint, ModuleInfo, TensorRef
+    from bninspect.errors import InvalidFileError
+    from bninspect.layers import discover
+
+    tensors = {f"bn.{n}": TensorRef.from_array(np.ones(4, np.float32)) for n in ("weight", "bias", "running_mean", "running_var")}
+    for value in (10**5000, (0.1, 10**5000)):
+        ck = Checkpoint(path="m.pt", format="torch-zip", tensors=tensors,
+                        modules={"bn": ModuleInfo("bn", "BatchNorm2d", {"eps": value})})
+        with pytest.raises(InvalidFileError, match="eps is .*an int of 16610 bits"):
+            discover(ck)
