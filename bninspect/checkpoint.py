@@ -130,6 +130,14 @@ class ModuleInfo:
     bn: str = ""
 
 
+# Module attributes worth keeping, whatever read the module (pickled, trusted, live): BN's
+# (constructor arguments and mode), and what producer matching needs from convs and linears.
+MODULE_ATTRIBUTES = (
+    "training", "eps", "momentum", "affine", "track_running_stats", "num_features",
+    "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+    "transposed", "in_features", "out_features",
+)
+
 _SCALARS = (bool, int, float, str, type(None))
 
 

@@ -506,7 +506,7 @@ def _classify(checkpoint: Checkpoint, order: list[str], groups: dict[str, dict[s
             # Running statistics of one length C make a BN layer even when weight or bias
             # disagree (check's BN003 reports that), and so does a module that says BatchNorm
             # and has no statistics (track_running_stats=False).
-            channels = _channels(t, info)
+            channels = _width(t, info) or 0
             found.entries.append(("bn", pos, prefix, display, channels))
             prev_width = channels
             continue
@@ -616,16 +616,6 @@ def _width(t: dict[str, TensorRef], info: ModuleInfo | None) -> int | None:
     if info is not None and isinstance(info.attributes.get("num_features"), int):
         return int(info.attributes["num_features"])
     return None
-
-
-def _channels(t: dict[str, TensorRef], info: ModuleInfo | None) -> int:
-    for name in ("running_mean", "running_var", "weight", "bias"):
-        ref = t.get(name)
-        if ref is not None and ref.ndim >= 1:
-            return ref.shape[0]
-    if info is not None and isinstance(info.attributes.get("num_features"), int):
-        return int(info.attributes["num_features"])
-    return 0
 
 
 def _layer(prefix: str, display: str, t: dict[str, TensorRef], info: ModuleInfo | None, channels: int,

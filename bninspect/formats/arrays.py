@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bninspect.checkpoint import SHAPE_RULE, STORED_DTYPES, TensorRef, is_shape
-from bninspect.errors import InvalidFileError, NoStateDictError, UnsafeFileError, UsageError
+from bninspect.errors import InvalidFileError, UnsafeFileError, UsageError
 from bninspect.formats import legacy, safetensors, torchzip
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 
@@ -93,10 +93,7 @@ def open_arrays(path: str, what: str = "an array file") -> ArrayFile:
     if legacy.sniff(head):
         return _from_object(path, legacy.read_object(path, what), None)
     if safetensors.sniff(head):
-        try:
-            tensors = safetensors.read(path, key=None, strict=False).tensors
-        except NoStateDictError:
-            tensors = {}
+        tensors = safetensors.read(path, key=None, strict=False).tensors
         arrays = {name: _array(ref, safetensors.read_rows, path) for name, ref in tensors.items()}
         return ArrayFile(path, "safetensors", "dict", arrays, holds="no tensors")
     raise InvalidFileError(NOT_AN_ARRAY, path=path)

@@ -207,10 +207,6 @@ class _Reader:
         return nxt if nxt.type == op else None
 
 
-def _weights_path(path: str) -> str:
-    return os.path.splitext(path)[0] + ".bin"
-
-
 def read(path: str, *, key: str | None = None, strict: bool = False) -> Checkpoint:
     """Read BatchNormInference layers and (folded) producers of an OpenVINO IR into a Checkpoint."""
     if key is not None:

@@ -18,7 +18,7 @@ import os
 import stat
 import weakref
 
-from bninspect.errors import PathProblemError
+from bninspect.errors import InvalidFileError, PathProblemError
 
 _KINDS = (
     (stat.S_ISDIR, "is a directory, not {what}"),
@@ -106,8 +106,6 @@ def companion_path(model_path: str, name: str, what: str) -> str:
     that leaves the folder is as much a way out as ``../``. InvalidFileError (the model file is
     at fault) names ``what`` and the name as written.
     """
-    from bninspect.errors import InvalidFileError
-
     base = os.path.realpath(os.path.dirname(os.path.abspath(model_path)))
     if not name or "\0" in name or os.path.isabs(name):
         raise InvalidFileError(f"{what} '{name}' is not a file name relative to the model's directory", path=model_path)
@@ -143,8 +141,6 @@ def read_head(path: str, size: int = 4096) -> bytes:
 
 def pread_exact(fd: int, length: int, offset: int, path: str, what: str) -> bytes:
     """Exactly ``length`` bytes at ``offset``; InvalidFileError (truncated) when the file is shorter."""
-    from bninspect.errors import InvalidFileError
-
     chunks = []
     got = 0
     while got < length:

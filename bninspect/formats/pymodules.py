@@ -20,18 +20,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bninspect.checkpoint import ModuleInfo, ModuleNode, TensorRef, is_simple_fact
+from bninspect.checkpoint import MODULE_ATTRIBUTES, ModuleInfo, ModuleNode, TensorRef, is_simple_fact
 from bninspect.errors import InvalidFileError
 from bninspect.formats.unpickler import Opaque
 
 MODULE_STATE = ("_parameters", "_buffers", "_modules")
-# Module attributes worth keeping: BN's (constructor arguments and mode), and what producer
-# matching needs from convs and linears.
-MODULE_ATTRIBUTES = (
-    "training", "eps", "momentum", "affine", "track_running_stats", "num_features",
-    "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-    "transposed", "in_features", "out_features",
-)
 _NORM_BASE = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 BN_CLASS = re.compile(r"^(Lazy)?BatchNorm([123]d)?$|^SyncBatchNorm$|^FrozenBatchNorm2d$")
 _OTHER_NORM_CLASS = re.compile(r"InstanceNorm|GroupNorm|LayerNorm|RMSNorm|LocalResponseNorm")

@@ -1,8 +1,8 @@
-"""Objects torch has already loaded (legacy safe load, trusted loads) turned into our terms.
+"""Objects torch has already loaded or built (trusted loads, live modules) turned into our terms.
 
-Only the legacy and trusted readers import this module, and they have imported torch by then.
+Only the trusted reader and ``formats.live`` import this module, and torch is imported by then.
 Tensors become TensorRefs (values converted on first use), ``nn.Module``s become a
-:class:`~bninspect.formats.containers.ModuleNode` with the module facts a state dict lacks.
+:class:`~bninspect.checkpoint.ModuleNode` with the module facts a state dict lacks.
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from bninspect.checkpoint import ModuleInfo, ModuleNode, TensorRef, is_simple_fact
+from bninspect.checkpoint import MODULE_ATTRIBUTES, ModuleInfo, ModuleNode, TensorRef, is_simple_fact
 from bninspect.errors import InvalidFileError
 from bninspect.formats.containers import MAX_DEPTH
 from bninspect.formats.paths import Budget
 
-# Module attributes worth keeping: BN's (constructor arguments and mode), and what producer
-# matching needs from convs and linears. All are plain Python values on the module.
-MODULE_ATTRIBUTES = (
-    "training", "eps", "momentum", "affine", "track_running_stats", "num_features",
-    "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-    "transposed", "in_features", "out_features",
-)
 
 
 def tensor_ref(tensor: Any, path: str, budget: Budget) -> TensorRef:
