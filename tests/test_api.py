@@ -225,6 +225,8 @@ def test_drift_runs_a_copy_of_a_live_module_on_data_in_memory(model):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, torch.zeros(64)), batch_size=10)
     from_loader = bninspect.drift(model, data=loader, batch_sizes=[4, 16])  # (inputs, labels) batches
     assert [l.drift_score for l in from_loader.layers] == [l.drift_score for l in result.layers]
+    synthetic = bninspect.drift(model, synthetic="8x3x32x32", batch_sizes=[2, 8], max_drift=1e-9)
+    assert not any(l.exceeds for l in synthetic.layers)  # --max-drift does not apply to synthetic input
     with pytest.raises(bninspect.UsageError, match="live module runs as it is"):
         bninspect.drift(model, data=data, arch="sample_models:mobilenet_v1_tiny")
     with pytest.raises(bninspect.UsageError, match="two or more dimensions"):

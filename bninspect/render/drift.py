@@ -72,7 +72,7 @@ def _layer_table(result: DriftResult, width: int) -> Styled:
             rows.append([name, str(layer.channels), "not called", "", "", "",
                          *[""] * len(result.batch_sizes), "", *([""] if recal else [])])
             continue
-        style = "bold red" if layer.exceeds and not result.synthetic else ""
+        style = "bold red" if layer.exceeds else ""
         row: list[str | Styled] = [name, str(layer.channels), Styled(num(layer.drift_score), style),
                                    str(layer.worst_channel), num(layer.worst_mean_shift), num(layer.worst_var_ratio)]
         row += [num(b.output_error) if not b.skipped else "—" for b in layer.by_batch_size]

@@ -296,7 +296,7 @@ def _drift_section(doc: Doc, drift: DriftResult, figures: Figures, rows_by_name:
                 doc.add(f'<tr><td>{name}</td><td class="num">{l.channels}</td><td colspan="{len(heads) - 2}" '
                         'class="note">not called by the forward pass</td></tr>')
                 continue
-            score = f'<span class="error">{num(l.drift_score)}</span>' if l.exceeds and not drift.synthetic else num(l.drift_score)
+            score = f'<span class="error">{num(l.drift_score)}</span>' if l.exceeds else num(l.drift_score)
             cells = [str(l.channels), score, "—" if l.worst_channel is None else str(l.worst_channel),
                      num(l.worst_mean_shift), num(l.worst_var_ratio)]
             cells += [num(b.output_error) if not b.skipped else "—" for b in l.by_batch_size]

@@ -99,7 +99,7 @@ class LayerDrift:
     channel_error: list[float] = field(default_factory=list)  # per channel
     by_batch_size: list[BatchSizeDrift] = field(default_factory=list)
     min_batch_size: int | None = None  # smallest B from which train-mode error stays ≤ tolerance
-    exceeds: bool = False
+    exceeds: bool = False  # drift_score over --max-drift (never for synthetic input, where it does not apply)
     drift_after: float | None = None  # drift score of the recalibrated file on the same data
 
 
@@ -561,7 +561,9 @@ def measure(loaded: LoadedModel, source: DataSource, *, path: str, batch_sizes: 
                 probe = None
         if result is not None:
             order = result.order
-            layers = [_layer_drift(name, module, result, usable, max_drift, batch_tolerance) for name, module in bns]
+            # --max-drift does not apply to synthetic input: no layer exceeds it there.
+            limit = math.inf if source.synthetic else max_drift
+            layers = [_layer_drift(name, module, result, usable, limit, batch_tolerance) for name, module in bns]
         elif not bns:
             notes.append("the model has no BatchNorm layer with running statistics: nothing can drift, "
                          "and eval and train mode differ only if other modules make them")
@@ -642,9 +644,8 @@ def _overall_min_batch_size(result: DriftResult) -> None:
 def _problems(result: DriftResult) -> list[str]:
     """The threshold breaches that make the exit code 1, each as one sentence with its numbers."""
     problems = []
-    if not result.synthetic:
-        over = [l for l in result.layers if l.exceeds and l.drift_score is not None]
-        for layer in over:
+    for layer in result.layers:
+        if layer.exceeds and layer.drift_score is not None:
             problems.append(f"{layer.name}: drift score {layer.drift_score:.4g} > --max-drift {result.max_drift:g}")
     if result.loaded_in_train_mode:
         problems.append(f"the model was saved in train mode ({len(result.train_mode_layers)} BN layers): at inference "

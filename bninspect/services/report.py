@@ -210,8 +210,7 @@ def _pages(rows: list[LayerRow], discovered: list[BNLayer], limit: int, wanted: 
     drifts = {l.name: l for l in drift_result.layers} if drift_result else {}
     diffs = {c.diff.name: c for c in compared if c.diff.folded_side != "a"}
     different = {name for name, c in diffs.items() if c.diff.status == "different"}
-    if drift_result is not None and not drift_result.synthetic:  # thresholds do not apply to synthetic input
-        different |= {name for name, l in drifts.items() if l.exceeds}
+    different |= {name for name, l in drifts.items() if l.exceeds}
     pages_out = []
     for row in _choose_pages(rows, limit, wanted, different):
         row.page = True
