@@ -151,7 +151,9 @@ def device_module_step(kind: str, x: np.ndarray, mean: np.ndarray, var: np.ndarr
 
 # ---------------------------------------------------------------- conv → BN fusion
 
+# op → (torch function, spatial dimensions): its weight has that many plus 2 (out, in).
 CONV_OPS = {"conv1d": (F.conv1d, 1), "conv2d": (F.conv2d, 2), "conv3d": (F.conv3d, 3)}
+_CONV_BY_RANK = {spatial + 2: conv for conv, spatial in CONV_OPS.values()}
 
 
 def fuse_reference(weight: np.ndarray, bias: np.ndarray | None, mean: np.ndarray, var: np.ndarray, eps: float,
@@ -194,7 +196,7 @@ def producer_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     if weight.ndim == 2:
         b = bias if bias is not None else np.zeros(weight.shape[0])
         return x64 @ weight.T + b, np.abs(x64) @ np.abs(weight).T + np.abs(b)
-    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.ndim]
+    conv = _CONV_BY_RANK[weight.ndim]
     spatial = weight.ndim - 2
     xt = as_tensor(x64)
     if pads is not None and any(p for pair in pads for p in pair):

@@ -12,12 +12,8 @@ from bninspect.rules.base import Context, aligned, channel_list, rule, sig
 if TYPE_CHECKING:
     from bninspect.layers import BNLayer
 
-LOW_PRECISION = {
-    # dtype: (significand bits stored, smallest normal number) — IEEE 754 binary16; bfloat16
-    # keeps float32's exponent with 7 stored significand bits.
-    "float16": (10, 2.0**-14),
-    "bfloat16": (7, 2.0**-126),
-}
+# Storage dtypes too coarse for running statistics (their precision: numerics.reference).
+LOW_PRECISION = ("float16", "bfloat16")
 
 
 @rule("BN301", "eps-not-default", "info", "eps differs from PyTorch's default, or from --expect-eps")
@@ -147,12 +143,14 @@ def low_precision(layer: BNLayer, ctx: Context):
     """
     import numpy as np
 
+    from bninspect.numerics.reference import MACHINE_EPS, SMALLEST_NORMAL
+
     dtypes = {n: layer.tensors[n].dtype for n in ("running_mean", "running_var") if n in layer.tensors}
     low = {n: d for n, d in dtypes.items() if d in LOW_PRECISION}
     if not low:
         return
     dtype = low.get("running_var") or next(iter(low.values()))
-    bits, smallest = LOW_PRECISION[dtype]
+    bits, smallest = round(-math.log2(MACHINE_EPS[dtype])), SMALLEST_NORMAL[dtype]  # significand bits stored
     var = layer.values("running_var")
     evidence = {"significand_bits": bits, "relative_step": sig(2.0**-bits)}
     channels: list[int] = []

@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from bninspect.errors import (EXIT_FINDINGS, EXIT_OK, EXIT_PATH, BNInspectError, InvalidFileError, NoStateDictError,
                               UsageError)
-from bninspect.rules import SEVERITIES, Context, Finding, run_rules, select_rules
+from bninspect.rules import SEVERITIES, Context, Finding, run_rules
 from bninspect.services.check_config import CheckOptions, resolve_options
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def findings_for(found: Discovery, opts: CheckOptions) -> list[Finding]:
     and on the file's safety verdict."""
     ctx = Context(layers=[*found.layers, *found.possible], thresholds=opts.thresholds, checkpoint=found.checkpoint,
                   malformed=found.malformed, verdict=found.checkpoint.verdict)
-    return run_rules(ctx, select_rules(opts.select, opts.ignore))
+    return run_rules(ctx, opts.rules())
 
 
 def check_file(path: str, opts: CheckOptions) -> FileResult:
@@ -114,7 +114,7 @@ def check_file(path: str, opts: CheckOptions) -> FileResult:
         if opts.debug:
             raise
         findings = (run_rules(Context(layers=[], thresholds=opts.thresholds, verdict=exc.verdict),
-                              select_rules(opts.select, opts.ignore)) if exc.verdict else [])
+                              opts.rules()) if exc.verdict else [])
         if any(f.severity != "info" for f in findings):
             result.findings, result.safety = findings, exc.verdict  # type: ignore[assignment]
             return result
@@ -138,7 +138,7 @@ def file_result(found: Discovery, path: str, opts: CheckOptions) -> FileResult:
 
 def check_discovered(found: Discovery, path: str, opts: CheckOptions) -> CheckReport:
     """check's report on layers already discovered (the Python API: a live module, a loaded file)."""
-    return CheckReport(files=[file_result(found, path, opts)], rules=[r.code for r in select_rules(opts.select, opts.ignore)],
+    return CheckReport(files=[file_result(found, path, opts)], rules=[r.code for r in opts.rules()],
                        fail_on=opts.fail_on, config=opts.config)
 
 
@@ -158,7 +158,7 @@ def check(paths: list[str], opts: CheckOptions) -> CheckReport:
     """Check every file under ``paths`` (in ``opts.jobs`` processes) and decide the exit code."""
     if not paths:
         raise UsageError("give one or more checkpoint files or folders")
-    rules = select_rules(opts.select, opts.ignore)
+    rules = opts.rules()
     files, problems = collect_files(paths)
     jobs = opts.jobs or os.cpu_count() or 1
     jobs = min(jobs, len(files))
@@ -182,10 +182,14 @@ def check(paths: list[str], opts: CheckOptions) -> CheckReport:
 
 def count(results: list[FileResult]) -> dict[str, int]:
     """Findings by severity over all files (every severity present, zeros included)."""
+    return count_findings(f for r in results for f in r.findings)
+
+
+def count_findings(findings: Iterable[Finding]) -> dict[str, int]:
+    """Findings by severity (every severity present, zeros included)."""
     out = {s: 0 for s in SEVERITIES}
-    for r in results:
-        for f in r.findings:
-            out[f.severity] += 1
+    for f in findings:
+        out[f.severity] += 1
     return out
 
 

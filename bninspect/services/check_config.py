@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bninspect.errors import UsageError
-from bninspect.rules import Thresholds, select_rules
+from bninspect.rules import Rule, Thresholds, select_rules
 from bninspect.services.common import validate_eps
 
 FAIL_ON = ("error", "warning", "info", "never")
@@ -38,6 +38,10 @@ class CheckOptions:
     jobs: int = 1
     config: str | None = None  # the pyproject.toml whose [tool.bninspect] was applied
     debug: bool = False  # let a file's error propagate (with its traceback) instead of reporting it
+
+    def rules(self) -> list[Rule]:
+        """The rules ``select`` and ``ignore`` choose, in code order."""
+        return select_rules(self.select, self.ignore)
 
 
 def find_config(start: str | os.PathLike | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -121,4 +125,4 @@ def _validate(opts: CheckOptions) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be zero or a positive number, not {value}")
     validate_eps(t.expect_eps, "--expect-eps")
     validate_eps(opts.eps)
-    select_rules(opts.select, opts.ignore)  # unknown codes are usage errors before any file is read
+    opts.rules()  # unknown codes are usage errors before any file is read

@@ -23,19 +23,22 @@ def validate_eps(eps: float | None, option: str = "--eps") -> None:
 
 
 def zero_eps_warnings(layers: list[BNLayer]) -> list[str]:
-    """One line per layer whose eps is 0 and whose running_var is 0 somewhere: there inference
-    y = γ·(x − μ)/√(σ² + ε) divides by zero."""
+    """One line per layer whose eps is 0 and whose running_var is 0 somewhere (see zero_eps_note)."""
+    return [f"{layer.name}: {note}" for layer in layers if (note := zero_eps_note(layer)) is not None]
+
+
+def zero_eps_note(layer: BNLayer) -> str | None:
+    """Where ``layer``'s eps is 0 and its running_var is 0 somewhere, what inference
+    y = γ·(x − μ)/√(σ² + ε) does there; None otherwise."""
     import numpy as np
 
     from bninspect.rules.base import channel_list
 
-    out = []
-    for layer in layers:
-        var = layer.values("running_var") if layer.eps == 0 else None
-        if var is not None and (var == 0).any():
-            out.append(f"{layer.name}: eps 0 and running_var 0 in {channel_list(np.flatnonzero(var == 0), var.size)}: "
-                       "y = γ·(x − μ)/√(σ² + ε) divides by zero there (±inf, NaN where x = μ)")
-    return out
+    var = layer.values("running_var") if layer.eps == 0 else None
+    if var is None or not (var == 0).any():
+        return None
+    return (f"eps 0 and running_var 0 in {channel_list(np.flatnonzero(var == 0), var.size)}: "
+            "y = γ·(x − μ)/√(σ² + ε) divides by zero there (±inf, NaN where x = μ)")
 
 
 def source_name(source: Any) -> str:

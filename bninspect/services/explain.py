@@ -270,7 +270,9 @@ def _training(layer: BNLayer, d: Dialect) -> list[str]:
 
 def _count(layer: BNLayer, d: Dialect, mean: np.ndarray | None, var: np.ndarray | None) -> str:
     """What the update counter says (PyTorch) or that the format has none (ONNX, OpenVINO)."""
-    looks_default = (mean is not None and var is not None and mean.size and bool(np.all(mean == 0)) and bool(np.all(var == 1)))
+    from bninspect.rules.statistics import is_default
+
+    looks_default = mean is not None and var is not None and is_default(layer)
     tail = (" Here running_mean is exactly 0 and running_var exactly 1 in every channel: these are the initial "
             "values, so this layer never saw data in train mode and inference normalizes nothing."
             if looks_default else

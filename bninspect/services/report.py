@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from bninspect import atomic
 from bninspect.errors import UsageError
-from bninspect.rules import SEVERITIES, Finding, select_rules
+from bninspect.rules import SEVERITIES, Finding
 from bninspect.services.series import ChannelSeries, channel_marks, layer_series
 from bninspect.services.show import LayerSummary, ShowResult
 
@@ -135,7 +135,7 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
     """The report on ``path``: every layer, its findings, pages with per-channel values for
     the most telling ``pages`` layers; drift with ``data``/``synthetic`` (and ``arch`` or
     ``trust``); the diff with ``other``. ``output`` is checked before any work (never an input)."""
-    from bninspect.services.check import findings_for, resolve_options
+    from bninspect.services.check import count_findings, findings_for, resolve_options
     from bninspect.services.common import open_layers, select, source_name
     from bninspect.services.show import describe
 
@@ -167,14 +167,11 @@ def report(path: str, other: str | None = None, *, data: str | None = None, synt
                              batch_tolerance=DEFAULT_BATCH_TOLERANCE, min_agreement=DEFAULT_MIN_AGREEMENT,
                              write_recalibrated=None)
 
-    counts = {s: 0 for s in SEVERITIES}
-    for f in findings:
-        counts[f.severity] += 1
     return ReportResult(
         file=shown, trusted=trust, safety=safety_verdict(found.checkpoint), rows=rows,
         rows_omitted=len(discovered) - len(rows), findings=findings[:MAX_FINDINGS],
-        findings_omitted=max(0, len(findings) - MAX_FINDINGS), counts=counts,
-        rules=[r.code for r in select_rules(opts.select, opts.ignore)], config=opts.config,
+        findings_omitted=max(0, len(findings) - MAX_FINDINGS), counts=count_findings(findings),
+        rules=[r.code for r in opts.rules()], config=opts.config,
         pages=_pages(rows, discovered, limit, wanted, drift_result, compared), pages_limit=limit,
         drift=drift_result, diff=diff_result, inputs=inputs,
     )

@@ -17,7 +17,7 @@ from bninspect.errors import UsageError
 from bninspect.layers import BNLayer
 from bninspect.numerics import KERAS_EPS, TORCH_EPS
 from bninspect.numerics.reference import DTYPES
-from bninspect.services.common import validate_eps, zero_eps_warnings
+from bninspect.services.common import validate_eps, zero_eps_note
 
 SCHEMA = "bninspect.verify/1"
 DEFAULT_TRAIN_BATCHES = (1, 2, 8, 32)
@@ -317,7 +317,9 @@ def verify_layer(layer: BNLayer, devices: list[str], *, x: np.ndarray | None = N
     if layer.training:
         result.notes.append("saved in train mode: run as saved, it normalizes with batch statistics, not these "
                             "eval outputs (see the train−eval gap)")
-    result.notes += [w.split(": ", 1)[1] for w in zero_eps_warnings([layer])]
+    zero_eps = zero_eps_note(layer)
+    if zero_eps is not None:
+        result.notes.append(zero_eps)
     mean, var = kernels.round_to(mean_raw, dt), kernels.round_to(var_raw, dt)
     gamma, beta = kernels.round_to(layer.gamma(), dt), kernels.round_to(layer.beta(), dt)
     eps = layer.eps
@@ -456,7 +458,7 @@ def _fused(layer: BNLayer, mean, var, gamma, beta, eps: float, dt: str, device: 
     if producer.op not in kernels.CONV_OPS:
         return f"no fused check for a {producer.op} producer"
     w = producer.weight.numpy()
-    if w.ndim != {"conv1d": 3, "conv2d": 4, "conv3d": 5}[producer.op]:
+    if w.ndim != kernels.CONV_OPS[producer.op][1] + 2:
         return f"producer {producer.name} weight has shape {tuple(w.shape)}: no fused check"
     b = producer.bias.numpy() if producer.bias is not None else None
     groups = reference.infer_groups(tuple(w.shape), layer.channels, producer.groups)
