@@ -341,9 +341,10 @@ class BatchSpread:
 
 
 def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                 affine: bool, channels_last: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+                 affine: bool, channels_last: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray, str | None]]:
     """What a runtime that made each usual mistake would output for ``x`` (logical N, C, … layout), float64,
-    with the magnitude M of that computation's terms (for ``reference.compare``).
+    with the magnitude M of that computation's terms (for ``reference.compare``) and the dtype whose
+    tolerance judges it (None: the expected output's own).
 
     One at a time: each candidate is two arrays the size of ``x``, and holding all of them at
     once made `verify --expected` need about forty times the input's float64 size.
@@ -352,9 +353,9 @@ def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.nda
     """
 
     def add(cause: str, m: np.ndarray, v: np.ndarray, g: np.ndarray, b: np.ndarray,
-            e: float) -> tuple[str, np.ndarray, np.ndarray]:
+            e: float) -> tuple[str, np.ndarray, np.ndarray, str | None]:
         with np.errstate(invalid="ignore"):
-            return cause, eval_reference(x, m, v, g, b, e), eval_magnitude(x, m, v, g, b, e)
+            return cause, eval_reference(x, m, v, g, b, e), eval_magnitude(x, m, v, g, b, e), None
 
     for alt in ALTERNATIVE_EPS:
         if alt != eps:
@@ -374,13 +375,13 @@ def explanations(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.nda
     if x.ndim >= 3:
         yield ("channel axis confused (NHWC read as NCHW)" if channels_last else "channel axis confused (NCHW read as NHWC)",
                other_axis(eval_reference, x, mean, var, gamma, beta, eps, channels_last),
-               other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last))
+               other_axis(eval_magnitude, x, mean, var, gamma, beta, eps, channels_last), None)
     if affine:
         yield add("γ and β swapped", mean, var, beta, gamma, eps)
         yield add("affine dropped (γ = 1, β = 0)", mean, var, np.ones_like(gamma), np.zeros_like(beta), eps)
     yield add("μ and σ² swapped", var, mean, gamma, beta, eps)
     magnitude = eval_magnitude(x, mean, var, gamma, beta, eps)
     for half in ("float16", "bfloat16"):
-        yield f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude
+        yield f"{half} arithmetic", device_eval(round_to(x, half), mean, var, gamma, beta, eps, half, "cpu"), magnitude, half
 
 

@@ -504,9 +504,8 @@ def diagnose(layer: BNLayer, x: np.ndarray, expected: np.ndarray, expected_dtype
 
     correct = _score(expected, "match", ref, mag, tol)
     cands = []
-    for cause, y, m in kernels.explanations(x, mean, var, gamma, beta, eps, affine, channels_last):
-        half = cause.split()[0]
-        cands.append(_score(expected, cause, y, m, reference.TOLERANCES[half] if cause.endswith("arithmetic") else tol))
+    for cause, y, m, judged_in in kernels.explanations(x, mean, var, gamma, beta, eps, affine, channels_last):
+        cands.append(_score(expected, cause, y, m, tol if judged_in is None else reference.TOLERANCES[judged_in]))
     out_cl = channels_last if output_channels_last is None else output_channels_last
     file_shape = expected_shape or (tuple(np.moveaxis(expected, 1, -1).shape) if out_cl and x.ndim >= 3 else expected.shape)
     for cause, y, m in reference.output_layout_mistakes(ref, mag, file_shape, out_cl):
