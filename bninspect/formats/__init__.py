@@ -18,7 +18,7 @@ import importlib
 from types import ModuleType
 
 from bninspect.checkpoint import Checkpoint
-from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
+from bninspect.errors import BNInspectError, InvalidFileError
 from bninspect.formats.paths import check_path, read_head
 
 # Order matters only where two sniffers could both say yes; the content checks are disjoint today.
@@ -77,9 +77,7 @@ def _unsafe(path: str, verdict: object, *, trust: bool, key: str | None, strict:
         from bninspect.formats import trusted
 
         return trusted.read(path, key=key, strict=strict)
-    unsafe = UnsafeFileError(judging.refusal(verdict), path=path)  # type: ignore[arg-type]
-    unsafe.verdict = verdict
-    raise unsafe
+    raise judging.unsafe(verdict, path)  # type: ignore[arg-type]
 
 
 def reader_for(head: bytes) -> ModuleType | None:

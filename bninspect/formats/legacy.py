@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from bninspect.checkpoint import Checkpoint
-from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
+from bninspect.errors import BNInspectError, InvalidFileError
 from bninspect.formats import containers, unpickler, verdict, zipdir
 from bninspect.formats.paths import SharedFile, open_regular, pread_exact
 from bninspect.formats.pickles import check_memo_indices
@@ -172,10 +172,10 @@ def read_object(path: str, what: str) -> Any:
         obj, judged = _load(path, what)
     except BNInspectError as exc:
         if exc.verdict is not None and exc.verdict.refused:  # type: ignore[attr-defined]
-            raise UnsafeFileError(verdict.refusal(exc.verdict), path=path) from None  # type: ignore[arg-type]
+            raise verdict.unsafe(exc.verdict, path) from None  # type: ignore[arg-type]
         raise
     if judged.refused:
-        raise UnsafeFileError(verdict.refusal(judged), path=path)
+        raise verdict.unsafe(judged, path)
     return obj
 
 

@@ -48,7 +48,7 @@ from bninspect.checkpoint import (
     decode,
     is_simple_fact,
 )
-from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
+from bninspect.errors import BNInspectError, InvalidFileError
 from bninspect.formats import containers, unpickler, verdict, zipdir
 from bninspect.formats.paths import SharedFile, open_regular
 from bninspect.formats.pickles import DTYPE_GLOBALS, STORAGE_DTYPES, TORCHSCRIPT_CLASS_PREFIX, allowed
@@ -454,7 +454,7 @@ def read_object(path: str, what: str) -> Any:
         return _read_archive(archive.members.file, archive, key=None, objects=True)
     except BNInspectError as exc:  # malformed, and naming a payload on the way: unsafe first
         if exc.verdict is not None and exc.verdict.refused:  # type: ignore[attr-defined]
-            raise UnsafeFileError(verdict.refusal(exc.verdict), path=path) from None  # type: ignore[arg-type]
+            raise verdict.unsafe(exc.verdict, path) from None  # type: ignore[arg-type]
         raise
 
 
@@ -499,7 +499,7 @@ def _read_archive(file: SharedFile, archive: _Archive, *, key: str | None, objec
         # A data file (--data, --input): its object as it is, refused like a checkpoint where
         # a real load would run code.
         if judged.refused:
-            raise UnsafeFileError(verdict.refusal(judged), path=path)
+            raise verdict.unsafe(judged, path)
         return root
     if torchscript:
         judged.merge(verdict.script_code(_code_files(archive, prefix), where=f"{prefix}code/"))

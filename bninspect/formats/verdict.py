@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from bninspect.errors import BNInspectError, InvalidFileError
+from bninspect.errors import BNInspectError, InvalidFileError, UnsafeFileError
 from bninspect.formats import unpickler
 from bninspect.formats.pickles import scan_globals
 from bninspect.formats.unpickler import CalledObject, Log, Opaque, is_opaque_class
@@ -421,6 +421,14 @@ def attached(verdict: Verdict) -> Iterator[None]:
         if exc.verdict is None:
             exc.verdict = verdict
         raise
+
+
+def unsafe(verdict: Verdict, path: str) -> UnsafeFileError:
+    """The error that refuses ``path`` for what a real load of it would run, carrying the verdict
+    (``check`` reports it as findings); raise it."""
+    error = UnsafeFileError(refusal(verdict), path=path)
+    error.verdict = verdict
+    return error
 
 
 def refusal(verdict: Verdict) -> str:
