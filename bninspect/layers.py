@@ -425,9 +425,10 @@ def _fact_repr(value: object) -> str:
     named by its size."""
     if isinstance(value, tuple):
         return "(" + ", ".join(map(_fact_repr, value)) + ("," if len(value) == 1 else "") + ")"
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"an int of {value.bit_length()} bits"
-    return repr(value)
+    try:
+        return repr(value)
+    except ValueError:  # only an int past Python's digit limit gets here
+        return f"an int of {value.bit_length()} bits"  # type: ignore[union-attr]
 
 
 def discover(checkpoint: Checkpoint, eps: float | None = None) -> Discovery:
